@@ -1,0 +1,466 @@
+// Package orchestrator runs a plan as a persisted finite-state machine: the
+// phases in order, every step on every target checkpointed (started → check
+// → apply → gate → done) so a killed run resumes exactly where it stopped,
+// and rollback that reverts completed steps in reverse order.
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+var (
+	// ErrUnfinishedRun: start was asked on a state file with a run in it.
+	ErrUnfinishedRun = errors.New("state file holds a run")
+	// ErrNothingToResume: resume on a run that cannot continue.
+	ErrNothingToResume = errors.New("nothing to resume")
+	// ErrPlanMismatch: the state file was written for another plan.
+	ErrPlanMismatch = errors.New("plan version mismatch")
+)
+
+// RunError is a failed run: resumable, exit code 1.
+type RunError struct {
+	Phase string
+	Err   error
+}
+
+func (e *RunError) Error() string { return fmt.Sprintf("phase %s: %v", e.Phase, e.Err) }
+func (e *RunError) Unwrap() error { return e.Err }
+
+// Options configure an Engine.
+type Options struct {
+	Store   state.Store
+	Plan    *plans.Plan
+	Runtime steps.Runtime // template; Store, Out and Progress are filled per step
+	Printer *Printer
+	Log     *slog.Logger
+	Now     func() time.Time
+	// AfterCommit, if set, is called after every checkpoint commit with
+	// its ordinal; the crash tests kill the process from here.
+	AfterCommit func(n int)
+}
+
+// Engine runs one plan against one state store.
+type Engine struct {
+	store   state.Store
+	plan    *plans.Plan
+	rt      steps.Runtime
+	printer *Printer
+	log     *slog.Logger
+	now     func() time.Time
+	after   func(int)
+
+	mu      sync.Mutex // serializes commits and the counters below
+	commits int
+	doneSeq uint64
+}
+
+// New returns an engine; it does no I/O.
+func New(o Options) *Engine {
+	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.printer == nil {
+		e.printer = NewPrinter(nil)
+	}
+	e.rt.Store = storeAdapter{e.store}
+	return e
+}
+
+func (e *Engine) commit(ctx context.Context, cp state.Checkpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.store.Commit(ctx, cp); err != nil {
+		return err
+	}
+	e.commits++
+	if e.after != nil {
+		e.after(e.commits)
+	}
+	return nil
+}
+
+// Start records a new run and drives it. The store must hold no run.
+func (e *Engine) Start(ctx context.Context, run state.Run, hold bool) error {
+	if err := e.plan.Validate(); err != nil {
+		return err
+	}
+	if old, err := e.store.Run(ctx); err == nil {
+		return unfinishedError(old)
+	} else if !errors.Is(err, state.ErrNoRun) {
+		return err
+	}
+	run.State = StateNew
+	run.PlanVersion = e.plan.Version
+	run.Hold = hold
+	run.CreatedAt = e.now()
+	run.UpdatedAt = run.CreatedAt
+	if err := e.commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Message: fmt.Sprintf("run %s started for cluster %s", run.ID, run.Cluster)}}}); err != nil {
+		return fmt.Errorf("record run: %w", err)
+	}
+	return e.drive(ctx, run)
+}
+
+func unfinishedError(r state.Run) error {
+	switch r.State {
+	case StateCompleted, StateRolledBack:
+		return fmt.Errorf("%w: run %s of cluster %q ended %s at %s; this file keeps its backups and CA material — start a new rotation with another --state file",
+			ErrUnfinishedRun, r.ID, r.Cluster, r.State, r.FinishedAt.Format(time.RFC3339))
+	}
+	where := r.State
+	if r.Phase != "" && r.Phase != r.State {
+		where += " (phase " + r.Phase + ")"
+	}
+	return fmt.Errorf("%w: unfinished run %s of cluster %q is at %s; continue it with `rotate resume` or undo it with `rotate rollback`",
+		ErrUnfinishedRun, r.ID, r.Cluster, where)
+}
+
+// Resume continues a held or failed run from where it stopped.
+func (e *Engine) Resume(ctx context.Context) error {
+	run, err := e.loadRun(ctx)
+	if err != nil {
+		return err
+	}
+	switch run.State {
+	case StateCompleted:
+		return fmt.Errorf("%w: run %s already completed", ErrNothingToResume, run.ID)
+	case StateRolledBack:
+		return fmt.Errorf("%w: run %s was rolled back", ErrNothingToResume, run.ID)
+	case StateRollingBack:
+		return fmt.Errorf("%w: run %s is rolling back (%s); finish with `rotate rollback`", ErrNothingToResume, run.ID, run.LastError)
+	}
+	e.printer.Linef("resuming run %s of cluster %s at %s", run.ID, run.Cluster, describeState(run))
+	return e.drive(ctx, run)
+}
+
+func describeState(r state.Run) string {
+	if r.Phase != "" && r.Phase != r.State {
+		return r.State + " (phase " + r.Phase + ")"
+	}
+	return r.State
+}
+
+func (e *Engine) loadRun(ctx context.Context) (state.Run, error) {
+	run, err := e.store.Run(ctx)
+	if err != nil {
+		return run, err
+	}
+	if run.PlanVersion != e.plan.Version {
+		return run, fmt.Errorf("%w: state file was written by plan version %d, this rotate has %d", ErrPlanMismatch, run.PlanVersion, e.plan.Version)
+	}
+	if err := e.loadSeq(ctx); err != nil {
+		return run, err
+	}
+	return run, nil
+}
+
+func (e *Engine) loadSeq(ctx context.Context) error {
+	recs, err := e.store.Steps(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.DoneSeq > e.doneSeq {
+			e.doneSeq = r.DoneSeq
+		}
+	}
+	return nil
+}
+
+// drive walks the FSM from the run's recorded state until it completes,
+// holds or fails.
+func (e *Engine) drive(ctx context.Context, run state.Run) error {
+	m := e.newFSM(run.State)
+	for {
+		cur := m.Current()
+		var next string
+		var args transitionArgs
+		switch cur {
+		case StateCompleted:
+			e.printer.Linef("rotation of cluster %s completed", run.Cluster)
+			return nil
+		case StateNew:
+			next = enterEvent(e.plan.Phases[0].Name)
+			args.phase = e.plan.Phases[0].Name
+		case StateHeld, StateFailed:
+			r, err := e.store.Run(ctx)
+			if err != nil {
+				return err
+			}
+			_, i, ok := e.plan.Phase(r.Phase)
+			if !ok {
+				return fmt.Errorf("run is %s at unknown phase %q", cur, r.Phase)
+			}
+			if cur == StateHeld {
+				i++
+			}
+			next = enterEvent(e.plan.Phases[i].Name)
+			args.phase = e.plan.Phases[i].Name
+		default:
+			ph, i, ok := e.plan.Phase(cur)
+			if !ok {
+				return fmt.Errorf("run is in state %q, which this plan does not have", cur)
+			}
+			if err := e.runPhase(ctx, ph); err != nil {
+				if ferr := e.fire(context.WithoutCancel(ctx), m, evFail, transitionArgs{phase: ph.Name, errText: err.Error()}); ferr != nil {
+					return fmt.Errorf("%w (and recording the failure failed: %v)", err, ferr)
+				}
+				return &RunError{Phase: ph.Name, Err: err}
+			}
+			switch {
+			case ph.HoldAfter && run.Hold:
+				if err := e.fire(ctx, m, evHold, transitionArgs{phase: ph.Name}); err != nil {
+					return err
+				}
+				e.printer.Linef("held after phase %d/%d %s: review `rotate status`, then `rotate resume` to continue or `rotate rollback` to undo", ph.Index, e.plan.Last(), ph.Name)
+				return nil
+			case i == len(e.plan.Phases)-1:
+				next = evComplete
+			default:
+				next = enterEvent(e.plan.Phases[i+1].Name)
+				args.phase = e.plan.Phases[i+1].Name
+			}
+		}
+		if err := e.fire(ctx, m, next, args); err != nil {
+			return err
+		}
+	}
+}
+
+// runPhase runs the phase's steps in order; targets of one step fan out.
+func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
+	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
+	for _, ps := range ph.Steps {
+		if err := e.runStep(ctx, ph, ps); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) timeout(phase string) time.Duration {
+	return e.rt.Config.Timeout(phase)
+}
+
+func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedStep) error {
+	name := ps.Step.Name()
+	total := len(ps.Targets)
+	var doneMu sync.Mutex
+	done := 0
+	return FanOut(ctx, ps.Targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
+		err := e.runTarget(ctx, ph, ps.Step, t)
+		doneMu.Lock()
+		if err == nil {
+			done++
+		}
+		n := done
+		doneMu.Unlock()
+		if total > 1 {
+			e.printer.Count(name, n, total)
+		}
+		return err
+	})
+}
+
+func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t steps.Target) error {
+	key := plans.StepKey(ph.Name, st.Name(), t)
+	rec, ok, err := e.store.Step(ctx, key)
+	if err != nil {
+		return err
+	}
+	if ok && rec.Status == state.StepDone {
+		return nil
+	}
+	if !ok {
+		rec = state.StepRecord{Key: key, Phase: ph.Name, Step: st.Name(), Target: t.String()}
+	}
+	rec.Status = state.StepStarted
+	rec.Attempts++
+	rec.Error = ""
+	rec.StartedAt = e.now()
+	rec.FinishedAt = time.Time{}
+	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("info", rec, fmt.Sprintf("started (attempt %d)", rec.Attempts))}}); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", key, err)
+	}
+	e.printer.Step(st.Name(), t.String(), "running")
+	start := e.now()
+
+	sctx, cancel := context.WithTimeout(ctx, e.timeout(ph.Name))
+	defer cancel()
+	rt := e.rt
+	rt.Out = &steps.Outputs{}
+	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
+	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String())
+
+	skipped, err := execute(sctx, st, &rt, t)
+	if err != nil {
+		if sctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
+		}
+		err = fmt.Errorf("%s on %s: %w", st.Name(), t, err)
+		rec.Status = state.StepFailed
+		rec.Error = err.Error()
+		rec.FinishedAt = e.now()
+		if cerr := e.commit(context.WithoutCancel(ctx), state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("error", rec, err.Error())}}); cerr != nil {
+			return fmt.Errorf("%w (and recording it failed: %v)", err, cerr)
+		}
+		e.printer.Step(st.Name(), t.String(), "FAILED: "+err.Error())
+		return err
+	}
+	e.mu.Lock()
+	e.doneSeq++
+	rec.DoneSeq = e.doneSeq
+	e.mu.Unlock()
+	rec.Status = state.StepDone
+	rec.Skipped = skipped
+	rec.FinishedAt = e.now()
+	cp := state.Checkpoint{Steps: []state.StepRecord{rec}, Values: rt.Out.Values}
+	for _, c := range rt.Out.CAs {
+		cp.CAs = append(cp.CAs, state.CAMaterial{Name: c.Name, OldCert: c.OldCert, OldKey: c.OldKey, NewCert: c.NewCert, NewKey: c.NewKey})
+	}
+	msg := "done"
+	if skipped {
+		msg = "already in place"
+	}
+	cp.Events = []state.Event{e.event("info", rec, msg)}
+	if err := e.commit(ctx, cp); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", key, err)
+	}
+	e.printer.Step(st.Name(), t.String(), fmt.Sprintf("%s (%s)", msg, e.now().Sub(start).Round(10*time.Millisecond)))
+	return nil
+}
+
+// execute is check → apply → gate.
+func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, err error) {
+	done, err := st.Check(ctx, rt, t)
+	if err != nil {
+		return false, fmt.Errorf("check: %w", err)
+	}
+	if !done {
+		if err := st.Apply(ctx, rt, t); err != nil {
+			return false, fmt.Errorf("apply: %w", err)
+		}
+	}
+	if err := st.Gate(ctx, rt, t); err != nil {
+		return done, fmt.Errorf("health gate: %w", err)
+	}
+	return done, nil
+}
+
+func (e *Engine) event(level string, r state.StepRecord, msg string) state.Event {
+	return state.Event{Time: e.now(), Level: level, Phase: r.Phase, Step: r.Step, Target: r.Target, Message: msg}
+}
+
+// Rollback reverts every step that was started, in reverse order of
+// completion (partial steps first), and ends in rolled-back.
+func (e *Engine) Rollback(ctx context.Context) error {
+	run, err := e.loadRun(ctx)
+	if err != nil {
+		return err
+	}
+	if run.State == StateRolledBack {
+		e.printer.Linef("run %s is already rolled back", run.ID)
+		return nil
+	}
+	m := e.newFSM(run.State)
+	if run.State != StateRollingBack {
+		if err := e.fire(ctx, m, evRollback, transitionArgs{phase: run.Phase}); err != nil {
+			return err
+		}
+	}
+	recs, err := e.store.Steps(ctx)
+	if err != nil {
+		return err
+	}
+	var todo []state.StepRecord
+	for _, r := range recs {
+		switch r.Status {
+		case state.StepDone, state.StepStarted, state.StepFailed:
+			todo = append(todo, r)
+		}
+	}
+	// Partial steps (no DoneSeq) are the most recent: revert them first,
+	// then completed ones newest first.
+	sort.SliceStable(todo, func(i, j int) bool {
+		a, b := todo[i], todo[j]
+		if (a.DoneSeq == 0) != (b.DoneSeq == 0) {
+			return a.DoneSeq == 0
+		}
+		return a.DoneSeq > b.DoneSeq
+	})
+	e.printer.Linef("rolling back run %s of cluster %s: %d step target(s) to revert", run.ID, run.Cluster, len(todo))
+	for i, r := range todo {
+		st, t, err := e.lookup(r)
+		if err != nil {
+			return e.rollbackFailed(ctx, m, err)
+		}
+		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
+		sctx, cancel := context.WithTimeout(ctx, e.timeout(r.Phase))
+		rt := e.rt
+		rt.Out = &steps.Outputs{}
+		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
+		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
+		err = st.Revert(sctx, &rt, t)
+		if err == nil {
+			if g, ok := st.(steps.RevertGater); ok {
+				err = g.RevertGate(sctx, &rt, t)
+			}
+		}
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
+			return e.rollbackFailed(ctx, m, err)
+		}
+		r.Status = state.StepReverted
+		r.RevertedAt = e.now()
+		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: []state.Event{e.event("info", r, "reverted")}}); err != nil {
+			return fmt.Errorf("checkpoint revert of %s: %w", r.Key, err)
+		}
+	}
+	if err := e.fire(ctx, m, evFinishRollback, transitionArgs{}); err != nil {
+		return err
+	}
+	e.printer.Linef("rollback of run %s complete: cluster %s is back on its old CAs", run.ID, run.Cluster)
+	return nil
+}
+
+func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error) error {
+	run, rerr := e.store.Run(ctx)
+	if rerr == nil {
+		run.LastError = err.Error()
+		run.UpdatedAt = e.now()
+		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "error", Message: "rollback: " + err.Error()}}})
+	}
+	return &RunError{Phase: StateRollingBack, Err: err}
+}
+
+func (e *Engine) lookup(r state.StepRecord) (steps.Step, steps.Target, error) {
+	ph, _, ok := e.plan.Phase(r.Phase)
+	if !ok {
+		return nil, steps.Target{}, fmt.Errorf("state records phase %q that the plan does not have", r.Phase)
+	}
+	for _, ps := range ph.Steps {
+		if ps.Step.Name() != r.Step {
+			continue
+		}
+		for _, t := range ps.Targets {
+			if t.String() == r.Target {
+				return ps.Step, t, nil
+			}
+		}
+	}
+	return nil, steps.Target{}, fmt.Errorf("state records step %s/%s on %s that the plan does not have", r.Phase, r.Step, r.Target)
+}

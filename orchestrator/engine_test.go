@@ -1,0 +1,528 @@
+package orchestrator
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+// worldStep is a test step whose side effect is a file in a directory (the
+// "world") and a line in a journal, so a test can see every apply and
+// revert, across process kills.
+type worldStep struct {
+	name string
+	dir  string
+}
+
+func (s worldStep) Name() string { return s.name }
+
+func (s worldStep) effect(t steps.Target) string {
+	return filepath.Join(s.dir, "world", s.name+"@"+t.String())
+}
+
+func (s worldStep) journal(line string) error {
+	f, err := os.OpenFile(filepath.Join(s.dir, "journal"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func (s worldStep) Check(ctx context.Context, rt *steps.Runtime, t steps.Target) (bool, error) {
+	_, err := os.Stat(s.effect(t))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (s worldStep) Apply(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
+	id := s.name + "@" + t.String()
+	if _, err := os.Stat(filepath.Join(s.dir, "fail-"+id)); err == nil {
+		return fmt.Errorf("injected failure")
+	}
+	if err := s.journal("apply " + id); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.effect(t)), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(s.effect(t), []byte(id), 0o600); err != nil {
+		return err
+	}
+	rt.Out.Put("out/"+id, []byte("produced by "+id))
+	if os.Getenv("ROTATE_TEST_KILL_IN_APPLY") == id {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	return nil
+}
+
+func (s worldStep) Gate(ctx context.Context, rt *steps.Runtime, t steps.Target) error { return nil }
+
+func (s worldStep) Revert(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
+	id := s.name + "@" + t.String()
+	if _, err := os.Stat(s.effect(t)); errors.Is(err, os.ErrNotExist) {
+		return nil // never applied, or already reverted
+	}
+	if err := s.journal("revert " + id); err != nil {
+		return err
+	}
+	return os.Remove(s.effect(t))
+}
+
+var nodesABC = []steps.Target{{Node: "a", Role: steps.RoleControlPlane}, {Node: "b", Role: steps.RoleWorker}, {Node: "c", Role: steps.RoleWorker}}
+
+func testPlan(dir string) *plans.Plan {
+	st := func(n string) steps.Step { return worldStep{name: n, dir: dir} }
+	return &plans.Plan{Version: 1, Phases: []plans.Phase{
+		{Index: 0, Name: "preflight", Short: "prepare", Steps: []plans.PlannedStep{
+			{Step: st("prepare"), Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+		}},
+		{Index: 1, Name: "widen", Short: "widen trust", Steps: []plans.PlannedStep{
+			{Step: st("trust-cp"), Targets: nodesABC[:1], Concurrency: 1},
+			{Step: st("trust-all"), Targets: nodesABC, Concurrency: 3},
+		}},
+		{Index: 2, Name: "switch", Short: "switch issuance", HoldAfter: true, Steps: []plans.PlannedStep{
+			{Step: st("issue"), Targets: nodesABC, Concurrency: 1},
+		}},
+		{Index: 3, Name: "narrow", Short: "narrow trust", Steps: []plans.PlannedStep{
+			{Step: st("narrow"), Targets: nodesABC, Concurrency: 2},
+		}},
+	}}
+}
+
+// TestMain doubles as the helper process the crash tests kill.
+func TestMain(m *testing.M) {
+	if cmd := os.Getenv("ROTATE_TEST_HELPER"); cmd != "" {
+		os.Exit(helperMain(cmd, os.Getenv("ROTATE_TEST_DIR")))
+	}
+	os.Exit(m.Run())
+}
+
+func helperMain(cmd, dir string) int {
+	ctx := context.Background()
+	s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
+	defer s.Close()
+	killAt, _ := strconv.Atoi(os.Getenv("ROTATE_TEST_KILL_AFTER"))
+	e := New(Options{Store: s, Plan: testPlan(dir), AfterCommit: func(n int) {
+		if n == killAt {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}})
+	switch cmd {
+	case "start":
+		err = e.Start(ctx, state.Run{ID: "test", Cluster: "world"}, true)
+	case "resume":
+		err = e.Resume(ctx)
+	case "rollback":
+		err = e.Rollback(ctx)
+	case "count":
+		err = e.Start(ctx, state.Run{ID: "test", Cluster: "world"}, true)
+		for err == nil {
+			r, _ := s.Run(ctx)
+			if r.State == StateCompleted {
+				break
+			}
+			err = e.Resume(ctx)
+		}
+		fmt.Println(e.commits)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+type helperResult struct {
+	killed bool
+	code   int
+	out    string
+}
+
+func runHelper(t *testing.T, dir, cmd string, env ...string) helperResult {
+	t.Helper()
+	c := exec.Command(os.Args[0], "-test.run=^$")
+	c.Env = append(os.Environ(), append([]string{"ROTATE_TEST_HELPER=" + cmd, "ROTATE_TEST_DIR=" + dir}, env...)...)
+	out, err := c.CombinedOutput()
+	res := helperResult{out: string(out)}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			res.killed = true
+			return res
+		}
+		res.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("helper %s: %v", cmd, err)
+	}
+	return res
+}
+
+func readWorld(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(dir, "world"))
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func readJournal(t *testing.T, dir string) []string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "journal"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}
+
+// finish resumes until the run completes (a held run needs one more).
+func finish(t *testing.T, dir string) {
+	t.Helper()
+	for i := 0; i < 5; i++ {
+		ctx := context.Background()
+		if st := runState(t, dir); st == StateCompleted {
+			return
+		}
+		r := runHelper(t, dir, "resume")
+		if r.killed || r.code != 0 {
+			t.Fatalf("resume: killed=%v code=%d\n%s", r.killed, r.code, r.out)
+		}
+		_ = ctx
+	}
+	t.Fatalf("run did not complete after 5 resumes; state %s", runState(t, dir))
+}
+
+func runState(t *testing.T, dir string) string {
+	t.Helper()
+	s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Run(context.Background())
+	if errors.Is(err, state.ErrNoRun) {
+		return StateNew
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.State
+}
+
+func countApplies(journal []string) map[string]int {
+	n := map[string]int{}
+	for _, l := range journal {
+		if strings.HasPrefix(l, "apply ") {
+			n[strings.TrimPrefix(l, "apply ")]++
+		}
+	}
+	return n
+}
+
+func cleanRun(t *testing.T) (world []string, commits int) {
+	dir := t.TempDir()
+	r := runHelper(t, dir, "count")
+	if r.code != 0 || r.killed {
+		t.Fatalf("clean run failed: %s", r.out)
+	}
+	commits, err := strconv.Atoi(strings.TrimSpace(r.out))
+	if err != nil {
+		t.Fatalf("commit count %q: %v", r.out, err)
+	}
+	return readWorld(t, dir), commits
+}
+
+// TestCrashResumeMatrix kills the run (SIGKILL, a real process) after
+// every checkpoint in turn, resumes, and checks the end state equals one
+// clean run and no apply ran twice past its check.
+func TestCrashResumeMatrix(t *testing.T) {
+	want, commits := cleanRun(t)
+	if len(want) != 1+1+3+3+3 || commits < 20 {
+		t.Fatalf("clean run: world %v, %d commits", want, commits)
+	}
+	for k := 1; k <= commits; k++ {
+		t.Run(fmt.Sprintf("kill-after-commit-%02d", k), func(t *testing.T) {
+			dir := t.TempDir()
+			r := runHelper(t, dir, "start", "ROTATE_TEST_KILL_AFTER="+strconv.Itoa(k))
+			if !r.killed {
+				// The kill point may lie past the hold; then resume hits it.
+				r = runHelper(t, dir, "resume", "ROTATE_TEST_KILL_AFTER="+strconv.Itoa(k-commitsBeforeHold(t)))
+			}
+			if !r.killed {
+				t.Fatalf("the process was never killed at commit %d: %s", k, r.out)
+			}
+			finish(t, dir)
+			if got := readWorld(t, dir); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("world after resume = %v, want %v", got, want)
+			}
+			for id, n := range countApplies(readJournal(t, dir)) {
+				if n != 1 {
+					t.Errorf("apply of %s ran %d times", id, n)
+				}
+			}
+		})
+	}
+}
+
+var holdCommits int
+
+// commitsBeforeHold counts the commits a clean start makes before it holds.
+func commitsBeforeHold(t *testing.T) int {
+	if holdCommits == 0 {
+		dir := t.TempDir()
+		s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := New(Options{Store: s, Plan: testPlan(dir)})
+		if err := e.Start(context.Background(), state.Run{ID: "x"}, true); err != nil {
+			t.Fatal(err)
+		}
+		holdCommits = e.commits
+		s.Close()
+	}
+	return holdCommits
+}
+
+// TestKillInsideApply: the effect landed but its checkpoint did not; the
+// resumed run's check must find it and not apply again.
+func TestKillInsideApply(t *testing.T) {
+	for _, id := range []string{"prepare@cluster", "trust-all@b", "issue@c"} {
+		t.Run(id, func(t *testing.T) {
+			dir := t.TempDir()
+			r := runHelper(t, dir, "start", "ROTATE_TEST_KILL_IN_APPLY="+id)
+			if !r.killed {
+				r = runHelper(t, dir, "resume", "ROTATE_TEST_KILL_IN_APPLY="+id)
+				if !r.killed {
+					t.Fatalf("helper was not killed in apply of %s: %s", id, r.out)
+				}
+			}
+			finish(t, dir)
+			if n := countApplies(readJournal(t, dir))[id]; n != 1 {
+				t.Fatalf("apply of %s ran %d times", id, n)
+			}
+		})
+	}
+}
+
+// TestRollbackMatrix: rollback after every checkpoint (including after
+// completion) reverts every effect, newest first.
+func TestRollbackMatrix(t *testing.T) {
+	_, commits := cleanRun(t)
+	for k := 1; k <= commits+1; k++ {
+		t.Run(fmt.Sprintf("after-commit-%02d", k), func(t *testing.T) {
+			dir := t.TempDir()
+			if k <= commits {
+				r := runHelper(t, dir, "start", "ROTATE_TEST_KILL_AFTER="+strconv.Itoa(k))
+				if !r.killed {
+					r = runHelper(t, dir, "resume", "ROTATE_TEST_KILL_AFTER="+strconv.Itoa(k-commitsBeforeHold(t)))
+				}
+				if !r.killed {
+					t.Fatalf("the process was never killed at commit %d: %s", k, r.out)
+				}
+			} else {
+				runHelper(t, dir, "start")
+				finish(t, dir)
+			}
+			r := runHelper(t, dir, "rollback")
+			if r.killed || r.code != 0 {
+				t.Fatalf("rollback: code %d\n%s", r.code, r.out)
+			}
+			if got := readWorld(t, dir); len(got) != 0 {
+				t.Fatalf("world after rollback = %v, want empty", got)
+			}
+			if st := runState(t, dir); st != StateRolledBack {
+				t.Fatalf("state after rollback = %s", st)
+			}
+			assertReverseOrder(t, readJournal(t, dir))
+			// A second rollback is a no-op.
+			if r := runHelper(t, dir, "rollback"); r.code != 0 {
+				t.Fatalf("second rollback: %s", r.out)
+			}
+		})
+	}
+}
+
+// assertReverseOrder checks the reverts mirror the applies: the last
+// applied effect is the first reverted.
+func assertReverseOrder(t *testing.T, journal []string) {
+	t.Helper()
+	var applied, reverted []string
+	for _, l := range journal {
+		if id, ok := strings.CutPrefix(l, "apply "); ok {
+			applied = append(applied, id)
+		} else if id, ok := strings.CutPrefix(l, "revert "); ok {
+			reverted = append(reverted, id)
+		}
+	}
+	if len(applied) != len(reverted) {
+		t.Fatalf("applied %v but reverted %v", applied, reverted)
+	}
+	// Within one fan-out step the completion order may differ from the
+	// apply order, so compare step by step rather than target by target.
+	stepOf := func(id string) string { return id[:strings.IndexByte(id, '@')] }
+	var a, r []string
+	for i := range applied {
+		a = appendStep(a, stepOf(applied[len(applied)-1-i]))
+		r = appendStep(r, stepOf(reverted[i]))
+	}
+	if strings.Join(a, ",") != strings.Join(r, ",") {
+		t.Fatalf("revert order %v is not the reverse of apply order %v", r, a)
+	}
+}
+
+func appendStep(s []string, step string) []string {
+	if len(s) > 0 && s[len(s)-1] == step {
+		return s
+	}
+	return append(s, step)
+}
+
+// TestFailureResumeAndRollback: an apply error fails the run (resumable),
+// resume retries after the cause is gone, rollback from failure works.
+func TestFailureResumeAndRollback(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "fail-trust-all@b"), nil, 0o600)
+	s := state.NewMemStore()
+	e := New(Options{Store: s, Plan: testPlan(dir)})
+	err := e.Start(ctx, state.Run{ID: "r", Cluster: "world"}, true)
+	var re *RunError
+	if !errors.As(err, &re) || re.Phase != "widen" || !strings.Contains(err.Error(), "b: trust-all on b: apply: injected failure") {
+		t.Fatalf("Start = %v, want RunError in phase widen naming node b", err)
+	}
+	run, _ := s.Run(ctx)
+	if run.State != StateFailed || run.Phase != "widen" || !strings.Contains(run.LastError, "injected failure") {
+		t.Fatalf("run after failure = %+v", run)
+	}
+	rec, _, _ := s.Step(ctx, "widen/trust-all@b")
+	if rec.Status != state.StepFailed || rec.Attempts != 1 {
+		t.Fatalf("failed step record = %+v", rec)
+	}
+	// Start again on the same store is refused and says how to continue.
+	if err := e.Start(ctx, state.Run{ID: "r2"}, true); !errors.Is(err, ErrUnfinishedRun) || !strings.Contains(err.Error(), "rotate resume") {
+		t.Fatalf("second Start = %v", err)
+	}
+	os.Remove(filepath.Join(dir, "fail-trust-all@b"))
+	if err := e.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if run, _ := s.Run(ctx); run.State != StateHeld {
+		t.Fatalf("after resume state = %s, want held", run.State)
+	}
+	rec, _, _ = s.Step(ctx, "widen/trust-all@b")
+	if rec.Status != state.StepDone || rec.Attempts != 2 {
+		t.Fatalf("retried step record = %+v", rec)
+	}
+	if v, ok, _ := s.Value(ctx, "out/trust-all@b"); !ok || string(v) != "produced by trust-all@b" {
+		t.Fatalf("step output not committed: %q %v", v, ok)
+	}
+	// Fail in the phase after the hold, then roll back from failure.
+	os.WriteFile(filepath.Join(dir, "fail-narrow@c"), nil, 0o600)
+	if err := e.Resume(ctx); err == nil {
+		t.Fatal("resume past hold should fail on narrow@c")
+	}
+	if err := e.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := readWorld(t, dir); len(got) != 0 {
+		t.Fatalf("world after rollback = %v", got)
+	}
+	if err := e.Resume(ctx); !errors.Is(err, ErrNothingToResume) {
+		t.Fatalf("resume after rollback = %v", err)
+	}
+	evs, _ := s.Events(ctx)
+	if len(evs) < 20 {
+		t.Fatalf("event log has %d events", len(evs))
+	}
+}
+
+// TestNoHold runs straight through when the plan's hold is off.
+func TestNoHold(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := state.NewMemStore()
+	e := New(Options{Store: s, Plan: testPlan(dir)})
+	if err := e.Start(ctx, state.Run{ID: "r"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if run, _ := s.Run(ctx); run.State != StateCompleted || run.FinishedAt.IsZero() {
+		t.Fatalf("run = %+v", run)
+	}
+}
+
+// TestPersistFailureCancelsTransition: if the state write fails, the FSM
+// does not move.
+func TestPersistFailureCancelsTransition(t *testing.T) {
+	ctx := context.Background()
+	s := &failingStore{MemStore: state.NewMemStore()}
+	e := New(Options{Store: s, Plan: testPlan(t.TempDir())})
+	run := state.Run{ID: "r", State: StateNew}
+	s.Commit(ctx, state.Checkpoint{Run: &run})
+	m := e.newFSM(StateNew)
+	s.fail = true
+	err := e.fire(ctx, m, enterEvent("preflight"), transitionArgs{phase: "preflight"})
+	if err == nil || m.Current() != StateNew {
+		t.Fatalf("fire with failing store: err=%v state=%s", err, m.Current())
+	}
+}
+
+type failingStore struct {
+	*state.MemStore
+	fail bool
+}
+
+func (f *failingStore) Commit(ctx context.Context, cp state.Checkpoint) error {
+	if f.fail {
+		return errors.New("disk full")
+	}
+	return f.MemStore.Commit(ctx, cp)
+}
+
+func TestDiagram(t *testing.T) {
+	d, err := Diagram(testPlan(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"preflight", "held", "rolling-back", "rolled-back", "failed"} {
+		if !strings.Contains(d, want) {
+			t.Errorf("diagram lacks %s:\n%s", want, d)
+		}
+	}
+}

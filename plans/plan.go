@@ -1,0 +1,95 @@
+// Package plans turns an inventory into the ordered phases and steps of a
+// rotation. A plan is data: phases named like kubeadm's workflow phases,
+// each a list of steps with the targets they act on and how many targets
+// may run at once. The CLI's plan listing and phase names come from here.
+package plans
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/kubeca/rotate/steps"
+)
+
+// Version is bumped whenever the phase or step list changes shape; a state
+// file records it and resume refuses a different one.
+const Version = 1
+
+// PlannedStep is one step with its targets.
+type PlannedStep struct {
+	Step    steps.Step
+	Targets []steps.Target
+	// Concurrency bounds how many targets run at once (1: one at a time,
+	// in order, each gated before the next).
+	Concurrency int
+}
+
+// Phase is one of the thirteen phases (0 to 12).
+type Phase struct {
+	Index int
+	Name  string
+	Short string
+	Steps []PlannedStep
+	// HoldAfter pauses the run after this phase until `rotate resume`.
+	HoldAfter bool
+}
+
+// Plan is the whole rotation.
+type Plan struct {
+	Version int
+	Phases  []Phase
+}
+
+// StepKey names one step on one target in the state file.
+func StepKey(phase, step string, t steps.Target) string {
+	return phase + "/" + step + "@" + t.String()
+}
+
+// Phase returns the phase with that name.
+func (p *Plan) Phase(name string) (Phase, int, bool) {
+	for i, ph := range p.Phases {
+		if ph.Name == name {
+			return ph, i, true
+		}
+	}
+	return Phase{}, -1, false
+}
+
+// Last is the index shown as N in "phase i/N".
+func (p *Plan) Last() int {
+	if len(p.Phases) == 0 {
+		return 0
+	}
+	return p.Phases[len(p.Phases)-1].Index
+}
+
+// Validate checks the plan's own consistency: unique phase and step names,
+// targets present, no duplicate keys.
+func (p *Plan) Validate() error {
+	var problems []string
+	phases := map[string]bool{}
+	for _, ph := range p.Phases {
+		if phases[ph.Name] {
+			problems = append(problems, "duplicate phase "+ph.Name)
+		}
+		phases[ph.Name] = true
+		names := map[string]bool{}
+		for _, ps := range ph.Steps {
+			n := ps.Step.Name()
+			if names[n] {
+				problems = append(problems, fmt.Sprintf("phase %s: duplicate step %s", ph.Name, n))
+			}
+			names[n] = true
+			if len(ps.Targets) == 0 {
+				problems = append(problems, fmt.Sprintf("phase %s: step %s has no targets", ph.Name, n))
+			}
+			if ps.Concurrency < 1 {
+				problems = append(problems, fmt.Sprintf("phase %s: step %s has concurrency %d", ph.Name, n, ps.Concurrency))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid plan: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}

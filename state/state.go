@@ -1,0 +1,148 @@
+// Package state is rotate's durable memory: the run record, one record per
+// step and target, backups of every file the run touches, the old and new CA
+// material, values steps produce, and an append-only event log.
+//
+// Every write that matters for resuming is a Checkpoint, applied in one
+// transaction: a step's status and everything it produced land together or
+// not at all (the "consistent index" idea of etcd and Vault's raft FSM).
+package state
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// SchemaVersion is the layout version written to the meta bucket. Opening a
+// file with any other version is refused rather than guessed at.
+const SchemaVersion = 1
+
+var (
+	// ErrBusy: another rotate process holds the state file.
+	ErrBusy = errors.New("state file is in use by another rotate process")
+	// ErrSchema: the file was written by an incompatible rotate.
+	ErrSchema = errors.New("unsupported state schema version")
+	// ErrPermissions: the file is readable by group or others.
+	ErrPermissions = errors.New("state file permissions are too open")
+	// ErrNoRun: the file holds no run yet.
+	ErrNoRun = errors.New("no run recorded in the state file")
+)
+
+// StepStatus is where one step stands for one target.
+type StepStatus string
+
+const (
+	StepPending  StepStatus = "pending"
+	StepStarted  StepStatus = "started"
+	StepDone     StepStatus = "done"
+	StepFailed   StepStatus = "failed"
+	StepReverted StepStatus = "reverted"
+)
+
+// Run is the single run a state file records.
+type Run struct {
+	ID              string    `json:"id"`
+	Cluster         string    `json:"cluster"`
+	InventoryPath   string    `json:"inventoryPath"`
+	InventoryDigest string    `json:"inventoryDigest"`
+	PlanVersion     int       `json:"planVersion"`
+	State           string    `json:"state"`           // FSM state
+	Phase           string    `json:"phase,omitempty"` // phase in progress or last failed
+	Hold            bool      `json:"hold"`
+	LastError       string    `json:"lastError,omitempty"`
+	CreatedAt       time.Time `json:"createdAt"`
+	UpdatedAt       time.Time `json:"updatedAt"`
+	FinishedAt      time.Time `json:"finishedAt,omitempty"`
+}
+
+// StepRecord is the progress of one step on one target ("cluster" or a
+// node name). Key is "phase/step@target".
+type StepRecord struct {
+	Key        string     `json:"key"`
+	Phase      string     `json:"phase"`
+	Step       string     `json:"step"`
+	Target     string     `json:"target"`
+	Status     StepStatus `json:"status"`
+	Attempts   int        `json:"attempts"`
+	Skipped    bool       `json:"skipped,omitempty"` // check found it already done
+	Error      string     `json:"error,omitempty"`
+	StartedAt  time.Time  `json:"startedAt,omitempty"`
+	FinishedAt time.Time  `json:"finishedAt,omitempty"`
+	DoneSeq    uint64     `json:"doneSeq,omitempty"` // order of completion, for rollback
+	RevertedAt time.Time  `json:"revertedAt,omitempty"`
+}
+
+// Backup is a file as it was before the run first changed it.
+type Backup struct {
+	RunID      string    `json:"runID"`
+	Node       string    `json:"node"`
+	Path       string    `json:"path"`
+	Exists     bool      `json:"exists"`
+	Content    []byte    `json:"content,omitempty"`
+	Mode       uint32    `json:"mode"`
+	UID        int       `json:"uid"`
+	GID        int       `json:"gid"`
+	Owner      string    `json:"owner,omitempty"`
+	Group      string    `json:"group,omitempty"`
+	IsSymlink  bool      `json:"isSymlink,omitempty"`
+	LinkTarget string    `json:"linkTarget,omitempty"`
+	Digest     string    `json:"digest"`
+	TakenAt    time.Time `json:"takenAt"`
+}
+
+// CAMaterial is one CA before and after rotation. Keys are PEM; they never
+// leave the state file except to be written to the nodes that hold them.
+type CAMaterial struct {
+	Name    string `json:"name"` // "cluster" or "front-proxy"
+	OldCert []byte `json:"oldCert"`
+	OldKey  []byte `json:"oldKey,omitempty"`
+	NewCert []byte `json:"newCert"`
+	NewKey  []byte `json:"newKey"`
+}
+
+// String never prints key material.
+func (c CAMaterial) String() string { return "CAMaterial(" + c.Name + ")" }
+
+// GoString keeps %#v from dumping keys.
+func (c CAMaterial) GoString() string { return c.String() }
+
+// Event is one line of the append-only log.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Level   string    `json:"level"`
+	Phase   string    `json:"phase,omitempty"`
+	Step    string    `json:"step,omitempty"`
+	Target  string    `json:"target,omitempty"`
+	Message string    `json:"message"`
+}
+
+// Checkpoint is everything one transition writes, atomically.
+type Checkpoint struct {
+	Run    *Run              // nil: unchanged
+	Steps  []StepRecord      // upserted by Key
+	Values map[string][]byte // upserted; a nil value deletes
+	Events []Event           // appended; Seq is assigned
+	CAs    []CAMaterial      // upserted by Name
+}
+
+// Store is rotate's state. BoltStore and MemStore implement it and pass the
+// same test suite.
+type Store interface {
+	Run(ctx context.Context) (Run, error)
+	Commit(ctx context.Context, cp Checkpoint) error
+
+	Step(ctx context.Context, key string) (StepRecord, bool, error)
+	Steps(ctx context.Context) ([]StepRecord, error)
+	Value(ctx context.Context, key string) ([]byte, bool, error)
+
+	SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, error)
+	Backup(ctx context.Context, node, path string) (Backup, bool, error)
+	Backups(ctx context.Context) ([]Backup, error)
+
+	PutCA(ctx context.Context, ca CAMaterial) error
+	CA(ctx context.Context, name string) (CAMaterial, bool, error)
+
+	Events(ctx context.Context) ([]Event, error)
+	Close() error
+}

@@ -1,0 +1,251 @@
+package state
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// suite runs the same assertions against every Store implementation.
+func suite(t *testing.T, open func(t *testing.T) Store) {
+	ctx := context.Background()
+	t.Run("no run", func(t *testing.T) {
+		s := open(t)
+		if _, err := s.Run(ctx); !errors.Is(err, ErrNoRun) {
+			t.Fatalf("Run on empty store: got %v, want ErrNoRun", err)
+		}
+	})
+	t.Run("checkpoint lands together", func(t *testing.T) {
+		s := open(t)
+		run := Run{ID: "r1", Cluster: "c", State: "distribute", CreatedAt: time.Unix(1, 0).UTC()}
+		cp := Checkpoint{
+			Run:    &run,
+			Steps:  []StepRecord{{Key: "distribute/bundle@cp1", Phase: "distribute", Step: "bundle", Target: "cp1", Status: StepDone, Attempts: 1, DoneSeq: 1}},
+			Values: map[string][]byte{"out/x": []byte("v1")},
+			Events: []Event{{Message: "a"}, {Message: "b"}},
+			CAs:    []CAMaterial{{Name: "cluster", NewCert: []byte("C"), NewKey: []byte("K")}},
+		}
+		if err := s.Commit(ctx, cp); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Run(ctx)
+		if err != nil || got.ID != "r1" || got.State != "distribute" || !got.CreatedAt.Equal(run.CreatedAt) {
+			t.Fatalf("Run = %+v, %v", got, err)
+		}
+		st, ok, err := s.Step(ctx, "distribute/bundle@cp1")
+		if err != nil || !ok || st.Status != StepDone || st.Attempts != 1 {
+			t.Fatalf("Step = %+v %v %v", st, ok, err)
+		}
+		v, ok, _ := s.Value(ctx, "out/x")
+		if !ok || string(v) != "v1" {
+			t.Fatalf("Value = %q %v", v, ok)
+		}
+		v[0] = 'X' // callers must not alias stored bytes
+		v2, _, _ := s.Value(ctx, "out/x")
+		if string(v2) != "v1" {
+			t.Fatalf("stored value was aliased: %q", v2)
+		}
+		ca, ok, _ := s.CA(ctx, "cluster")
+		if !ok || string(ca.NewKey) != "K" {
+			t.Fatalf("CA = %v %v", ca, ok)
+		}
+		if strings.Contains(ca.String(), "K") && strings.Contains(ca.String(), "NewKey") {
+			t.Fatalf("CAMaterial.String leaks fields: %s", ca.String())
+		}
+		evs, _ := s.Events(ctx)
+		if len(evs) != 2 || evs[0].Seq != 1 || evs[1].Seq != 2 || evs[1].Message != "b" {
+			t.Fatalf("Events = %+v", evs)
+		}
+		// Delete a value, append more events: the log only grows.
+		if err := s.Commit(ctx, Checkpoint{Values: map[string][]byte{"out/x": nil}, Events: []Event{{Message: "c"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := s.Value(ctx, "out/x"); ok {
+			t.Fatal("value not deleted")
+		}
+		evs, _ = s.Events(ctx)
+		if len(evs) != 3 || evs[2].Seq != 3 {
+			t.Fatalf("Events after append = %+v", evs)
+		}
+	})
+	t.Run("invalid checkpoint writes nothing", func(t *testing.T) {
+		s := open(t)
+		err := s.Commit(ctx, Checkpoint{Run: &Run{ID: "r"}, Steps: []StepRecord{{Key: ""}}, Values: map[string][]byte{"k": []byte("v")}})
+		if err == nil {
+			t.Fatal("want error for step without key")
+		}
+		if _, err := s.Run(ctx); !errors.Is(err, ErrNoRun) {
+			t.Fatalf("run written by failed checkpoint: %v", err)
+		}
+		if _, ok, _ := s.Value(ctx, "k"); ok {
+			t.Fatal("value written by failed checkpoint")
+		}
+	})
+	t.Run("backups keep the first copy", func(t *testing.T) {
+		s := open(t)
+		b := Backup{Node: "cp1", Path: "/etc/kubernetes/pki/ca.crt", Exists: true, Content: []byte("old"), Mode: 0o644, Digest: "d1", TakenAt: time.Unix(10, 0)}
+		saved, err := s.SaveBackupIfAbsent(ctx, b)
+		if err != nil || !saved {
+			t.Fatalf("first save: %v %v", saved, err)
+		}
+		b2 := b
+		b2.Content = []byte("new")
+		saved, err = s.SaveBackupIfAbsent(ctx, b2)
+		if err != nil || saved {
+			t.Fatalf("second save: %v %v", saved, err)
+		}
+		got, ok, _ := s.Backup(ctx, "cp1", "/etc/kubernetes/pki/ca.crt")
+		if !ok || string(got.Content) != "old" || got.Mode != 0o644 {
+			t.Fatalf("Backup = %+v", got)
+		}
+		if _, ok, _ := s.Backup(ctx, "cp2", "/etc/kubernetes/pki/ca.crt"); ok {
+			t.Fatal("backup found for other node")
+		}
+		missing := Backup{Node: "cp1", Path: "/etc/kubernetes/pki/ca-new.key", Exists: false, TakenAt: time.Unix(11, 0)}
+		if _, err := s.SaveBackupIfAbsent(ctx, missing); err != nil {
+			t.Fatal(err)
+		}
+		all, _ := s.Backups(ctx)
+		if len(all) != 2 || all[1].Exists {
+			t.Fatalf("Backups = %+v", all)
+		}
+	})
+	t.Run("steps listed", func(t *testing.T) {
+		s := open(t)
+		for _, k := range []string{"b@x", "a@x", "c@x"} {
+			if err := s.Commit(ctx, Checkpoint{Steps: []StepRecord{{Key: k, Status: StepPending}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all, err := s.Steps(ctx)
+		if err != nil || len(all) != 3 || all[0].Key != "a@x" {
+			t.Fatalf("Steps = %+v %v", all, err)
+		}
+	})
+}
+
+func TestMemStore(t *testing.T) {
+	suite(t, func(t *testing.T) Store { return NewMemStore() })
+}
+
+func TestBoltStore(t *testing.T) {
+	suite(t, func(t *testing.T) Store {
+		s, err := Open(filepath.Join(t.TempDir(), "rotate.db"), OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestBoltFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	s, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file mode %04o, want 0600", st.Mode().Perm())
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {
+		os.Chmod(p, mode)
+		_, err := Open(p, OpenOptions{})
+		if !errors.Is(err, ErrPermissions) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Fatalf("mode %04o: got %v, want ErrPermissions with advice", mode, err)
+		}
+	}
+}
+
+func TestBoltPersistsAcrossOpen(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	s, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, Checkpoint{Run: &Run{ID: "r9", State: "held"}, Values: map[string][]byte{"k": []byte("v")}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = Open(p, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Run(ctx)
+	if err != nil || r.ID != "r9" || r.State != "held" {
+		t.Fatalf("reopened run = %+v %v", r, err)
+	}
+}
+
+func TestBoltRefusesUnknownSchema(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	s, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(tx *boltTx) error { return tx.Bucket(bucketMeta).Put(keySchema, []byte("99")) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = Open(p, OpenOptions{})
+	if !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), `"99"`) {
+		t.Fatalf("got %v, want ErrSchema naming version 99", err)
+	}
+	// A file that is not a rotate state file at all.
+	junk := filepath.Join(t.TempDir(), "junk.db")
+	os.WriteFile(junk, bytes.Repeat([]byte("x"), 8192), 0o600)
+	if _, err := Open(junk, OpenOptions{}); err == nil {
+		t.Fatal("opening junk succeeded")
+	}
+}
+
+// TestBoltSecondProcessBusy holds the lock in a child process (a real second
+// process, as the CLI sees it) and checks Open fails fast with ErrBusy.
+func TestBoltSecondProcessBusy(t *testing.T) {
+	if os.Getenv("ROTATE_STATE_HOLD") != "" {
+		s, err := Open(os.Getenv("ROTATE_STATE_HOLD"), OpenOptions{})
+		if err != nil {
+			os.Exit(7)
+		}
+		defer s.Close()
+		os.Stdout.WriteString("locked\n")
+		buf := make([]byte, 1)
+		os.Stdin.Read(buf) // hold until the parent closes stdin
+		return
+	}
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBoltSecondProcessBusy$")
+	cmd.Env = append(os.Environ(), "ROTATE_STATE_HOLD="+p)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	buf := make([]byte, 64)
+	n, _ := stdout.Read(buf)
+	if !strings.Contains(string(buf[:n]), "locked") {
+		t.Fatalf("child did not lock: %q", buf[:n])
+	}
+	start := time.Now()
+	_, err := Open(p, OpenOptions{LockTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("got %v, want ErrBusy naming the file", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("busy detection took %s", d)
+	}
+}

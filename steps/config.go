@@ -1,0 +1,66 @@
+package steps
+
+import (
+	"fmt"
+	"time"
+)
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// Paths are kubeadm's locations on a node.
+type Paths struct {
+	KubernetesDir string // /etc/kubernetes
+	PKIDir        string // /etc/kubernetes/pki
+	ManifestsDir  string // /etc/kubernetes/manifests
+	KubeletConfig string // /var/lib/kubelet/config.yaml
+	KubeletPKIDir string // /var/lib/kubelet/pki
+	BackupDir     string // /var/lib/rotate/backups
+}
+
+// NewCASpec says where the new CAs come from.
+type NewCASpec struct {
+	// Generate (when Files are empty).
+	Algorithm            string
+	Validity             time.Duration
+	ClusterCommonName    string
+	FrontProxyCommonName string
+	// User-supplied PEM files, read at preflight.
+	ClusterCertFile, ClusterKeyFile       string
+	FrontProxyCertFile, FrontProxyKeyFile string
+}
+
+// Workloads selects the pods restarted so they load the CA bundle.
+type Workloads struct {
+	Namespaces        []string // empty: all
+	ExcludeNamespaces []string
+	Kinds             []string // Deployment, DaemonSet, StatefulSet
+}
+
+// Config is everything the real phases need from the inventory.
+type Config struct {
+	Cluster               string
+	ControlPlane          []string // node names, in rolling order
+	Workers               []string
+	Paths                 Paths
+	KubeletRestartCommand string
+	NewCA                 NewCASpec
+	Workloads             Workloads
+	InClusterNamespaces   []string
+	WorkloadConcurrency   int
+	DefaultTimeout        time.Duration
+	PhaseTimeouts         map[string]time.Duration
+}
+
+// Timeout is the per-step, per-target deadline for a phase.
+func (c *Config) Timeout(phase string) time.Duration {
+	if c == nil {
+		return 5 * time.Minute
+	}
+	if d, ok := c.PhaseTimeouts[phase]; ok && d > 0 {
+		return d
+	}
+	if c.DefaultTimeout > 0 {
+		return c.DefaultTimeout
+	}
+	return 5 * time.Minute
+}
