@@ -12,7 +12,10 @@ import (
 // storeAdapter gives steps their view of the state store, translating the
 // state package's records to the types steps and nodes define, so neither
 // of them imports state.
-type storeAdapter struct{ s state.Store }
+type storeAdapter struct {
+	s     state.Store
+	scope string // the step key whose backups these are
+}
 
 var _ steps.Store = storeAdapter{}
 
@@ -27,6 +30,7 @@ func (a storeAdapter) CA(ctx context.Context, name string) (steps.CAPair, bool, 
 
 func (a storeAdapter) SaveBackupIfAbsent(ctx context.Context, b nodes.Backup) (bool, error) {
 	return a.s.SaveBackupIfAbsent(ctx, state.Backup{
+		Scope: a.scope,
 		RunID: b.RunID, Node: b.Node, Path: b.Path, Exists: b.Exists, Content: b.Content,
 		Mode: uint32(b.Mode), UID: b.UID, GID: b.GID, Owner: b.Owner, Group: b.Group,
 		IsSymlink: b.IsSymlink, LinkTarget: b.LinkTarget, Digest: b.Digest, TakenAt: b.TakenAt,
@@ -34,7 +38,7 @@ func (a storeAdapter) SaveBackupIfAbsent(ctx context.Context, b nodes.Backup) (b
 }
 
 func (a storeAdapter) LoadBackup(ctx context.Context, node, path string) (nodes.Backup, bool, error) {
-	b, ok, err := a.s.Backup(ctx, node, path)
+	b, ok, err := a.s.Backup(ctx, a.scope, node, path)
 	return nodes.Backup{
 		RunID: b.RunID, Node: b.Node, Path: b.Path, Exists: b.Exists, Content: b.Content,
 		Mode: fs.FileMode(b.Mode), UID: b.UID, GID: b.GID, Owner: b.Owner, Group: b.Group,

@@ -76,7 +76,6 @@ func New(o Options) *Engine {
 	if e.printer == nil {
 		e.printer = NewPrinter(nil)
 	}
-	e.rt.Store = storeAdapter{e.store}
 	return e
 }
 
@@ -300,8 +299,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 
 	sctx, cancel := context.WithTimeout(ctx, e.timeout(ph.Name))
 	defer cancel()
-	rt := e.rt
-	rt.Out = &steps.Outputs{}
+	rt := e.stepRuntime(key)
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
 	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String())
 
@@ -341,6 +339,34 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	}
 	e.printer.Step(st.Name(), t.String(), fmt.Sprintf("%s (%s)", msg, e.now().Sub(start).Round(10*time.Millisecond)))
 	return nil
+}
+
+// stepRuntime is the runtime of one step on one target: its backups are
+// scoped to the step key so its revert restores exactly its own "before".
+func (e *Engine) stepRuntime(key string) steps.Runtime {
+	rt := e.rt
+	rt.Store = storeAdapter{s: e.store, scope: key}
+	rt.Out = &steps.Outputs{}
+	rt.BackupID = backupID(rt.RunID, key)
+	return rt
+}
+
+// backupID names a step's backup directory on a node: run id and step key
+// with everything but [A-Za-z0-9._-] replaced.
+func backupID(run, key string) string {
+	b := []byte(run + "." + key)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 128 {
+		b = b[:128]
+	}
+	if b[0] == '.' || b[0] == '-' || b[0] == '_' {
+		b[0] = 'r'
+	}
+	return string(b)
 }
 
 // execute is check → apply → gate.
@@ -409,8 +435,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		}
 		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
 		sctx, cancel := context.WithTimeout(ctx, e.timeout(r.Phase))
-		rt := e.rt
-		rt.Out = &steps.Outputs{}
+		rt := e.stepRuntime(r.Key)
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
 		err = st.Revert(sctx, &rt, t)

@@ -19,9 +19,10 @@ import (
 	"github.com/kubeca/rotate/steps"
 )
 
-// worldStep is a test step whose side effect is a file in a directory (the
-// "world") and a line in a journal, so a test can see every apply and
-// revert, across process kills.
+// worldStep is a test step whose side effects are lines appended to a
+// journal file with one write(2) each, so a process kill lands either before
+// or after an effect, never inside it. The "world" is derived from the
+// journal: an id is in effect when it was applied more often than reverted.
 type worldStep struct {
 	name string
 	dir  string
@@ -29,28 +30,44 @@ type worldStep struct {
 
 func (s worldStep) Name() string { return s.name }
 
-func (s worldStep) effect(t steps.Target) string {
-	return filepath.Join(s.dir, "world", s.name+"@"+t.String())
-}
-
 func (s worldStep) journal(line string) error {
 	f, err := os.OpenFile(filepath.Join(s.dir, "journal"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.WriteString(line + "\n"); err != nil {
-		return err
+	_, err = f.WriteString(line + "\n")
+	return err
+}
+
+func (s worldStep) inEffect(id string) (bool, error) {
+	raw, err := os.ReadFile(filepath.Join(s.dir, "journal"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
 	}
-	return f.Sync()
+	return worldOf(strings.Split(string(raw), "\n"))[id], nil
+}
+
+func worldOf(journal []string) map[string]bool {
+	n := map[string]int{}
+	for _, l := range journal {
+		if id, ok := strings.CutPrefix(l, "apply "); ok {
+			n[id]++
+		} else if id, ok := strings.CutPrefix(l, "revert "); ok {
+			n[id]--
+		}
+	}
+	w := map[string]bool{}
+	for id, c := range n {
+		if c > 0 {
+			w[id] = true
+		}
+	}
+	return w
 }
 
 func (s worldStep) Check(ctx context.Context, rt *steps.Runtime, t steps.Target) (bool, error) {
-	_, err := os.Stat(s.effect(t))
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	return err == nil, err
+	return s.inEffect(s.name + "@" + t.String())
 }
 
 func (s worldStep) Apply(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
@@ -59,12 +76,6 @@ func (s worldStep) Apply(ctx context.Context, rt *steps.Runtime, t steps.Target)
 		return fmt.Errorf("injected failure")
 	}
 	if err := s.journal("apply " + id); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(s.effect(t)), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(s.effect(t), []byte(id), 0o600); err != nil {
 		return err
 	}
 	rt.Out.Put("out/"+id, []byte("produced by "+id))
@@ -79,13 +90,11 @@ func (s worldStep) Gate(ctx context.Context, rt *steps.Runtime, t steps.Target) 
 
 func (s worldStep) Revert(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
 	id := s.name + "@" + t.String()
-	if _, err := os.Stat(s.effect(t)); errors.Is(err, os.ErrNotExist) {
-		return nil // never applied, or already reverted
+	on, err := s.inEffect(id)
+	if err != nil || !on {
+		return err // never applied, or already reverted
 	}
-	if err := s.journal("revert " + id); err != nil {
-		return err
-	}
-	return os.Remove(s.effect(t))
+	return s.journal("revert " + id)
 }
 
 var nodesABC = []steps.Target{{Node: "a", Role: steps.RoleControlPlane}, {Node: "b", Role: steps.RoleWorker}, {Node: "c", Role: steps.RoleWorker}}
@@ -184,10 +193,9 @@ func runHelper(t *testing.T, dir, cmd string, env ...string) helperResult {
 
 func readWorld(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, _ := os.ReadDir(filepath.Join(dir, "world"))
 	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
+	for id := range worldOf(readJournal(t, dir)) {
+		out = append(out, id)
 	}
 	sort.Strings(out)
 	return out

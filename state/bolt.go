@@ -249,13 +249,15 @@ func (s *BoltStore) Value(ctx context.Context, key string) ([]byte, bool, error)
 	return out, out != nil, err
 }
 
-func backupKey(node, path string) []byte { return []byte(node + "\x00" + path) }
+func backupKey(scope, node, path string) []byte {
+	return []byte(scope + "\x00" + node + "\x00" + path)
+}
 
 func (s *BoltStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, error) {
 	saved := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketBackups)
-		k := backupKey(b.Node, b.Path)
+		k := backupKey(b.Scope, b.Node, b.Path)
 		if bk.Get(k) != nil {
 			return nil // the first copy is the one that matters
 		}
@@ -265,12 +267,12 @@ func (s *BoltStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, err
 	return saved, err
 }
 
-func (s *BoltStore) Backup(ctx context.Context, node, path string) (Backup, bool, error) {
+func (s *BoltStore) Backup(ctx context.Context, scope, node, path string) (Backup, bool, error) {
 	var b Backup
 	var ok bool
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		ok, err = getJSON(tx.Bucket(bucketBackups), backupKey(node, path), &b)
+		ok, err = getJSON(tx.Bucket(bucketBackups), backupKey(scope, node, path), &b)
 		return err
 	})
 	return b, ok, err

@@ -127,7 +127,7 @@ func (m *MemStore) Value(ctx context.Context, key string) ([]byte, bool, error) 
 func (m *MemStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := string(backupKey(b.Node, b.Path))
+	k := string(backupKey(b.Scope, b.Node, b.Path))
 	if _, ok := m.backups[k]; ok {
 		return false, nil
 	}
@@ -135,11 +135,11 @@ func (m *MemStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, erro
 	return true, nil
 }
 
-func (m *MemStore) Backup(ctx context.Context, node, path string) (Backup, bool, error) {
+func (m *MemStore) Backup(ctx context.Context, scope, node, path string) (Backup, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var b Backup
-	raw, ok := m.backups[string(backupKey(node, path))]
+	raw, ok := m.backups[string(backupKey(scope, node, path))]
 	if !ok {
 		return b, false, nil
 	}

@@ -72,8 +72,12 @@ type StepRecord struct {
 	RevertedAt time.Time  `json:"revertedAt,omitempty"`
 }
 
-// Backup is a file as it was before the run first changed it.
+// Backup is a file (or API object) as it was before a step first changed
+// it. Scope is the step and target that took it ("phase/step@target"), so
+// each step's revert restores exactly its own "before", and the earliest
+// backup of a path is the file as it was before the run.
 type Backup struct {
+	Scope      string    `json:"scope"`
 	RunID      string    `json:"runID"`
 	Node       string    `json:"node"`
 	Path       string    `json:"path"`
@@ -137,7 +141,7 @@ type Store interface {
 	Value(ctx context.Context, key string) ([]byte, bool, error)
 
 	SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, error)
-	Backup(ctx context.Context, node, path string) (Backup, bool, error)
+	Backup(ctx context.Context, scope, node, path string) (Backup, bool, error)
 	Backups(ctx context.Context) ([]Backup, error)
 
 	PutCA(ctx context.Context, ca CAMaterial) error

@@ -100,11 +100,11 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		if err != nil || saved {
 			t.Fatalf("second save: %v %v", saved, err)
 		}
-		got, ok, _ := s.Backup(ctx, "cp1", "/etc/kubernetes/pki/ca.crt")
+		got, ok, _ := s.Backup(ctx, "", "cp1", "/etc/kubernetes/pki/ca.crt")
 		if !ok || string(got.Content) != "old" || got.Mode != 0o644 {
 			t.Fatalf("Backup = %+v", got)
 		}
-		if _, ok, _ := s.Backup(ctx, "cp2", "/etc/kubernetes/pki/ca.crt"); ok {
+		if _, ok, _ := s.Backup(ctx, "", "cp2", "/etc/kubernetes/pki/ca.crt"); ok {
 			t.Fatal("backup found for other node")
 		}
 		missing := Backup{Node: "cp1", Path: "/etc/kubernetes/pki/ca-new.key", Exists: false, TakenAt: time.Unix(11, 0)}

@@ -93,6 +93,8 @@ type NodeSource interface {
 // execution; Out is committed together with the step's "done" checkpoint.
 type Runtime struct {
 	RunID string
+	// BackupID names this step's backup directory on nodes.
+	BackupID string
 	Store Store
 	Nodes NodeSource
 	Kube  kubernetes.Interface
