@@ -1,0 +1,122 @@
+package pki
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParseCertsPEM(t *testing.T) {
+	c0, c1 := newTestCA(t, "c0"), newTestCA(t, "c1")
+	p0, p1 := certPEM(c0.cert), certPEM(c1.cert)
+	// A block whose base64 body is broken, followed by a good block:
+	// pem.Decode would silently skip the broken one.
+	broken := []byte(strings.Replace(string(p0), "\n", "\n!!!!\n", 2))
+	truncated := p0[:len(p0)-20]
+	tests := []struct {
+		name    string
+		in      []byte
+		want    []*x509.Certificate
+		wantErr string
+		is      error
+	}{
+		{name: "one", in: p0, want: []*x509.Certificate{c0.cert}},
+		{name: "bundle in order", in: cat(p1, p0), want: []*x509.Certificate{c1.cert, c0.cert}},
+		{name: "whitespace and CRLF", in: []byte("\n  \r\n" + strings.ReplaceAll(string(cat(p0, []byte("\n\n"), p1)), "\n", "\r\n") + "\t\n"), want: []*x509.Certificate{c0.cert, c1.cert}},
+		{name: "empty", in: nil, wantErr: "no certificates found", is: ErrNoCertificates},
+		{name: "only whitespace", in: []byte(" \n\t\n"), wantErr: "no certificates found", is: ErrNoCertificates},
+		{name: "garbage before", in: cat([]byte("subject=CN = c0\n"), p0), wantErr: "unexpected non-PEM data at byte 0 (after 0 PEM blocks)"},
+		{name: "garbage between", in: cat(p0, []byte("# comment\n"), p1), wantErr: "unexpected non-PEM data at byte " + strconv.Itoa(len(p0)) + " (after 1 PEM blocks)"},
+		{name: "garbage after", in: cat(p0, []byte("trailer")), wantErr: "unexpected non-PEM data"},
+		{name: "garbage inside a block", in: cat(broken, p1), wantErr: "malformed PEM block at byte 0"},
+		{name: "truncated block", in: truncated, wantErr: "malformed PEM block at byte 0"},
+		{name: "second block truncated", in: cat(p0, truncated), wantErr: "malformed PEM block at byte " + strconv.Itoa(len(p0))},
+		{name: "private key block", in: cat(p0, keyPEM(t, c0.key)), wantErr: `PEM block 2 is "PRIVATE KEY", want "CERTIFICATE"`},
+		{name: "not DER", in: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("nope")}), wantErr: "PEM block 1: parse certificate:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseCertsPEM(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				if tt.is != nil && !errors.Is(err, tt.is) {
+					t.Fatalf("err = %v, want errors.Is %v", err, tt.is)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d certs, want %d", len(got), len(tt.want))
+			}
+			for i := range got {
+				if !got[i].Equal(tt.want[i]) {
+					t.Fatalf("cert %d is %s, want %s", i, Describe(got[i]), Describe(tt.want[i]))
+				}
+			}
+		})
+	}
+}
+
+func TestEncodeCertsPEM(t *testing.T) {
+	c0, c1 := newTestCA(t, "c0"), newTestCA(t, "c1")
+	tests := []struct {
+		name  string
+		certs []*x509.Certificate
+		want  []byte
+	}{
+		{"none", nil, nil},
+		{"one", []*x509.Certificate{c0.cert}, certPEM(c0.cert)},
+		{"two in order", []*x509.Certificate{c1.cert, c0.cert}, certPEM(c1.cert, c0.cert)},
+		{"nil skipped", []*x509.Certificate{c0.cert, nil, c1.cert}, certPEM(c0.cert, c1.cert)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := EncodeCertsPEM(tt.certs...); !bytes.Equal(got, tt.want) {
+				t.Fatalf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFingerprintAndDescribe(t *testing.T) {
+	ca := newTestCA(t, "kubernetes")
+	sum := sha256.Sum256(ca.cert.Raw)
+	fp := hex.EncodeToString(sum[:])
+	noCN := ca.issue(t, &x509.Certificate{Subject: pkix.Name{Organization: []string{"only-org"}}}, ecKey(t))
+	empty := ca.issue(t, &x509.Certificate{DNSNames: []string{"x"}}, ecKey(t))
+	tests := []struct {
+		name     string
+		cert     *x509.Certificate
+		fp       string
+		describe string
+	}{
+		{"CA", ca.cert, fp, "CN=kubernetes (sha256 " + fp[:16] + "…)"},
+		{"no CN", noCN, Fingerprint(noCN), "O=only-org (sha256 " + Fingerprint(noCN)[:16] + "…)"},
+		{"empty subject", empty, Fingerprint(empty), "<empty subject> (sha256 " + Fingerprint(empty)[:16] + "…)"},
+		{"nil", nil, "", "<nil certificate>"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Fingerprint(tt.cert); got != tt.fp {
+				t.Fatalf("Fingerprint = %s, want %s", got, tt.fp)
+			}
+			if tt.cert != nil && (len(tt.fp) != 64 || strings.ToLower(tt.fp) != tt.fp) {
+				t.Fatalf("fingerprint %q is not lowercase hex SHA-256", tt.fp)
+			}
+			if got := Describe(tt.cert); got != tt.describe {
+				t.Fatalf("Describe = %q, want %q", got, tt.describe)
+			}
+		})
+	}
+}
