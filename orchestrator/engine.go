@@ -256,10 +256,15 @@ func (e *Engine) timeout(phase string) time.Duration {
 
 func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedStep) error {
 	name := ps.Step.Name()
-	total := len(ps.Targets)
+	targets := ps.Targets
+	if or, ok := ps.Step.(steps.Orderer); ok && or.Orders() {
+		rt := e.stepRuntime(plans.StepKey(ph.Name, name, steps.ClusterTarget))
+		targets = or.Order(ctx, &rt, targets)
+	}
+	total := len(targets)
 	var doneMu sync.Mutex
 	done := 0
-	return FanOut(ctx, ps.Targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
+	return FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		err := e.runTarget(ctx, ph, ps.Step, t)
 		doneMu.Lock()
 		if err == nil {

@@ -43,6 +43,8 @@ type Inventory struct {
 	Path   string `yaml:"-"`
 	Digest string `yaml:"-"` // sha256 of the file's bytes
 	Raw    []byte `yaml:"-"`
+
+	checkFiles bool
 }
 
 type ClusterSpec struct {
@@ -187,8 +189,14 @@ var typeErrLine = regexp.MustCompile(`^line (\d+): (.*)$`)
 
 // Parse is Load for bytes already read; path names the source in errors
 // and anchors relative file paths.
-func Parse(path string, raw []byte) (*Inventory, error) {
-	inv := &Inventory{Path: path, Raw: raw}
+func Parse(path string, raw []byte) (*Inventory, error) { return parse(path, raw, true) }
+
+// ParseStructure is Parse without checking that referenced files exist,
+// for showing the plan of an inventory written for another machine.
+func ParseStructure(path string, raw []byte) (*Inventory, error) { return parse(path, raw, false) }
+
+func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
+	inv := &Inventory{Path: path, Raw: raw, checkFiles: checkFiles}
 	sum := sha256.Sum256(raw)
 	inv.Digest = hex.EncodeToString(sum[:])
 	ie := &InventoryError{File: path}
@@ -226,6 +234,7 @@ func Parse(path string, raw []byte) (*Inventory, error) {
 	}
 	inv.applyDefaults()
 	inv.validate(ie, root.Content[0])
+	ie.Problems = dedupe(ie.Problems)
 	if len(ie.Problems) > 0 {
 		return nil, ie
 	}
@@ -433,7 +442,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 	}
 	if inv.Kubernetes.Kubeconfig == "" {
 		add("kubernetes.kubeconfig", "required: path of an admin kubeconfig")
-	} else if err := fileReadable(inv.ExpandPath(inv.Kubernetes.Kubeconfig)); err != nil {
+	} else if err := inv.fileReadable(inv.ExpandPath(inv.Kubernetes.Kubeconfig)); err != nil {
 		add("kubernetes.kubeconfig", "%v", err)
 	}
 	if len(inv.Nodes.ControlPlane) == 0 {
@@ -463,7 +472,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 			add(field+".identityFile", "required unless useAgent is true (set ssh.identityFile or the node's)")
 		}
 		if c.IdentityFile != "" {
-			if err := fileReadable(c.IdentityFile); err != nil {
+			if err := inv.fileReadable(c.IdentityFile); err != nil {
 				f := field + ".identityFile"
 				if n.IdentityFile == "" {
 					f = "ssh.identityFile"
@@ -471,7 +480,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 				add(f, "%v", err)
 			}
 		}
-		if err := fileReadable(c.KnownHostsFile); err != nil {
+		if err := inv.fileReadable(c.KnownHostsFile); err != nil {
 			f := field + ".knownHostsFile"
 			if n.KnownHostsFile == "" {
 				f = "ssh.knownHostsFile"
@@ -508,7 +517,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 		for field, v := range map[string]string{"clusterCert": f.ClusterCert, "clusterKey": f.ClusterKey, "frontProxyCert": f.FrontProxyCert, "frontProxyKey": f.FrontProxyKey} {
 			if v == "" {
 				add("newCA.files."+field, "required")
-			} else if err := fileReadable(inv.ExpandPath(v)); err != nil {
+			} else if err := inv.fileReadable(inv.ExpandPath(v)); err != nil {
 				add("newCA.files."+field, "%v", err)
 			}
 		}
@@ -554,6 +563,13 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 			add("rollout.timeouts.phases."+name, "must be positive")
 		}
 	}
+}
+
+func (inv *Inventory) fileReadable(p string) error {
+	if !inv.checkFiles {
+		return nil
+	}
+	return fileReadable(p)
 }
 
 func fileReadable(p string) error {
@@ -625,4 +641,18 @@ func (inv *Inventory) NodeSSH(n NodeSpec) SSHConfig {
 	c.IdentityFile = inv.ExpandPath(c.IdentityFile)
 	c.KnownHostsFile = inv.ExpandPath(c.KnownHostsFile)
 	return c
+}
+
+// dedupe drops repeated problems (a shared ssh setting reported per node).
+func dedupe(ps []Problem) []Problem {
+	seen := map[string]bool{}
+	out := ps[:0]
+	for _, p := range ps {
+		k := p.Field + "\x00" + p.Msg
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -41,6 +41,8 @@ type Config struct {
 	Cluster               string
 	ControlPlane          []string // node names, in rolling order
 	Workers               []string
+	Addresses             map[string]string // node name -> address
+	APIServerPort         int               // 6443
 	Paths                 Paths
 	KubeletRestartCommand string
 	NewCA                 NewCASpec
@@ -64,3 +66,6 @@ func (c *Config) Timeout(phase string) time.Duration {
 	}
 	return 5 * time.Minute
 }
+
+// Address is the node's address from the inventory.
+func (c *Config) Address(node string) string { return c.Addresses[node] }

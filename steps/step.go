@@ -8,8 +8,11 @@ package steps
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
+	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubeca/rotate/nodes"
@@ -95,10 +98,17 @@ type Runtime struct {
 	RunID string
 	// BackupID names this step's backup directory on nodes.
 	BackupID string
-	Store Store
-	Nodes NodeSource
-	Kube  kubernetes.Interface
-	Log   *slog.Logger
+	Store    Store
+	Nodes    NodeSource
+	Kube     kubernetes.Interface
+	Dynamic  dynamic.Interface
+	Trust    *Trust
+	// AdminCert is the client certificate of the operator's kubeconfig, if
+	// it has one; rotate's own new-CA certificate copies its identity.
+	AdminCert *x509.Certificate
+	// Now is the clock for gates and preparation (never for Apply output).
+	Now func() time.Time
+	Log *slog.Logger
 	// Progress prints one operator-facing line (not a log record).
 	Progress func(msg string)
 	Out      *Outputs
@@ -135,4 +145,11 @@ func (rt *Runtime) Printf(format string, args ...any) {
 // (a component restarted by the revert must be healthy before the next).
 type RevertGater interface {
 	RevertGate(ctx context.Context, rt *Runtime, t Target) error
+}
+
+func (rt *Runtime) now() time.Time {
+	if rt.Now != nil {
+		return rt.Now()
+	}
+	return time.Now()
 }

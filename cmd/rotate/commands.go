@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kubeca/rotate/orchestrator"
+	"github.com/kubeca/rotate/plans"
+)
+
+var errHelp = errors.New("help requested")
+
+type command struct {
+	name, short string
+	run         func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"plan", "show every phase, step and target (and with --live, every change) without changing anything", cmdPlan},
+		{"start", "start a rotation from an inventory", cmdStart},
+		{"resume", "continue a held or failed rotation from where it stopped", cmdResume},
+		{"rollback", "revert a rotation's completed steps in reverse order, back to the old CAs", cmdRollback},
+		{"status", "show the run, each phase's state and timing, and the failed step's error", cmdStatus},
+	}
+}
+
+func topUsage(w io.Writer) {
+	fmt.Fprintln(w, "rotate rotates a kubeadm cluster's CAs (cluster CA and front-proxy CA) without an outage.")
+	fmt.Fprintln(w, "\nUsage: rotate COMMAND [flags]\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.short)
+	}
+	fmt.Fprintln(w, "\nRun `rotate COMMAND --help` for a command's flags.")
+	fmt.Fprintln(w, "Exit codes: 0 success, 1 run failed (resumable), 2 usage or input error, 3 state file busy.")
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		topUsage(stderr)
+		return usageError{errors.New("no command given")}
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		topUsage(stdout)
+		return errHelp
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	topUsage(stderr)
+	return usageError{fmt.Errorf("unknown command %q", args[0])}
+}
+
+// flagSet makes a command's flag set; parse errors and --help are handled
+// uniformly.
+func flagSet(name, usage string, stdout io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: rotate %s\n\nFlags:\n%s", usage, fs.FlagUsages())
+	}
+	return fs
+}
+
+func parse(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.Usage()
+			return errHelp
+		}
+		return usageError{fmt.Errorf("%s: %w (see rotate %s --help)", fs.Name(), err, fs.Name())}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+type commonFlags struct {
+	state    string
+	insecure bool
+	verbose  bool
+}
+
+func (c *commonFlags) register(fs *pflag.FlagSet, ssh bool) {
+	fs.StringVar(&c.state, "state", "rotate.db", "state file (progress, backups, CA material; created 0600)")
+	if ssh {
+		fs.BoolVar(&c.insecure, "insecure-ignore-host-keys", false, "DANGEROUS: do not verify SSH host keys (throw-away test clusters only)")
+		fs.BoolVarP(&c.verbose, "verbose", "v", false, "structured debug logs on stderr")
+	}
+}
+
+func (c *commonFlags) common(stdout, stderr io.Writer) orchestrator.Common {
+	level := slog.LevelWarn
+	if c.verbose {
+		level = slog.LevelDebug
+	}
+	if c.insecure {
+		fmt.Fprintln(stderr, "rotate: WARNING: SSH host keys are NOT verified (--insecure-ignore-host-keys)")
+	}
+	return orchestrator.Common{
+		StatePath: c.state, InsecureIgnoreHostKeys: c.insecure, Out: stdout,
+		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+	}
+}
+
+func requireInventory(name, path string) error {
+	if path == "" {
+		return usageError{fmt.Errorf("%s: --inventory is required (see examples/inventory.yaml)", name)}
+	}
+	return nil
+}
+
+func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("plan", "plan --inventory FILE [--live]", stdout)
+	var o orchestrator.PlanOptions
+	fs.StringVarP(&o.InventoryPath, "inventory", "i", "", "inventory file (required)")
+	fs.BoolVar(&o.Live, "live", false, "connect (read only) and show each file, flag and API object change per node")
+	fs.BoolVar(&o.NoHold, "no-hold", false, "show the plan without the hold before narrowing trust")
+	fs.BoolVar(&o.InsecureIgnoreHostKeys, "insecure-ignore-host-keys", false, "DANGEROUS: do not verify SSH host keys")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := requireInventory("plan", o.InventoryPath); err != nil {
+		return err
+	}
+	o.Out = stdout
+	if !o.Live {
+		return staticPlan(ctx, o)
+	}
+	return orchestrator.PrintPlan(ctx, o)
+}
+
+// staticPlan validates only the inventory's structure, so the example
+// inventory (whose key files do not exist here) still shows its plan.
+func staticPlan(ctx context.Context, o orchestrator.PlanOptions) error {
+	err := orchestrator.PrintPlan(ctx, o)
+	var ie *plans.InventoryError
+	if !errors.As(err, &ie) {
+		return err
+	}
+	structural := false
+	for _, p := range ie.Problems {
+		if !strings.Contains(p.Msg, "does not exist") {
+			structural = true
+		}
+	}
+	if structural {
+		return err
+	}
+	fmt.Fprintf(o.Out, "note: %d referenced file(s) are missing on this machine; `rotate start` will refuse until they exist:\n", len(ie.Problems))
+	for _, p := range ie.Problems {
+		fmt.Fprintf(o.Out, "  - %s: %s\n", p.Field, p.Msg)
+	}
+	raw, rerr := os.ReadFile(o.InventoryPath)
+	if rerr != nil {
+		return err
+	}
+	inv, perr := plans.ParseStructure(o.InventoryPath, raw)
+	if perr != nil {
+		return perr
+	}
+	return orchestrator.PrintStaticPlan(o.Out, inv, o.NoHold)
+}
+
+func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("start", "start --inventory FILE [--state rotate.db] [--no-hold]", stdout)
+	var cf commonFlags
+	var o orchestrator.StartOptions
+	fs.StringVarP(&o.InventoryPath, "inventory", "i", "", "inventory file (required)")
+	fs.BoolVar(&o.NoHold, "no-hold", false, "do not hold before narrowing trust (phase 12); run straight through")
+	cf.register(fs, true)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := requireInventory("start", o.InventoryPath); err != nil {
+		return err
+	}
+	o.Common = cf.common(stdout, stderr)
+	return orchestrator.Start(ctx, o)
+}
+
+func cmdResume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("resume", "resume [--state rotate.db]", stdout)
+	var cf commonFlags
+	cf.register(fs, true)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	return orchestrator.Resume(ctx, cf.common(stdout, stderr))
+}
+
+func cmdRollback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("rollback", "rollback [--state rotate.db]", stdout)
+	var cf commonFlags
+	cf.register(fs, true)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	return orchestrator.Rollback(ctx, cf.common(stdout, stderr))
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("status", "status [--state rotate.db] [-o table|json]", stdout)
+	var cf commonFlags
+	cf.register(fs, false)
+	var output string
+	fs.StringVarP(&output, "output", "o", "table", "output format: table or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if output != "table" && output != "json" {
+		return usageError{fmt.Errorf("status: --output must be table or json, got %q", output)}
+	}
+	rep, err := orchestrator.Status(ctx, cf.state)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printStatus(stdout, rep)
+	return nil
+}
+
+func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
+	r := rep.Run
+	fmt.Fprintf(w, "run %s  cluster %s  state %s", r.ID, r.Cluster, r.State)
+	if r.Phase != "" {
+		fmt.Fprintf(w, "  phase %s", r.Phase)
+	}
+	fmt.Fprintf(w, "\nstarted %s  updated %s", r.CreatedAt.Format(time.RFC3339), r.UpdatedAt.Format(time.RFC3339))
+	if !r.FinishedAt.IsZero() {
+		fmt.Fprintf(w, "  finished %s", r.FinishedAt.Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, "\ninventory %s (sha256 %.12s)  backups %d  events %d\n\n", r.InventoryPath, r.InventoryDigest, rep.Backups, rep.Events)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PHASE\tNAME\tSTATE\tSTEPS\tDURATION")
+	for _, p := range rep.Phases {
+		d := "-"
+		if p.Duration > 0 {
+			d = p.Duration.String()
+		}
+		fmt.Fprintf(tw, "%d/12\t%s\t%s\t%d/%d\t%s\n", p.Index, p.Name, p.State, p.Done, p.Total, d)
+	}
+	tw.Flush()
+	for _, f := range rep.Failed {
+		fmt.Fprintf(w, "\nFAILED %s (attempt %d):\n  %s\n", f.Key, f.Attempts, strings.ReplaceAll(f.Error, "\n", "\n  "))
+	}
+	if r.LastError != "" && len(rep.Failed) == 0 {
+		fmt.Fprintf(w, "\nlast error: %s\n", r.LastError)
+	}
+	if rep.Hold != nil && r.State == orchestrator.StateHeld {
+		fmt.Fprintf(w, "\nHELD before narrowing trust (verified %s):\n", rep.Hold.CheckedAt.Format(time.RFC3339))
+		for _, v := range rep.Hold.Verified {
+			fmt.Fprintf(w, "  ok: %s\n", v)
+		}
+		for _, a := range rep.Hold.Attention {
+			fmt.Fprintf(w, "  attention: %s\n", a)
+		}
+		fmt.Fprintln(w, "Resume with `rotate resume` to narrow trust (old-CA certificates stop working), or `rotate rollback`.")
+	}
+	if rep.JoinHash != "" {
+		fmt.Fprintf(w, "\nnew join hash: --discovery-token-ca-cert-hash %s\n", rep.JoinHash)
+	}
+	switch r.State {
+	case orchestrator.StateFailed:
+		fmt.Fprintln(w, "\nFix the cause, then `rotate resume` (retries from the failed step) or `rotate rollback`.")
+	case orchestrator.StateRollingBack:
+		fmt.Fprintln(w, "\nA rollback is in progress or failed; run `rotate rollback` again to finish it.")
+	}
+}

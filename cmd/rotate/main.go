@@ -1,0 +1,69 @@
+// Command rotate rotates a kubeadm cluster's certificate authorities (the
+// cluster CA and the front-proxy CA) without an outage, and can always be
+// resumed or rolled back. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kubeca/rotate/orchestrator"
+	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1 // the run failed; `rotate resume` retries
+	exitUsage  = 2 // bad flags, bad inventory, refused state file
+	exitBusy   = 3 // another rotate holds the state file
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks errors that are the caller's input.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	if err == nil {
+		return exitOK
+	}
+	if errors.Is(err, errHelp) {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "rotate: %v\n", err)
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var ue usageError
+	var ie *plans.InventoryError
+	var re *orchestrator.RunError
+	switch {
+	case errors.Is(err, state.ErrBusy):
+		return exitBusy
+	case errors.As(err, &ue), errors.As(err, &ie),
+		errors.Is(err, orchestrator.ErrUnfinishedRun), errors.Is(err, orchestrator.ErrNothingToResume),
+		errors.Is(err, orchestrator.ErrPlanMismatch), errors.Is(err, state.ErrPermissions),
+		errors.Is(err, state.ErrSchema), errors.Is(err, state.ErrNoRun):
+		return exitUsage
+	case errors.As(err, &re):
+		return exitFailed
+	default:
+		return exitFailed
+	}
+}

@@ -1,0 +1,192 @@
+package plans
+
+import (
+	"github.com/kubeca/rotate/steps"
+)
+
+// Phase names, in order. They are the FSM states, the keys of
+// rollout.timeouts.phases and what `rotate status` shows.
+var PhaseNames = []string{
+	"preflight",
+	"distribute",
+	"controller-manager-trust",
+	"publication",
+	"in-cluster-clients",
+	"apiserver-trust",
+	"scheduler-trust",
+	"kubeconfigs",
+	"cloud-controller-manager",
+	"servers",
+	"cluster-info",
+	"verify",
+	"narrow-trust",
+}
+
+func init() {
+	for _, n := range PhaseNames {
+		knownPhases[n] = true
+	}
+}
+
+// Options change how a plan is built.
+type Options struct {
+	// Hold pauses after verify (phase 11) until `rotate resume`.
+	Hold bool
+}
+
+// Build turns a validated inventory into the plan of ROTATION.md: widen
+// trust (phases 1-8), switch issuance (9), verify and hold (10-11), narrow
+// trust (12).
+func Build(inv *Inventory, opts Options) *Plan {
+	var cp, workers, all []steps.Target
+	for _, n := range inv.Nodes.ControlPlane {
+		cp = append(cp, steps.Target{Node: n.Name, Role: steps.RoleControlPlane})
+	}
+	for _, n := range inv.Nodes.Workers {
+		workers = append(workers, steps.Target{Node: n.Name, Role: steps.RoleWorker})
+	}
+	all = append(append(all, cp...), workers...)
+	cluster := []steps.Target{steps.ClusterTarget}
+	batch := inv.WorkerBatch()
+	wide := 8 // read-only and file-distribution fan-out
+	one := func(s steps.Step, t []steps.Target) PlannedStep {
+		return PlannedStep{Step: s, Targets: t, Concurrency: 1}
+	}
+	fan := func(s steps.Step, t []steps.Target, n int) PlannedStep {
+		return PlannedStep{Step: s, Targets: t, Concurrency: n}
+	}
+	// Workers-only steps are dropped when there are no workers.
+	nodeSteps := func(cpStep, wStep steps.Step) []PlannedStep {
+		out := []PlannedStep{one(cpStep, cp)}
+		if len(workers) > 0 {
+			out = append(out, fan(wStep, workers, batch))
+		}
+		return out
+	}
+
+	phases := []Phase{
+		{Name: "preflight", Short: "reach every node, check health, prepare the new CAs and certificates", Steps: []PlannedStep{
+			fan(steps.NodesReachable{}, all, wide),
+			one(steps.ClusterHealthy{}, cluster),
+			one(steps.NewCAs{}, cluster),
+			fan(steps.PrepareCerts{}, all, wide),
+		}},
+		{Name: "distribute", Short: "new CAs and old+new bundles to the nodes", Steps: []PlannedStep{
+			fan(steps.Distribute(), all, wide),
+		}},
+		{Name: "controller-manager-trust", Short: "controller-managers trust and publish old+new", Steps: []PlannedStep{
+			one(steps.KCMTrustBoth(), cp),
+		}},
+		{Name: "publication", Short: "wait until kube-root-ca.crt and token Secrets hold old+new", Steps: []PlannedStep{
+			one(steps.RootCAPublished(), cluster),
+		}},
+		{Name: "in-cluster-clients", Short: "restart in-cluster clients so they load the bundle", Steps: []PlannedStep{
+			one(&steps.RestartWorkloads{StepName: "system-workloads", InCluster: true}, cluster),
+		}},
+		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: []PlannedStep{
+			one(steps.APIServerTrustBoth(), cp),
+			one(steps.ExtensionAuthWidened(), cluster),
+		}},
+		{Name: "scheduler-trust", Short: "schedulers trust old+new", Steps: []PlannedStep{
+			one(steps.SchedulerTrustBoth(), cp),
+		}},
+		{Name: "kubeconfigs", Short: "control-plane kubeconfigs: bundle and client certificates from the new CA", Steps: []PlannedStep{
+			one(steps.Kubeconfigs(), cp),
+		}},
+		{Name: "cloud-controller-manager", Short: "cloud-controller-manager trusts old+new, where present", Steps: []PlannedStep{
+			one(steps.CCMTrustBoth(), cp),
+		}},
+		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: append(append(append(
+			[]PlannedStep{one(steps.WebhookCABundles{}, cluster)},
+			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
+			one(&steps.RestartWorkloads{StepName: "workloads"}, cluster),
+			one(steps.SwitchIssuance(), cp)),
+			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers"))...),
+		},
+		{Name: "cluster-info", Short: "cluster-info carries the new CA; bootstrap signatures recomputed", Steps: []PlannedStep{
+			one(steps.ClusterInfo(), cluster),
+		}},
+		{Name: "verify", Short: "prove the cluster runs on the new CAs; list what still needs the old", HoldAfter: true, Steps: []PlannedStep{
+			one(steps.Verify{}, cluster),
+		}},
+		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: append(append(
+			[]PlannedStep{
+				one(steps.NarrowKCMRootCA(), cp),
+				one(steps.RootCANarrowed(), cluster),
+				one(steps.ControlPlaneCanonical(), cp),
+				one(steps.ExtensionAuthNarrowed(), cluster),
+			},
+			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
+			fan(steps.Cleanup(), all, wide),
+			one(steps.DiscoveryHash{}, cluster)),
+		},
+	}
+	for i := range phases {
+		phases[i].Index = i
+		if phases[i].Name != PhaseNames[i] {
+			panic("plans: phase list and PhaseNames disagree at " + phases[i].Name)
+		}
+	}
+	if !opts.Hold {
+		for i := range phases {
+			phases[i].HoldAfter = false
+		}
+	}
+	return &Plan{Version: Version, Phases: phases}
+}
+
+// WorkerBatch is how many workers restart at once.
+func (inv *Inventory) WorkerBatch() int {
+	r := inv.Rollout
+	if r.WorkerBatchPercent > 0 {
+		n := len(inv.Nodes.Workers) * r.WorkerBatchPercent / 100
+		if n < 1 {
+			n = 1
+		}
+		return n
+	}
+	if r.WorkerBatchSize < 1 {
+		return 1
+	}
+	return r.WorkerBatchSize
+}
+
+// StepsConfig is the part of the inventory the steps read.
+func (inv *Inventory) StepsConfig() *steps.Config {
+	c := &steps.Config{
+		Cluster:   inv.Cluster.Name,
+		Addresses: map[string]string{},
+		Paths: steps.Paths{
+			KubernetesDir: inv.Paths.KubernetesDir, PKIDir: inv.Paths.PKIDir, ManifestsDir: inv.Paths.ManifestsDir,
+			KubeletConfig: inv.Paths.KubeletConfig, KubeletPKIDir: inv.Paths.KubeletPKIDir, BackupDir: inv.Paths.BackupDir,
+		},
+		APIServerPort:         6443,
+		KubeletRestartCommand: inv.Kubelet.RestartCommand,
+		Workloads: steps.Workloads{
+			Namespaces: inv.Rollout.Workloads.Namespaces, ExcludeNamespaces: inv.Rollout.Workloads.ExcludeNamespaces,
+			Kinds: inv.Rollout.Workloads.Kinds,
+		},
+		InClusterNamespaces: inv.Rollout.InClusterClients.Namespaces,
+		WorkloadConcurrency: inv.Rollout.WorkloadConcurrency,
+		DefaultTimeout:      inv.Rollout.Timeouts.Default,
+		PhaseTimeouts:       inv.Rollout.Timeouts.Phases,
+	}
+	for _, n := range inv.Nodes.ControlPlane {
+		c.ControlPlane = append(c.ControlPlane, n.Name)
+		c.Addresses[n.Name] = n.Address
+	}
+	for _, n := range inv.Nodes.Workers {
+		c.Workers = append(c.Workers, n.Name)
+		c.Addresses[n.Name] = n.Address
+	}
+	if g := inv.NewCA.Generate; g != nil {
+		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName}
+	}
+	if f := inv.NewCA.Files; f != nil {
+		c.NewCA = steps.NewCASpec{
+			ClusterCertFile: inv.ExpandPath(f.ClusterCert), ClusterKeyFile: inv.ExpandPath(f.ClusterKey),
+			FrontProxyCertFile: inv.ExpandPath(f.FrontProxyCert), FrontProxyKeyFile: inv.ExpandPath(f.FrontProxyKey),
+		}
+	}
+	return c
+}

@@ -1,0 +1,325 @@
+package steps
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
+)
+
+var (
+	gvrAPIService = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}
+	gvrValidating = schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingwebhookconfigurations"}
+	gvrMutating   = schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "mutatingwebhookconfigurations"}
+	gvrCRD        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+)
+
+// apiBackupNode is the pseudo node name API object backups are stored
+// under, next to the file backups of real nodes.
+const apiBackupNode = "api"
+
+func (rt *Runtime) unavailableAPIServices(ctx context.Context) ([]string, error) {
+	list, err := rt.Dynamic.Resource(gvrAPIService).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list APIServices: %w", err)
+	}
+	var out []string
+	for _, it := range list.Items {
+		conds, _, _ := unstructured.NestedSlice(it.Object, "status", "conditions")
+		ok := false
+		for _, c := range conds {
+			m, _ := c.(map[string]any)
+			if m["type"] == "Available" && m["status"] == "True" {
+				ok = true
+			}
+		}
+		if !ok {
+			out = append(out, it.GetName())
+		}
+	}
+	return out, nil
+}
+
+// backupAPIData saves an API object's data (first copy wins, scoped to
+// the step) before the step changes it.
+func (rt *Runtime) backupAPIData(ctx context.Context, id string, data any) error {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	b := nodes.Backup{RunID: rt.RunID, Node: apiBackupNode, Path: id, Exists: true, Content: raw, Digest: sha256hex(raw), TakenAt: rt.now()}
+	_, err = rt.Store.SaveBackupIfAbsent(ctx, b)
+	return err
+}
+
+func (rt *Runtime) loadAPIBackup(ctx context.Context, id string, into any) (bool, error) {
+	b, ok, err := rt.Store.LoadBackup(ctx, apiBackupNode, id)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, json.Unmarshal(b.Content, into)
+}
+
+// bundleIs reports whether a PEM bundle holds exactly the certificates of want.
+func bundleIs(have string, want []byte) bool {
+	eq, err := pki.BundleEqual([]byte(have), want)
+	return err == nil && eq
+}
+
+// waitRootCAPublished waits until kube-root-ca.crt in every namespace and
+// every legacy service-account token Secret's ca.crt hold exactly want.
+func (rt *Runtime) waitRootCAPublished(ctx context.Context, want []byte) error {
+	return waitFor(ctx, "kube-root-ca.crt and token Secrets to be republished", func(ctx context.Context) (bool, string, error) {
+		ok, why, err := rt.rootCAPublished(ctx, want)
+		return ok, why, err
+	})
+}
+
+func (rt *Runtime) rootCAPublished(ctx context.Context, want []byte) (bool, string, error) {
+	nss, err := rt.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, "list namespaces: " + err.Error(), nil
+	}
+	cms, err := rt.Kube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=kube-root-ca.crt"})
+	if err != nil {
+		return false, "list kube-root-ca.crt: " + err.Error(), nil
+	}
+	have := map[string]string{}
+	for _, cm := range cms.Items {
+		have[cm.Namespace] = cm.Data["ca.crt"]
+	}
+	var stale []string
+	for _, ns := range nss.Items {
+		if ns.Status.Phase == corev1.NamespaceTerminating {
+			continue
+		}
+		if !bundleIs(have[ns.Name], want) {
+			stale = append(stale, ns.Name)
+		}
+	}
+	secrets, err := rt.Kube.CoreV1().Secrets("").List(ctx, metav1.ListOptions{FieldSelector: "type=" + string(corev1.SecretTypeServiceAccountToken)})
+	if err != nil {
+		return false, "list token secrets: " + err.Error(), nil
+	}
+	for _, s := range secrets.Items {
+		if !bundleIs(string(s.Data["ca.crt"]), want) {
+			stale = append(stale, "secret "+s.Namespace+"/"+s.Name)
+		}
+	}
+	if len(stale) > 0 {
+		sort.Strings(stale)
+		if len(stale) > 5 {
+			stale = append(stale[:5], fmt.Sprintf("and %d more", len(stale)-5))
+		}
+		return false, "not yet republished: " + strings.Join(stale, ", "), nil
+	}
+	return true, "", nil
+}
+
+// workload is one Deployment, DaemonSet or StatefulSet.
+type workload struct {
+	kind, namespace, name string
+}
+
+func (w workload) String() string { return w.kind + " " + w.namespace + "/" + w.name }
+
+// listWorkloads returns the selected workloads, sorted.
+func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds []string) ([]workload, error) {
+	excl := map[string]bool{}
+	for _, n := range exclude {
+		excl[n] = true
+	}
+	nsList := namespaces
+	if len(nsList) == 0 {
+		nsList = []string{metav1.NamespaceAll}
+	}
+	var out []workload
+	for _, ns := range nsList {
+		for _, k := range kinds {
+			var items []metav1.ObjectMeta
+			switch k {
+			case "Deployment":
+				l, err := rt.Kube.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return nil, fmt.Errorf("list deployments: %w", err)
+				}
+				for _, d := range l.Items {
+					items = append(items, d.ObjectMeta)
+				}
+			case "DaemonSet":
+				l, err := rt.Kube.AppsV1().DaemonSets(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return nil, fmt.Errorf("list daemonsets: %w", err)
+				}
+				for _, d := range l.Items {
+					items = append(items, d.ObjectMeta)
+				}
+			case "StatefulSet":
+				l, err := rt.Kube.AppsV1().StatefulSets(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return nil, fmt.Errorf("list statefulsets: %w", err)
+				}
+				for _, d := range l.Items {
+					items = append(items, d.ObjectMeta)
+				}
+			}
+			for _, m := range items {
+				if !excl[m.Namespace] {
+					out = append(out, workload{kind: k, namespace: m.Namespace, name: m.Name})
+				}
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out, nil
+}
+
+// restartWorkload sets the restart annotation on the pod template (a
+// rollout restart, with a deterministic value) unless already set.
+func (rt *Runtime) restartWorkload(ctx context.Context, w workload, value string) error {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, workloadAnnotation, value)
+	var err error
+	switch w.kind {
+	case "Deployment":
+		_, err = rt.Kube.AppsV1().Deployments(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	case "DaemonSet":
+		_, err = rt.Kube.AppsV1().DaemonSets(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	case "StatefulSet":
+		_, err = rt.Kube.AppsV1().StatefulSets(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	}
+	if apierrors.IsNotFound(err) {
+		return nil // deleted meanwhile: nothing to restart
+	}
+	if err != nil {
+		return fmt.Errorf("restart %s: %w", w, err)
+	}
+	return nil
+}
+
+// rolledOut reports whether the workload finished rolling out the template
+// that carries the annotation value.
+func (rt *Runtime) rolledOut(ctx context.Context, w workload, value string) (bool, string, error) {
+	switch w.kind {
+	case "Deployment":
+		d, err := rt.Kube.AppsV1().Deployments(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, "", nil
+		}
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		if d.Spec.Template.Annotations[workloadAnnotation] != value {
+			return false, "not restarted", nil
+		}
+		return deploymentDone(d)
+	case "DaemonSet":
+		d, err := rt.Kube.AppsV1().DaemonSets(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, "", nil
+		}
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		if d.Spec.Template.Annotations[workloadAnnotation] != value {
+			return false, "not restarted", nil
+		}
+		s := d.Status
+		if d.Generation > s.ObservedGeneration || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled {
+			return false, fmt.Sprintf("%d/%d updated, %d available", s.UpdatedNumberScheduled, s.DesiredNumberScheduled, s.NumberAvailable), nil
+		}
+		return true, "", nil
+	case "StatefulSet":
+		d, err := rt.Kube.AppsV1().StatefulSets(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, "", nil
+		}
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		if d.Spec.Template.Annotations[workloadAnnotation] != value {
+			return false, "not restarted", nil
+		}
+		s := d.Status
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		if d.Generation > s.ObservedGeneration || s.UpdateRevision != s.CurrentRevision || s.UpdatedReplicas < want || s.ReadyReplicas < want {
+			return false, fmt.Sprintf("%d/%d updated, %d ready", s.UpdatedReplicas, want, s.ReadyReplicas), nil
+		}
+		return true, "", nil
+	}
+	return false, "", fmt.Errorf("unknown kind %s", w.kind)
+}
+
+func deploymentDone(d *appsv1.Deployment) (bool, string, error) {
+	s := d.Status
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	if d.Generation > s.ObservedGeneration {
+		return false, "generation not observed", nil
+	}
+	if s.UpdatedReplicas < want || s.Replicas > s.UpdatedReplicas || s.AvailableReplicas < want {
+		return false, fmt.Sprintf("%d/%d updated, %d total, %d available", s.UpdatedReplicas, want, s.Replicas, s.AvailableReplicas), nil
+	}
+	return true, "", nil
+}
+
+// rollWorkloads restarts every workload and waits for all, with at most
+// limit rollouts in flight.
+func (rt *Runtime) rollWorkloads(ctx context.Context, ws []workload, value string, limit int) error {
+	if limit < 1 {
+		limit = 1
+	}
+	sem := make(chan struct{}, limit)
+	var mu sync.Mutex
+	var errs []string
+	var wg sync.WaitGroup
+	done := 0
+	for _, w := range ws {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(w workload) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := rt.restartWorkload(ctx, w, value)
+			if err == nil {
+				err = waitFor(ctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
+					return rt.rolledOut(ctx, w, value)
+				})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err.Error())
+				return
+			}
+			done++
+			rt.Printf("rolled out %s (%d/%d)", w, done, len(ws))
+		}(w)
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		sort.Strings(errs)
+		return fmt.Errorf("%d of %d rollouts failed:\n  - %s", len(errs), len(ws), strings.Join(errs, "\n  - "))
+	}
+	return nil
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

@@ -1,0 +1,239 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubeca/rotate/nodes"
+)
+
+// pollInterval is how often gates re-evaluate their condition. Gates wait
+// on a condition with the step's deadline, never for a fixed time.
+const pollInterval = 500 * time.Millisecond
+
+// waitFor polls cond until it reports done, the context ends, or cond
+// fails permanently. The last "not yet" reason is part of a timeout error.
+func waitFor(ctx context.Context, what string, cond func(ctx context.Context) (done bool, why string, err error)) error {
+	var last string
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		done, why, err := cond(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if done {
+			return nil
+		}
+		last = why
+		select {
+		case <-ctx.Done():
+			if last != "" {
+				return fmt.Errorf("%s: %w (last: %s)", what, ctx.Err(), last)
+			}
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Component is a control-plane static pod.
+type Component struct {
+	Name       string // container and process name
+	Manifest   string // file name in the manifests dir
+	HealthPort int    // local https healthz port; 0 = none
+}
+
+var (
+	APIServer         = Component{Name: "kube-apiserver", Manifest: "kube-apiserver.yaml", HealthPort: 0}
+	ControllerManager = Component{Name: "kube-controller-manager", Manifest: "kube-controller-manager.yaml", HealthPort: 10257}
+	Scheduler         = Component{Name: "kube-scheduler", Manifest: "kube-scheduler.yaml", HealthPort: 10259}
+)
+
+// processAge is a shell script: it prints "<pid> <started-epoch>
+// <manifest-mtime-epoch>" for the newest process of the component that
+// shares this shell's network namespace (static control-plane pods use the
+// host network), or exits 3 when none runs.
+const processAge = `set -u
+name=$1; manifest=$2
+self=$(readlink /proc/self/ns/net)
+now=$(date +%s)
+best=""; beststart=0
+for p in $(pgrep -f "(^|/)$name( |$)" || true); do
+  [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$self" ] || continue
+  et=$(ps -o etimes= -p "$p" 2>/dev/null | tr -d ' ')
+  [ -n "$et" ] || continue
+  st=$((now - et))
+  if [ -z "$best" ] || [ "$st" -gt "$beststart" ]; then best=$p; beststart=$st; fi
+done
+[ -n "$best" ] || exit 3
+m=$(stat -c %Y "$manifest" 2>/dev/null || echo 0)
+echo "$best $beststart $m"
+`
+
+// componentRestarted reports whether the component's newest process on
+// the node started at or after its manifest was last written.
+func componentRestarted(ctx context.Context, r nodes.Runner, c Component, manifestPath string) (bool, string, error) {
+	res, err := r.Run(ctx, "sh -c "+shellQuote(processAge)+" sh "+shellQuote(c.Name)+" "+shellQuote(manifestPath), nil)
+	var ee *nodes.ExitError
+	if errors.As(err, &ee) && ee.Result.ExitStatus == 3 {
+		return false, c.Name + " is not running", nil
+	}
+	if err != nil {
+		return false, "", err
+	}
+	f := strings.Fields(string(res.Stdout))
+	if len(f) != 3 {
+		return false, "", fmt.Errorf("unexpected process report %q", res.Stdout)
+	}
+	started, _ := strconv.ParseInt(f[1], 10, 64)
+	mtime, _ := strconv.ParseInt(f[2], 10, 64)
+	if started < mtime {
+		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, f[0]), nil
+	}
+	return true, "", nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// localHealthy asks the component's local healthz port on the node.
+func localHealthy(ctx context.Context, r nodes.Runner, port int) (bool, string, error) {
+	cmd := fmt.Sprintf("curl -sk --max-time 5 https://127.0.0.1:%d/healthz", port)
+	res, err := r.Run(ctx, cmd, nil)
+	if err != nil {
+		var ee *nodes.ExitError
+		if errors.As(err, &ee) {
+			return false, fmt.Sprintf("healthz on port %d: curl exit %d", port, ee.Result.ExitStatus), nil
+		}
+		return false, "", err
+	}
+	if strings.TrimSpace(string(res.Stdout)) != "ok" {
+		return false, fmt.Sprintf("healthz on port %d says %q", port, strings.TrimSpace(string(res.Stdout))), nil
+	}
+	return true, "", nil
+}
+
+// apiServerReady asks https://addr:6443/readyz.
+func (rt *Runtime) apiServerReady(ctx context.Context, addr string) (bool, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+joinHostPort(addr, rt.Config.APIServerPort)+"/readyz", nil)
+	if err != nil {
+		return false, "", err
+	}
+	resp, err := rt.Trust.HTTPClient().Do(req)
+	if err != nil {
+		return false, err.Error(), nil
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Sprintf("readyz %d: %s", resp.StatusCode, firstLine(body)), nil
+	}
+	return true, "", nil
+}
+
+func firstLine(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}
+
+func joinHostPort(host string, port int) string {
+	if port == 0 {
+		port = 6443
+	}
+	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+		return "[" + host + "]:" + strconv.Itoa(port)
+	}
+	return host + ":" + strconv.Itoa(port)
+}
+
+// gateComponent waits until the component on t has restarted from its
+// current manifest and is healthy.
+func (rt *Runtime) gateComponent(ctx context.Context, t Target, c Component) error {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	manifest := rt.Config.Paths.ManifestsDir + "/" + c.Manifest
+	return waitFor(ctx, fmt.Sprintf("%s on %s to restart and become healthy", c.Name, t.Node), func(ctx context.Context) (bool, string, error) {
+		ok, why, err := componentRestarted(ctx, r, c, manifest)
+		if err != nil || !ok {
+			return ok, why, err
+		}
+		if c == APIServer {
+			return rt.apiServerReady(ctx, rt.Config.Address(t.Node))
+		}
+		if c.HealthPort != 0 {
+			return localHealthy(ctx, r, c.HealthPort)
+		}
+		return true, "", nil
+	})
+}
+
+// gateKubelet waits until the node is Ready and its Lease was renewed
+// after the gate started, i.e. by the kubelet running now with its current
+// credentials.
+func (rt *Runtime) gateKubelet(ctx context.Context, node string) error {
+	var first *metav1.MicroTime
+	return waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
+		lease, err := rt.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, "lease: " + err.Error(), nil
+		}
+		renew := leaseRenew(lease)
+		if first == nil {
+			first = &renew
+			return false, "waiting for the next lease renewal", nil
+		}
+		if !renew.After(first.Time) {
+			return false, "lease not renewed since " + first.Format(time.RFC3339), nil
+		}
+		n, err := rt.Kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, "node: " + err.Error(), nil
+		}
+		if !nodeReady(n) {
+			return false, "node is not Ready", nil
+		}
+		return true, "", nil
+	})
+}
+
+func leaseRenew(l *coordinationv1.Lease) metav1.MicroTime {
+	if l.Spec.RenewTime != nil {
+		return *l.Spec.RenewTime
+	}
+	return metav1.MicroTime{}
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// restartKubelet runs the inventory's restart command on the node.
+func (rt *Runtime) restartKubelet(ctx context.Context, r nodes.Runner) error {
+	if _, err := r.Run(ctx, rt.Config.KubeletRestartCommand, nil); err != nil {
+		return fmt.Errorf("restart kubelet on %s (%s): %w", r.Name(), rt.Config.KubeletRestartCommand, err)
+	}
+	return nil
+}

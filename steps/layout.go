@@ -1,0 +1,69 @@
+package steps
+
+import "path"
+
+// Files rotate adds next to kubeadm's during the rotation. They are removed
+// by the cleanup step at the end of phase 12.
+const (
+	fileNewCACert       = "rotate-ca.crt"
+	fileNewCAKey        = "rotate-ca.key"
+	fileNewFPCACert     = "rotate-front-proxy-ca.crt"
+	fileNewFPCAKey      = "rotate-front-proxy-ca.key"
+	fileCABundle        = "rotate-ca-bundle.crt"
+	fileFPCABundle      = "rotate-front-proxy-ca-bundle.crt"
+	restartAnnotation   = "rotate.kubeca.io/restart"
+	workloadAnnotation  = "rotate.kubeca.io/restartedAt"
+	kubeletMarkerDir    = "/var/lib/rotate/markers"
+	kubeletClientLink   = "kubelet-client-current.pem"
+	kubeconfigAdmin     = "admin.conf"
+	kubeconfigSuper     = "super-admin.conf"
+	kubeconfigKCM       = "controller-manager.conf"
+	kubeconfigScheduler = "scheduler.conf"
+	kubeconfigKubelet   = "kubelet.conf"
+)
+
+// kubeadm's own files.
+const (
+	fileCACert   = "ca.crt"
+	fileCAKey    = "ca.key"
+	fileFPCACert = "front-proxy-ca.crt"
+	fileFPCAKey  = "front-proxy-ca.key"
+)
+
+// leafFile is a certificate the control plane serves or presents, and the
+// CA that must issue its replacement.
+type leafFile struct {
+	name string // base name without extension, in the pki dir
+	ca   string // CACluster or CAFrontProxy
+}
+
+var controlPlaneLeaves = []leafFile{
+	{"apiserver", CACluster},
+	{"apiserver-kubelet-client", CACluster},
+	{"front-proxy-client", CAFrontProxy},
+}
+
+// client kubeconfigs on control-plane nodes; super-admin.conf exists only
+// on the node kubeadm init ran on (1.29+).
+var controlPlaneKubeconfigs = []struct {
+	name     string
+	optional bool
+}{
+	{kubeconfigAdmin, false},
+	{kubeconfigSuper, true},
+	{kubeconfigKCM, false},
+	{kubeconfigScheduler, false},
+}
+
+func (c *Config) pki(name string) string     { return path.Join(c.Paths.PKIDir, name) }
+func (c *Config) kubeDir(name string) string { return path.Join(c.Paths.KubernetesDir, name) }
+func (c *Config) manifest(comp Component) string {
+	return path.Join(c.Paths.ManifestsDir, comp.Manifest)
+}
+func (c *Config) kubeletPKI(name string) string {
+	return path.Join(c.Paths.KubeletPKIDir, name)
+}
+
+// prepared value keys.
+func prepKey(node, name string) string { return "prep/" + node + "/" + name }
+func prepDoneKey(node string) string   { return "prep/" + node + "/done" }

@@ -1,0 +1,276 @@
+package steps
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubeca/rotate/nodes/edit"
+)
+
+// NodeEdit is the shape of most node steps: a set of idempotent file
+// edits, then the restart of the components whose manifests the edits bump
+// (the static pod restarts because its manifest content changed) and/or of
+// the kubelet, then health gates for each. Revert restores this step's own
+// backups, which restarts the same components, and gates them again.
+type NodeEdit struct {
+	StepName string
+	// Edits computes the edits for a target from the run's state.
+	Edits func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error)
+	// Restart lists the static pods restarted by the step.
+	Restart []Component
+	// Kubelet restarts the kubelet after the edits.
+	Kubelet bool
+	// LeaderLast orders control-plane targets so the current holder of
+	// this component's leader lease goes last (standbys first).
+	LeaderLast *Component
+	Short      string
+}
+
+func (s *NodeEdit) Name() string { return s.StepName }
+
+// allEdits adds the restart annotation bump of every restarted component.
+func (s *NodeEdit) allEdits(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+	edits, err := s.Edits(ctx, rt, t)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range s.Restart {
+		edits = append(edits, bumpManifest(rt, c))
+	}
+	return edits, nil
+}
+
+func (rt *Runtime) kubeletMarker() string { return kubeletMarkerDir + "/" + rt.BackupID }
+
+func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return false, err
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	if err != nil {
+		return false, err
+	}
+	done, err := editsInPlace(ctx, r, edits)
+	if err != nil || !done || !s.Kubelet {
+		return done, err
+	}
+	st, err := r.Stat(ctx, rt.kubeletMarker())
+	return err == nil && st.Exists, err
+}
+
+func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	if err != nil {
+		return err
+	}
+	if _, err := applyEdits(ctx, rt, r, edits); err != nil {
+		return err
+	}
+	if s.Kubelet {
+		if err := rt.restartKubelet(ctx, r); err != nil {
+			return err
+		}
+		if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(kubeletMarkerDir), nil); err != nil {
+			return err
+		}
+		if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte("kubelet restarted\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
+	for _, c := range s.Restart {
+		if err := rt.gateComponent(ctx, t, c); err != nil {
+			return err
+		}
+	}
+	if s.Kubelet {
+		return rt.gateKubelet(ctx, t.Node)
+	}
+	return nil
+}
+
+func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	if err != nil {
+		return err
+	}
+	changed, err := restorePaths(ctx, rt, r, editPaths(edits))
+	if err != nil {
+		return err
+	}
+	if s.Kubelet {
+		st, err := r.Stat(ctx, rt.kubeletMarker())
+		if err != nil {
+			return err
+		}
+		if changed || st.Exists {
+			if err := rt.restartKubelet(ctx, r); err != nil {
+				return err
+			}
+		}
+		if err := r.Remove(ctx, rt.kubeletMarker()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *NodeEdit) RevertGate(ctx context.Context, rt *Runtime, t Target) error {
+	return s.Gate(ctx, rt, t)
+}
+
+func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	if err != nil {
+		return nil, err
+	}
+	out, err := describeEdits(ctx, r, edits)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range s.Restart {
+		out = append(out, "restart "+c.Name+" (static pod) and wait until healthy")
+	}
+	if s.Kubelet {
+		out = append(out, "run `"+rt.Config.KubeletRestartCommand+"` and wait for Ready + lease renewal")
+	}
+	return out, nil
+}
+
+// Order implements Orderer: with LeaderLast, the current leader goes last.
+func (s *NodeEdit) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
+	if s.LeaderLast == nil {
+		return targets
+	}
+	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, s.LeaderLast.Name, metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		return targets
+	}
+	holder := *lease.Spec.HolderIdentity
+	if i := strings.IndexByte(holder, '_'); i >= 0 {
+		holder = holder[:i]
+	}
+	out := append([]Target(nil), targets...)
+	sort.SliceStable(out, func(i, j int) bool {
+		return out[i].Node != holder && out[j].Node == holder
+	})
+	return out
+}
+
+// Orderer is implemented by steps that choose the order of their targets
+// at run time (for example the leader last). Order must return a
+// permutation of targets.
+type Orderer interface {
+	// Orders reports whether this step reorders at all.
+	Orders() bool
+	Order(ctx context.Context, rt *Runtime, targets []Target) []Target
+}
+
+// Orders implements Orderer.
+func (s *NodeEdit) Orders() bool { return s.LeaderLast != nil }
+
+// bumpManifest sets the restart annotation to a value unique to this step
+// and target, so the static pod restarts exactly once for it.
+func bumpManifest(rt *Runtime, c Component) fileEdit {
+	return fileEdit{path: rt.Config.manifest(c), fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("manifest %s is missing", rt.Config.manifest(c))
+		}
+		b, err := edit.SetPodAnnotation(cur, restartAnnotation, rt.BackupID)
+		return b, false, err
+	}}
+}
+
+// setFlags is a manifest edit that sets command flags of the component's
+// container. Flags in onlyIfSet are changed only when already present.
+func setFlags(rt *Runtime, c Component, flags map[string]string, onlyIfSet ...string) fileEdit {
+	only := map[string]bool{}
+	for _, f := range onlyIfSet {
+		only[f] = true
+	}
+	names := make([]string, 0, len(flags))
+	for f := range flags {
+		names = append(names, f)
+	}
+	sort.Strings(names)
+	p := rt.Config.manifest(c)
+	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("manifest %s is missing", p)
+		}
+		out := cur
+		for _, f := range names {
+			if only[f] {
+				if _, ok, err := edit.ManifestFlag(out, c.Name, f); err != nil || !ok {
+					if err != nil {
+						return nil, false, err
+					}
+					continue
+				}
+			}
+			var err error
+			if out, err = edit.SetManifestFlag(out, c.Name, f, flags[f]); err != nil {
+				return nil, false, err
+			}
+		}
+		return out, false, nil
+	}}
+}
+
+// kubeconfigCA is an edit setting a kubeconfig's CA data.
+func kubeconfigCA(path string, ca []byte, optional bool) fileEdit {
+	return fileEdit{path: path, optional: optional, mode: 0o600, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("%s is missing", path)
+		}
+		b, err := edit.SetKubeconfigCA(cur, ca)
+		return b, false, err
+	}}
+}
+
+// kubeconfigCAAndCert sets CA data and the current user's client cert.
+func kubeconfigCAAndCert(path string, ca, cert, key []byte, optional bool) fileEdit {
+	return fileEdit{path: path, optional: optional, mode: 0o600, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("%s is missing", path)
+		}
+		b, err := edit.SetKubeconfigCA(cur, ca)
+		if err != nil {
+			return nil, false, err
+		}
+		b, err = edit.SetKubeconfigClientCert(b, "", cert, key)
+		return b, false, err
+	}}
+}
+
+// kubeletClientCA sets the kubelet config's authentication.x509.clientCAFile.
+func kubeletClientCA(rt *Runtime, file string) fileEdit {
+	p := rt.Config.Paths.KubeletConfig
+	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("%s is missing", p)
+		}
+		b, err := edit.SetKubeletConfigClientCAFile(cur, file)
+		return b, false, err
+	}}
+}

@@ -1,0 +1,343 @@
+package steps
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+
+	"github.com/kubeca/rotate/nodes/edit"
+	"github.com/kubeca/rotate/pki"
+)
+
+// The node steps of the twelve phases. Each is a NodeEdit whose edits are
+// computed from the run's CA material, so they are the same bytes on every
+// attempt.
+
+func (rt *Runtime) caFiles(ctx context.Context) (cluster, fp CAPair, b, fb []byte, err error) {
+	if cluster, err = rt.caPair(ctx, CACluster); err != nil {
+		return
+	}
+	if fp, err = rt.caPair(ctx, CAFrontProxy); err != nil {
+		return
+	}
+	b, fb, err = rt.bundles(ctx)
+	return
+}
+
+// Distribute puts the new CAs and the bundles on control-plane nodes and
+// the cluster bundle on workers. kubeadm's ca.crt is untouched.
+func Distribute() *NodeEdit {
+	return &NodeEdit{StepName: "distribute", Short: "new CA files and bundles next to kubeadm's",
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			cl, fp, b, fb, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c := rt.Config
+			if t.Role != RoleControlPlane {
+				return []fileEdit{setContent(c.pki(fileCABundle), b, 0o644)}, nil
+			}
+			return []fileEdit{
+				setContent(c.pki(fileNewCACert), cl.NewCert, 0o644),
+				setContent(c.pki(fileNewCAKey), cl.NewKey, 0o600),
+				setContent(c.pki(fileNewFPCACert), fp.NewCert, 0o644),
+				setContent(c.pki(fileNewFPCAKey), fp.NewKey, 0o600),
+				setContent(c.pki(fileCABundle), b, 0o644),
+				setContent(c.pki(fileFPCABundle), fb, 0o644),
+			}, nil
+		}}
+}
+
+// KCMTrustBoth points the controller-manager's trust flags at the bundles.
+// Its root CA file is what it publishes as kube-root-ca.crt.
+func KCMTrustBoth() *NodeEdit {
+	return &NodeEdit{StepName: "kcm-trust-both", Short: "controller-manager trusts old+new",
+		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			c := rt.Config
+			return []fileEdit{setFlags(rt, ControllerManager, map[string]string{
+				"root-ca-file":                 c.pki(fileCABundle),
+				"client-ca-file":               c.pki(fileCABundle),
+				"requestheader-client-ca-file": c.pki(fileFPCABundle),
+			})}, nil
+		}}
+}
+
+// APIServerTrustBoth makes the apiserver accept client certificates of
+// both CAs and front-proxy certificates of both front-proxy CAs.
+func APIServerTrustBoth() *NodeEdit {
+	return &NodeEdit{StepName: "apiserver-trust-both", Short: "apiserver trusts old+new",
+		Restart: []Component{APIServer},
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			c := rt.Config
+			return []fileEdit{setFlags(rt, APIServer, map[string]string{
+				"client-ca-file":                c.pki(fileCABundle),
+				"requestheader-client-ca-file":  c.pki(fileFPCABundle),
+				"kubelet-certificate-authority": c.pki(fileCABundle),
+			}, "kubelet-certificate-authority")}, nil
+		}}
+}
+
+// SchedulerTrustBoth gives the scheduler's kubeconfig both CAs (it
+// verifies the apiserver with it; client CAs come from
+// extension-apiserver-authentication).
+func SchedulerTrustBoth() *NodeEdit {
+	return &NodeEdit{StepName: "scheduler-trust-both", Short: "scheduler trusts old+new",
+		Restart: []Component{Scheduler}, LeaderLast: &Scheduler,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			_, _, b, _, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c := rt.Config
+			return []fileEdit{
+				kubeconfigCA(c.kubeDir(kubeconfigScheduler), b, false),
+				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCABundle)}, "client-ca-file"),
+			}, nil
+		}}
+}
+
+// Kubeconfigs gives every control-plane kubeconfig both CAs and a client
+// certificate from the new CA (same subject and groups).
+func Kubeconfigs() *NodeEdit {
+	return &NodeEdit{StepName: "kubeconfigs", Short: "kubeconfigs: CA bundle, client certs from the new CA",
+		Restart: []Component{ControllerManager, Scheduler},
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			_, _, b, _, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			var edits []fileEdit
+			for _, kc := range controlPlaneKubeconfigs {
+				crt, ok1, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".crt"))
+				if err != nil {
+					return nil, err
+				}
+				key, ok2, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".key"))
+				if err != nil {
+					return nil, err
+				}
+				if !ok1 || !ok2 {
+					if kc.optional {
+						continue
+					}
+					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.name, t.Node)
+				}
+				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.name), b, crt, key, kc.optional))
+			}
+			return edits, nil
+		}}
+}
+
+// CCMTrustBoth points a cloud-controller-manager static pod, where one
+// exists, at the bundle; elsewhere it records that there is none.
+func CCMTrustBoth() *NodeEdit {
+	ccm := Component{Name: "cloud-controller-manager", Manifest: "cloud-controller-manager.yaml", HealthPort: 10258}
+	s := &NodeEdit{StepName: "ccm-trust-both", Short: "cloud-controller-manager trusts old+new (if present)"}
+	s.Edits = func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		r, err := rt.node(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		st, err := r.Stat(ctx, rt.Config.manifest(ccm))
+		if err != nil {
+			return nil, err
+		}
+		if !st.Exists {
+			rt.Printf("no cloud-controller-manager manifest on %s: nothing to do", t.Node)
+			return nil, nil
+		}
+		return []fileEdit{setFlags(rt, ccm, map[string]string{"root-ca-file": rt.Config.pki(fileCABundle)}), bumpManifest(rt, ccm)}, nil
+	}
+	return s
+}
+
+// KubeletTrustBoth makes the kubelet accept client certificates of both
+// CAs (the apiserver's kubelet-client certificate switches later) and
+// verify the apiserver with both.
+func KubeletTrustBoth(name string) *NodeEdit {
+	return &NodeEdit{StepName: name, Short: "kubelet trusts old+new", Kubelet: true,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			_, _, b, _, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c := rt.Config
+			return []fileEdit{
+				kubeletClientCA(rt, c.pki(fileCABundle)),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), b, false),
+			}, nil
+		}}
+}
+
+// SwitchIssuance makes the new CAs issue: the controller-manager signs
+// with the new CA, and the apiserver's serving, kubelet-client and
+// front-proxy-client certificates are replaced by ones from the new CAs.
+func SwitchIssuance() *NodeEdit {
+	return &NodeEdit{StepName: "switch-issuance", Short: "signer and apiserver certificates from the new CAs",
+		Restart: []Component{APIServer, ControllerManager},
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			c := rt.Config
+			var edits []fileEdit
+			for _, lf := range controlPlaneLeaves {
+				for _, ext := range []string{".crt", ".key"} {
+					v, ok, err := rt.Store.Value(ctx, prepKey(t.Node, lf.name+ext))
+					if err != nil {
+						return nil, err
+					}
+					if !ok {
+						return nil, fmt.Errorf("no prepared %s%s for %s", lf.name, ext, t.Node)
+					}
+					mode := fs.FileMode(0o644)
+					if ext == ".key" {
+						mode = 0o600
+					}
+					edits = append(edits, setContent(c.pki(lf.name+ext), v, mode))
+				}
+			}
+			edits = append(edits, setFlags(rt, ControllerManager, map[string]string{
+				"cluster-signing-cert-file": c.pki(fileNewCACert),
+				"cluster-signing-key-file":  c.pki(fileNewCAKey),
+			}))
+			return edits, nil
+		}}
+}
+
+// KubeletClientCert gives the kubelet a client certificate from the new CA
+// — the step the manual page forgets, without which narrowing trust locks
+// every kubelet out. The file is written next to the current one and the
+// kubelet-client-current.pem link is repointed atomically.
+func KubeletClientCert(name string) *NodeEdit {
+	return &NodeEdit{StepName: name, Short: "kubelet client certificate from the new CA", Kubelet: true,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			pemBytes, ok, err := rt.Store.Value(ctx, prepKey(t.Node, "kubelet-client.pem"))
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, fmt.Errorf("no prepared kubelet client certificate for %s", t.Node)
+			}
+			c := rt.Config
+			file := c.kubeletPKI("kubelet-client-" + rt.RunID + ".pem")
+			link := c.kubeletPKI(kubeletClientLink)
+			return []fileEdit{
+				setContent(file, pemBytes, 0o600),
+				symlinkEdit(link, file),
+				kubeletConfEmbedded(c.kubeDir(kubeconfigKubelet), pemBytes),
+			}, nil
+		}}
+}
+
+// NarrowKCMRootCA makes the controller-manager publish only the new CA.
+func NarrowKCMRootCA() *NodeEdit {
+	return &NodeEdit{StepName: "kcm-root-ca-new", Short: "controller-manager publishes only the new CA",
+		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			return []fileEdit{setFlags(rt, ControllerManager, map[string]string{"root-ca-file": rt.Config.pki(fileNewCACert)})}, nil
+		}}
+}
+
+// ControlPlaneCanonical narrows the control plane to the new CAs and puts
+// it back in kubeadm's canonical layout: ca.crt/ca.key and
+// front-proxy-ca.* are the new CAs, every flag points at kubeadm's paths,
+// every kubeconfig trusts only the new CA.
+func ControlPlaneCanonical() *NodeEdit {
+	return &NodeEdit{StepName: "control-plane-canonical", Short: "control plane on the new CAs at kubeadm's paths",
+		Restart: []Component{APIServer, ControllerManager, Scheduler},
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			cl, fp, _, _, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c := rt.Config
+			edits := []fileEdit{
+				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
+				setContent(c.pki(fileCAKey), cl.NewKey, 0o600),
+				setContent(c.pki(fileFPCACert), fp.NewCert, 0o644),
+				setContent(c.pki(fileFPCAKey), fp.NewKey, 0o600),
+				setFlags(rt, APIServer, map[string]string{
+					"client-ca-file":                c.pki(fileCACert),
+					"requestheader-client-ca-file":  c.pki(fileFPCACert),
+					"kubelet-certificate-authority": c.pki(fileCACert),
+				}, "kubelet-certificate-authority"),
+				setFlags(rt, ControllerManager, map[string]string{
+					"root-ca-file":                 c.pki(fileCACert),
+					"client-ca-file":               c.pki(fileCACert),
+					"requestheader-client-ca-file": c.pki(fileFPCACert),
+					"cluster-signing-cert-file":    c.pki(fileCACert),
+					"cluster-signing-key-file":     c.pki(fileCAKey),
+				}),
+				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
+			}
+			for _, kc := range controlPlaneKubeconfigs {
+				edits = append(edits, kubeconfigCA(c.kubeDir(kc.name), cl.NewCert, kc.optional))
+			}
+			return edits, nil
+		}}
+}
+
+// KubeletNarrow makes the kubelet trust only the new CA, at kubeadm's
+// canonical ca.crt.
+func KubeletNarrow(name string) *NodeEdit {
+	return &NodeEdit{StepName: name, Short: "kubelet trusts only the new CA", Kubelet: true,
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			cl, _, _, _, err := rt.caFiles(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c := rt.Config
+			return []fileEdit{
+				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
+				kubeletClientCA(rt, c.pki(fileCACert)),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cl.NewCert, false),
+			}, nil
+		}}
+}
+
+// Cleanup removes the files rotate added.
+func Cleanup() *NodeEdit {
+	return &NodeEdit{StepName: "cleanup", Short: "remove rotate's temporary CA files",
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+			c := rt.Config
+			var edits []fileEdit
+			for _, f := range []string{fileNewCACert, fileNewCAKey, fileNewFPCACert, fileNewFPCAKey, fileCABundle, fileFPCABundle} {
+				edits = append(edits, removeFile(c.pki(f)))
+			}
+			return edits, nil
+		}}
+}
+
+// symlinkEdit repoints link at target. Content-wise it is tracked by the
+// link's target path.
+func symlinkEdit(link, target string) fileEdit {
+	return fileEdit{path: link, symlink: target}
+}
+
+// kubeletConfEmbedded replaces an embedded client certificate in
+// kubelet.conf (kubeadm init before kubelet-finalize leaves one); a
+// kubelet.conf that references kubelet-client-current.pem is unchanged.
+func kubeletConfEmbedded(p string, pemBytes []byte) fileEdit {
+	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+		if !exists {
+			return nil, false, fmt.Errorf("%s is missing", p)
+		}
+		crt, _, certFile, _, err := edit.KubeconfigClientCert(cur, "")
+		if err != nil {
+			return nil, false, err
+		}
+		if len(crt) == 0 || certFile != "" {
+			return cur, false, nil
+		}
+		c, k, err := pki.ParseKubeletPEM(pemBytes)
+		if err != nil {
+			return nil, false, err
+		}
+		cert := pki.EncodeCertsPEM(c)
+		key, err := pki.EncodeKeyPEM(k)
+		if err != nil {
+			return nil, false, err
+		}
+		b, err := edit.SetKubeconfigClientCert(cur, "", cert, key)
+		return b, false, err
+	}}
+}

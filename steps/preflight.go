@@ -1,0 +1,381 @@
+package steps
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubeca/rotate/nodes/edit"
+	"github.com/kubeca/rotate/pki"
+)
+
+// readOnly is embedded by steps that only look: nothing to check, apply
+// is the inspection, nothing to gate or revert.
+type readOnly struct{}
+
+func (readOnly) Check(context.Context, *Runtime, Target) (bool, error) { return false, nil }
+func (readOnly) Gate(context.Context, *Runtime, Target) error          { return nil }
+func (readOnly) Revert(context.Context, *Runtime, Target) error        { return nil }
+
+// NodesReachable connects to a node with host key verification, checks
+// kubeadm's files are where the inventory says, and that the node's
+// ca.crt holds the same CA the cluster publishes.
+type NodesReachable struct{ readOnly }
+
+func (NodesReachable) Name() string { return "nodes-reachable" }
+
+func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	c := rt.Config
+	need := []string{c.pki(fileCACert), c.kubeDir(kubeconfigKubelet), c.Paths.KubeletConfig}
+	if t.Role == RoleControlPlane {
+		need = append(need, c.pki(fileCAKey), c.pki(fileFPCACert), c.pki(fileFPCAKey),
+			c.manifest(APIServer), c.manifest(ControllerManager), c.manifest(Scheduler),
+			c.kubeDir(kubeconfigAdmin), c.kubeDir(kubeconfigKCM), c.kubeDir(kubeconfigScheduler))
+	}
+	var missing []string
+	for _, p := range need {
+		st, err := r.Stat(ctx, p)
+		if err != nil {
+			return fmt.Errorf("stat %s on %s: %w", p, t.Node, err)
+		}
+		if !st.Exists {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("node %s (%s) lacks %s — is this a kubeadm node and are paths in the inventory right?", t.Node, t.Role, strings.Join(missing, ", "))
+	}
+	if t.Role == RoleControlPlane {
+		if _, err := r.Run(ctx, "command -v curl >/dev/null && command -v pgrep >/dev/null", nil); err != nil {
+			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
+		}
+	}
+	caPEM, err := r.ReadFile(ctx, c.pki(fileCACert))
+	if err != nil {
+		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
+	}
+	if pair, ok, err := rt.Store.CA(ctx, CACluster); err == nil && ok {
+		// Resumed preflight: compare with what was recorded.
+		if eq, _ := pki.BundleEqual(caPEM, pair.OldCert); !eq {
+			return fmt.Errorf("node %s: %s differs from the CA recorded at the start of this run", t.Node, c.pki(fileCACert))
+		}
+		return nil
+	}
+	cm, err := rt.Kube.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read kube-system/kube-root-ca.crt: %w", err)
+	}
+	if eq, err := pki.BundleEqual(caPEM, []byte(cm.Data["ca.crt"])); err != nil || !eq {
+		return fmt.Errorf("node %s: %s is not the cluster CA published in kube-root-ca.crt (%v); every node must hold the same CA before a rotation", t.Node, c.pki(fileCACert), err)
+	}
+	return nil
+}
+
+// ClusterHealthy checks every apiserver is ready, every node is Ready and
+// in the inventory, and every APIService is Available.
+type ClusterHealthy struct{ readOnly }
+
+func (ClusterHealthy) Name() string { return "cluster-healthy" }
+
+func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	var problems []string
+	for _, n := range rt.Config.ControlPlane {
+		if ok, why, err := rt.apiServerReady(ctx, rt.Config.Address(n)); err != nil || !ok {
+			problems = append(problems, fmt.Sprintf("apiserver on %s not ready: %s%v", n, why, errOrNil(err)))
+		}
+	}
+	list, err := rt.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	inv := map[string]bool{}
+	for _, n := range append(append([]string{}, rt.Config.ControlPlane...), rt.Config.Workers...) {
+		inv[n] = true
+	}
+	seen := map[string]bool{}
+	for i := range list.Items {
+		n := &list.Items[i]
+		seen[n.Name] = true
+		if !inv[n.Name] {
+			problems = append(problems, fmt.Sprintf("node %s is not in the inventory: its kubelet would be locked out when trust narrows; add it", n.Name))
+		}
+		if !nodeReady(n) {
+			problems = append(problems, fmt.Sprintf("node %s is not Ready", n.Name))
+		}
+	}
+	for n := range inv {
+		if !seen[n] {
+			problems = append(problems, fmt.Sprintf("inventory node %s is not a Node in the cluster", n))
+		}
+	}
+	unavailable, err := rt.unavailableAPIServices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range unavailable {
+		problems = append(problems, "APIService "+a+" is not Available")
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return fmt.Errorf("cluster is not healthy enough to start a rotation:\n  - %s", strings.Join(problems, "\n  - "))
+	}
+	return nil
+}
+
+func errOrNil(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " " + err.Error()
+}
+
+// NewCAs reads the old CAs from the first control-plane node and makes or
+// loads the new ones, persisting both before anything changes, so a re-run
+// never mints a different CA. It also issues rotate's own API client
+// certificate from the new CA (same identity as the kubeconfig's).
+type NewCAs struct{}
+
+func (NewCAs) Name() string { return "new-cas" }
+
+func (NewCAs) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
+	for _, n := range []string{CACluster, CAFrontProxy} {
+		if _, ok, err := rt.Store.CA(ctx, n); err != nil || !ok {
+			return false, err
+		}
+	}
+	_, ok, err := rt.Store.Value(ctx, keyRotateAdminCert)
+	return ok, err
+}
+
+func (NewCAs) Gate(context.Context, *Runtime, Target) error   { return nil }
+func (NewCAs) Revert(context.Context, *Runtime, Target) error { return nil }
+
+func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	first := Target{Node: rt.Config.ControlPlane[0], Role: RoleControlPlane}
+	r, err := rt.node(ctx, first)
+	if err != nil {
+		return err
+	}
+	c := rt.Config
+	read := func(name string) ([]byte, error) {
+		b, err := r.ReadFile(ctx, c.pki(name))
+		if err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", c.pki(name), first.Node, err)
+		}
+		return b, nil
+	}
+	specs := []struct {
+		name, cert, key, cn, certFile, keyFile string
+	}{
+		{CACluster, fileCACert, fileCAKey, c.NewCA.ClusterCommonName, c.NewCA.ClusterCertFile, c.NewCA.ClusterKeyFile},
+		{CAFrontProxy, fileFPCACert, fileFPCAKey, c.NewCA.FrontProxyCommonName, c.NewCA.FrontProxyCertFile, c.NewCA.FrontProxyKeyFile},
+	}
+	var newCluster *pki.CA
+	for _, s := range specs {
+		oldCert, err := read(s.cert)
+		if err != nil {
+			return err
+		}
+		oldKey, err := read(s.key)
+		if err != nil {
+			return err
+		}
+		oldCerts, err := pki.ParseCertsPEM(oldCert)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", c.pki(s.cert), first.Node, err)
+		}
+		var ca *pki.CA
+		if s.certFile != "" {
+			cp, err := os.ReadFile(s.certFile)
+			if err != nil {
+				return fmt.Errorf("new %s CA: %w", s.name, err)
+			}
+			kp, err := os.ReadFile(s.keyFile)
+			if err != nil {
+				return fmt.Errorf("new %s CA: %w", s.name, err)
+			}
+			if ca, err = pki.LoadCA(cp, kp, rt.now(), 0); err != nil {
+				return fmt.Errorf("new %s CA from %s: %w", s.name, s.certFile, err)
+			}
+		} else {
+			alg, err := pki.ParseKeyAlgorithm(c.NewCA.Algorithm)
+			if err != nil {
+				return err
+			}
+			if ca, err = pki.NewCA(pki.CAOptions{CommonName: s.cn, Algorithm: alg, Validity: c.NewCA.Validity}); err != nil {
+				return fmt.Errorf("generate %s CA: %w", s.name, err)
+			}
+		}
+		for _, o := range oldCerts {
+			if o.Subject.String() == ca.Cert.Subject.String() {
+				return fmt.Errorf("new %s CA has the same subject as the old one (%s); give it a distinct CN so clients can tell them apart", s.name, o.Subject)
+			}
+		}
+		rt.Out.PutCA(CAPair{Name: s.name, OldCert: oldCert, OldKey: oldKey, NewCert: ca.CertPEM, NewKey: ca.KeyPEM})
+		rt.Printf("%s CA: old %s, new %s", s.name, pki.Describe(oldCerts[0]), pki.Describe(ca.Cert))
+		if s.name == CACluster {
+			newCluster = ca
+		}
+	}
+	// rotate's own identity for the API once servers trust the new CA.
+	subject := pkix.Name{CommonName: "rotate", Organization: []string{"system:masters"}}
+	if rt.AdminCert != nil {
+		subject = rt.AdminCert.Subject
+	}
+	tmpl := &x509.Certificate{Subject: subject, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	is, err := pki.Reissue(tmpl, newCluster, pki.ReissueOptions{})
+	if err != nil {
+		return fmt.Errorf("issue rotate's client certificate: %w", err)
+	}
+	rt.Out.Put(keyRotateAdminCert, is.CertPEM)
+	rt.Out.Put(keyRotateAdminKey, is.KeyPEM)
+	return nil
+}
+
+// PrepareCerts issues, once, every replacement leaf a node will need,
+// from the new CAs, copying subject, SANs and usages of the current ones,
+// and stores them; later steps write these exact bytes.
+type PrepareCerts struct{}
+
+func (PrepareCerts) Name() string { return "prepare-certs" }
+
+func (PrepareCerts) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
+	_, ok, err := rt.Store.Value(ctx, prepDoneKey(t.Node))
+	return ok, err
+}
+
+func (PrepareCerts) Gate(context.Context, *Runtime, Target) error   { return nil }
+func (PrepareCerts) Revert(context.Context, *Runtime, Target) error { return nil }
+
+func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	cluster, err := rt.newCA(ctx, CACluster)
+	if err != nil {
+		return err
+	}
+	c := rt.Config
+	if t.Role == RoleControlPlane {
+		fp, err := rt.newCA(ctx, CAFrontProxy)
+		if err != nil {
+			return err
+		}
+		for _, lf := range controlPlaneLeaves {
+			p := c.pki(lf.name + ".crt")
+			raw, err := r.ReadFile(ctx, p)
+			if err != nil {
+				return fmt.Errorf("read %s on %s: %w", p, t.Node, err)
+			}
+			certs, err := pki.ParseCertsPEM(raw)
+			if err != nil {
+				return fmt.Errorf("%s on %s: %w", p, t.Node, err)
+			}
+			ca := cluster
+			if lf.ca == CAFrontProxy {
+				ca = fp
+			}
+			is, err := pki.Reissue(certs[0], ca, pki.ReissueOptions{})
+			if err != nil {
+				return fmt.Errorf("re-issue %s of %s: %w", p, t.Node, err)
+			}
+			rt.Out.Put(prepKey(t.Node, lf.name+".crt"), is.CertPEM)
+			rt.Out.Put(prepKey(t.Node, lf.name+".key"), is.KeyPEM)
+		}
+		for _, kc := range controlPlaneKubeconfigs {
+			p := c.kubeDir(kc.name)
+			raw, err := r.ReadFile(ctx, p)
+			if errors.Is(err, os.ErrNotExist) && kc.optional {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read %s on %s: %w", p, t.Node, err)
+			}
+			certPEM, _, certFile, _, err := edit.KubeconfigClientCert(raw, "")
+			if err != nil {
+				return fmt.Errorf("%s on %s: %w", p, t.Node, err)
+			}
+			if len(certPEM) == 0 {
+				return fmt.Errorf("%s on %s: client certificate is a file reference (%s); only embedded client certificates are re-issued", p, t.Node, certFile)
+			}
+			certs, err := pki.ParseCertsPEM(certPEM)
+			if err != nil {
+				return fmt.Errorf("%s on %s: client certificate: %w", p, t.Node, err)
+			}
+			is, err := pki.Reissue(certs[0], cluster, pki.ReissueOptions{})
+			if err != nil {
+				return fmt.Errorf("re-issue client certificate of %s on %s: %w", p, t.Node, err)
+			}
+			rt.Out.Put(prepKey(t.Node, kc.name+".crt"), is.CertPEM)
+			rt.Out.Put(prepKey(t.Node, kc.name+".key"), is.KeyPEM)
+		}
+	}
+	kub, err := pki.NewKubeletClientCert(t.Node, cluster, pki.ReissueOptions{})
+	if err != nil {
+		return fmt.Errorf("issue kubelet client certificate for %s: %w", t.Node, err)
+	}
+	pemBytes, err := pki.KubeletPEM(kub)
+	if err != nil {
+		return err
+	}
+	rt.Out.Put(prepKey(t.Node, "kubelet-client.pem"), pemBytes)
+	rt.Out.Put(prepDoneKey(t.Node), []byte("1"))
+	return nil
+}
+
+// newCA loads the new CA (cert and key) of the run.
+func (rt *Runtime) newCA(ctx context.Context, name string) (*pki.CA, error) {
+	pair, err := rt.caPair(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return pki.LoadCA(pair.NewCert, pair.NewKey, rt.now(), 0)
+}
+
+func (rt *Runtime) caPair(ctx context.Context, name string) (CAPair, error) {
+	pair, ok, err := rt.Store.CA(ctx, name)
+	if err != nil {
+		return pair, err
+	}
+	if !ok {
+		return pair, fmt.Errorf("no %s CA material in the state file (phase preflight did not complete)", name)
+	}
+	return pair, nil
+}
+
+// bundles returns B = old+new for the cluster and front-proxy CAs.
+func (rt *Runtime) bundles(ctx context.Context) (cluster, frontProxy []byte, err error) {
+	mk := func(name string) ([]byte, error) {
+		pair, err := rt.caPair(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		nc, err := pki.ParseCertsPEM(pair.NewCert)
+		if err != nil {
+			return nil, err
+		}
+		return pki.BundleAdd(pair.OldCert, nc...)
+	}
+	if cluster, err = mk(CACluster); err != nil {
+		return nil, nil, err
+	}
+	frontProxy, err = mk(CAFrontProxy)
+	return cluster, frontProxy, err
+}
+
+var _ = tls.Certificate{}
+var _ = corev1.NamespaceDefault

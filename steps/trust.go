@@ -1,0 +1,242 @@
+package steps
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubeca/rotate/pki"
+)
+
+// Value keys for material prepared in phase 0.
+const (
+	CACluster    = "cluster"
+	CAFrontProxy = "front-proxy"
+
+	keyRotateAdminCert = "prep/rotate-admin.crt"
+	keyRotateAdminKey  = "prep/rotate-admin.key"
+)
+
+// Trust is rotate's own view of which CAs to trust and which client
+// certificates to present to the API. It reads the CA pair from the store
+// on every new TLS connection, so one client keeps working as the run
+// moves from old-CA-only to both to new-CA-only servers: server
+// certificates are verified against {kubeconfig CA, old CA, new CA}, and
+// the client picks, per handshake, the first certificate whose issuer the
+// server lists as acceptable (Go's standard selection).
+type Trust struct {
+	store Store
+
+	mu        sync.Mutex
+	basePool  []*x509.Certificate
+	baseCerts []tls.Certificate
+}
+
+// NewTrust starts from the kubeconfig's CA and client certificate.
+func NewTrust(store Store, caPEM []byte, clientCerts ...tls.Certificate) (*Trust, error) {
+	t := &Trust{store: store, baseCerts: clientCerts}
+	if len(caPEM) > 0 {
+		cas, err := pki.ParseCertsPEM(caPEM)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig CA: %w", err)
+		}
+		t.basePool = cas
+	}
+	return t, nil
+}
+
+func (t *Trust) material(ctx context.Context) (*x509.CertPool, []tls.Certificate) {
+	pool := x509.NewCertPool()
+	for _, c := range t.basePool {
+		pool.AddCert(c)
+	}
+	certs := append([]tls.Certificate(nil), t.baseCerts...)
+	if t.store == nil {
+		return pool, certs
+	}
+	for _, name := range []string{CACluster} {
+		pair, ok, err := t.store.CA(ctx, name)
+		if err != nil || !ok {
+			continue
+		}
+		for _, p := range [][]byte{pair.OldCert, pair.NewCert} {
+			if cs, err := pki.ParseCertsPEM(p); err == nil {
+				for _, c := range cs {
+					pool.AddCert(c)
+				}
+			}
+		}
+	}
+	crt, ok1, _ := t.store.Value(ctx, keyRotateAdminCert)
+	key, ok2, _ := t.store.Value(ctx, keyRotateAdminKey)
+	if ok1 && ok2 {
+		if c, err := tls.X509KeyPair(crt, key); err == nil {
+			certs = append(certs, c)
+		}
+	}
+	return pool, certs
+}
+
+// TLSConfig verifies servers against the live pool. InsecureSkipVerify only
+// turns off Go's built-in check so that VerifyConnection can run the same
+// verification (chain and host name) against a pool that changes during
+// the run; a failure there fails the handshake.
+func (t *Trust) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified in VerifyConnection, see above
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("server sent no certificate")
+			}
+			pool, _ := t.material(context.Background())
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+				DNSName: cs.ServerName, Roots: pool, Intermediates: inter,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			})
+			return err
+		},
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			_, certs := t.material(context.Background())
+			for i := range certs {
+				if cri.SupportsCertificate(&certs[i]) == nil {
+					return &certs[i], nil
+				}
+			}
+			return &tls.Certificate{}, nil
+		},
+	}
+}
+
+// HTTPClient is a client for health endpoints (apiserver /readyz).
+func (t *Trust) HTTPClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: t.transport()}
+}
+
+func (t *Trust) transport() *http.Transport {
+	return &http.Transport{
+		TLSClientConfig:     t.TLSConfig(),
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}
+}
+
+// KubeClient builds the API client rotate uses: the kubeconfig's server
+// and credentials, with TLS handled by the Trust.
+func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfigPath}
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+	}
+	ca := cfg.TLSClientConfig.CAData
+	var certs []tls.Certificate
+	certPEM, keyPEM := cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData
+	if len(certPEM) == 0 && cfg.TLSClientConfig.CertFile != "" {
+		if err := rest.LoadTLSFiles(cfg); err != nil {
+			return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+		}
+		certPEM, keyPEM, ca = cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData, cfg.TLSClientConfig.CAData
+	} else if len(ca) == 0 && cfg.TLSClientConfig.CAFile != "" {
+		if err := rest.LoadTLSFiles(cfg); err != nil {
+			return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+		}
+		ca = cfg.TLSClientConfig.CAData
+	}
+	if len(certPEM) > 0 {
+		c, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("kubeconfig %s: client certificate: %w", kubeconfigPath, err)
+		}
+		certs = append(certs, c)
+	}
+	trust, err := NewTrust(store, ca, certs...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+	}
+	rc := rest.CopyConfig(cfg)
+	rc.TLSClientConfig = rest.TLSClientConfig{}
+	rc.Transport = trust.transport()
+	rc.QPS, rc.Burst = 50, 100
+	rc.Timeout = 30 * time.Second
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+	}
+	return cs, trust, rc, nil
+}
+
+// summarizeDiff describes a text change by its changed lines, hiding any
+// line that could carry secret material.
+func summarizeDiff(a, b []byte) string {
+	al, bl := strings.Split(string(a), "\n"), strings.Split(string(b), "\n")
+	in := func(s []string, x string) bool {
+		for _, y := range s {
+			if y == x {
+				return true
+			}
+		}
+		return false
+	}
+	var out []string
+	for _, l := range bl {
+		if !in(al, l) {
+			out = append(out, "+"+redactLine(l))
+		}
+	}
+	for _, l := range al {
+		if !in(bl, l) {
+			out = append(out, "-"+redactLine(l))
+		}
+	}
+	if len(out) > 8 {
+		out = append(out[:8], fmt.Sprintf("(%d more changed lines)", len(out)-8))
+	}
+	if len(out) == 0 {
+		return "content replaced"
+	}
+	return strings.Join(out, " | ")
+}
+
+func redactLine(l string) string {
+	t := strings.TrimSpace(l)
+	for _, k := range []string{"-data:", "token:", "PRIVATE KEY", "BEGIN CERTIFICATE"} {
+		if i := strings.Index(t, k); i >= 0 {
+			return t[:i+len(k)] + " <redacted>"
+		}
+	}
+	if len(t) > 0 && !strings.ContainsAny(t, " :=") && len(t) > 40 {
+		return "<base64 redacted>"
+	}
+	return t
+}
+
+// AdminCert is the parsed client certificate of the kubeconfig, if any.
+func (t *Trust) AdminCert() *x509.Certificate {
+	for _, c := range t.baseCerts {
+		if len(c.Certificate) > 0 {
+			if x, err := x509.ParseCertificate(c.Certificate[0]); err == nil {
+				return x
+			}
+		}
+	}
+	return nil
+}
