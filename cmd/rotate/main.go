@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
@@ -59,7 +60,7 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.As(err, &ie),
 		errors.Is(err, orchestrator.ErrUnfinishedRun), errors.Is(err, orchestrator.ErrNothingToResume),
 		errors.Is(err, orchestrator.ErrPlanMismatch), errors.Is(err, state.ErrPermissions),
-		errors.Is(err, state.ErrSchema), errors.Is(err, state.ErrNoRun):
+		errors.Is(err, state.ErrSchema), errors.Is(err, state.ErrNoRun), errors.Is(err, fs.ErrNotExist):
 		return exitUsage
 	case errors.As(err, &re):
 		return exitFailed
