@@ -65,7 +65,34 @@ type editPlan struct {
 	remove, noop bool
 }
 
+// mergeEdits composes edits of the same path (in order) into one, so that
+// a manifest whose flags and restart annotation both change is computed
+// and written once.
+func mergeEdits(edits []fileEdit) []fileEdit {
+	var out []fileEdit
+	index := map[string]int{}
+	for _, e := range edits {
+		i, seen := index[e.path]
+		if !seen || e.symlink != "" || out[i].symlink != "" {
+			index[e.path] = len(out)
+			out = append(out, e)
+			continue
+		}
+		first, next := out[i], e
+		out[i].optional = first.optional && next.optional
+		out[i].fn = func(cur []byte, exists bool) ([]byte, bool, error) {
+			mid, remove, err := first.fn(cur, exists)
+			if err != nil || remove {
+				return mid, remove, err
+			}
+			return next.fn(mid, true)
+		}
+	}
+	return out
+}
+
 func planEdits(ctx context.Context, r nodes.Runner, edits []fileEdit) ([]editPlan, error) {
+	edits = mergeEdits(edits)
 	out := make([]editPlan, 0, len(edits))
 	for _, e := range edits {
 		if e.symlink != "" {
@@ -172,9 +199,9 @@ func restorePaths(ctx context.Context, rt *Runtime, r nodes.Runner, paths []stri
 }
 
 func editPaths(edits []fileEdit) []string {
-	out := make([]string, len(edits))
-	for i, e := range edits {
-		out[i] = e.path
+	var out []string
+	for _, e := range mergeEdits(edits) {
+		out = append(out, e.path)
 	}
 	return out
 }

@@ -1,0 +1,228 @@
+package nodes
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kubeca/rotate/nodes/sshdtest"
+)
+
+// backupSuite backs up a regular file, a symlink and a missing path, changes
+// all three, and restores them; run against MemRunner and a real node.
+func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string, uid, gid int)) {
+	ctx := testCtx(t)
+	store := NewMemBackupStore()
+	file, link, missing := root+"/ca.crt", root+"/kubelet-client-current.pem", root+"/ca-new.crt"
+	must(t, r.WriteFile(ctx, file, []byte("C0 cert"), 0o640))
+	chown(file, 1234, 2345)
+	must(t, r.WriteFile(ctx, root+"/kubelet-client-2024.pem", []byte("old client"), 0o600))
+	must(t, r.Symlink(ctx, root+"/kubelet-client-2024.pem", link))
+
+	bf, err := BackupFile(ctx, r, store, runID, file)
+	must(t, err)
+	if !bf.Exists || string(bf.Content) != "C0 cert" || bf.Mode != 0o640 || bf.UID != 1234 || bf.GID != 2345 ||
+		bf.Digest != sha256hex([]byte("C0 cert")) || bf.RunID != runID || bf.Node != r.Name() || bf.TakenAt.IsZero() {
+		t.Fatalf("file backup = %+v", bf)
+	}
+	bl, err := BackupFile(ctx, r, store, runID, link)
+	must(t, err)
+	if !bl.Exists || !bl.IsSymlink || bl.LinkTarget != root+"/kubelet-client-2024.pem" || len(bl.Content) != 0 {
+		t.Fatalf("link backup = %+v", bl)
+	}
+	bm, err := BackupFile(ctx, r, store, runID, missing)
+	must(t, err)
+	if bm.Exists {
+		t.Fatalf("missing backup = %+v", bm)
+	}
+
+	// The node copy: content 0600 and a metadata file, in a 0700 dir.
+	content, meta := NodeBackupPaths(bf)
+	if got, err := r.ReadFile(ctx, content); err != nil || string(got) != "C0 cert" {
+		t.Errorf("node copy = %q, %v", got, err)
+	}
+	fi, err := r.Stat(ctx, content)
+	if err != nil || fi.Mode != 0o600 {
+		t.Errorf("node copy stat = %+v, %v", fi, err)
+	}
+	m, err := r.ReadFile(ctx, meta)
+	if err != nil || !bytes.Contains(m, []byte("mode=0640\nuid=1234\ngid=2345\n")) || !bytes.Contains(m, []byte("sha256="+bf.Digest)) {
+		t.Errorf("metadata = %q, %v", m, err)
+	}
+	if bytes.Contains(m, []byte("C0 cert")) {
+		t.Error("metadata contains the content")
+	}
+	_, lmeta := NodeBackupPaths(bl)
+	if m, err := r.ReadFile(ctx, lmeta); err != nil || !bytes.Contains(m, []byte("type=symlink")) {
+		t.Errorf("link metadata = %q, %v", m, err)
+	}
+	if !strings.HasPrefix(content, BackupDir+"/"+runID+"/") || strings.Count(strings.TrimPrefix(content, BackupDir+"/"+runID+"/"), "/") != 0 {
+		t.Errorf("node copy path %q is not flat under the run directory", content)
+	}
+
+	// Change everything.
+	must(t, r.WriteFile(ctx, file, []byte("C0+C1 bundle"), 0o644))
+	chown(file, 0, 0)
+	must(t, r.WriteFile(ctx, root+"/kubelet-client-2025.pem", []byte("new client"), 0o600))
+	must(t, r.Symlink(ctx, root+"/kubelet-client-2025.pem", link))
+	must(t, r.WriteFile(ctx, missing, []byte("C1"), 0o644))
+
+	// A second backup keeps the first copy.
+	again, err := BackupFile(ctx, r, store, runID, file)
+	must(t, err)
+	if string(again.Content) != "C0 cert" || !again.TakenAt.Equal(bf.TakenAt) {
+		t.Errorf("second backup replaced the first: %q", again.Content)
+	}
+	if got, _ := r.ReadFile(ctx, content); string(got) != "C0 cert" {
+		t.Errorf("node copy replaced: %q", got)
+	}
+
+	for _, b := range []Backup{bf, bl, bm} {
+		must(t, Restore(ctx, r, b))
+	}
+	got, err := r.ReadFile(ctx, file)
+	fi, _ = r.Stat(ctx, file)
+	if err != nil || string(got) != "C0 cert" || fi.Mode != 0o640 || fi.UID != 1234 || fi.GID != 2345 {
+		t.Errorf("restored file = %q %+v, %v", got, fi, err)
+	}
+	if fi, _ := r.Stat(ctx, link); !fi.IsSymlink || fi.LinkTarget != root+"/kubelet-client-2024.pem" {
+		t.Errorf("restored link = %+v", fi)
+	}
+	if fi, _ := r.Stat(ctx, missing); fi.Exists {
+		t.Errorf("restored missing path exists: %+v", fi)
+	}
+	// Restoring again is a no-op.
+	for _, b := range []Backup{bf, bl, bm} {
+		must(t, Restore(ctx, r, b))
+	}
+
+	// A file turned into a symlink is restored as a file, atomically.
+	must(t, r.Remove(ctx, file))
+	must(t, r.Symlink(ctx, root+"/kubelet-client-2025.pem", file))
+	must(t, Restore(ctx, r, bf))
+	if fi, _ := r.Stat(ctx, file); !fi.IsRegular || fi.UID != 1234 {
+		t.Errorf("restore over a symlink = %+v", fi)
+	}
+
+	// Corrupt backups are refused.
+	bad := bf
+	bad.Content = []byte("tampered")
+	if err := Restore(ctx, r, bad); err == nil || strings.Contains(err.Error(), "tampered") {
+		t.Errorf("restore of tampered backup: %v", err)
+	}
+	// Backups of another node are refused.
+	other := bf
+	other.Node = "elsewhere"
+	if err := Restore(ctx, r, other); err == nil {
+		t.Error("restore of another node's backup succeeded")
+	}
+	if _, err := BackupFile(ctx, r, store, "../x", file); err == nil {
+		t.Error("run id with a slash accepted")
+	}
+	if _, err := BackupFile(ctx, r, store, runID, root); err == nil {
+		t.Error("backup of a directory accepted")
+	}
+}
+
+func TestBackupRestoreMem(t *testing.T) {
+	t.Parallel()
+	m := NewMemRunner("n")
+	m.MkdirAll("/etc/kubernetes/pki")
+	backupSuite(t, m, "/etc/kubernetes/pki", "run-mem", func(p string, uid, gid int) {
+		data, _ := m.File(p)
+		fi, _ := m.Stat(context.Background(), p)
+		m.SetFileOwner(p, data, fi.Mode, uid, gid, "u", "g")
+	})
+}
+
+func TestBackupRestoreSSH(t *testing.T) {
+	t.Parallel()
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	runID := "test-" + filepath.Base(t.TempDir())
+	cleanupBackupDir(t, runID)
+	backupSuite(t, c, t.TempDir(), runID, func(p string, uid, gid int) {
+		must(t, os.Chown(p, uid, gid))
+	})
+	dir := path.Join(BackupDir, runID)
+	for _, d := range []string{BackupDir, dir} {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v, %v; want 0700", d, fi.Mode(), err)
+		}
+	}
+}
+
+// cleanupBackupDir removes the run's directory on this machine (the test
+// node) and the parents if the test left them empty.
+func cleanupBackupDir(t *testing.T, runID string) {
+	t.Cleanup(func() {
+		os.RemoveAll(path.Join(BackupDir, runID))
+		os.Remove(BackupDir)
+		os.Remove(path.Dir(BackupDir))
+	})
+}
+
+// Concurrent BackupFile calls for one path all return the same first copy.
+func TestBackupFirstCopyWinsConcurrently(t *testing.T) {
+	t.Parallel()
+	m := NewMemRunner("n")
+	m.SetFile("/etc/kubernetes/admin.conf", []byte("v0"), 0o600)
+	store := NewMemBackupStore()
+	var wg sync.WaitGroup
+	got := make([]Backup, 8)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/admin.conf")
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = b
+		}()
+	}
+	wg.Wait()
+	for _, b := range got {
+		if !b.TakenAt.Equal(got[0].TakenAt) || string(b.Content) != "v0" {
+			t.Errorf("backups differ: %+v vs %+v", b, got[0])
+		}
+	}
+	if n := len(store.All()); n != 1 {
+		t.Errorf("%d stored backups, want 1", n)
+	}
+}
+
+// The store is written before the node copy: a failing node write leaves
+// the stored backup, and a retry completes the node copy.
+func TestBackupStoreFirst(t *testing.T) {
+	t.Parallel()
+	m := NewMemRunner("n")
+	m.SetFile("/etc/kubernetes/pki/ca.key", []byte("KEY"), 0o600)
+	store := NewMemBackupStore()
+	fail := true
+	m.Fail = func(op, p string) error {
+		if op == "write" && strings.HasPrefix(p, BackupDir) && fail {
+			return os.ErrPermission
+		}
+		return nil
+	}
+	if _, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/pki/ca.key"); err == nil {
+		t.Fatal("want error from node copy")
+	}
+	if n := len(store.All()); n != 1 {
+		t.Fatalf("%d stored backups, want 1 (store first)", n)
+	}
+	fail = false
+	b, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/pki/ca.key")
+	must(t, err)
+	content, _ := NodeBackupPaths(b)
+	if got, ok := m.File(content); !ok || string(got) != "KEY" {
+		t.Errorf("node copy after retry = %q, %v", got, ok)
+	}
+}

@@ -1,0 +1,83 @@
+// Benchmarks of writing one small file to N real sshd nodes, with FanOut
+// versus one node after another. Run them and print the speed-up with
+//
+//	sh nodes/testdata/ratio.sh
+//
+// (what `make bench` runs), which is
+//
+//	go test -run '^$' -bench 'WriteFile(FanOut|Sequential)' -benchtime 20x ./nodes/
+//
+// followed by an awk script that prints "fan-out vs sequential: N.Nx".
+// Connections are dialed before the timer starts: the numbers are for
+// steps on a warm Pool, as in a rotation run.
+package nodes
+
+import (
+	"context"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/kubeca/rotate/nodes/sshdtest"
+)
+
+const benchNodes = 10
+
+func benchPool(b *testing.B) (*Pool, []string, map[string]string) {
+	b.Helper()
+	key := filepath.Join(b.TempDir(), "id")
+	sshdtest.WriteKey(b, key)
+	var cfgs []Config
+	dirs := map[string]string{}
+	ns := names(benchNodes)
+	for _, name := range ns {
+		_, cfg := startNode(b, name, sshdtest.Options{ClientKeyFile: key})
+		cfgs = append(cfgs, cfg)
+		dirs[name] = b.TempDir()
+	}
+	pool := NewPool(cfgs)
+	b.Cleanup(func() { pool.Close() })
+	for _, name := range ns {
+		if _, err := pool.Get(context.Background(), name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return pool, ns, dirs
+}
+
+func writeOne(ctx context.Context, pool *Pool, dirs map[string]string, name string, i int) error {
+	r, err := pool.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	return r.WriteFile(ctx, dirs[name]+"/ca.crt", []byte("-----BEGIN CERTIFICATE-----\n"+strconv.Itoa(i)+"\n"), 0o644)
+}
+
+func BenchmarkWriteFileFanOut(b *testing.B) {
+	pool, ns, dirs := benchPool(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		err := FanOut(ctx, ns, len(ns), func(ctx context.Context, name string) error {
+			return writeOne(ctx, pool, dirs, name, i)
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(benchNodes), "nodes")
+}
+
+func BenchmarkWriteFileSequential(b *testing.B) {
+	pool, ns, dirs := benchPool(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, name := range ns {
+			if err := writeOne(ctx, pool, dirs, name, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(benchNodes), "nodes")
+}

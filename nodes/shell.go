@@ -1,0 +1,130 @@
+package nodes
+
+import (
+	"path"
+	"strings"
+)
+
+func cleanPath(p string) string { return path.Clean(p) }
+
+// shellQuote single-quotes s for a POSIX shell: the only character that
+// needs care inside single quotes is the quote itself, written as '\”.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// shCommand renders `sh -c SCRIPT sh ARG...`: the script is fixed text and
+// every argument reaches it as a positional parameter ($1, $2, ...), so no
+// path or value is ever parsed as shell syntax.
+func shCommand(script string, args ...string) string {
+	var b strings.Builder
+	b.WriteString("sh -c ")
+	b.WriteString(shellQuote(script))
+	b.WriteString(" sh")
+	for _, a := range args {
+		b.WriteByte(' ')
+		b.WriteString(shellQuote(a))
+	}
+	return b.String()
+}
+
+// The scripts below run on the node under /bin/sh (dash, bash or busybox
+// ash all do) and need only coreutils. LC_ALL=C makes error messages
+// matchable. Exit codes 64-79 are the scripts' own refusals; their stderr
+// says why and never contains file contents.
+
+// readScript prints the file (following symlinks). "missing" on stderr's
+// first line marks ENOENT.
+const readScript = `export LC_ALL=C
+if [ ! -e "$1" ]; then
+  if [ -L "$1" ]; then echo "missing: dangling symlink" >&2; else echo "missing" >&2; fi
+  exit 64
+fi
+exec cat -- "$1"`
+
+// statScript prints "missing", or one line
+// "RAWMODE_HEX UID GID SIZE OWNER GROUP" followed, for a symlink, by its
+// target (everything after the first newline, less one trailing newline).
+const statScript = `export LC_ALL=C
+if ! out=$(stat -c '%f %u %g %s %U %G' -- "$1" 2>&1); then
+  case $out in
+  *"No such file or directory"*) echo missing; exit 0 ;;
+  esac
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+printf '%s\n' "$out"
+if [ -L "$1" ]; then readlink -- "$1"; fi`
+
+// writeScript replaces $1 atomically with stdin.
+//
+//	$1 path  $2 mode (octal, or "" to keep/default)  $3 owner "uid:gid" or ""
+//	$4 expected size  $5 expected sha256  $6 "replace" to allow replacing a
+//	symlink (Restore), else a symlink is refused.
+//
+// The temp file is a dot-file in the same directory (kubelet ignores dot
+// files in the static pod directory), removed on any failure, including a
+// dropped connection (SIGPIPE/SIGHUP are turned into exit so the EXIT trap
+// runs). The content is checked against its digest before anything is
+// renamed, so stdin cut short by a dropped connection never becomes the file.
+const writeScript = `export LC_ALL=C
+p=$1 mode=$2 owner=$3 size=$4 sum=$5 how=$6
+dir=$(dirname -- "$p") && base=$(basename -- "$p") || exit 1
+if [ -L "$p" ]; then
+  if [ "$how" != replace ]; then echo "refusing to write through symlink $p; repoint it or write its target" >&2; exit 65; fi
+elif [ -e "$p" ] && [ ! -f "$p" ]; then
+  echo "$p exists and is not a regular file" >&2; exit 66
+fi
+if [ ! -d "$dir" ]; then echo "directory $dir does not exist" >&2; exit 67; fi
+tmp=$(mktemp -- "$dir/.$base.rotate-XXXXXX") || exit 68
+trap 'if [ -n "$tmp" ]; then rm -f -- "$tmp"; fi' EXIT
+trap 'exit 129' HUP INT PIPE TERM
+cat > "$tmp" || exit 69
+got=$(sha256sum < "$tmp") || exit 70
+if [ "${got%% *}" != "$sum" ]; then
+  echo "content check failed: received $(wc -c < "$tmp") of $size bytes or a different digest; $p not changed" >&2
+  exit 71
+fi
+if [ -f "$p" ] && [ ! -L "$p" ]; then
+  chown --reference="$p" -- "$tmp" && chmod --reference="$p" -- "$tmp" || exit 72
+else
+  chmod 0600 -- "$tmp" || exit 72
+fi
+if [ -n "$owner" ]; then chown -- "$owner" "$tmp" || exit 73; fi
+if [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || exit 74; fi
+sync -- "$tmp" 2>/dev/null || sync
+mv -f -- "$tmp" "$p" || exit 75
+tmp=
+sync -- "$dir" 2>/dev/null || :`
+
+// symlinkScript points $2 at $1 atomically: ln -s into a fresh temp
+// directory beside the link, then rename over the link (mv -T never
+// follows an existing link into a directory).
+const symlinkScript = `export LC_ALL=C
+t=$1 l=$2
+dir=$(dirname -- "$l") || exit 1
+if [ -d "$l" ] && [ ! -L "$l" ]; then echo "$l is a directory" >&2; exit 66; fi
+if [ ! -d "$dir" ]; then echo "directory $dir does not exist" >&2; exit 67; fi
+d=$(mktemp -d -- "$dir/.rotate-link-XXXXXX") || exit 68
+trap 'rm -f -- "$d/l"; rmdir -- "$d" 2>/dev/null' EXIT
+trap 'exit 129' HUP INT PIPE TERM
+ln -s -- "$t" "$d/l" || exit 69
+mv -f -T -- "$d/l" "$l" || exit 75
+sync -- "$dir" 2>/dev/null || :`
+
+// removeScript deletes a file or symlink; missing is fine; directories are
+// refused by rm itself.
+const removeScript = `export LC_ALL=C
+if [ -d "$1" ] && [ ! -L "$1" ]; then echo "$1 is a directory" >&2; exit 66; fi
+rm -f -- "$1" || exit 1
+sync -- "$(dirname -- "$1")" 2>/dev/null || :`
+
+// chownLinkScript sets a symlink's own owner ($2 = uid:gid).
+const chownLinkScript = `chown -h -- "$2" "$1"`
+
+// mkdirPrivateScript creates $1 (and missing parents) and makes it and every
+// further argument 0700, owned by the running user.
+const mkdirPrivateScript = `export LC_ALL=C
+umask 077
+mkdir -p -- "$1" || exit 1
+for d in "$@"; do chmod 0700 -- "$d" || exit 1; done`

@@ -1,0 +1,638 @@
+package nodes
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Client is an SSH connection to one node. It implements Runner and
+// ExactWriter and is safe for concurrent use (each call opens its own
+// session on the shared connection).
+type Client struct {
+	cfg  Config
+	conn *ssh.Client
+	done chan struct{} // closed when the connection is gone
+	once sync.Once
+}
+
+var _ Runner = (*Client)(nil)
+var _ ExactWriter = (*Client)(nil)
+
+// Dial connects to the node, verifying its host key, retrying transient
+// network errors (refused, reset, unreachable, timeout) up to cfg.Retries
+// times with exponential backoff. Host key and authentication failures
+// return at once.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	hk, err := newHostKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	backoff := cfg.RetryBackoff
+	for attempt := 0; ; attempt++ {
+		c, err := dialOnce(ctx, cfg, hk)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil || !transient(err) || attempt >= cfg.Retries {
+			if transient(err) && attempt > 0 {
+				return nil, fmt.Errorf("%w (after %d attempts)", err, attempt+1)
+			}
+			return nil, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("connect to node %s: %w (last error: %v)", cfg.Name, ctx.Err(), err)
+		case <-t.C:
+		}
+		backoff *= 2
+		if backoff > 30*time.Second {
+			backoff = 30 * time.Second
+		}
+	}
+}
+
+func (c Config) addr() string { return net.JoinHostPort(c.Address, strconv.Itoa(c.Port)) }
+
+// transient reports whether a dial error is a network hiccup worth
+// retrying. Anything else (host key, authentication, configuration) is
+// final.
+func transient(err error) bool {
+	if errors.Is(err, ErrHostKey) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var ae *authError
+	if errors.As(err, &ae) {
+		return false
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && (dnsErr.IsTemporary || dnsErr.IsTimeout) {
+		return true
+	}
+	return false
+}
+
+// authError marks authentication failures, which are never retried.
+type authError struct{ err error }
+
+func (e *authError) Error() string { return e.err.Error() }
+func (e *authError) Unwrap() error { return e.err }
+
+func dialOnce(ctx context.Context, cfg Config, hk *hostKeys) (*Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(dctx, "tcp", cfg.addr())
+	if err != nil {
+		return nil, fmt.Errorf("connect to node %s (%s): %w", cfg.Name, cfg.addr(), err)
+	}
+	// The handshake honours the same deadline and ctx.
+	deadline, _ := dctx.Deadline()
+	_ = raw.SetDeadline(deadline)
+	stop := context.AfterFunc(dctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	auth, closeAgent, err := authMethods(cfg)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	defer closeAgent()
+
+	var hkErr error
+	sshCfg := &ssh.ClientConfig{
+		User: cfg.User,
+		Auth: auth,
+		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+			hkErr = hk.check(cfg, hostname, remote, key)
+			return hkErr
+		},
+		HostKeyAlgorithms: hk.algorithms(cfg.addr(), raw.RemoteAddr()),
+	}
+	conn, chans, reqs, err := ssh.NewClientConn(raw, cfg.addr(), sshCfg)
+	if err != nil {
+		raw.Close()
+		if hkErr != nil {
+			return nil, hkErr
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to node %s (%s): %w", cfg.Name, cfg.addr(), ctx.Err())
+		}
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			return nil, &authError{fmt.Errorf("authenticate as %s to node %s (%s): %w", cfg.User, cfg.Name, cfg.addr(), err)}
+		}
+		if dctx.Err() != nil {
+			return nil, fmt.Errorf("ssh handshake with node %s (%s): timed out after %s: %w", cfg.Name, cfg.addr(), cfg.DialTimeout, context.DeadlineExceeded)
+		}
+		return nil, fmt.Errorf("ssh handshake with node %s (%s): %w", cfg.Name, cfg.addr(), err)
+	}
+	_ = raw.SetDeadline(time.Time{})
+	c := &Client{cfg: cfg, conn: ssh.NewClient(conn, chans, reqs), done: make(chan struct{})}
+	go func() {
+		_ = c.conn.Wait()
+		c.markDone()
+	}()
+	if cfg.KeepAlive > 0 {
+		go c.keepAlive(cfg.KeepAlive)
+	}
+	return c, nil
+}
+
+func (c *Client) markDone() { c.once.Do(func() { close(c.done) }) }
+
+// keepAlive sends keepalive@openssh.com every interval and closes the
+// connection when a reply does not arrive within two intervals.
+func (c *Client) keepAlive(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		replied := make(chan error, 1)
+		go func() {
+			_, _, err := c.conn.SendRequest("keepalive@openssh.com", true, nil)
+			replied <- err
+		}()
+		timer := time.NewTimer(2 * interval)
+		select {
+		case err := <-replied:
+			timer.Stop()
+			if err != nil {
+				c.conn.Close()
+				return
+			}
+		case <-timer.C:
+			c.conn.Close()
+			return
+		case <-c.done:
+			timer.Stop()
+			return
+		}
+	}
+}
+
+// Alive reports whether the connection is still up (as far as known).
+func (c *Client) Alive() bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Name returns the node's name.
+func (c *Client) Name() string { return c.cfg.Name }
+
+// Config returns the effective configuration (defaults applied).
+func (c *Client) Config() Config { return c.cfg }
+
+// Close closes the connection.
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	c.markDone()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func authMethods(cfg Config) ([]ssh.AuthMethod, func(), error) {
+	var signers []func() ([]ssh.Signer, error)
+	closeAgent := func() {}
+	if cfg.UseAgent {
+		ac, err := net.Dial("unix", cfg.AgentSocket)
+		if err != nil {
+			return nil, nil, &authError{fmt.Errorf("node %s: connect to ssh agent %s: %w", cfg.Name, cfg.AgentSocket, err)}
+		}
+		closeAgent = func() { ac.Close() }
+		signers = append(signers, agent.NewClient(ac).Signers)
+	}
+	if cfg.IdentityFile != "" {
+		pem, err := os.ReadFile(cfg.IdentityFile)
+		if err != nil {
+			closeAgent()
+			return nil, nil, &authError{fmt.Errorf("node %s: read identity file: %w", cfg.Name, err)}
+		}
+		s, err := ssh.ParsePrivateKey(pem)
+		if err != nil {
+			closeAgent()
+			var pm *ssh.PassphraseMissingError
+			if errors.As(err, &pm) {
+				return nil, nil, &authError{fmt.Errorf("node %s: identity file %s is passphrase-protected; load it into ssh-agent and use the agent", cfg.Name, cfg.IdentityFile)}
+			}
+			// The parse error never echoes key material.
+			return nil, nil, &authError{fmt.Errorf("node %s: parse identity file %s: %w", cfg.Name, cfg.IdentityFile, err)}
+		}
+		signers = append(signers, func() ([]ssh.Signer, error) { return []ssh.Signer{s}, nil })
+	}
+	all := func() ([]ssh.Signer, error) {
+		var out []ssh.Signer
+		for _, f := range signers {
+			s, err := f()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s...)
+		}
+		return out, nil
+	}
+	return []ssh.AuthMethod{ssh.PublicKeysCallback(all)}, closeAgent, nil
+}
+
+// hostKeys verifies host keys against known_hosts (or nothing, in
+// insecure mode).
+type hostKeys struct {
+	file     string
+	insecure bool
+	cb       ssh.HostKeyCallback
+}
+
+func newHostKeys(cfg Config) (*hostKeys, error) {
+	if cfg.InsecureIgnoreHostKey {
+		return &hostKeys{insecure: true}, nil
+	}
+	if _, err := os.Stat(cfg.KnownHostsFile); err != nil {
+		return nil, fmt.Errorf("node %s: known_hosts file: %w: %w", cfg.Name, err, ErrHostKey)
+	}
+	cb, err := knownhosts.New(cfg.KnownHostsFile)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: load known_hosts %s: %w: %w", cfg.Name, cfg.KnownHostsFile, err, ErrHostKey)
+	}
+	return &hostKeys{file: cfg.KnownHostsFile, cb: cb}, nil
+}
+
+var (
+	probeKeyOnce sync.Once
+	probeKey     ssh.PublicKey
+)
+
+// algorithms returns the host key algorithms known_hosts has keys of for
+// this host, so the server is asked for a key type we can verify (without
+// it a server preferring another algorithm would look like a mismatch).
+// nil means the library's defaults (unknown host or insecure mode).
+func (h *hostKeys) algorithms(hostport string, remote net.Addr) []string {
+	if h.insecure {
+		return nil
+	}
+	probeKeyOnce.Do(func() {
+		pub, _, _ := ed25519.GenerateKey(nil)
+		probeKey, _ = ssh.NewPublicKey(pub)
+	})
+	var ke *knownhosts.KeyError
+	if err := h.cb(hostport, remote, probeKey); !errors.As(err, &ke) || len(ke.Want) == 0 {
+		return nil
+	}
+	var algos []string
+	seen := map[string]bool{}
+	add := func(a ...string) {
+		for _, x := range a {
+			if !seen[x] {
+				seen[x] = true
+				algos = append(algos, x)
+			}
+		}
+	}
+	for _, k := range ke.Want {
+		switch t := k.Key.Type(); t {
+		case ssh.KeyAlgoRSA:
+			add(ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
+		default:
+			add(t)
+		}
+	}
+	return algos
+}
+
+func (h *hostKeys) check(cfg Config, hostname string, remote net.Addr, key ssh.PublicKey) error {
+	if h.insecure {
+		return nil
+	}
+	err := h.cb(hostname, remote, key)
+	if err == nil {
+		return nil
+	}
+	fp := key.Type() + " " + ssh.FingerprintSHA256(key)
+	var ke *knownhosts.KeyError
+	var re *knownhosts.RevokedError
+	switch {
+	case errors.As(err, &re):
+		return fmt.Errorf("host key of node %s (%s) is revoked in %s:%d: %s; refusing to connect: %w",
+			cfg.Name, cfg.addr(), re.Revoked.Filename, re.Revoked.Line, fp, ErrHostKey)
+	case errors.As(err, &ke) && len(ke.Want) == 0:
+		return fmt.Errorf("unknown host key for node %s (%s): %s; verify it out of band and add it to known_hosts %s (line: %s): %w",
+			cfg.Name, cfg.addr(), fp, h.file, knownhosts.Line([]string{knownhosts.Normalize(cfg.addr())}, key), ErrHostKey)
+	case errors.As(err, &ke):
+		var want []string
+		for _, w := range ke.Want {
+			want = append(want, fmt.Sprintf("%s %s (%s:%d)", w.Key.Type(), ssh.FingerprintSHA256(w.Key), w.Filename, w.Line))
+		}
+		return fmt.Errorf("host key mismatch for node %s (%s): server presented %s, known_hosts has %s — possible man-in-the-middle; refusing to connect: %w",
+			cfg.Name, cfg.addr(), fp, strings.Join(want, ", "), ErrHostKey)
+	default:
+		return fmt.Errorf("verify host key of node %s (%s) %s: %w: %w", cfg.Name, cfg.addr(), fp, err, ErrHostKey)
+	}
+}
+
+// Run runs cmd with /bin/sh -c on the node (see Runner).
+func (c *Client) Run(ctx context.Context, cmd string, stdin []byte) (Result, error) {
+	return c.run(ctx, "run command", shCommand(cmd), stdin)
+}
+
+// pidMarker starts the first stderr line of every command: the remote
+// process id, so a cancelled command can be killed from a second session.
+// (sshd ignores SSH "signal" requests for root logins, which run without
+// privilege separation.)
+const pidMarker = "rotate-pid:"
+
+// remoteCommand wraps an `sh -c ...` command line with the remote-side
+// timeout (coreutils timeout signals the whole process group, so even a
+// command whose connection is gone dies) and sudo when becoming root. The
+// leading exec keeps the reported pid the one to signal: timeout itself, or
+// sudo, which relays TERM to it.
+func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
+	var b strings.Builder
+	b.WriteString("printf '" + pidMarker + "%s\\n' \"$$\" >&2; exec ")
+	if c.cfg.become() {
+		b.WriteString("sudo -n -- ")
+	}
+	if timeout > 0 {
+		// A little later than the client gives up, so the client's error is
+		// the one reported; KILL 5s after TERM for commands that ignore it.
+		fmt.Fprintf(&b, "timeout -k 5 %.3f ", (timeout + 2*time.Second).Seconds())
+	}
+	b.WriteString(inner)
+	return b.String()
+}
+
+// kill sends TERM to a remote command started by run, from a new session.
+func (c *Client) kill(pid int) {
+	if pid <= 1 {
+		return
+	}
+	s, err := c.conn.NewSession()
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	cmd := "exec kill -TERM " + strconv.Itoa(pid)
+	if c.cfg.become() {
+		cmd = "exec sudo -n -- kill -TERM " + strconv.Itoa(pid)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = s.Run(cmd)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// stderrSniffer takes the pid marker line off stderr. It is normally the
+// first line, but sshd or a login shell may print something first (e.g.
+// "Could not chdir to home directory"), so the leading lines are searched.
+type stderrSniffer struct {
+	mu   sync.Mutex
+	head []byte
+	done bool
+	pid  int
+	rest *capBuffer
+}
+
+const sniffLimit = 8 << 10
+
+func (w *stderrSniffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(p)
+	if w.done {
+		_, _ = w.rest.Write(p)
+		return n, nil
+	}
+	w.head = append(w.head, p...)
+	for off := 0; ; {
+		i := bytes.IndexByte(w.head[off:], '\n')
+		if i < 0 {
+			break
+		}
+		line := w.head[off : off+i]
+		if bytes.HasPrefix(line, []byte(pidMarker)) {
+			w.pid, _ = strconv.Atoi(string(line[len(pidMarker):]))
+			_, _ = w.rest.Write(w.head[:off])
+			_, _ = w.rest.Write(w.head[off+i+1:])
+			w.head, w.done = nil, true
+			return n, nil
+		}
+		off += i + 1
+	}
+	if len(w.head) > sniffLimit {
+		_, _ = w.rest.Write(w.head)
+		w.head, w.done = nil, true
+	}
+	return n, nil
+}
+
+func (w *stderrSniffer) remotePid() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pid
+}
+
+func (w *stderrSniffer) bytes() []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		_, _ = w.rest.Write(w.head)
+		w.head, w.done = nil, true
+	}
+	return w.rest.Bytes()
+}
+
+const maxStderr = 1 << 20
+
+func (c *Client) run(ctx context.Context, op, inner string, stdin []byte) (Result, error) {
+	timeout := c.cfg.CommandTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); timeout < 0 || d < timeout {
+			timeout = d
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, err)
+	}
+	var cancel context.CancelFunc
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	defer cancel()
+
+	type outcome struct {
+		res Result
+		err error
+	}
+	var (
+		mu   sync.Mutex
+		sess *ssh.Session
+	)
+	stderr := &stderrSniffer{rest: &capBuffer{max: maxStderr}}
+	ch := make(chan outcome, 1)
+	go func() {
+		s, err := c.conn.NewSession()
+		if err != nil {
+			ch <- outcome{err: err}
+			return
+		}
+		mu.Lock()
+		sess = s
+		mu.Unlock()
+		defer s.Close()
+		var stdout bytes.Buffer
+		s.Stdout, s.Stderr = &stdout, stderr
+		s.Stdin = bytes.NewReader(stdin)
+		err = s.Run(c.remoteCommand(inner, timeout))
+		ch <- outcome{res: Result{Stdout: stdout.Bytes(), Stderr: stderr.bytes()}, err: err}
+	}()
+
+	var out outcome
+	select {
+	case out = <-ch:
+	case <-ctx.Done():
+		// TERM reaches timeout(1) (through sudo, which relays it), which
+		// kills the command's whole process group. Should the kill not get
+		// through, timeout(1) ends the command on its own shortly after.
+		c.kill(stderr.remotePid())
+		mu.Lock()
+		if sess != nil {
+			sess.Close()
+		}
+		mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(2 * time.Second):
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return Result{}, fmt.Errorf("%s on %s: timed out after %s: %w", op, c.cfg.Name, timeout.Round(time.Millisecond), context.DeadlineExceeded)
+		}
+		return Result{}, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ctx.Err())
+	}
+	res, err := out.res, out.err
+	if err == nil {
+		return res, nil
+	}
+	var ee *ssh.ExitError
+	var missing *ssh.ExitMissingError
+	switch {
+	case errors.As(err, &ee):
+		res.ExitStatus = ee.ExitStatus()
+		if be := c.becomeError(op, res); be != nil {
+			return res, be
+		}
+		xe := &ExitError{Node: c.cfg.Name, Op: op, Result: res}
+		if ee.Signal() != "" {
+			xe.Signal = ee.Signal()
+			xe.Result.ExitStatus = -1
+			res.ExitStatus = -1
+		}
+		return res, xe
+	case errors.As(err, &missing), connectionBroken(err), !c.Alive():
+		// Make sure the connection counts as gone, so Pool re-dials.
+		c.conn.Close()
+		c.markDone()
+		return res, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ErrConnectionLost)
+	default:
+		return res, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, err)
+	}
+}
+
+// connectionBroken reports errors that mean the SSH connection itself is
+// gone (as opposed to the server refusing one channel or command).
+func connectionBroken(err error) bool {
+	var oe *net.OpError
+	var ce *ssh.OpenChannelError
+	if errors.As(err, &ce) {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.As(err, &oe)
+}
+
+// becomeError recognises sudo's own refusals (they come before the command
+// runs, exit status 1, "sudo: " prefix).
+func (c *Client) becomeError(op string, res Result) error {
+	if !c.cfg.become() {
+		return nil
+	}
+	msg := string(res.Stderr)
+	if res.ExitStatus == 127 && strings.Contains(msg, "sudo") && strings.Contains(msg, "not found") {
+		return fmt.Errorf("%s on %s: sudo is not installed on the node: %w", op, c.cfg.Name, ErrBecome)
+	}
+	if res.ExitStatus != 1 || !strings.Contains(msg, "sudo: ") {
+		return nil
+	}
+	for _, s := range []string{"a password is required", "a terminal is required", "password is required"} {
+		if strings.Contains(msg, s) {
+			return fmt.Errorf("%s on %s: sudo wants a password for user %s; become needs passwordless sudo (NOPASSWD) for this user: %w", op, c.cfg.Name, c.cfg.User, ErrBecome)
+		}
+	}
+	for _, s := range []string{"is not in the sudoers file", "is not allowed to execute", "may not run sudo"} {
+		if strings.Contains(msg, s) {
+			return fmt.Errorf("%s on %s: user %s may not use sudo: %s: %w", op, c.cfg.Name, c.cfg.User, firstLines(res.Stderr, 1, 200), ErrBecome)
+		}
+	}
+	return nil
+}
+
+// capBuffer keeps the first max bytes written to it and discards the rest.
+type capBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *capBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); room > 0 {
+		if len(p) > room {
+			b.Buffer.Write(p[:room])
+		} else {
+			b.Buffer.Write(p)
+		}
+	}
+	return len(p), nil
+}

@@ -1,0 +1,213 @@
+package steps
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/nodes/edit"
+	"github.com/kubeca/rotate/pki"
+)
+
+const kcmManifest = `apiVersion: v1
+kind: Pod
+metadata:
+  labels:
+    component: kube-controller-manager
+    tier: control-plane
+  name: kube-controller-manager
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - kube-controller-manager
+    - --client-ca-file=/etc/kubernetes/pki/ca.crt
+    - --cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt
+    - --cluster-signing-key-file=/etc/kubernetes/pki/ca.key
+    - --kubeconfig=/etc/kubernetes/controller-manager.conf
+    - --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt
+    - --root-ca-file=/etc/kubernetes/pki/ca.crt
+    image: registry.k8s.io/kube-controller-manager:v1.37.2
+    name: kube-controller-manager
+  hostNetwork: true
+status: {}
+`
+
+// memNodes hands out in-memory nodes; fakeStore keeps backups and CAs.
+type memNodes map[string]*nodes.MemRunner
+
+func (m memNodes) Node(ctx context.Context, name string) (nodes.Runner, error) { return m[name], nil }
+
+type fakeStore struct {
+	*nodes.MemBackupStore
+	cas    map[string]CAPair
+	values map[string][]byte
+}
+
+func (f *fakeStore) Value(ctx context.Context, k string) ([]byte, bool, error) {
+	v, ok := f.values[k]
+	return v, ok, nil
+}
+func (f *fakeStore) CA(ctx context.Context, n string) (CAPair, bool, error) {
+	c, ok := f.cas[n]
+	return c, ok, nil
+}
+
+func testRuntime(t *testing.T) (*Runtime, *nodes.MemRunner, *fakeStore) {
+	t.Helper()
+	mk := func(cn string) *pki.CA {
+		ca, err := pki.NewCA(pki.CAOptions{CommonName: cn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
+	}
+	c0, c1, f0, f1 := mk("kubernetes"), mk("kubernetes-new"), mk("front-proxy-ca"), mk("front-proxy-ca-new")
+	st := &fakeStore{MemBackupStore: nodes.NewMemBackupStore(), values: map[string][]byte{}, cas: map[string]CAPair{
+		CACluster:    {Name: CACluster, OldCert: c0.CertPEM, OldKey: c0.KeyPEM, NewCert: c1.CertPEM, NewKey: c1.KeyPEM},
+		CAFrontProxy: {Name: CAFrontProxy, OldCert: f0.CertPEM, OldKey: f0.KeyPEM, NewCert: f1.CertPEM, NewKey: f1.KeyPEM},
+	}}
+	r := nodes.NewMemRunner("cp1")
+	r.SetFile("/etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(kcmManifest), 0o600)
+	r.SetFile("/etc/kubernetes/pki/ca.crt", c0.CertPEM, 0o644)
+	rt := &Runtime{RunID: "r1", BackupID: "r1.test", Store: st, Nodes: memNodes{"cp1": r}, Out: &Outputs{},
+		Config: &Config{ControlPlane: []string{"cp1"}, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
+			ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
+			KubeletRestartCommand: "systemctl restart kubelet"}}
+	return rt, r, st
+}
+
+func TestNodeEditApplyCheckRevert(t *testing.T) {
+	ctx := context.Background()
+	rt, r, _ := testRuntime(t)
+	cp1 := Target{Node: "cp1", Role: RoleControlPlane}
+	s := KCMTrustBoth()
+	done, err := s.Check(ctx, rt, cp1)
+	if err != nil || done {
+		t.Fatalf("Check before apply = %v, %v", done, err)
+	}
+	if err := s.Apply(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r.File("/etc/kubernetes/manifests/kube-controller-manager.yaml")
+	for _, f := range []string{"--root-ca-file=/etc/kubernetes/pki/rotate-ca-bundle.crt", "--client-ca-file=/etc/kubernetes/pki/rotate-ca-bundle.crt",
+		"--requestheader-client-ca-file=/etc/kubernetes/pki/rotate-front-proxy-ca-bundle.crt", "--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt"} {
+		if !strings.Contains(string(got), f) {
+			t.Errorf("manifest lacks %s:\n%s", f, got)
+		}
+	}
+	if v, ok, _ := edit.PodAnnotation(got, restartAnnotation); !ok || v != "r1.test" {
+		t.Errorf("restart annotation = %q %v", v, ok)
+	}
+	if done, err := s.Check(ctx, rt, cp1); err != nil || !done {
+		t.Fatalf("Check after apply = %v, %v", done, err)
+	}
+	// Apply again changes nothing (idempotent).
+	before := len(r.Ops())
+	if err := s.Apply(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range r.Ops()[before:] {
+		if strings.HasPrefix(op, "write") {
+			t.Fatalf("second apply wrote: %v", r.Ops()[before:])
+		}
+	}
+	if err := s.Revert(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = r.File("/etc/kubernetes/manifests/kube-controller-manager.yaml")
+	if string(got) != kcmManifest {
+		t.Fatalf("revert did not restore the manifest byte for byte:\n%s", got)
+	}
+	// Revert again is a no-op.
+	if err := s.Revert(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {
+	ctx := context.Background()
+	rt, r, st := testRuntime(t)
+	ca, _ := rt.newCA(ctx, CACluster)
+	is, err := pki.NewKubeletClientCert("cp1", ca, pki.ReissueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, _ := pki.KubeletPEM(is)
+	st.values[prepKey("cp1", "kubelet-client.pem")] = pemBytes
+	r.SetFile("/var/lib/kubelet/pki/kubelet-client-2026.pem", []byte("old"), 0o600)
+	r.SetSymlink("/var/lib/kubelet/pki/kubelet-client-2026.pem", "/var/lib/kubelet/pki/kubelet-client-current.pem")
+	r.SetFile("/etc/kubernetes/kubelet.conf", []byte(`apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: Zm9v
+    server: https://10.0.0.1:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: default-auth
+  name: default-auth@kubernetes
+current-context: default-auth@kubernetes
+users:
+- name: default-auth
+  user:
+    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem
+    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
+`), 0o600)
+	cp1 := Target{Node: "cp1", Role: RoleControlPlane}
+	s := KubeletClientCert("kubelet-client-cp")
+	if err := s.Apply(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := r.Stat(ctx, "/var/lib/kubelet/pki/kubelet-client-current.pem")
+	if !info.IsSymlink || info.LinkTarget != "/var/lib/kubelet/pki/kubelet-client-r1.pem" {
+		t.Fatalf("link = %+v", info)
+	}
+	restarts := 0
+	for _, c := range r.Commands() {
+		if c == "systemctl restart kubelet" {
+			restarts++
+		}
+	}
+	if restarts != 1 {
+		t.Fatalf("kubelet restarted %d times: %v", restarts, r.Commands())
+	}
+	if done, _ := s.Check(ctx, rt, cp1); !done {
+		t.Fatal("check after apply is false")
+	}
+	if err := s.Revert(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	info, _ = r.Stat(ctx, "/var/lib/kubelet/pki/kubelet-client-current.pem")
+	if info.LinkTarget != "/var/lib/kubelet/pki/kubelet-client-2026.pem" {
+		t.Fatalf("revert left link at %s", info.LinkTarget)
+	}
+	if _, ok := r.File("/var/lib/kubelet/pki/kubelet-client-r1.pem"); ok {
+		t.Fatal("revert left the new kubelet cert behind")
+	}
+	if done, _ := s.Check(ctx, rt, cp1); done {
+		t.Fatal("check after revert is true")
+	}
+}
+
+func TestSummarizeDiffRedacts(t *testing.T) {
+	a := "x: 1\n    client-key-data: QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\n"
+	b := "x: 2\n    client-key-data: WllYV1ZVVFNSUVBPTk1MS0pJSEdGRURDQkE=\n"
+	s := summarizeDiff([]byte(a), []byte(b))
+	if strings.Contains(s, "QUJD") || strings.Contains(s, "WllY") || !strings.Contains(s, "+x: 2") {
+		t.Fatalf("summary leaks or lacks the change: %s", s)
+	}
+}
+
+func TestWaitForTimesOutWithReason(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := waitFor(ctx, "thing", func(context.Context) (bool, string, error) { return false, "still busy", nil })
+	if err == nil || !strings.Contains(err.Error(), "still busy") || !strings.Contains(err.Error(), "thing") {
+		t.Fatalf("waitFor = %v", err)
+	}
+}
