@@ -308,7 +308,8 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
 	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String())
 
-	skipped, err := execute(sctx, st, &rt, t)
+	skipped, tm, err := execute(sctx, st, &rt, t)
+	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
 	if err != nil {
 		if sctx.Err() != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
@@ -374,21 +375,29 @@ func backupID(run, key string) string {
 	return string(b)
 }
 
+type timing struct{ apply, gate time.Duration }
+
 // execute is check → apply → gate.
-func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, err error) {
+func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, tm timing, err error) {
+	start := time.Now()
 	done, err := st.Check(ctx, rt, t)
 	if err != nil {
-		return false, fmt.Errorf("check: %w", err)
+		return false, tm, fmt.Errorf("check: %w", err)
 	}
 	if !done {
 		if err := st.Apply(ctx, rt, t); err != nil {
-			return false, fmt.Errorf("apply: %w", err)
+			tm.apply = time.Since(start)
+			return false, tm, fmt.Errorf("apply: %w", err)
 		}
 	}
-	if err := st.Gate(ctx, rt, t); err != nil {
-		return done, fmt.Errorf("health gate: %w", err)
+	tm.apply = time.Since(start)
+	gs := time.Now()
+	err = st.Gate(ctx, rt, t)
+	tm.gate = time.Since(gs)
+	if err != nil {
+		return done, tm, fmt.Errorf("health gate: %w", err)
 	}
-	return done, nil
+	return done, tm, nil
 }
 
 func (e *Engine) event(level string, r state.StepRecord, msg string) state.Event {

@@ -69,7 +69,11 @@ type StepRecord struct {
 	StartedAt  time.Time  `json:"startedAt,omitempty"`
 	FinishedAt time.Time  `json:"finishedAt,omitempty"`
 	DoneSeq    uint64     `json:"doneSeq,omitempty"` // order of completion, for rollback
-	RevertedAt time.Time  `json:"revertedAt,omitempty"`
+	// Time spent in apply (rotate's own work, including node I/O) and in
+	// the health gate (waiting for components) on the last attempt.
+	ApplyTime  time.Duration `json:"applyTime,omitempty"`
+	GateTime   time.Duration `json:"gateTime,omitempty"`
+	RevertedAt time.Time     `json:"revertedAt,omitempty"`
 }
 
 // Backup is a file (or API object) as it was before a step first changed

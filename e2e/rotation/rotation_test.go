@@ -1,0 +1,374 @@
+//go:build e2e
+
+// Package rotation is the end-to-end proof of `rotate` on a real HA
+// control plane: 3 control-plane nodes (etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler from the real binaries, PKI and
+// manifests from the real kubeadm) and 2 workers, each a network and mount
+// namespace reached over real OpenSSH, while probes exercise every kind of
+// credential holder and fail the test on any x509 or 401 error.
+package rotation
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/e2e/probes"
+	"github.com/kubeca/rotate/e2e/verify"
+	"github.com/kubeca/rotate/pki"
+	"github.com/kubeca/rotate/state"
+)
+
+type env struct {
+	t       *testing.T
+	c       *cluster.Cluster
+	info    cluster.ClusterInfo
+	probes  *probes.Runner
+	workdir string
+}
+
+func setup(t *testing.T, ctx context.Context) *env {
+	t.Helper()
+	start := time.Now()
+	c, err := cluster.Up(ctx, cluster.Options{Name: "rot", ControlPlanes: 3, Workers: 2, Subnet: "10.213.48.0/24",
+		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: os.Getenv("ROTATE_BIN_DIR"), Progress: testWriter{t}})
+	if err != nil {
+		t.Fatalf("cluster up: %v", err)
+	}
+	t.Cleanup(func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if err := c.Down(dctx); err != nil {
+			t.Errorf("cluster down: %v", err)
+		}
+	})
+	t.Logf("e2e: cluster up in %s", time.Since(start).Round(time.Second))
+	e := &env{t: t, c: c, info: c.Info(), workdir: t.TempDir()}
+	p, err := probes.Start(ctx, filepath.Join(c.Dir(), "cluster.json"), probes.Options{})
+	if err != nil {
+		t.Fatalf("start probes: %v", err)
+	}
+	e.probes = p
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("cluster| %s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (e *env) cp1() cluster.NodeInfo { return e.info.Nodes[0] }
+
+func (e *env) client(t *testing.T) kubernetes.Interface {
+	// The operator's admin.conf as it is now on cp1 (rotate updates it).
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(e.cp1().EtcKubernetes, "admin.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Host = "https://" + e.cp1().Address + ":6443"
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc
+}
+
+// probesClean fails the test on any x509, 401 or 403 seen so far.
+func (e *env) probesClean(t *testing.T, when string) {
+	t.Helper()
+	rep := e.probes.Snapshot()
+	t.Logf("e2e: probes %s:\n%s", when, rep.Summary())
+	if !rep.Clean() {
+		t.Fatalf("probes recorded credential failures %s:\n%s", when, rep.Summary())
+	}
+}
+
+var (
+	killMidFanOut    = regexp.MustCompile(`\] distribute\s+\S+\s+done`)
+	killMidAPIServer = regexp.MustCompile(`\] apiserver-trust-both\s+cp\S*\s+done`)
+	killMidKubelets  = regexp.MustCompile(`\] kubelet-trust-workers\s+\S+\s+done`)
+	killAfterSwitch  = regexp.MustCompile(`\] kubelet-client-cp\s+\S+\s+done`)
+)
+
+// TestRotation is one cluster, two rotations:
+//  1. start (killed mid fan-out, mid apiserver rolling restart, mid kubelet
+//     batches; resumed each time) → hold → resume → completed; end state
+//     checked; then rollback from the completed run;
+//  2. start again, a worker unreachable over SSH mid-run (clean failure),
+//     resume after it returns, killed after the signer switch, rollback.
+//
+// The probes run throughout and must record zero x509/401/403 errors.
+func TestRotation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Minute)
+	defer cancel()
+	e := setup(t, ctx)
+	c0, err := verify.ReadCA(e.cp1(), "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldClient, err := verify.ClientCert(c0, "e2e-old-ca-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := e.info.Inventory
+	dir := filepath.Join(e.workdir, "run1")
+	os.MkdirAll(dir, 0o700)
+
+	// Run 1 -------------------------------------------------------------
+	t0 := time.Now()
+	r := rotate(t, ctx, dir, killMidFanOut, nil, "start", "--inventory", inv)
+	if !r.killed {
+		t.Fatalf("rotate start was not killed mid fan-out (exit %d)\n%s", r.code, tail(r.out, 30))
+	}
+	for _, kill := range []*regexp.Regexp{killMidAPIServer, killMidKubelets} {
+		r = rotate(t, ctx, dir, kill, nil, "resume")
+		if !r.killed {
+			t.Fatalf("resume was not killed at %s (exit %d)\n%s", kill, r.code, tail(r.out, 30))
+		}
+	}
+	r = rotate(t, ctx, dir, nil, nil, "resume")
+	mustSucceed(t, r, "resume to the hold")
+	if !strings.Contains(r.out, "held after phase 11/12 verify") {
+		t.Fatalf("run did not hold before narrowing:\n%s", tail(r.out, 20))
+	}
+	st := rotate(t, ctx, dir, nil, nil, "status")
+	mustSucceed(t, st, "status")
+	for _, want := range []string{"state held", "HELD before narrowing trust", "attention: "} {
+		if !strings.Contains(st.out, want) {
+			t.Errorf("status at the hold lacks %q:\n%s", want, st.out)
+		}
+	}
+	e.probesClean(t, "at the hold")
+	r = rotate(t, ctx, dir, nil, nil, "resume")
+	mustSucceed(t, r, "resume past the hold")
+	wall := time.Since(t0)
+	if !strings.Contains(r.out, "--discovery-token-ca-cert-hash sha256:") {
+		t.Errorf("no join hash printed:\n%s", tail(r.out, 10))
+	}
+	e.reportTiming(t, filepath.Join(dir, "rotate.db"), wall)
+
+	c1, err := verify.ReadCA(e.cp1(), "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pki.Fingerprint(c1.Cert) == pki.Fingerprint(c0.Cert) {
+		t.Fatal("ca.crt on cp1 is still the old CA")
+	}
+	e.checkOnCA(t, ctx, c1, c0, "after the rotation")
+	newClient, err := verify.ClientCert(c1, "e2e-new-ca-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c1.Cert}, oldClient, 401); err != nil {
+		t.Errorf("old-CA client certificate after narrowing: %v", err)
+	}
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c1.Cert}, newClient, 200); err != nil {
+		t.Errorf("new-CA client certificate: %v", err)
+	}
+	e.kubeadmCheckExpiration(t, ctx, c1)
+	e.csrThroughNewSigner(t, ctx, c1)
+	e.probesClean(t, "after run 1")
+
+	// Rollback from the completed run.
+	r = rotate(t, ctx, dir, nil, nil, "rollback")
+	mustSucceed(t, r, "rollback of the completed run")
+	e.checkOnCA(t, ctx, c0, c1, "after rollback of the completed run")
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c0.Cert}, newClient, 401); err != nil {
+		t.Errorf("new-CA client certificate after rollback: %v", err)
+	}
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c0.Cert}, oldClient, 200); err != nil {
+		t.Errorf("old-CA client certificate after rollback: %v", err)
+	}
+	e.probesClean(t, "after rollback of run 1")
+
+	// Run 2 -------------------------------------------------------------
+	dir2 := filepath.Join(e.workdir, "run2")
+	os.MkdirAll(dir2, 0o700)
+	w2 := e.info.Nodes[len(e.info.Nodes)-1]
+	cut := false
+	r = rotate(t, ctx, dir2, nil, func(line string) {
+		if !cut && strings.Contains(line, "==> phase 9/12 servers") {
+			cut = true
+			e.setLink(t, w2, "down")
+		}
+	}, "start", "--no-hold", "--inventory", inv)
+	if !cut {
+		t.Fatalf("run 2 never reached phase 9:\n%s", tail(r.out, 30))
+	}
+	if r.code != 1 || !strings.Contains(r.out, w2.Name) {
+		t.Fatalf("run with %s unreachable: exit %d, want 1 and an error naming the node\n%s", w2.Name, r.code, tail(r.out, 20))
+	}
+	st = rotate(t, ctx, dir2, nil, nil, "status")
+	if !strings.Contains(st.out, "state failed") || !strings.Contains(st.out, "FAILED servers/") {
+		t.Fatalf("status after the fault:\n%s", st.out)
+	}
+	e.setLink(t, w2, "up")
+	if err := verify.Eventually(ctx, 3*time.Minute, func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) }); err != nil {
+		t.Fatalf("node %s did not come back: %v", w2.Name, err)
+	}
+	r = rotate(t, ctx, dir2, killAfterSwitch, nil, "resume")
+	if !r.killed {
+		t.Fatalf("resume after the fault was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
+	}
+	r = rotate(t, ctx, dir2, nil, nil, "rollback")
+	mustSucceed(t, r, "rollback from after the signer switch")
+	e.checkOnCA(t, ctx, c0, nil, "after rollback from mid-run")
+	run2CA := readStateCA(t, filepath.Join(dir2, "rotate.db"))
+	run2Client, err := verify.ClientCert(run2CA, "e2e-run2-new-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c0.Cert}, run2Client, 401); err != nil {
+		t.Errorf("run 2's new-CA client certificate after rollback: %v", err)
+	}
+	final := e.probes.Stop()
+	t.Logf("e2e: probes over the whole test:\n%s", final.Summary())
+	if !final.Clean() {
+		t.Fatalf("probes recorded credential failures:\n%s", final.Summary())
+	}
+}
+
+// checkOnCA asserts the cluster runs on ca only; other (if set) is the CA
+// that must no longer be trusted or used.
+func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pki.CA, when string) {
+	t.Helper()
+	caPEM := pki.EncodeCertsPEM(ca.Cert)
+	checks := map[string]func(ctx context.Context) error{
+		"apiservers serve from the CA": func(ctx context.Context) error { return verify.ServingIssuer(ctx, e.info, ca.Cert) },
+		"kubelet client certificates":  func(context.Context) error { return verify.KubeletCertsIssuedBy(e.info, ca.Cert) },
+		"control-plane kubeconfigs":    func(context.Context) error { return verify.KubeconfigsIssuedBy(e.info, ca.Cert) },
+		"kube-root-ca.crt":             func(ctx context.Context) error { return verify.RootCAIs(ctx, e.client(t), caPEM) },
+		"cluster-info":                 func(ctx context.Context) error { return verify.ClusterInfoIs(ctx, e.client(t), caPEM) },
+		"nodes Ready":                  func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) },
+	}
+	for name, check := range checks {
+		// Controllers republish asynchronously (kube-root-ca.crt, JWS).
+		if err := verify.Eventually(ctx, 2*time.Minute, check); err != nil {
+			t.Errorf("%s: %s: %v", when, name, err)
+		}
+	}
+	if other != nil {
+		c, err := verify.ClientCert(other, "e2e-other-ca")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{ca.Cert}, c, 401); err != nil {
+			t.Errorf("%s: a client certificate from the other CA: %v", when, err)
+		}
+	}
+}
+
+func (e *env) setLink(t *testing.T, n cluster.NodeInfo, state string) {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", n.NetNS, "-o", "link", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("list links of %s: %v %s", n.Name, err, out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		dev := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
+		if dev == "lo" {
+			continue
+		}
+		if out, err := exec.Command("ip", "-n", n.NetNS, "link", "set", "dev", dev, state).CombinedOutput(); err != nil {
+			t.Fatalf("set %s %s on %s: %v %s", dev, state, n.Name, err, out)
+		}
+	}
+	t.Logf("e2e: network of %s %s", n.Name, state)
+}
+
+func (e *env) kubeadmCheckExpiration(t *testing.T, ctx context.Context, ca *pki.CA) {
+	t.Helper()
+	for _, n := range e.info.Nodes {
+		if n.Role != cluster.RoleControlPlane {
+			continue
+		}
+		out, err := e.c.Exec(ctx, n.Name, filepath.Join(e.info.BinDir, "kubeadm"), "certs", "check-expiration")
+		if err != nil {
+			t.Errorf("kubeadm certs check-expiration on %s: %v\n%s", n.Name, err, out)
+			continue
+		}
+		s := string(out)
+		if !strings.Contains(s, "CERTIFICATE AUTHORITY") || strings.Contains(strings.ToLower(s), "error") || strings.Contains(s, "MISSING") {
+			t.Errorf("kubeadm certs check-expiration on %s:\n%s", n.Name, s)
+		}
+		t.Logf("e2e: kubeadm certs check-expiration on %s OK", n.Name)
+	}
+}
+
+// csrThroughNewSigner issues a kubelet client certificate through the real
+// CSR API and the real controller-manager signer, now on the new CA.
+func (e *env) csrThroughNewSigner(t *testing.T, ctx context.Context, ca *pki.CA) {
+	t.Helper()
+	is, err := pki.RequestKubeletClientCert(ctx, e.client(t), "e2e-csr-node", pki.CSROptions{Timeout: 2 * time.Minute})
+	if err != nil {
+		t.Errorf("CSR through the real signer: %v", err)
+		return
+	}
+	if !pki.IssuedBy(is.Cert, ca.Cert) {
+		t.Errorf("CSR was signed by %s, not the new CA", is.Cert.Issuer)
+	}
+	t.Logf("e2e: CSR via the real signer issued %s", pki.Describe(is.Cert))
+}
+
+func readStateCA(t *testing.T, path string) *pki.CA {
+	t.Helper()
+	s, err := state.Open(path, state.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, ok, err := s.CA(context.Background(), "cluster")
+	if err != nil || !ok {
+		t.Fatalf("no CA in %s: %v", path, err)
+	}
+	ca, err := pki.LoadCA(m.NewCert, m.NewKey, time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// reportTiming splits the wall time into time rotate spent waiting on
+// health gates (components restarting, controllers republishing) and the
+// rest (its own work, node I/O, apply).
+func (e *env) reportTiming(t *testing.T, path string, wall time.Duration) {
+	s, err := state.Open(path, state.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Errorf("timing: %v", err)
+		return
+	}
+	defer s.Close()
+	recs, _ := s.Steps(context.Background())
+	var gate, apply time.Duration
+	perPhase := map[string]time.Duration{}
+	for _, r := range recs {
+		gate += r.GateTime
+		apply += r.ApplyTime
+		perPhase[r.Phase] += r.GateTime + r.ApplyTime
+	}
+	b, _ := json.Marshal(perPhase)
+	t.Logf("e2e: full rotation wall time %s (3 kills and resumes, hold included): gates waiting on components %s, apply (rotate's own work incl. waits inside rollouts) %s; per phase %s",
+		wall.Round(time.Second), gate.Round(time.Second), apply.Round(time.Second), b)
+}
+
+var _ = tls.Certificate{}
+var _ = fmt.Sprint

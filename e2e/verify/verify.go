@@ -1,0 +1,296 @@
+// Package verify holds the end-state checks of a CA rotation on the e2e
+// cluster, shared by the e2e suite and `make demo`. Each check looks at the
+// real components from the outside: TLS handshakes with every apiserver,
+// requests with client certificates of a given CA, the files on each node,
+// and the API objects controllers publish.
+package verify
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/cluster-bootstrap/token/jws"
+
+	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/nodes/edit"
+	"github.com/kubeca/rotate/pki"
+)
+
+// CA is a CA certificate with its key, read from a control-plane node.
+type CA struct {
+	Cert *x509.Certificate
+	CA   *pki.CA
+}
+
+// ReadCA reads pki/<name>.crt and .key from a node's host directory.
+func ReadCA(n cluster.NodeInfo, name string) (*pki.CA, error) {
+	crt, err := os.ReadFile(filepath.Join(n.EtcKubernetes, "pki", name+".crt"))
+	if err != nil {
+		return nil, err
+	}
+	key, err := os.ReadFile(filepath.Join(n.EtcKubernetes, "pki", name+".key"))
+	if err != nil {
+		return nil, err
+	}
+	return pki.LoadCA(crt, key, time.Now(), 0)
+}
+
+// ClientCert issues a system:masters client certificate from ca.
+func ClientCert(ca *pki.CA, cn string) (tls.Certificate, error) {
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: cn, Organization: []string{"system:masters"}},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	is, err := pki.Reissue(tmpl, ca, pki.ReissueOptions{})
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(is.CertPEM, is.KeyPEM)
+}
+
+func controlPlanes(info cluster.ClusterInfo) []cluster.NodeInfo {
+	var out []cluster.NodeInfo
+	for _, n := range info.Nodes {
+		if n.Role == cluster.RoleControlPlane {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// ServingIssuer dials every apiserver and checks its serving certificate
+// is issued by want and chains to it alone.
+func ServingIssuer(ctx context.Context, info cluster.ClusterInfo, want *x509.Certificate) error {
+	pool := x509.NewCertPool()
+	pool.AddCert(want)
+	var problems []string
+	for _, n := range controlPlanes(info) {
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: pool, ServerName: n.Address}}
+		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.Address, "6443"))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		leaf := conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		conn.Close()
+		if !pki.IssuedBy(leaf, want) {
+			problems = append(problems, fmt.Sprintf("%s serves %s", n.Name, pki.Describe(leaf)))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("apiserver serving certificates not from %s: %s", pki.Describe(want), strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// ClientStatus is the HTTP status every apiserver answers to GET /api with
+// cert, verifying servers against roots.
+func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) (map[string]int, error) {
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	out := map[string]int{}
+	for _, n := range controlPlanes(info) {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: pool, Certificates: []tls.Certificate{cert},
+		}}}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+net.JoinHostPort(n.Address, "6443")+"/api", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", n.Name, err)
+		}
+		resp.Body.Close()
+		out[n.Name] = resp.StatusCode
+	}
+	return out, nil
+}
+
+// ExpectClientStatus checks every apiserver answers code to cert.
+func ExpectClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate, code int) error {
+	st, err := ClientStatus(ctx, info, roots, cert)
+	if err != nil {
+		return err
+	}
+	for n, c := range st {
+		if c != code {
+			return fmt.Errorf("apiserver %s answered %d, want %d", n, c, code)
+		}
+	}
+	return nil
+}
+
+// KubeletCertsIssuedBy checks every node's kubelet client certificate.
+func KubeletCertsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error {
+	var problems []string
+	for _, n := range info.Nodes {
+		link := filepath.Join(n.VarLibKubelet, "pki", "kubelet-client-current.pem")
+		target, err := os.Readlink(link)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		// The link is absolute as the node sees it.
+		host := filepath.Join(n.VarLibKubelet, strings.TrimPrefix(target, "/var/lib/kubelet"))
+		raw, err := os.ReadFile(host)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		c, _, err := pki.ParseKubeletPEM(raw)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		if !pki.IssuedBy(c, ca) {
+			problems = append(problems, fmt.Sprintf("%s kubelet presents %s", n.Name, pki.Describe(c)))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("kubelet client certificates not from %s: %s", pki.Describe(ca), strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// KubeconfigsIssuedBy checks the client certificates and CA data of the
+// control-plane kubeconfigs.
+func KubeconfigsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error {
+	var problems []string
+	for _, n := range controlPlanes(info) {
+		for _, f := range []string{"admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"} {
+			raw, err := os.ReadFile(filepath.Join(n.EtcKubernetes, f))
+			if os.IsNotExist(err) && f == "super-admin.conf" {
+				continue
+			}
+			if err != nil {
+				problems = append(problems, err.Error())
+				continue
+			}
+			crt, _, _, _, err := edit.KubeconfigClientCert(raw, "")
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s:%s: %v", n.Name, f, err))
+				continue
+			}
+			cs, err := pki.ParseCertsPEM(crt)
+			if err != nil || !pki.IssuedBy(cs[0], ca) {
+				problems = append(problems, fmt.Sprintf("%s:%s client cert not from the CA", n.Name, f))
+			}
+			caData, err := edit.KubeconfigCA(raw)
+			if err != nil {
+				problems = append(problems, err.Error())
+				continue
+			}
+			if eq, _ := pki.BundleEqual(caData, pki.EncodeCertsPEM(ca)); !eq {
+				problems = append(problems, fmt.Sprintf("%s:%s CA data is not exactly the CA", n.Name, f))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("kubeconfigs: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// RootCAIs checks kube-root-ca.crt in every namespace holds exactly want.
+func RootCAIs(ctx context.Context, kc kubernetes.Interface, want []byte) error {
+	nss, err := kc.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, ns := range nss.Items {
+		cm, err := kc.CoreV1().ConfigMaps(ns.Name).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		if err != nil {
+			bad = append(bad, ns.Name+": "+err.Error())
+			continue
+		}
+		if eq, _ := pki.BundleEqual([]byte(cm.Data["ca.crt"]), want); !eq {
+			bad = append(bad, ns.Name)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("kube-root-ca.crt differs in: %s", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// ClusterInfoIs checks cluster-info's CA data is exactly want and every
+// JWS signature verifies.
+func ClusterInfoIs(ctx context.Context, kc kubernetes.Interface, want []byte) error {
+	cm, err := kc.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	ca, err := edit.KubeconfigCA([]byte(cm.Data["kubeconfig"]))
+	if err != nil {
+		return err
+	}
+	if eq, _ := pki.BundleEqual(ca, want); !eq {
+		return fmt.Errorf("cluster-info CA data is not the expected CA")
+	}
+	sigs := 0
+	for k, sig := range cm.Data {
+		id, ok := strings.CutPrefix(k, "jws-kubeconfig-")
+		if !ok {
+			continue
+		}
+		sigs++
+		sec, err := kc.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, "bootstrap-token-"+id, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !jws.DetachedTokenIsValid(sig, cm.Data["kubeconfig"], id, string(sec.Data["token-secret"])) {
+			return fmt.Errorf("cluster-info signature %s does not verify", k)
+		}
+	}
+	if sigs == 0 {
+		return fmt.Errorf("cluster-info has no JWS signatures")
+	}
+	return nil
+}
+
+// NodesReady checks every Node is Ready.
+func NodesReady(ctx context.Context, kc kubernetes.Interface) error {
+	l, err := kc.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, n := range l.Items {
+		ready := false
+		for _, c := range n.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" {
+				ready = true
+			}
+		}
+		if !ready {
+			return fmt.Errorf("node %s is not Ready", n.Name)
+		}
+	}
+	return nil
+}
+
+// Eventually retries check until it passes or the deadline.
+func Eventually(ctx context.Context, timeout time.Duration, check func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if last = check(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (after %s)", last, timeout)
+		case <-time.After(time.Second):
+		}
+	}
+}
