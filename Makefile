@@ -53,7 +53,7 @@ demo: deps k8s-binaries build
 
 bench: deps
 	sh nodes/testdata/ratio.sh
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./orchestrator/ ./state/
+	$(GO) test -run '^$$' -bench Commit ./state/
 
 cluster-up: deps k8s-binaries build
 	$(BIN)/e2e-cluster up --bin-dir $(K8S_BIN)

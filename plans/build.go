@@ -84,6 +84,7 @@ func Build(inv *Inventory, opts Options) *Plan {
 			one(&steps.RestartWorkloads{StepName: "system-workloads", InCluster: true}, cluster),
 		}},
 		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: []PlannedStep{
+			one(steps.ExtensionAuthSnapshot(), cluster),
 			one(steps.APIServerTrustBoth(), cp),
 			one(steps.ExtensionAuthWidened(), cluster),
 		}},

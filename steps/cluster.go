@@ -397,3 +397,38 @@ func (rt *Runtime) servingCert(ctx context.Context, addr string) (*x509.Certific
 	st := conn.(*tls.Conn).ConnectionState()
 	return st.PeerCertificates[0], nil
 }
+
+// ExtensionAuthSnapshot records extension-apiserver-authentication before
+// the apiservers merge the new CAs into it, and puts it back on rollback —
+// after the apiservers have been reverted (it runs before them, so it is
+// reverted after them). Apiservers only ever add CAs to that ConfigMap,
+// so without this a rolled-back cluster would keep trusting the new CAs
+// for aggregated APIs.
+func ExtensionAuthSnapshot() Step {
+	s := &configMapDataStep{name: "extension-auth-snapshot", short: "extension-apiserver-authentication recorded",
+		namespace: metav1.NamespaceSystem, cmName: "extension-apiserver-authentication",
+		want: func(ctx context.Context, rt *Runtime, cur map[string]string) (map[string]string, error) {
+			return map[string]string{"client-ca-file": cur["client-ca-file"], "requestheader-client-ca-file": cur["requestheader-client-ca-file"]}, nil
+		}}
+	return &snapshotStep{s}
+}
+
+// snapshotStep backs up a ConfigMap's keys without changing them.
+type snapshotStep struct{ *configMapDataStep }
+
+func (s *snapshotStep) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
+	var old map[string]string
+	return rt.loadAPIBackup(ctx, s.id(), &old)
+}
+
+func (s *snapshotStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	_, want, err := s.get(ctx, rt)
+	if err != nil {
+		return err
+	}
+	return rt.backupAPIData(ctx, s.id(), want)
+}
+
+func (s *snapshotStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
+	return []string{"record ConfigMap " + s.namespace + "/" + s.cmName + " to restore it on rollback"}, nil
+}

@@ -248,7 +248,14 @@ func TestRotation(t *testing.T) {
 func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pki.CA, when string) {
 	t.Helper()
 	caPEM := pki.EncodeCertsPEM(ca.Cert)
+	fp, err := verify.ReadCA(e.cp1(), "front-proxy-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
 	checks := map[string]func(ctx context.Context) error{
+		"extension-apiserver-authentication": func(ctx context.Context) error {
+			return verify.ExtensionAuthIs(ctx, e.client(t), caPEM, pki.EncodeCertsPEM(fp.Cert))
+		},
 		"apiservers serve from the CA": func(ctx context.Context) error { return verify.ServingIssuer(ctx, e.info, ca.Cert) },
 		"kubelet client certificates":  func(context.Context) error { return verify.KubeletCertsIssuedBy(e.info, ca.Cert) },
 		"control-plane kubeconfigs":    func(context.Context) error { return verify.KubeconfigsIssuedBy(e.info, ca.Cert) },

@@ -294,3 +294,19 @@ func Eventually(ctx context.Context, timeout time.Duration, check func(ctx conte
 		}
 	}
 }
+
+// ExtensionAuthIs checks extension-apiserver-authentication's client CA
+// and request-header CA bundles hold exactly the given CAs.
+func ExtensionAuthIs(ctx context.Context, kc kubernetes.Interface, clientCA, frontProxyCA []byte) error {
+	cm, err := kc.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "extension-apiserver-authentication", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if eq, _ := pki.BundleEqual([]byte(cm.Data["client-ca-file"]), clientCA); !eq {
+		return fmt.Errorf("extension-apiserver-authentication client-ca-file is not exactly the expected CA")
+	}
+	if eq, _ := pki.BundleEqual([]byte(cm.Data["requestheader-client-ca-file"]), frontProxyCA); !eq {
+		return fmt.Errorf("extension-apiserver-authentication requestheader-client-ca-file is not exactly the expected front-proxy CA")
+	}
+	return nil
+}
