@@ -15,6 +15,17 @@ want=(kube-apiserver kube-controller-manager kube-scheduler kubeadm kubectl etcd
 missing=()
 for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
+# One build at a time per cache: a second caller waits for the first and
+# then finds the binaries in place.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.build.lock"
+if ! flock -n 9; then
+  echo "another build holds $cache_root/.build.lock, waiting" >&2
+  flock 9
+fi
+missing=()
+for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 mkdir -p "$bin.partial"
 major=${k8s_version#v}; major=${major%%.*}
 minor=${k8s_version#v*.}; minor=${minor%%.*}

@@ -1,0 +1,225 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ClusterInfo is cluster.json, the contract with the probes and the e2e
+// tests. Fields are only ever added.
+type ClusterInfo struct {
+	Name              string     `json:"name"`
+	Dir               string     `json:"dir"`
+	Subnet            string     `json:"subnet"`
+	HostAddress       string     `json:"hostAddress"`
+	LBAddress         string     `json:"lbAddress"`
+	APIServerEndpoint string     `json:"apiServerEndpoint"`
+	BinDir            string     `json:"binDir"`
+	HarnessBinDir     string     `json:"harnessBinDir"`
+	AdminKubeconfig   string     `json:"adminKubeconfig"`
+	Inventory         string     `json:"inventory"`
+	SSHKey            string     `json:"sshKey"`
+	KnownHosts        string     `json:"knownHosts"`
+	NodeAgent         bool       `json:"nodeAgent"`
+	Nodes             []NodeInfo `json:"nodes"`
+}
+
+// NodeInfo is one node in cluster.json. The *Dir fields are host paths;
+// symlinks inside them (kubelet-client-current.pem) are absolute paths as
+// seen inside the node: resolve them against VarLibKubelet.
+type NodeInfo struct {
+	Name          string `json:"name"`
+	Role          string `json:"role"`
+	Address       string `json:"address"`
+	Dir           string `json:"dir"`
+	EtcKubernetes string `json:"etcKubernetes"`
+	VarLibKubelet string `json:"varLibKubelet"`
+	VarLibEtcd    string `json:"varLibEtcd"`
+	LogDir        string `json:"logDir"`
+	NetNS         string `json:"netns"`
+	// SupervisorSocket is the host path of the node supervisor's socket.
+	SupervisorSocket string `json:"supervisorSocket"`
+}
+
+// Info returns the cluster.json content.
+func (c *Cluster) Info() ClusterInfo {
+	s := &c.st.Spec
+	info := ClusterInfo{
+		Name:              s.Name,
+		Dir:               s.Dir,
+		Subnet:            s.Subnet,
+		HostAddress:       s.HostAddress,
+		LBAddress:         s.LBAddress,
+		APIServerEndpoint: s.APIServerEndpoint(),
+		BinDir:            s.BinDir,
+		HarnessBinDir:     s.HarnessBin,
+		AdminKubeconfig:   s.AdminKubeconfig(),
+		Inventory:         s.InventoryPath(),
+		SSHKey:            s.SSHKey(),
+		KnownHosts:        s.KnownHosts(),
+		NodeAgent:         len(s.KubeletArgv) > 0,
+	}
+	for _, n := range s.Nodes {
+		info.Nodes = append(info.Nodes, NodeInfo{
+			Name:             n.Name,
+			Role:             n.Role,
+			Address:          n.Address,
+			Dir:              n.Dir,
+			EtcKubernetes:    n.EtcKubernetes(),
+			VarLibKubelet:    n.VarLibKubelet(),
+			VarLibEtcd:       n.VarLibEtcd(),
+			LogDir:           n.LogDir(),
+			NetNS:            n.NetNS,
+			SupervisorSocket: n.SupervisorSocket(),
+		})
+	}
+	return info
+}
+
+func (c *Cluster) writeClusterJSON() error {
+	raw, err := json.MarshalIndent(c.Info(), "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(c.st.Spec.ClusterJSON(), append(raw, '\n'), 0o644)
+}
+
+// Inventory types: exactly the keys of examples/inventory.yaml, in its order.
+type invNode struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"`
+}
+
+type inventory struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Cluster    struct {
+		Name string `yaml:"name"`
+	} `yaml:"cluster"`
+	Kubernetes struct {
+		Kubeconfig string `yaml:"kubeconfig"`
+		Context    string `yaml:"context"`
+	} `yaml:"kubernetes"`
+	SSH struct {
+		User           string `yaml:"user"`
+		Port           int    `yaml:"port"`
+		IdentityFile   string `yaml:"identityFile"`
+		UseAgent       bool   `yaml:"useAgent"`
+		Become         bool   `yaml:"become"`
+		KnownHostsFile string `yaml:"knownHostsFile"`
+		DialTimeout    string `yaml:"dialTimeout"`
+		CommandTimeout string `yaml:"commandTimeout"`
+	} `yaml:"ssh"`
+	Nodes struct {
+		ControlPlane []invNode `yaml:"controlPlane"`
+		Workers      []invNode `yaml:"workers"`
+	} `yaml:"nodes"`
+	Paths struct {
+		KubernetesDir string `yaml:"kubernetesDir"`
+		PKIDir        string `yaml:"pkiDir"`
+		ManifestsDir  string `yaml:"manifestsDir"`
+		KubeletConfig string `yaml:"kubeletConfig"`
+		KubeletPKIDir string `yaml:"kubeletPKIDir"`
+		BackupDir     string `yaml:"backupDir"`
+	} `yaml:"paths"`
+	Kubelet struct {
+		RestartCommand string `yaml:"restartCommand"`
+	} `yaml:"kubelet"`
+	NewCA struct {
+		Generate struct {
+			Algorithm            string `yaml:"algorithm"`
+			Validity             string `yaml:"validity"`
+			ClusterCommonName    string `yaml:"clusterCommonName"`
+			FrontProxyCommonName string `yaml:"frontProxyCommonName"`
+		} `yaml:"generate"`
+	} `yaml:"newCA"`
+	Rollout struct {
+		WorkerBatchSize     int `yaml:"workerBatchSize"`
+		WorkloadConcurrency int `yaml:"workloadConcurrency"`
+		Workloads           struct {
+			Namespaces        []string `yaml:"namespaces"`
+			ExcludeNamespaces []string `yaml:"excludeNamespaces"`
+			Kinds             []string `yaml:"kinds"`
+		} `yaml:"workloads"`
+		InClusterClients struct {
+			Namespaces []string `yaml:"namespaces"`
+		} `yaml:"inClusterClients"`
+		Timeouts struct {
+			Default string            `yaml:"default"`
+			Phases  map[string]string `yaml:"phases"`
+		} `yaml:"timeouts"`
+	} `yaml:"rollout"`
+	Hold bool `yaml:"hold"`
+}
+
+// Inventory returns rotate's inventory for this cluster.
+func (c *Cluster) Inventory() ([]byte, error) {
+	s := &c.st.Spec
+	var inv inventory
+	inv.APIVersion = "rotate.kubeca.io/v1alpha1"
+	inv.Kind = "Inventory"
+	inv.Cluster.Name = s.Name
+	inv.Kubernetes.Kubeconfig = s.AdminKubeconfig()
+	inv.SSH.User = "root"
+	inv.SSH.Port = 22
+	inv.SSH.IdentityFile = s.SSHKey()
+	inv.SSH.KnownHostsFile = s.KnownHosts()
+	inv.SSH.DialTimeout = "10s"
+	inv.SSH.CommandTimeout = "3m"
+	inv.Nodes.ControlPlane = []invNode{}
+	inv.Nodes.Workers = []invNode{}
+	for _, n := range s.Nodes {
+		if n.ControlPlane() {
+			inv.Nodes.ControlPlane = append(inv.Nodes.ControlPlane, invNode{n.Name, n.Address})
+		} else {
+			inv.Nodes.Workers = append(inv.Nodes.Workers, invNode{n.Name, n.Address})
+		}
+	}
+	inv.Paths.KubernetesDir = "/etc/kubernetes"
+	inv.Paths.PKIDir = "/etc/kubernetes/pki"
+	inv.Paths.ManifestsDir = "/etc/kubernetes/manifests"
+	inv.Paths.KubeletConfig = "/var/lib/kubelet/config.yaml"
+	inv.Paths.KubeletPKIDir = "/var/lib/kubelet/pki"
+	inv.Paths.BackupDir = "/var/lib/rotate/backups"
+	inv.Kubelet.RestartCommand = filepath.Join(s.HarnessBin, "e2e-node") + " restart-kubelet"
+	g := &inv.NewCA.Generate
+	g.Algorithm = "ECDSA-P256"
+	g.Validity = "87600h"
+	g.ClusterCommonName = "kubernetes-ca-rotated-" + s.Name
+	g.FrontProxyCommonName = "front-proxy-ca-rotated-" + s.Name
+	r := &inv.Rollout
+	r.WorkerBatchSize = 1
+	r.WorkloadConcurrency = 2
+	r.Workloads.Namespaces = []string{}
+	r.Workloads.ExcludeNamespaces = []string{}
+	r.Workloads.Kinds = []string{"Deployment", "DaemonSet", "StatefulSet"}
+	r.InClusterClients.Namespaces = []string{"kube-system"}
+	// Per-step default; phase names are rotate's and are left out here, so
+	// the inventory never names a phase rotate does not know.
+	r.Timeouts.Default = "5m"
+	r.Timeouts.Phases = map[string]string{}
+	inv.Hold = true
+
+	var buf bytes.Buffer
+	buf.WriteString("# rotate inventory for e2e cluster " + s.Name + " (generated by e2e/cluster)\n")
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&inv); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func (c *Cluster) writeInventory() error {
+	raw, err := c.Inventory()
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(c.st.Spec.InventoryPath(), raw, 0o644)
+}

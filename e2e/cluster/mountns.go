@@ -1,0 +1,253 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// Each node has a persistent mount namespace and UTS namespace, kept alive
+// by bind-mounting their ns files into <dir>/ns (itself a private bind mount,
+// as unshare(1) requires). Inside, the node's host dirs are bind-mounted at
+// kubeadm's paths, /run is a fresh tmpfs (own /run/sshd, no view of the
+// host's /run/netns), and the hostname is the node name.
+
+// registryDir is the host-wide list of live clusters and of the mount-point
+// dirs the harness had to create on the host (for example /etc/kubernetes):
+// the last cluster to go down removes those dirs.
+const registryDir = "/run/rotate-e2e"
+
+func (c *Cluster) nsDir() string { return filepath.Join(c.st.Spec.Dir, "ns") }
+
+func (c *Cluster) setupMountNamespaces(ctx context.Context) error {
+	s := &c.st.Spec
+	if err := c.ensureMountPoints(); err != nil {
+		return err
+	}
+	nsdir := c.nsDir()
+	if err := os.MkdirAll(nsdir, 0o700); err != nil {
+		return err
+	}
+	if err := c.record(func(st *state) { st.addUnique(&st.Mounts, nsdir) }); err != nil {
+		return err
+	}
+	if !isMountPoint(nsdir) {
+		if err := syscall.Mount(nsdir, nsdir, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", nsdir, err)
+		}
+	}
+	if err := syscall.Mount("", nsdir, "", syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", nsdir, err)
+	}
+	for _, n := range s.Nodes {
+		if err := c.setupNodeNamespaces(ctx, n); err != nil {
+			return fmt.Errorf("namespaces of %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
+	mnt, uts := mntFile(c.st.Spec.Dir, n.Name), utsFile(c.st.Spec.Dir, n.Name)
+	for _, f := range []string{mnt, uts} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			return err
+		}
+		if err := c.record(func(st *state) { st.addUnique(&st.Mounts, f) }); err != nil {
+			return err
+		}
+	}
+	if err := c.save(); err != nil {
+		return err
+	}
+	var sb strings.Builder
+	sb.WriteString("set -e\n")
+	// Drop this namespace's copies of other namespaces' ns files, so every
+	// namespace dies as soon as its own file is unmounted.
+	fmt.Fprintf(&sb, "umount -l %q\n", c.nsDir())
+	sb.WriteString("if mountpoint -q /run/netns; then umount -l /run/netns; fi\n")
+	fmt.Fprintf(&sb, "mount -t tmpfs -o mode=0755,size=64m rotate-e2e-%s /run\n", n.Name)
+	sb.WriteString("mkdir -p /run/sshd /run/rotate-e2e /run/lock\nchmod 0755 /run/sshd\n")
+	fmt.Fprintf(&sb, "mount --bind %q /run/rotate-e2e\n", n.RunDir())
+	for _, m := range n.nodeMounts() {
+		fmt.Fprintf(&sb, "mount --bind %q %q\n", m[0], m[1])
+	}
+	fmt.Fprintf(&sb, "hostname %q\n", n.Name)
+	if _, err := run(ctx, "unshare", "--mount="+mnt, "--uts="+uts, "--propagation", "private", "--", "/bin/sh", "-c", sb.String()); err != nil {
+		return err
+	}
+	for kind, f := range map[string]string{"mnt": mnt, "uts": uts} {
+		ino, err := nsInode(f)
+		if err != nil {
+			return err
+		}
+		if err := c.record(func(st *state) { st.NSInodes[kind+":"+n.Name] = ino }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeNodeDirs creates the host dirs of every node.
+func (c *Cluster) makeNodeDirs() error {
+	for _, n := range c.st.Spec.Nodes {
+		dirs := []string{n.RunDir(), n.SSHDir(), filepath.Join(n.EtcKubernetes(), "manifests")}
+		for _, m := range n.nodeMounts() {
+			dirs = append(dirs, m[0])
+		}
+		for _, d := range dirs {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		if err := os.Chmod(n.VarLibEtcd(), 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureMountPoints creates missing host dirs the node mounts need, and
+// registers the cluster in the host registry.
+func (c *Cluster) ensureMountPoints() error {
+	if err := os.MkdirAll(filepath.Join(registryDir, "clusters"), 0o755); err != nil {
+		return err
+	}
+	entry := filepath.Join(registryDir, "clusters", c.st.Spec.Name)
+	if err := c.record(func(st *state) { st.Registered = entry }); err != nil {
+		return err
+	}
+	if err := os.WriteFile(entry, []byte(c.st.Spec.Dir+"\n"), 0o644); err != nil {
+		return err
+	}
+	created := readLines(filepath.Join(registryDir, "created-dirs"))
+	for _, m := range c.st.Spec.Nodes[0].nodeMounts() {
+		target := m[1]
+		if _, err := os.Stat(target); err == nil {
+			continue
+		}
+		// Record before creating; parents that did not exist are recorded
+		// too (removed deepest first).
+		var missing []string
+		for p := target; p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Stat(p); err == nil {
+				break
+			}
+			missing = append(missing, p)
+		}
+		for _, p := range missing {
+			if !slices.Contains(created, p) {
+				created = append(created, p)
+			}
+		}
+		if err := writeFileAtomic(filepath.Join(registryDir, "created-dirs"), []byte(strings.Join(created, "\n")+"\n"), 0o644); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unregister removes this cluster from the host registry; the last cluster
+// out removes the mount-point dirs the harness created (if empty).
+func (c *Cluster) unregister() error {
+	if c.st.Registered == "" {
+		return nil
+	}
+	if err := os.Remove(c.st.Registered); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	left, _ := os.ReadDir(filepath.Join(registryDir, "clusters"))
+	if len(left) > 0 {
+		return nil
+	}
+	created := readLines(filepath.Join(registryDir, "created-dirs"))
+	// Deepest first.
+	slices.SortFunc(created, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	var errs []string
+	for _, d := range created {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove created dirs: %s", strings.Join(errs, "; "))
+	}
+	_ = os.Remove(filepath.Join(registryDir, "created-dirs"))
+	_ = os.Remove(filepath.Join(registryDir, "clusters"))
+	_ = os.Remove(registryDir)
+	return nil
+}
+
+func readLines(path string) []string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// teardownMounts unmounts the recorded host mounts, deepest first.
+func (c *Cluster) teardownMounts() error {
+	var errs []string
+	for i := len(c.st.Mounts) - 1; i >= 0; i-- {
+		m := c.st.Mounts[i]
+		for isMountPoint(m) {
+			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+				errs = append(errs, fmt.Sprintf("umount %s: %v", m, err))
+				break
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// isMountPoint reports whether path is a mount point in the caller's mount
+// namespace.
+func isMountPoint(path string) bool {
+	for _, m := range mountPoints() {
+		if m == path {
+			return true
+		}
+	}
+	return false
+}
+
+// mountPoints lists the mount points of the caller's mount namespace.
+func mountPoints() []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 {
+			out = append(out, unescapeMount(fields[4]))
+		}
+	}
+	return out
+}
+
+func unescapeMount(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}

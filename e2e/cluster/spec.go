@@ -1,0 +1,252 @@
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// Defaults.
+const (
+	DefaultName          = "e2e"
+	DefaultRoot          = "/var/lib/rotate-e2e"
+	DefaultSubnet        = "10.213.47.0/24"
+	DefaultControlPlanes = 3
+	DefaultWorkers       = 2
+	KubernetesVersion    = "v1.37.2"
+	APIServerPort        = 6443
+
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+)
+
+// Options configures Up.
+type Options struct {
+	Name          string // cluster name; namespaces and links are named after it
+	Dir           string // cluster dir on the host; default DefaultRoot/Name
+	ControlPlanes int
+	Workers       int
+	Subnet        string // an IPv4 prefix of length 24 or shorter
+
+	// BinDir holds kube-apiserver, kube-controller-manager, kube-scheduler,
+	// kubeadm, kubectl and etcd. Empty: run e2e/scripts/build-binaries.sh.
+	BinDir string
+	// SourceDir is the root of the rotate module. Empty: found from the
+	// working directory upwards.
+	SourceDir string
+	// HarnessBinDir holds prebuilt e2e-node (and e2e-kubelet) binaries.
+	// Empty: built from SourceDir into the cluster dir.
+	HarnessBinDir string
+	// KubeletCommand replaces the node agent's executable (argv prefix; the
+	// harness appends the kubelet flags). Nil: the e2e-kubelet binary if it
+	// exists, else no agent.
+	KubeletCommand []string
+	// NoKubelet runs no node agent at all.
+	NoKubelet bool
+
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+
+	// FailAfter makes Up fail right after the named stage (tests of the
+	// cleanup of a half-failed up). See Stages.
+	FailAfter string
+}
+
+// Stages of Up, in order.
+var Stages = []string{"prepare", "network", "namespaces", "ssh", "lb", "pki", "control-plane", "bootstrap", "workers", "ready"}
+
+// Spec describes a cluster; it is stored in the state file and is the source
+// of cluster.json.
+type Spec struct {
+	Name        string `json:"name"`
+	Dir         string `json:"dir"`
+	Subnet      string `json:"subnet"`
+	HostAddress string `json:"hostAddress"`
+	LBAddress   string `json:"lbAddress"`
+	BinDir      string `json:"binDir"`
+	HarnessBin  string `json:"harnessBin"`
+	// KubeletArgv is the node agent's argv prefix; empty: no agent.
+	KubeletArgv []string `json:"kubeletArgv,omitempty"`
+	HostLink    string   `json:"hostLink"`
+	SwitchNS    string   `json:"switchNetns"`
+	LBNS        string   `json:"lbNetns"`
+	CgroupRoot  string   `json:"cgroupRoot,omitempty"`
+	Nodes       []Node   `json:"nodes"`
+}
+
+// Node is one simulated machine.
+type Node struct {
+	Name    string `json:"name"`
+	Role    string `json:"role"`
+	Address string `json:"address"`
+	Dir     string `json:"dir"`
+	NetNS   string `json:"netns"`
+}
+
+// Host paths of a node's directories and namespace files.
+func (n Node) EtcKubernetes() string { return filepath.Join(n.Dir, "etc-kubernetes") }
+func (n Node) VarLibKubelet() string { return filepath.Join(n.Dir, "var-lib-kubelet") }
+func (n Node) VarLibEtcd() string    { return filepath.Join(n.Dir, "var-lib-etcd") }
+func (n Node) LogDir() string        { return filepath.Join(n.Dir, "log") }
+func (n Node) RunDir() string        { return filepath.Join(n.Dir, "run") }
+func (n Node) SSHDir() string        { return filepath.Join(n.Dir, "ssh") }
+func (n Node) KubeadmConfig() string { return filepath.Join(n.Dir, "kubeadm.yaml") }
+func (n Node) ControlPlane() bool    { return n.Role == RoleControlPlane }
+
+// HostPath maps a path as seen inside the node (e.g.
+// /var/lib/kubelet/pki/kubelet-client-current.pem) to the host path of the
+// node's file, following absolute symlinks the way they resolve inside the
+// node. Paths outside the node's own mounts are returned unchanged.
+func (n Node) HostPath(p string) string {
+	for range 8 {
+		hp := p
+		for _, m := range n.nodeMounts() {
+			if p == m[1] || strings.HasPrefix(p, m[1]+"/") {
+				hp = m[0] + strings.TrimPrefix(p, m[1])
+				break
+			}
+		}
+		target, err := os.Readlink(hp)
+		if err != nil {
+			return hp
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		p = target
+	}
+	return p
+}
+
+// SupervisorSocket is the host path of the node supervisor's control socket
+// (the same file is /run/rotate-e2e/supervisor.sock inside the node).
+func (n Node) SupervisorSocket() string { return filepath.Join(n.RunDir(), "supervisor.sock") }
+
+// nodeMounts maps host dirs of a node to where they appear inside it.
+func (n Node) nodeMounts() [][2]string {
+	return [][2]string{
+		{n.EtcKubernetes(), "/etc/kubernetes"},
+		{n.VarLibKubelet(), "/var/lib/kubelet"},
+		{n.VarLibEtcd(), "/var/lib/etcd"},
+		{filepath.Join(n.Dir, "var-log-pods"), "/var/log/pods"},
+		{n.LogDir(), "/var/log/rotate-e2e"},
+		{filepath.Join(n.Dir, "var-lib-rotate"), "/var/lib/rotate"},
+	}
+}
+
+func mntFile(dir, node string) string { return filepath.Join(dir, "ns", node+".mnt") }
+func utsFile(dir, node string) string { return filepath.Join(dir, "ns", node+".uts") }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+
+// plan validates opts and derives the cluster layout.
+func plan(opts Options) (Spec, error) {
+	if opts.Name == "" {
+		opts.Name = DefaultName
+	}
+	if !nameRE.MatchString(opts.Name) {
+		return Spec{}, fmt.Errorf("cluster name %q: want lower-case letters, digits and '-', at most 32", opts.Name)
+	}
+	if opts.Dir == "" {
+		opts.Dir = filepath.Join(DefaultRoot, opts.Name)
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return Spec{}, err
+	}
+	if opts.Subnet == "" {
+		opts.Subnet = DefaultSubnet
+	}
+	pfx, err := netip.ParsePrefix(opts.Subnet)
+	if err != nil || !pfx.Addr().Is4() || pfx.Bits() > 24 || pfx.Bits() < 8 {
+		return Spec{}, fmt.Errorf("subnet %q: want an IPv4 prefix /8../24", opts.Subnet)
+	}
+	pfx = pfx.Masked()
+	if opts.ControlPlanes < 1 || opts.ControlPlanes > 80 {
+		return Spec{}, fmt.Errorf("control planes: %d, want 1..80", opts.ControlPlanes)
+	}
+	if opts.Workers < 0 || opts.Workers > 150 {
+		return Spec{}, fmt.Errorf("workers: %d, want 0..150", opts.Workers)
+	}
+	at := func(off int) string {
+		b := pfx.Addr().As4()
+		v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		v += uint32(off)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+	}
+	prefix := "re2e-" + opts.Name
+	s := Spec{
+		Name:        opts.Name,
+		Dir:         dir,
+		Subnet:      pfx.String(),
+		HostAddress: at(1),
+		LBAddress:   at(2),
+		HostLink:    hostLinkName(opts.Name),
+		SwitchNS:    prefix + "-switch",
+		LBNS:        prefix + "-lb",
+	}
+	add := func(name, role string, off int) {
+		s.Nodes = append(s.Nodes, Node{
+			Name:    name,
+			Role:    role,
+			Address: at(off),
+			Dir:     filepath.Join(dir, "nodes", name),
+			NetNS:   prefix + "-" + name,
+		})
+	}
+	for i := 1; i <= opts.ControlPlanes; i++ {
+		add(fmt.Sprintf("cp%d", i), RoleControlPlane, 10+i)
+	}
+	for i := 1; i <= opts.Workers; i++ {
+		add(fmt.Sprintf("worker%d", i), RoleWorker, 100+i)
+	}
+	return s, nil
+}
+
+// hostLinkName is the root-namespace end of the host's veth: interface
+// names have at most 15 bytes.
+func hostLinkName(name string) string {
+	if n := "re2e-" + name; len(n) <= 15 {
+		return n
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "re2e-" + hex.EncodeToString(sum[:])[:10]
+}
+
+// Node returns the node called name.
+func (s *Spec) Node(name string) (Node, error) {
+	for _, n := range s.Nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return Node{}, fmt.Errorf("no node %q in cluster %s", name, s.Name)
+}
+
+// ControlPlaneNodes returns the control-plane nodes in order.
+func (s *Spec) ControlPlaneNodes() []Node {
+	var out []Node
+	for _, n := range s.Nodes {
+		if n.ControlPlane() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Paths of cluster-wide files.
+func (s *Spec) AdminKubeconfig() string { return filepath.Join(s.Dir, "admin.conf") }
+func (s *Spec) InventoryPath() string   { return filepath.Join(s.Dir, "inventory.yaml") }
+func (s *Spec) ClusterJSON() string     { return filepath.Join(s.Dir, "cluster.json") }
+func (s *Spec) SSHKey() string          { return filepath.Join(s.Dir, "ssh", "id_ed25519") }
+func (s *Spec) KnownHosts() string      { return filepath.Join(s.Dir, "ssh", "known_hosts") }
+func (s *Spec) APIServerEndpoint() string {
+	return fmt.Sprintf("https://%s:%d", s.LBAddress, APIServerPort)
+}
+func (s *Spec) nodeBin() string { return filepath.Join(s.HarnessBin, "e2e-node") }
