@@ -88,12 +88,19 @@ func (e *env) client(t *testing.T) kubernetes.Interface {
 	return kc
 }
 
-// probesClean fails the test on any x509, 401 or 403 seen so far.
+// probesClean fails the test on any x509 or 401 error seen so far: a
+// credential somebody holds was not trusted by whoever checked it.
 func (e *env) probesClean(t *testing.T, when string) {
 	t.Helper()
-	rep := e.probes.Snapshot()
-	t.Logf("e2e: probes %s:\n%s", when, rep.Summary())
-	if !rep.Clean() {
+	credentialFailures(t, e.probes.Snapshot(), when)
+}
+
+func credentialFailures(t *testing.T, rep probes.Report, when string) {
+	t.Helper()
+	x509s, unauth := rep.Count("", probes.X509), rep.Count("", probes.Unauthorized)
+	t.Logf("e2e: probes %s: %d x509, %d unauthorized, %d forbidden (an apiserver answers 403 while its RBAC caches load after a restart), %d refused\n%s",
+		when, x509s, unauth, rep.Count("", probes.Forbidden), rep.Count("", probes.Refused), rep.Summary())
+	if x509s+unauth > 0 {
 		t.Fatalf("probes recorded credential failures %s:\n%s", when, rep.Summary())
 	}
 }
@@ -236,11 +243,7 @@ func TestRotation(t *testing.T) {
 	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c0.Cert}, run2Client, 401); err != nil {
 		t.Errorf("run 2's new-CA client certificate after rollback: %v", err)
 	}
-	final := e.probes.Stop()
-	t.Logf("e2e: probes over the whole test:\n%s", final.Summary())
-	if !final.Clean() {
-		t.Fatalf("probes recorded credential failures:\n%s", final.Summary())
-	}
+	credentialFailures(t, e.probes.Stop(), "over the whole test")
 }
 
 // checkOnCA asserts the cluster runs on ca only; other (if set) is the CA
