@@ -45,3 +45,7 @@ func (a storeAdapter) LoadBackup(ctx context.Context, node, path string) (nodes.
 		IsSymlink: b.IsSymlink, LinkTarget: b.LinkTarget, Digest: b.Digest, TakenAt: b.TakenAt,
 	}, ok, err
 }
+
+func caMaterial(c steps.CAPair) state.CAMaterial {
+	return state.CAMaterial{Name: c.Name, OldCert: c.OldCert, OldKey: c.OldKey, NewCert: c.NewCert, NewKey: c.NewKey}
+}

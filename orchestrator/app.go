@@ -302,25 +302,31 @@ func printPlan(ctx context.Context, out io.Writer, inv *plans.Inventory, plan *p
 	return nil
 }
 
-// previewCAs runs the read-only preparation steps against an in-memory
-// store so that Describe sees the paths and bundles a real run would use.
+// previewCAs runs the preparation steps (new CAs, re-issued certificates)
+// against an in-memory store so that Describe sees the paths, bundles and
+// certificates a real run would use. Nothing leaves memory.
 func previewCAs(ctx context.Context, rt *steps.Runtime, mem *state.MemStore, plan *plans.Plan) error {
-	pre := plan.Phases[0]
-	for _, ps := range pre.Steps {
-		if ps.Step.Name() != (steps.NewCAs{}).Name() {
+	for _, ps := range plan.Phases[0].Steps {
+		switch ps.Step.(type) {
+		case steps.NewCAs, steps.PrepareCerts:
+		default:
 			continue
 		}
-		out := &steps.Outputs{}
-		r := *rt
-		r.Out = out
-		if err := ps.Step.Apply(ctx, &r, steps.ClusterTarget); err != nil {
-			return err
+		for _, t := range ps.Targets {
+			out := &steps.Outputs{}
+			r := *rt
+			r.Out = out
+			if err := ps.Step.Apply(ctx, &r, t); err != nil {
+				return fmt.Errorf("%s on %s: %w", ps.Step.Name(), t, err)
+			}
+			cp := state.Checkpoint{Values: out.Values}
+			for _, c := range out.CAs {
+				cp.CAs = append(cp.CAs, caMaterial(c))
+			}
+			if err := mem.Commit(ctx, cp); err != nil {
+				return err
+			}
 		}
-		cp := state.Checkpoint{Values: out.Values}
-		for _, c := range out.CAs {
-			cp.CAs = append(cp.CAs, state.CAMaterial{Name: c.Name, OldCert: c.OldCert, OldKey: c.OldKey, NewCert: c.NewCert, NewKey: c.NewKey})
-		}
-		return mem.Commit(ctx, cp)
 	}
 	return nil
 }

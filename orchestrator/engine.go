@@ -333,7 +333,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rec.FinishedAt = e.now()
 	cp := state.Checkpoint{Steps: []state.StepRecord{rec}, Values: rt.Out.Values}
 	for _, c := range rt.Out.CAs {
-		cp.CAs = append(cp.CAs, state.CAMaterial{Name: c.Name, OldCert: c.OldCert, OldKey: c.OldKey, NewCert: c.NewCert, NewKey: c.NewKey})
+		cp.CAs = append(cp.CAs, caMaterial(c))
 	}
 	msg := "done"
 	if skipped {

@@ -10,6 +10,7 @@ package rotation
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -135,6 +136,32 @@ func TestRotation(t *testing.T) {
 	inv := e.info.Inventory
 	dir := filepath.Join(e.workdir, "run1")
 	os.MkdirAll(dir, 0o700)
+
+	// plan --live: every change per node, from the live cluster, and
+	// nothing changed.
+	before := e.fingerprintFiles(t)
+	pl := rotate(t, ctx, dir, nil, nil, "plan", "--live", "--inventory", inv)
+	mustSucceed(t, pl, "plan --live")
+	for _, want := range []string{
+		"cp1: update /etc/kubernetes/manifests/kube-controller-manager.yaml:",
+		"+- --client-ca-file=/etc/kubernetes/pki/rotate-ca-bundle.crt",
+		"worker1: create /etc/kubernetes/pki/rotate-ca-bundle.crt",
+		"update ConfigMap kube-public/cluster-info keys kubeconfig",
+		"restart kube-apiserver (static pod)",
+	} {
+		if !strings.Contains(pl.out, want) {
+			t.Errorf("plan --live lacks %q", want)
+		}
+	}
+	if strings.Contains(pl.out, "cannot describe") || strings.Contains(pl.out, "PRIVATE KEY") {
+		t.Errorf("plan --live could not describe a step or printed a key:\n%s", pl.out)
+	}
+	if after := e.fingerprintFiles(t); after != before {
+		t.Fatalf("plan --live changed files on the nodes")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rotate.db")); err == nil {
+		t.Fatalf("plan --live wrote a state file")
+	}
 
 	// Run 1 -------------------------------------------------------------
 	t0 := time.Now()
@@ -281,6 +308,26 @@ func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pk
 			t.Errorf("%s: a client certificate from the other CA: %v", when, err)
 		}
 	}
+}
+
+// fingerprintFiles hashes every file under the nodes' /etc/kubernetes and
+// /var/lib/kubelet.
+func (e *env) fingerprintFiles(t *testing.T) string {
+	t.Helper()
+	h := sha256.New()
+	for _, n := range e.info.Nodes {
+		for _, root := range []string{n.EtcKubernetes, n.VarLibKubelet} {
+			filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+				if err != nil || fi.IsDir() {
+					return nil
+				}
+				b, _ := os.ReadFile(p)
+				fmt.Fprintf(h, "%s %o %x\n", p, fi.Mode(), sha256.Sum256(b))
+				return nil
+			})
+		}
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
 func (e *env) setLink(t *testing.T, n cluster.NodeInfo, state string) {
