@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/cluster-bootstrap/token/jws"
 
 	"github.com/kubeca/rotate/e2e/cluster"
@@ -92,14 +94,20 @@ func ServingIssuer(ctx context.Context, info cluster.ClusterInfo, want *x509.Cer
 	return nil
 }
 
-// ClientStatus is the HTTP status every apiserver answers to GET /api with
-// cert, verifying servers against roots.
-func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) (map[string]int, error) {
+// Answer is one apiserver's response.
+type Answer struct {
+	Code int
+	Body string
+}
+
+// ClientStatus is what every apiserver answers to GET /api with cert,
+// verifying servers against roots.
+func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) (map[string]Answer, error) {
 	pool := x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	out := map[string]int{}
+	out := map[string]Answer{}
 	for _, n := range controlPlanes(info) {
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 			RootCAs: pool, Certificates: []tls.Certificate{cert},
@@ -109,10 +117,41 @@ func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.C
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", n.Name, err)
 		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
-		out[n.Name] = resp.StatusCode
+		out[n.Name] = Answer{Code: resp.StatusCode, Body: string(body)}
 	}
 	return out, nil
+}
+
+// ExpectRejected checks no apiserver authenticates cert: each answers 401,
+// or — with anonymous auth on, as kubeadm configures it — treats the
+// request as system:anonymous and answers 403. Either way the
+// certificate's identity is not accepted.
+func ExpectRejected(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) error {
+	st, err := ClientStatus(ctx, info, roots, cert)
+	if err != nil {
+		return err
+	}
+	for n, a := range st {
+		switch {
+		case a.Code == http.StatusUnauthorized:
+		case a.Code == http.StatusForbidden && strings.Contains(a.Body, `system:anonymous`):
+		default:
+			return fmt.Errorf("apiserver %s answered %d (%s): the certificate was accepted", n, a.Code, firstLine(a.Body))
+		}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 160 {
+		s = s[:160]
+	}
+	return s
 }
 
 // ExpectClientStatus checks every apiserver answers code to cert.
@@ -121,9 +160,9 @@ func ExpectClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*
 	if err != nil {
 		return err
 	}
-	for n, c := range st {
-		if c != code {
-			return fmt.Errorf("apiserver %s answered %d, want %d", n, c, code)
+	for n, a := range st {
+		if a.Code != code {
+			return fmt.Errorf("apiserver %s answered %d, want %d: %s", n, a.Code, code, firstLine(a.Body))
 		}
 	}
 	return nil
@@ -230,12 +269,17 @@ func ClusterInfoIs(ctx context.Context, kc kubernetes.Interface, want []byte) er
 	if err != nil {
 		return err
 	}
-	ca, err := edit.KubeconfigCA([]byte(cm.Data["kubeconfig"]))
+	kc2, err := clientcmd.Load([]byte(cm.Data["kubeconfig"]))
 	if err != nil {
-		return err
+		return fmt.Errorf("cluster-info kubeconfig: %w", err)
 	}
-	if eq, _ := pki.BundleEqual(ca, want); !eq {
-		return fmt.Errorf("cluster-info CA data is not the expected CA")
+	if len(kc2.Clusters) == 0 {
+		return fmt.Errorf("cluster-info kubeconfig has no cluster")
+	}
+	for name, cl := range kc2.Clusters {
+		if eq, _ := pki.BundleEqual(cl.CertificateAuthorityData, want); !eq {
+			return fmt.Errorf("cluster-info cluster %q CA data is not the expected CA", name)
+		}
 	}
 	sigs := 0
 	for k, sig := range cm.Data {
