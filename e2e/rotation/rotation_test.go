@@ -102,6 +102,15 @@ func credentialFailures(t *testing.T, rep probes.Report, when string) {
 	t.Logf("e2e: probes %s: %d x509, %d unauthorized, %d forbidden (an apiserver answers 403 while its RBAC caches load after a restart), %d refused\n%s",
 		when, x509s, unauth, rep.Count("", probes.Forbidden), rep.Count("", probes.Refused), rep.Summary())
 	if x509s+unauth > 0 {
+		n := 0
+		for _, f := range rep.Failures {
+			if f.Class == probes.X509 || f.Class == probes.Unauthorized {
+				t.Logf("e2e: credential failure %s %s %s [%s] %s %s", f.Time.Format("15:04:05.000"), f.Probe, f.Target, f.Class, f.Error, f.Note)
+				if n++; n == 40 {
+					break
+				}
+			}
+		}
 		t.Fatalf("probes recorded credential failures %s:\n%s", when, rep.Summary())
 	}
 }

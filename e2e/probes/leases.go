@@ -1,0 +1,63 @@
+package probes
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+)
+
+// Leader Leases of the control-plane components.
+var leaderLeases = []string{"kube-controller-manager", "kube-scheduler"}
+
+// leaseWatch follows one leader Lease.
+type leaseWatch struct {
+	r       *Runner
+	name    string
+	holder  string
+	flagged time.Time // renewTime of the gap already recorded
+}
+
+// startLeases: GET the KCM and scheduler leader Leases through the LB
+// with the primary admin credentials every second; a renewTime older than
+// leaseDuration + LeaseSlack is a failure (one per gap), a holder change
+// an event.
+func (r *Runner) startLeases(ctx context.Context) {
+	client := credClient(r.primary)
+	lb := r.endpoints[len(r.endpoints)-1]
+	for _, name := range leaderLeases {
+		lw := &leaseWatch{r: r, name: name}
+		(&check{r: r, probe: ProbeLease, target: "lease " + name, ep: lb,
+			path: "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/" + name, client: client, onOK: lw.observe}).run(ctx)
+	}
+}
+
+func (lw *leaseWatch) observe(now time.Time, body []byte) {
+	var l coordinationv1.Lease
+	if err := json.Unmarshal(body, &l); err != nil || l.Spec.RenewTime == nil {
+		return
+	}
+	holder := ""
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	if holder != lw.holder {
+		if lw.holder != "" {
+			lw.r.rec.event(now, ProbeLease, "lease "+lw.name, fmt.Sprintf("leader changed from %s to %s", lw.holder, holder))
+		}
+		lw.holder = holder
+	}
+	duration := 15 * time.Second
+	if l.Spec.LeaseDurationSeconds != nil {
+		duration = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+	}
+	renew := l.Spec.RenewTime.Time
+	gap := now.Sub(renew)
+	if gap > duration+lw.r.opts.LeaseSlack && !renew.Equal(lw.flagged) {
+		lw.flagged = renew
+		lw.r.rec.result(now, ProbeLease, "lease "+lw.name+" renewal", Other,
+			fmt.Sprintf("not renewed for %s (holder %q, leaseDuration %s, slack %s)", gap.Round(time.Second), holder, duration, lw.r.opts.LeaseSlack), "")
+	}
+}
