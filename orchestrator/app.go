@@ -229,14 +229,15 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 	plan := plans.Build(inv, plans.Options{Hold: *inv.Hold && !o.NoHold})
 	var rt *steps.Runtime
 	if o.Live {
+		mem := state.NewMemStore()
 		pool := nodes.NewPool(NodeConfigs(inv, o.InsecureIgnoreHostKeys))
 		defer pool.Close()
-		mem := state.NewMemStore()
 		r, err := runtimeFor(ctx, inv, storeAdapter{s: mem}, poolSource{pool})
 		if err != nil {
 			return err
 		}
 		r.RunID = "plan"
+		r.Store = storeAdapter{s: mem}
 		r.Out = &steps.Outputs{}
 		// Preview with CA material made now in memory, so edits show real
 		// paths and flags; nothing is persisted.
@@ -284,7 +285,12 @@ func printPlan(ctx context.Context, out io.Writer, inv *plans.Inventory, plan *p
 			}
 			for _, t := range ps.Targets {
 				srt := *rt
-				srt.BackupID = backupID("plan", plans.StepKey(ph.Name, ps.Step.Name(), t))
+				key := plans.StepKey(ph.Name, ps.Step.Name(), t)
+				srt.BackupID = backupID("plan", key)
+				if sa, ok := srt.Store.(storeAdapter); ok {
+					sa.scope = key
+					srt.Store = sa
+				}
 				lines, err := d.Describe(ctx, &srt, t)
 				if err != nil {
 					fmt.Fprintf(o.Out, "      %s: cannot describe: %v\n", t, err)

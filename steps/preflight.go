@@ -215,7 +215,11 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			if err != nil {
 				return err
 			}
-			if ca, err = pki.NewCA(pki.CAOptions{CommonName: s.cn, Algorithm: alg, Validity: c.NewCA.Validity}); err != nil {
+			// The run id in the CN keeps every rotation's CA distinct by
+			// subject, also from an earlier rotation that was rolled back
+			// (clients that cached that CA would otherwise pick the wrong
+			// candidate issuer by name).
+			if ca, err = pki.NewCA(pki.CAOptions{CommonName: s.cn + "-" + runStamp(rt.RunID), Algorithm: alg, Validity: c.NewCA.Validity}); err != nil {
 				return fmt.Errorf("generate %s CA: %w", s.name, err)
 			}
 		}
@@ -379,3 +383,11 @@ func (rt *Runtime) bundles(ctx context.Context) (cluster, frontProxy []byte, err
 
 var _ = tls.Certificate{}
 var _ = corev1.NamespaceDefault
+
+// runStamp is the date-time part of a run id ("20261127-041840").
+func runStamp(id string) string {
+	if len(id) >= 15 {
+		return id[:15]
+	}
+	return id
+}
