@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
 )
 
@@ -44,14 +45,20 @@ func (s *NodeEdit) allEdits(ctx context.Context, rt *Runtime, t Target) ([]fileE
 	return edits, nil
 }
 
+// prepare connects to the target and computes its edits.
+func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Runner, []fileEdit, error) {
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	return r, edits, err
+}
+
 func (rt *Runtime) kubeletMarker() string { return kubeletMarkerDir + "/" + rt.BackupID }
 
 func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
-	r, err := rt.node(ctx, t)
-	if err != nil {
-		return false, err
-	}
-	edits, err := s.allEdits(ctx, rt, t)
+	r, edits, err := s.prepare(ctx, rt, t)
 	if err != nil {
 		return false, err
 	}
@@ -64,11 +71,7 @@ func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, erro
 }
 
 func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
-	r, err := rt.node(ctx, t)
-	if err != nil {
-		return err
-	}
-	edits, err := s.allEdits(ctx, rt, t)
+	r, edits, err := s.prepare(ctx, rt, t)
 	if err != nil {
 		return err
 	}
@@ -102,11 +105,7 @@ func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
 }
 
 func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
-	r, err := rt.node(ctx, t)
-	if err != nil {
-		return err
-	}
-	edits, err := s.allEdits(ctx, rt, t)
+	r, edits, err := s.prepare(ctx, rt, t)
 	if err != nil {
 		return err
 	}
@@ -136,11 +135,7 @@ func (s *NodeEdit) RevertGate(ctx context.Context, rt *Runtime, t Target) error 
 }
 
 func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
-	r, err := rt.node(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	edits, err := s.allEdits(ctx, rt, t)
+	r, edits, err := s.prepare(ctx, rt, t)
 	if err != nil {
 		return nil, err
 	}
