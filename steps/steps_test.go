@@ -203,6 +203,14 @@ func TestSummarizeDiffRedacts(t *testing.T) {
 	}
 }
 
+func TestSummarizeDiffHidesPEM(t *testing.T) {
+	old := "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\nF4PmtgfsmayO+E9Fq==\n-----END EC PRIVATE KEY-----\n"
+	s := summarizeDiff([]byte(old), []byte(strings.Replace(old, "F4P", "G5Q", 1)))
+	if strings.Contains(s, "F4P") || strings.Contains(s, "G5Q") || strings.Contains(s, "PRIVATE") {
+		t.Fatalf("summary shows key material: %s", s)
+	}
+}
+
 func TestWaitForTimesOutWithReason(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

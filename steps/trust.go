@@ -1,6 +1,7 @@
 package steps
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -187,6 +188,10 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 // summarizeDiff describes a text change by its changed lines, hiding any
 // line that could carry secret material.
 func summarizeDiff(a, b []byte) string {
+	if bytes.Contains(a, []byte("-----BEGIN")) || bytes.Contains(b, []byte("-----BEGIN")) {
+		// Certificates and keys: never show lines, not even parts.
+		return "replace PEM content (not shown)"
+	}
 	al, bl := strings.Split(string(a), "\n"), strings.Split(string(b), "\n")
 	in := func(s []string, x string) bool {
 		for _, y := range s {
