@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -52,6 +53,11 @@ func Classify(err error, status int, body []byte) Class {
 	case status >= 200 && status < 300:
 		return ""
 	case status == http.StatusUnauthorized:
+		return Unauthorized
+	case status == http.StatusForbidden && bytes.Contains(body, []byte(`system:anonymous`)):
+		// With anonymous auth on (kubeadm's default) an apiserver that
+		// cannot verify a client certificate treats the request as
+		// system:anonymous: the credential was not accepted.
 		return Unauthorized
 	case status == http.StatusForbidden:
 		return Forbidden

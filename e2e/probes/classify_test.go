@@ -195,3 +195,13 @@ func TestClassifyText(t *testing.T) {
 		t.Error("Blocking")
 	}
 }
+
+func TestAnonymousForbiddenIsUnauthorized(t *testing.T) {
+	body := []byte(`{"kind":"Status","code":403,"message":"forbidden: User \"system:anonymous\" cannot get path \"/api\""}`)
+	if c := Classify(nil, 403, body); c != Unauthorized {
+		t.Fatalf("403 as system:anonymous classified %q, want %q", c, Unauthorized)
+	}
+	if c := Classify(nil, 403, []byte(`forbidden: User "kubernetes-admin" cannot get path "/readyz"`)); c != Forbidden {
+		t.Fatalf("403 for an authenticated user classified %q", c)
+	}
+}

@@ -23,6 +23,16 @@
 // A report is clean when no request failed with an x509 error, 401 or
 // 403. Connection failures while a component restarts are counted as
 // "refused" and allowed.
+//
+// Restart windows: a restarted kube-apiserver accepts connections before
+// its RBAC and token caches are loaded and then answers 403 (even to
+// /readyz) or 401 for a few seconds. After a connection failure a probe
+// of a single apiserver waits for its /readyz, and answers from an
+// apiserver that an unauthenticated health check saw not ready moments
+// ago (through the LB: any apiserver) count as refused, with a note in the
+// failure record. Both excuses end startupGrace (90s) after the server
+// went away, so a server that comes back broken is reported. x509
+// failures are never excused.
 package probes
 
 import (
