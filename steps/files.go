@@ -171,11 +171,12 @@ func applyEdits(ctx context.Context, rt *Runtime, r nodes.Runner, edits []fileEd
 	return changed, nil
 }
 
-// restorePaths puts back this step's backups of paths, in reverse order.
-// Paths it never backed up were never changed by it and are left alone.
+// restorePaths puts back this step's backups of paths, in the given
+// order (see revertOrder). Paths it never backed up were never changed by
+// it and are left alone.
 func restorePaths(ctx context.Context, rt *Runtime, r nodes.Runner, paths []string) (bool, error) {
 	changed := false
-	for i := len(paths) - 1; i >= 0; i-- {
+	for i := range paths {
 		b, ok, err := rt.Store.LoadBackup(ctx, r.Name(), paths[i])
 		if err != nil {
 			return changed, err

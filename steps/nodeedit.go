@@ -109,7 +109,7 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
-	changed, err := restorePaths(ctx, rt, r, editPaths(edits))
+	changed, err := restorePaths(ctx, rt, r, revertOrder(rt.Config, editPaths(edits)))
 	if err != nil {
 		return err
 	}
@@ -268,4 +268,34 @@ func kubeletClientCA(rt *Runtime, file string) fileEdit {
 		b, err := edit.SetKubeletConfigClientCAFile(cur, file)
 		return b, false, err
 	}}
+}
+
+// revertOrder is the order a revert restores files in. Components read
+// kubeconfigs only when they start, and restart when their manifest
+// changes, so kubeconfigs (and other config files) go back first and
+// manifests next — a component restarted by its restored manifest must
+// read restored kubeconfigs. PKI files go back last: a running apiserver
+// or controller-manager reloads the CA and certificate files its flags
+// name, so they are restored only once the restored manifests point the
+// components back at the files they used before. Within a group, newest
+// edit first.
+func revertOrder(c *Config, paths []string) []string {
+	group := func(p string) int {
+		switch {
+		case strings.HasPrefix(p, c.Paths.ManifestsDir+"/"):
+			return 1
+		case strings.HasPrefix(p, c.Paths.PKIDir+"/"):
+			return 2
+		}
+		return 0
+	}
+	var out []string
+	for g := 0; g <= 2; g++ {
+		for i := len(paths) - 1; i >= 0; i-- {
+			if group(paths[i]) == g {
+				out = append(out, paths[i])
+			}
+		}
+	}
+	return out
 }

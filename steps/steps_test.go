@@ -219,3 +219,17 @@ func TestWaitForTimesOutWithReason(t *testing.T) {
 		t.Fatalf("waitFor = %v", err)
 	}
 }
+
+// TestRevertOrder: kubeconfigs before manifests (a component restarted by
+// its restored manifest must read restored kubeconfigs), PKI files last
+// (running components reload the CA files their flags name).
+func TestRevertOrder(t *testing.T) {
+	c := &Config{Paths: Paths{ManifestsDir: "/etc/kubernetes/manifests", PKIDir: "/etc/kubernetes/pki"}}
+	in := []string{"/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/manifests/kube-apiserver.yaml", "/etc/kubernetes/admin.conf",
+		"/etc/kubernetes/manifests/kube-controller-manager.yaml", "/etc/kubernetes/controller-manager.conf"}
+	got := strings.Join(revertOrder(c, in), " ")
+	want := "/etc/kubernetes/controller-manager.conf /etc/kubernetes/admin.conf /etc/kubernetes/manifests/kube-controller-manager.yaml /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/pki/ca.crt"
+	if got != want {
+		t.Fatalf("revert order\n got %s\nwant %s", got, want)
+	}
+}
