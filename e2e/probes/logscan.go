@@ -120,15 +120,5 @@ func (ls *logScanner) line(now time.Time, path string, line []byte) {
 	if class != "" {
 		msg = string(line)
 	}
-	note := ""
-	if class == Unauthorized && ls.r.health != nil {
-		// A component's client retried against an apiserver that was
-		// starting (it answers 401 until its authenticators are loaded),
-		// the same excuse the request probes get; x509 is never excused.
-		if who, ok := ls.r.health.restartingAny(now); ok {
-			note = "logged while apiserver " + who + " was restarting; counted as refused, was " + string(class)
-			class = Refused
-		}
-	}
-	ls.r.rec.result(now, ProbeLogs, path, class, msg, note)
+	ls.r.rec.result(now, ProbeLogs, path, class, msg, "")
 }
