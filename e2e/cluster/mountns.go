@@ -174,7 +174,14 @@ func (c *Cluster) unregister() error {
 	slices.SortFunc(created, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	var errs []string
 	for _, d := range created {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		err := os.Remove(d)
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist):
+		case errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.EEXIST):
+			// Something outside the harness wrote into the mount point
+			// on the host: not ours to delete; leave it and say so.
+			c.logf("leaving %s on the host: it is no longer empty", d)
+		default:
 			errs = append(errs, err.Error())
 		}
 	}
