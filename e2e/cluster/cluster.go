@@ -98,6 +98,11 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("e2e cluster needs root (namespaces, mounts, links)")
 	}
+	if opts.ReplaceStale {
+		if err := replaceStale(ctx, spec.Dir, opts.Progress); err != nil {
+			return nil, err
+		}
+	}
 	if err := checkDirFree(spec.Dir); err != nil {
 		return nil, err
 	}
@@ -145,6 +150,25 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	c.logf("cluster %s is up in %s", spec.Name, time.Since(start).Round(time.Millisecond))
 	return c, nil
+}
+
+// replaceStale takes down the cluster recorded in dir, if any. Down takes
+// the dir's lock without waiting, so a cluster that a live harness holds
+// is reported busy, not torn down under it.
+func replaceStale(ctx context.Context, dir string, progress io.Writer) error {
+	if !fileExists(filepath.Join(dir, stateFile)) {
+		return nil
+	}
+	old, err := Load(dir)
+	if err != nil {
+		return fmt.Errorf("%s holds a cluster an earlier run left behind, and it cannot be read: %w", dir, err)
+	}
+	old.SetProgress(progress)
+	old.logf("[stale] %s holds cluster %s from an earlier run; taking it down first", dir, old.st.Spec.Name)
+	if err := old.Down(ctx); err != nil {
+		return fmt.Errorf("take down the cluster an earlier run left in %s: %w", dir, err)
+	}
+	return nil
 }
 
 // checkDirFree accepts a missing or empty dir, and the leftovers of a

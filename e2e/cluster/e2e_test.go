@@ -46,6 +46,7 @@ func testOptions(name, subnet string) Options {
 		Subnet:        subnet,
 		BinDir:        os.Getenv("ROTATE_E2E_BIN_DIR"),
 		Progress:      os.Stderr,
+		ReplaceStale:  true,
 	}
 }
 
@@ -572,6 +573,49 @@ func TestUpFailureCleanup(t *testing.T) {
 			downAndCheck(t, loaded, hostDirs)
 		})
 	}
+}
+
+// TestReplaceStale abandons a half-up cluster (sshds running, namespaces,
+// links and mounts in place, as a killed CI job leaves them) and brings a
+// new one up in the same dir: refused without ReplaceStale, taken down and
+// replaced with it.
+func TestReplaceStale(t *testing.T) {
+	requireRoot(t)
+	hostDirs := missingHostDirs()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	opts := testOptions("e2e-stale", "10.213.63.0/24")
+	opts.FailAfter = "ssh"
+	stale, err := Up(ctx, opts)
+	if !errors.Is(err, ErrInjected) {
+		if stale != nil {
+			keepOnFailure(t, stale)
+		}
+		t.Fatalf("Up: %v, want the injected failure", err)
+	}
+	opts.ReplaceStale = false
+	if _, err := Up(ctx, opts); err == nil || !strings.Contains(err.Error(), "already holds a cluster") {
+		keepOnFailure(t, stale)
+		t.Fatalf("Up over a stale cluster without ReplaceStale: %v, want a refusal", err)
+	}
+	opts.ReplaceStale = true
+	c, err := Up(ctx, opts)
+	if !errors.Is(err, ErrInjected) {
+		if c != nil {
+			keepOnFailure(t, c)
+		}
+		t.Fatalf("Up with ReplaceStale: %v, want it to get as far as the injected failure", err)
+	}
+	procs := stale.nodeProcs("cp1")
+	if len(procs) == 0 {
+		t.Fatal("the stale cluster recorded no processes on cp1: nothing was tested")
+	}
+	for _, p := range procs {
+		if p.alive() {
+			t.Errorf("%s (pid %d) of the stale cluster survived", p.Name, p.PID)
+		}
+	}
+	downAndCheck(t, c, hostDirs)
 }
 
 // TestCLI runs the e2e-cluster binary: the cluster must outlive `up`, and

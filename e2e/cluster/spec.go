@@ -53,6 +53,12 @@ type Options struct {
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
 
+	// ReplaceStale takes down a cluster an earlier run left in Dir (its
+	// processes, namespaces, links and mounts, as that run recorded them)
+	// before bringing this one up. Without it Up refuses such a dir. A
+	// cluster that another live harness process holds is never touched.
+	ReplaceStale bool
+
 	// FailAfter makes Up fail right after the named stage (tests of the
 	// cleanup of a half-failed up). See Stages.
 	FailAfter string

@@ -45,7 +45,7 @@ func setup(t *testing.T, ctx context.Context) *env {
 	t.Helper()
 	start := time.Now()
 	c, err := cluster.Up(ctx, cluster.Options{Name: "rot", ControlPlanes: 3, Workers: 2, Subnet: "10.213.48.0/24",
-		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: os.Getenv("ROTATE_BIN_DIR"), Progress: testWriter{t}})
+		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: os.Getenv("ROTATE_BIN_DIR"), Progress: testWriter{t}, ReplaceStale: true})
 	if err != nil {
 		t.Fatalf("cluster up: %v", err)
 	}

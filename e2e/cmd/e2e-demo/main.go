@@ -54,7 +54,7 @@ func run(ctx context.Context) (err error) {
 	start := time.Now()
 	say("1/5 bringing up a local HA cluster: 3 control-plane nodes, 2 workers (real kube-apiserver, controller-manager, scheduler, etcd, kubeadm PKI, OpenSSH)")
 	c, err := cluster.Up(ctx, cluster.Options{Name: "demo", ControlPlanes: 3, Workers: 2, Subnet: "10.213.50.0/24",
-		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: binDir, Progress: prefixWriter{"    cluster: "}})
+		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: binDir, Progress: prefixWriter{"    cluster: "}, ReplaceStale: true})
 	if err != nil {
 		return fmt.Errorf("cluster up: %w", err)
 	}
