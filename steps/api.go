@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	typedappsv1 "k8s.io/client-go/kubernetes/typed/apps/v1"
 
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/pki"
@@ -137,7 +138,125 @@ type workload struct {
 
 func (w workload) String() string { return w.kind + " " + w.namespace + "/" + w.name }
 
-// listWorkloads returns the selected workloads, sorted.
+// workloadKinds are the kinds of workload rotate restarts, by Kind; adding
+// a kind is one entry.
+var workloadKinds = map[string]workloadKind{
+	"Deployment": newAppsKind("deployments", typedappsv1.AppsV1Interface.Deployments,
+		func(l *appsv1.DeploymentList) []appsv1.Deployment { return l.Items }, deploymentView),
+	"DaemonSet": newAppsKind("daemonsets", typedappsv1.AppsV1Interface.DaemonSets,
+		func(l *appsv1.DaemonSetList) []appsv1.DaemonSet { return l.Items }, daemonSetView),
+	"StatefulSet": newAppsKind("statefulsets", typedappsv1.AppsV1Interface.StatefulSets,
+		func(l *appsv1.StatefulSetList) []appsv1.StatefulSet { return l.Items }, statefulSetView),
+}
+
+// workloadKind lists, restarts and reads the rollout of one kind.
+type workloadKind interface {
+	list(ctx context.Context, apps typedappsv1.AppsV1Interface, ns string) ([]metav1.ObjectMeta, error)
+	patch(ctx context.Context, apps typedappsv1.AppsV1Interface, ns, name string, patch []byte) error
+	// status reports whether the object rolled out the template carrying
+	// the annotation value; a read error is "not yet", not a failure.
+	status(ctx context.Context, apps typedappsv1.AppsV1Interface, ns, name, value string) (done bool, why string, err error)
+}
+
+// appsClient is what workloads use of a typed apps/v1 client such as
+// DeploymentInterface, for object type E and list type L.
+type appsClient[E, L any] interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*L, error)
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*E, error)
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*E, error)
+}
+
+// workloadView is what rotate reads of one workload object.
+type workloadView struct {
+	meta     *metav1.ObjectMeta
+	template *corev1.PodTemplateSpec
+	pending  string // why the rollout is not complete; "" once it is
+}
+
+// appsKind is the workloadKind of apps/v1 type E, listed as L through C.
+type appsKind[E, L any, C appsClient[E, L]] struct {
+	plural string // as in "list deployments: ..."
+	client func(typedappsv1.AppsV1Interface, string) C
+	items  func(*L) []E
+	view   func(*E) workloadView
+}
+
+func newAppsKind[E, L any, C appsClient[E, L]](plural string, client func(typedappsv1.AppsV1Interface, string) C, items func(*L) []E, view func(*E) workloadView) workloadKind {
+	return appsKind[E, L, C]{plural: plural, client: client, items: items, view: view}
+}
+
+func (k appsKind[E, L, C]) list(ctx context.Context, apps typedappsv1.AppsV1Interface, ns string) ([]metav1.ObjectMeta, error) {
+	l, err := k.client(apps, ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", k.plural, err)
+	}
+	items := k.items(l)
+	out := make([]metav1.ObjectMeta, 0, len(items))
+	for i := range items {
+		out = append(out, *k.view(&items[i]).meta)
+	}
+	return out, nil
+}
+
+func (k appsKind[E, L, C]) patch(ctx context.Context, apps typedappsv1.AppsV1Interface, ns, name string, patch []byte) error {
+	_, err := k.client(apps, ns).Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+func (k appsKind[E, L, C]) status(ctx context.Context, apps typedappsv1.AppsV1Interface, ns, name, value string) (bool, string, error) {
+	o, err := k.client(apps, ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, "", nil // deleted: nothing left to roll out
+	}
+	if err != nil {
+		return false, err.Error(), nil
+	}
+	v := k.view(o)
+	if v.template.Annotations[workloadAnnotation] != value {
+		return false, "not restarted", nil
+	}
+	return v.pending == "", v.pending, nil
+}
+
+// replicasOr1 is spec.replicas with the API default of 1.
+func replicasOr1(r *int32) int32 {
+	if r == nil {
+		return 1
+	}
+	return *r
+}
+
+func deploymentView(d *appsv1.Deployment) workloadView {
+	v := workloadView{meta: &d.ObjectMeta, template: &d.Spec.Template}
+	s, want := d.Status, replicasOr1(d.Spec.Replicas)
+	if d.Generation > s.ObservedGeneration {
+		v.pending = "generation not observed"
+	} else if s.UpdatedReplicas < want || s.Replicas > s.UpdatedReplicas || s.AvailableReplicas < want {
+		v.pending = fmt.Sprintf("%d/%d updated, %d total, %d available", s.UpdatedReplicas, want, s.Replicas, s.AvailableReplicas)
+	}
+	return v
+}
+
+func daemonSetView(d *appsv1.DaemonSet) workloadView {
+	v := workloadView{meta: &d.ObjectMeta, template: &d.Spec.Template}
+	s := d.Status
+	if d.Generation > s.ObservedGeneration || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled {
+		v.pending = fmt.Sprintf("%d/%d updated, %d available", s.UpdatedNumberScheduled, s.DesiredNumberScheduled, s.NumberAvailable)
+	}
+	return v
+}
+
+func statefulSetView(d *appsv1.StatefulSet) workloadView {
+	v := workloadView{meta: &d.ObjectMeta, template: &d.Spec.Template}
+	s, want := d.Status, replicasOr1(d.Spec.Replicas)
+	if d.Generation > s.ObservedGeneration || s.UpdateRevision != s.CurrentRevision || s.UpdatedReplicas < want || s.ReadyReplicas < want {
+		v.pending = fmt.Sprintf("%d/%d updated, %d ready", s.UpdatedReplicas, want, s.ReadyReplicas)
+	}
+	return v
+}
+
+// listWorkloads returns the selected workloads, sorted. Kinds rotate does
+// not know select nothing (the inventory rejects them).
 func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds []string) ([]workload, error) {
 	excl := map[string]bool{}
 	for _, n := range exclude {
@@ -150,32 +269,13 @@ func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds
 	var out []workload
 	for _, ns := range nsList {
 		for _, k := range kinds {
-			var items []metav1.ObjectMeta
-			switch k {
-			case "Deployment":
-				l, err := rt.Kube.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return nil, fmt.Errorf("list deployments: %w", err)
-				}
-				for _, d := range l.Items {
-					items = append(items, d.ObjectMeta)
-				}
-			case "DaemonSet":
-				l, err := rt.Kube.AppsV1().DaemonSets(ns).List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return nil, fmt.Errorf("list daemonsets: %w", err)
-				}
-				for _, d := range l.Items {
-					items = append(items, d.ObjectMeta)
-				}
-			case "StatefulSet":
-				l, err := rt.Kube.AppsV1().StatefulSets(ns).List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return nil, fmt.Errorf("list statefulsets: %w", err)
-				}
-				for _, d := range l.Items {
-					items = append(items, d.ObjectMeta)
-				}
+			kind, ok := workloadKinds[k]
+			if !ok {
+				continue
+			}
+			items, err := kind.list(ctx, rt.Kube.AppsV1(), ns)
+			if err != nil {
+				return nil, err
 			}
 			for _, m := range items {
 				if !excl[m.Namespace] {
@@ -189,18 +289,15 @@ func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds
 }
 
 // restartWorkload sets the restart annotation on the pod template (a
-// rollout restart, with a deterministic value) unless already set.
+// rollout restart, with a deterministic value) unless already set. An
+// unknown kind is left to rolledOut to report.
 func (rt *Runtime) restartWorkload(ctx context.Context, w workload, value string) error {
-	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, workloadAnnotation, value)
-	var err error
-	switch w.kind {
-	case "Deployment":
-		_, err = rt.Kube.AppsV1().Deployments(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
-	case "DaemonSet":
-		_, err = rt.Kube.AppsV1().DaemonSets(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
-	case "StatefulSet":
-		_, err = rt.Kube.AppsV1().StatefulSets(w.namespace).Patch(ctx, w.name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	kind, ok := workloadKinds[w.kind]
+	if !ok {
+		return nil
 	}
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, workloadAnnotation, value)
+	err := kind.patch(ctx, rt.Kube.AppsV1(), w.namespace, w.name, []byte(patch))
 	if apierrors.IsNotFound(err) {
 		return nil // deleted meanwhile: nothing to restart
 	}
@@ -213,72 +310,11 @@ func (rt *Runtime) restartWorkload(ctx context.Context, w workload, value string
 // rolledOut reports whether the workload finished rolling out the template
 // that carries the annotation value.
 func (rt *Runtime) rolledOut(ctx context.Context, w workload, value string) (bool, string, error) {
-	switch w.kind {
-	case "Deployment":
-		d, err := rt.Kube.AppsV1().Deployments(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return true, "", nil
-		}
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		if d.Spec.Template.Annotations[workloadAnnotation] != value {
-			return false, "not restarted", nil
-		}
-		return deploymentDone(d)
-	case "DaemonSet":
-		d, err := rt.Kube.AppsV1().DaemonSets(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return true, "", nil
-		}
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		if d.Spec.Template.Annotations[workloadAnnotation] != value {
-			return false, "not restarted", nil
-		}
-		s := d.Status
-		if d.Generation > s.ObservedGeneration || s.UpdatedNumberScheduled < s.DesiredNumberScheduled || s.NumberAvailable < s.DesiredNumberScheduled {
-			return false, fmt.Sprintf("%d/%d updated, %d available", s.UpdatedNumberScheduled, s.DesiredNumberScheduled, s.NumberAvailable), nil
-		}
-		return true, "", nil
-	case "StatefulSet":
-		d, err := rt.Kube.AppsV1().StatefulSets(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return true, "", nil
-		}
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		if d.Spec.Template.Annotations[workloadAnnotation] != value {
-			return false, "not restarted", nil
-		}
-		s := d.Status
-		want := int32(1)
-		if d.Spec.Replicas != nil {
-			want = *d.Spec.Replicas
-		}
-		if d.Generation > s.ObservedGeneration || s.UpdateRevision != s.CurrentRevision || s.UpdatedReplicas < want || s.ReadyReplicas < want {
-			return false, fmt.Sprintf("%d/%d updated, %d ready", s.UpdatedReplicas, want, s.ReadyReplicas), nil
-		}
-		return true, "", nil
+	kind, ok := workloadKinds[w.kind]
+	if !ok {
+		return false, "", fmt.Errorf("unknown kind %s", w.kind)
 	}
-	return false, "", fmt.Errorf("unknown kind %s", w.kind)
-}
-
-func deploymentDone(d *appsv1.Deployment) (bool, string, error) {
-	s := d.Status
-	want := int32(1)
-	if d.Spec.Replicas != nil {
-		want = *d.Spec.Replicas
-	}
-	if d.Generation > s.ObservedGeneration {
-		return false, "generation not observed", nil
-	}
-	if s.UpdatedReplicas < want || s.Replicas > s.UpdatedReplicas || s.AvailableReplicas < want {
-		return false, fmt.Sprintf("%d/%d updated, %d total, %d available", s.UpdatedReplicas, want, s.Replicas, s.AvailableReplicas), nil
-	}
-	return true, "", nil
+	return kind.status(ctx, rt.Kube.AppsV1(), w.namespace, w.name, value)
 }
 
 // rollWorkloads restarts every workload and waits for all, with at most
