@@ -233,6 +233,14 @@ func TestCluster(t *testing.T) {
 			if cpLabel != n.ControlPlane() {
 				t.Errorf("%s: control-plane label %v, want %v", n.Name, cpLabel, n.ControlPlane())
 			}
+			// The KubeletConfiguration from the init config reached every
+			// node, the workers through kubeadm join's kubelet-config.
+			l, err := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Errorf("%s: lease: %v", n.Name, err)
+			} else if d := l.Spec.LeaseDurationSeconds; d == nil || *d != NodeLeaseDurationSeconds {
+				t.Errorf("%s: lease duration %v, want the config's %d", n.Name, d, NodeLeaseDurationSeconds)
+			}
 		}
 	})
 

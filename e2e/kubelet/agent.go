@@ -37,6 +37,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	o.leaseFrom(cfg)
 	clientCAs, nCAs, err := loadClientCAs(cfg.Authentication.X509.ClientCAFile)
 	if err != nil {
 		return err
@@ -54,7 +55,8 @@ func Run(ctx context.Context, o Options) error {
 		port = cfg.port()
 	}
 	log.Info("configuration loaded", "clientCAFile", cfg.Authentication.X509.ClientCAFile, "clientCAs", nCAs,
-		"servingCert", servingFile, "healthz", healthzAddr, "port", port)
+		"servingCert", servingFile, "healthz", healthzAddr, "port", port,
+		"leaseDurationSeconds", o.LeaseDurationSeconds, "leaseRenewInterval", o.LeaseInterval)
 
 	var apiOK atomic.Bool
 	healthz := newHealthzServer(apiOK.Load)

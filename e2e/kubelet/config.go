@@ -23,7 +23,10 @@ type kubeletConfig struct {
 	TLSCertFile        string `json:"tlsCertFile"`
 	TLSPrivateKeyFile  string `json:"tlsPrivateKeyFile"`
 	ServerTLSBootstrap bool   `json:"serverTLSBootstrap"`
-	Authentication     struct {
+	// NodeLeaseDurationSeconds sets the Lease's duration; the kubelet
+	// renews it every quarter of that (kubelet.go, nodeLeaseRenewIntervalFraction).
+	NodeLeaseDurationSeconds int32 `json:"nodeLeaseDurationSeconds"`
+	Authentication           struct {
 		X509 struct {
 			ClientCAFile string `json:"clientCAFile"`
 		} `json:"x509"`

@@ -97,6 +97,21 @@ rotateCertificates: true
 	if (&kubeletConfig{}).healthzAddress() != "127.0.0.1:10248" {
 		t.Error("healthz default")
 	}
+	var o Options
+	o.leaseFrom(c)
+	if o.LeaseDurationSeconds != 40 || o.LeaseInterval != 10*time.Second {
+		t.Errorf("lease defaults: %ds every %s, want the kubelet's 40s every 10s", o.LeaseDurationSeconds, o.LeaseInterval)
+	}
+	o = Options{}
+	o.leaseFrom(&kubeletConfig{NodeLeaseDurationSeconds: 8})
+	if o.LeaseDurationSeconds != 8 || o.LeaseInterval != 2*time.Second {
+		t.Errorf("nodeLeaseDurationSeconds 8: %ds every %s, want 8s every 2s", o.LeaseDurationSeconds, o.LeaseInterval)
+	}
+	o = Options{LeaseDurationSeconds: 20, LeaseInterval: time.Second}
+	o.leaseFrom(&kubeletConfig{NodeLeaseDurationSeconds: 8})
+	if o.LeaseDurationSeconds != 20 || o.LeaseInterval != time.Second {
+		t.Errorf("explicit options overridden: %ds every %s", o.LeaseDurationSeconds, o.LeaseInterval)
+	}
 	os.WriteFile(path, []byte("kind: KubeProxyConfiguration\n"), 0o644)
 	if _, err := loadKubeletConfig(path); err == nil {
 		t.Error("wrong kind accepted")

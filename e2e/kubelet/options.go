@@ -51,10 +51,12 @@ type Options struct {
 
 	// StatusInterval is how often the node status is written (default 10s).
 	StatusInterval time.Duration
-	// LeaseInterval is how often the Lease is renewed (default 10s).
-	LeaseInterval time.Duration
-	// LeaseDurationSeconds is the Lease's duration (default 40).
+	// LeaseDurationSeconds is the Lease's duration (default: the config's
+	// nodeLeaseDurationSeconds, else 40, as the kubelet).
 	LeaseDurationSeconds int32
+	// LeaseInterval is how often the Lease is renewed (default a quarter of
+	// the duration, as the kubelet: 10s for 40).
+	LeaseInterval time.Duration
 
 	// Logger receives structured progress; nil discards.
 	Logger *slog.Logger
@@ -64,14 +66,22 @@ func (o *Options) setDefaults() {
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = 10 * time.Second
 	}
-	if o.LeaseInterval <= 0 {
-		o.LeaseInterval = 10 * time.Second
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// leaseFrom fills the Lease timing the options leave open from the kubelet
+// config, with the kubelet's defaults.
+func (o *Options) leaseFrom(cfg *kubeletConfig) {
+	if o.LeaseDurationSeconds <= 0 {
+		o.LeaseDurationSeconds = cfg.NodeLeaseDurationSeconds
 	}
 	if o.LeaseDurationSeconds <= 0 {
 		o.LeaseDurationSeconds = 40
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	if o.LeaseInterval <= 0 {
+		o.LeaseInterval = time.Duration(o.LeaseDurationSeconds) * time.Second / 4
 	}
 }
 
