@@ -33,9 +33,10 @@ type podIdentity struct {
 // current Ready pod is another one (after a rollout restart), and renews
 // the token (not the CA) at 80% of its lifetime like the kubelet.
 type inCluster struct {
-	r   *Runner
-	ns  string
-	gen int
+	r    *Runner
+	ns   string
+	gen  int
+	kube func() (kubernetes.Interface, error) // admin client (r.primaryKube)
 
 	mu  sync.Mutex
 	id  *podIdentity
@@ -46,19 +47,39 @@ type inCluster struct {
 const tokenSeconds = 3607 // the kubelet's default projected token lifetime
 
 func (r *Runner) startInCluster(ctx context.Context, _ kubernetes.Interface) {
-	ic := &inCluster{r: r, ns: r.opts.Namespace}
+	ic := &inCluster{r: r, ns: r.opts.Namespace, kube: r.primaryKube}
 	r.goLoop(ctx, "in-cluster pod watch", r.opts.Interval, ic.refresh)
 	for _, ep := range r.endpoints {
+		pc := &podCheck{ic: ic}
 		(&check{r: r, probe: ProbeInCluster, target: "pod -> " + ep.name, ep: ep,
 			path:   "/api/v1/namespaces/" + ic.ns + "/configmaps",
-			client: ic.client, interpret: ic.interpret}).run(ctx)
+			client: pc.client, interpret: pc.interpret}).run(ctx)
 	}
+}
+
+// podCheck is the in-cluster client of one endpoint. It remembers the pod
+// identity its last request used: the refresh loop may switch to a new pod
+// while that request is in flight, and a 401 must be judged by the token
+// that was sent. A check's ticks are sequential, so used needs no lock.
+type podCheck struct {
+	ic   *inCluster
+	used *podIdentity
+}
+
+func (pc *podCheck) client(ctx context.Context, ep endpoint) (*http.Client, error) {
+	c, id, err := pc.ic.client(ctx, ep)
+	pc.used = id
+	return c, err
+}
+
+func (pc *podCheck) interpret(ctx context.Context, class Class, _ int, _ []byte) (Class, string, bool) {
+	return pc.ic.interpret(ctx, class, pc.used)
 }
 
 // refresh finds the Deployment's current Ready pod and reloads when it is
 // a different pod.
 func (ic *inCluster) refresh(ctx context.Context) {
-	client, err := ic.r.primaryKube()
+	client, err := ic.kube()
 	if err != nil {
 		return
 	}
@@ -120,31 +141,28 @@ func (ic *inCluster) note(msg string) {
 	}
 }
 
-// client returns the pod's client for ep (nil before the pod started).
-func (ic *inCluster) client(_ context.Context, ep endpoint) (*http.Client, error) {
+// client returns the pod's client for ep and the identity it carries
+// (nil, nil before the pod started).
+func (ic *inCluster) client(_ context.Context, ep endpoint) (*http.Client, *podIdentity, error) {
 	ic.mu.Lock()
 	id, gen := ic.id, ic.gen
 	ic.mu.Unlock()
 	if id == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	cfg := &rest.Config{Host: ep.base, BearerToken: id.token, TLSClientConfig: rest.TLSClientConfig{CAData: id.caPEM}}
-	return ic.cs.get(cfg, gen, ep.base)
+	c, err := ic.cs.get(cfg, gen, ep.base)
+	return c, id, err
 }
 
-// interpret: a 401 after the pod the token is bound to was deleted is the
-// old pod's death, not a failure (the real process is gone by then).
-func (ic *inCluster) interpret(ctx context.Context, class Class, _ int, _ []byte) (Class, string, bool) {
-	if class != Unauthorized {
+// interpret: a 401 for a token whose pod was deleted is the old pod's
+// death, not a failure (the real process is gone by then). id is the
+// identity the request carried.
+func (ic *inCluster) interpret(ctx context.Context, class Class, id *podIdentity) (Class, string, bool) {
+	if class != Unauthorized || id == nil {
 		return class, "", false
 	}
-	ic.mu.Lock()
-	id := ic.id
-	ic.mu.Unlock()
-	if id == nil {
-		return class, "", false
-	}
-	client, err := ic.r.primaryKube()
+	client, err := ic.kube()
 	if err != nil {
 		return class, "", false
 	}
@@ -152,8 +170,10 @@ func (ic *inCluster) interpret(ctx context.Context, class Class, _ int, _ []byte
 	switch {
 	case apierrors.IsNotFound(err), err == nil && (pod.UID != id.uid || pod.DeletionTimestamp != nil):
 		return class, fmt.Sprintf("token bound to pod %s which is gone", id.name), true
+	case err != nil:
+		return class, fmt.Sprintf("token of pod %s (%s, issued %s); its pod could not be read: %v", id.name, id.uid, id.issuedAt.Format("15:04:05.000"), err), false
 	}
-	return class, "", false
+	return class, fmt.Sprintf("token of pod %s (%s, issued %s), which exists", id.name, id.uid, id.issuedAt.Format("15:04:05.000")), false
 }
 
 // currentReadyPod returns the newest Ready, not terminating pod of the

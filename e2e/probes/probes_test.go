@@ -534,3 +534,35 @@ func TestAggregatedServerAuthenticatesFrontProxy(t *testing.T) {
 		t.Error("F0 rejected while the bundle holds both")
 	}
 }
+
+// TestInClusterJudgesTheTokenItSent: a 401 for a request that carried the
+// old pod's token, answered after the refresh loop already switched to the
+// new pod, is the old pod's death (not counted); a 401 for the token of a
+// pod that still exists is a failure.
+func TestInClusterJudgesTheTokenItSent(t *testing.T) {
+	now := time.Now()
+	newPod := readyPod("prober-new", now, true)
+	client := fake.NewClientset(newPod) // prober-old is gone
+	ic := &inCluster{ns: DefaultNamespace, kube: func() (kubernetes.Interface, error) { return client, nil }}
+	oldID := &podIdentity{uid: "uid-prober-old", name: "prober-old"}
+	newID := &podIdentity{uid: newPod.UID, name: newPod.Name}
+	ic.id = newID // the refresh loop switched while the request was in flight
+	ctx := context.Background()
+
+	pc := &podCheck{ic: ic, used: oldID}
+	if class, extra, skip := pc.interpret(ctx, Unauthorized, 401, nil); !skip || class != Unauthorized || !strings.Contains(extra, "prober-old") {
+		t.Errorf("401 with the deleted pod's token: %s %q skip=%v, want not counted", class, extra, skip)
+	}
+	pc.used = newID
+	if class, _, skip := pc.interpret(ctx, Unauthorized, 401, nil); skip || class != Unauthorized {
+		t.Errorf("401 with the live pod's token: %s skip=%v, want a counted Unauthorized", class, skip)
+	}
+	// Same name, new UID: the token's pod is gone too.
+	pc.used = &podIdentity{uid: "uid-earlier", name: newPod.Name}
+	if _, _, skip := pc.interpret(ctx, Unauthorized, 401, nil); !skip {
+		t.Error("401 with a token bound to an earlier pod of the same name was counted")
+	}
+	if class, _, skip := pc.interpret(ctx, X509, 0, nil); skip || class != X509 {
+		t.Errorf("x509 must never be excused: %s skip=%v", class, skip)
+	}
+}
