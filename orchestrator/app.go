@@ -151,7 +151,19 @@ func Start(ctx context.Context, o StartOptions) error {
 	if err := s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyInventoryRaw: inv.Raw, keyInventoryPath: []byte(inv.Path)}}); err != nil {
 		return fmt.Errorf("record inventory: %w", err)
 	}
-	return s.engine.Start(ctx, run, hold)
+	if err := s.engine.Start(ctx, run, hold); err != nil {
+		return err
+	}
+	s.adviseIfCompleted(ctx)
+	return nil
+}
+
+// adviseIfCompleted checks the inventory's kubeconfig once a rotation
+// completed (not at the hold: old-CA credentials still work there).
+func (s *session) adviseIfCompleted(ctx context.Context) {
+	if r, err := s.store.Run(ctx); err == nil && r.State == StateCompleted {
+		s.adviseKubeconfig(ctx, true)
+	}
 }
 
 // resumeSession reopens a run from its state file alone.
@@ -195,7 +207,11 @@ func Resume(ctx context.Context, c Common) error {
 		return err
 	}
 	defer s.close()
-	return s.engine.Resume(ctx)
+	if err := s.engine.Resume(ctx); err != nil {
+		return err
+	}
+	s.adviseIfCompleted(ctx)
+	return nil
 }
 
 // Rollback reverts a run's completed steps in reverse order.
@@ -205,7 +221,11 @@ func Rollback(ctx context.Context, c Common) error {
 		return err
 	}
 	defer s.close()
-	return s.engine.Rollback(ctx)
+	if err := s.engine.Rollback(ctx); err != nil {
+		return err
+	}
+	s.adviseKubeconfig(ctx, false)
+	return nil
 }
 
 // PlanOptions configure `rotate plan`.
