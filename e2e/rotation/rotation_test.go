@@ -122,12 +122,15 @@ var (
 	killAfterSwitch  = regexp.MustCompile(`\] kubelet-client-cp\s+\S+\s+done`)
 )
 
-// TestRotation is one cluster, two rotations:
+// TestRotation is one cluster, three rotations, each from the CA the one
+// before left:
 //  1. start (killed mid fan-out, mid apiserver rolling restart, mid kubelet
 //     batches; resumed each time) → hold → resume → completed; end state
-//     checked; then rollback from the completed run;
-//  2. start again, a worker unreachable over SSH mid-run (clean failure),
-//     resume after it returns, killed after the signer switch, rollback.
+//     checked (kubeadm check-expiration, the real CSR signer);
+//  2. start --no-hold, a worker unreachable over SSH mid-run (clean
+//     failure naming it), resume after it returns → completed; end state
+//     checked; rollback of the completed run → run 1's CA;
+//  3. start, killed after the signer switch, rollback → run 1's CA.
 //
 // The probes run throughout and must record zero x509/401/403 errors.
 func TestRotation(t *testing.T) {
@@ -204,6 +207,17 @@ func TestRotation(t *testing.T) {
 		t.Errorf("no join hash printed:\n%s", tail(r.out, 10))
 	}
 	e.reportTiming(t, filepath.Join(dir, "rotate.db"), wall)
+	// The inventory's kubeconfig is a copy of admin.conf from before the
+	// rotation: rotate says it is stale, and the operator (this test)
+	// replaces it with the rotated admin.conf as told, for the next run.
+	if !strings.Contains(r.out, "note: the inventory's kubeconfig "+e.info.AdminKubeconfig+" does not trust the cluster CA now in use") {
+		t.Errorf("no advice about the stale inventory kubeconfig:\n%s", tail(r.out, 5))
+	}
+	if b, err := os.ReadFile(filepath.Join(e.cp1().EtcKubernetes, "admin.conf")); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(e.info.AdminKubeconfig, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	c1, err := verify.ReadCA(e.cp1(), "ca")
 	if err != nil {
@@ -227,19 +241,10 @@ func TestRotation(t *testing.T) {
 	e.csrThroughNewSigner(t, ctx, c1)
 	e.probesClean(t, "after run 1")
 
-	// Rollback from the completed run.
-	r = rotate(t, ctx, dir, nil, nil, "rollback")
-	mustSucceed(t, r, "rollback of the completed run")
-	e.checkOnCA(t, ctx, c0, c1, "after rollback of the completed run")
-	if err := verify.ExpectRejected(ctx, e.info, []*x509.Certificate{c0.Cert}, newClient); err != nil {
-		t.Errorf("new-CA client certificate after rollback: %v", err)
-	}
-	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c0.Cert}, oldClient, 200); err != nil {
-		t.Errorf("old-CA client certificate after rollback: %v", err)
-	}
-	e.probesClean(t, "after rollback of run 1")
-
-	// Run 2 -------------------------------------------------------------
+	// Run 2 (from the CA of run 1) ---------------------------------------
+	// A worker unreachable over SSH mid-run: a clean failure naming it;
+	// once it is back, resume completes. Then rollback of the completed
+	// run returns the cluster to run 1's CA.
 	dir2 := filepath.Join(e.workdir, "run2")
 	os.MkdirAll(dir2, 0o700)
 	w2 := e.info.Nodes[len(e.info.Nodes)-1]
@@ -264,20 +269,54 @@ func TestRotation(t *testing.T) {
 	if err := verify.Eventually(ctx, 3*time.Minute, func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) }); err != nil {
 		t.Fatalf("node %s did not come back: %v", w2.Name, err)
 	}
-	r = rotate(t, ctx, dir2, killAfterSwitch, nil, "resume")
-	if !r.killed {
-		t.Fatalf("resume after the fault was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
-	}
-	r = rotate(t, ctx, dir2, nil, nil, "rollback")
-	mustSucceed(t, r, "rollback from after the signer switch")
-	e.checkOnCA(t, ctx, c0, nil, "after rollback from mid-run")
-	run2CA := readStateCA(t, filepath.Join(dir2, "rotate.db"))
-	run2Client, err := verify.ClientCert(run2CA, "e2e-run2-new-ca")
+	r = rotate(t, ctx, dir2, nil, nil, "resume")
+	mustSucceed(t, r, "resume after the node came back")
+	c2, err := verify.ReadCA(e.cp1(), "ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := verify.ExpectRejected(ctx, e.info, []*x509.Certificate{c0.Cert}, run2Client); err != nil {
-		t.Errorf("run 2's new-CA client certificate after rollback: %v", err)
+	if pki.Fingerprint(c2.Cert) == pki.Fingerprint(c1.Cert) {
+		t.Fatal("run 2 completed but ca.crt on cp1 is still run 1's CA")
+	}
+	e.checkOnCA(t, ctx, c2, c1, "after run 2, resumed after the fault")
+	e.probesClean(t, "after run 2")
+
+	// Rollback from the completed run.
+	r = rotate(t, ctx, dir2, nil, nil, "rollback")
+	mustSucceed(t, r, "rollback of the completed run")
+	if strings.Contains(r.out, "note: the inventory's kubeconfig") {
+		t.Errorf("advice about the inventory kubeconfig after rolling back to the CA it trusts:\n%s", tail(r.out, 5))
+	}
+	e.checkOnCA(t, ctx, c1, c2, "after rollback of the completed run")
+	run2Client, err := verify.ClientCert(c2, "e2e-run2-ca-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.ExpectRejected(ctx, e.info, []*x509.Certificate{c1.Cert}, run2Client); err != nil {
+		t.Errorf("run 2's client certificate after rollback: %v", err)
+	}
+	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c1.Cert}, newClient, 200); err != nil {
+		t.Errorf("run 1's client certificate after rollback of run 2: %v", err)
+	}
+	e.probesClean(t, "after rollback of run 2")
+
+	// Run 3: killed after the signer switch, rolled back from there -------
+	dir3 := filepath.Join(e.workdir, "run3")
+	os.MkdirAll(dir3, 0o700)
+	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv)
+	if !r.killed {
+		t.Fatalf("run 3 was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
+	}
+	r = rotate(t, ctx, dir3, nil, nil, "rollback")
+	mustSucceed(t, r, "rollback from after the signer switch")
+	e.checkOnCA(t, ctx, c1, nil, "after rollback from mid-run")
+	run3CA := readStateCA(t, filepath.Join(dir3, "rotate.db"))
+	run3Client, err := verify.ClientCert(run3CA, "e2e-run3-new-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.ExpectRejected(ctx, e.info, []*x509.Certificate{c1.Cert}, run3Client); err != nil {
+		t.Errorf("run 3's new-CA client certificate after rollback: %v", err)
 	}
 	credentialFailures(t, e.probes.Stop(), "over the whole test")
 }
@@ -295,12 +334,13 @@ func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pk
 		"extension-apiserver-authentication": func(ctx context.Context) error {
 			return verify.ExtensionAuthIs(ctx, e.client(t), caPEM, pki.EncodeCertsPEM(fp.Cert))
 		},
-		"apiservers serve from the CA": func(ctx context.Context) error { return verify.ServingIssuer(ctx, e.info, ca.Cert) },
-		"kubelet client certificates":  func(context.Context) error { return verify.KubeletCertsIssuedBy(e.info, ca.Cert) },
-		"control-plane kubeconfigs":    func(context.Context) error { return verify.KubeconfigsIssuedBy(e.info, ca.Cert) },
-		"kube-root-ca.crt":             func(ctx context.Context) error { return verify.RootCAIs(ctx, e.client(t), caPEM) },
-		"cluster-info":                 func(ctx context.Context) error { return verify.ClusterInfoIs(ctx, e.client(t), caPEM) },
-		"nodes Ready":                  func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) },
+		"apiservers serve from the CA":        func(ctx context.Context) error { return verify.ServingIssuer(ctx, e.info, ca.Cert) },
+		"kubelet client certificates":         func(context.Context) error { return verify.KubeletCertsIssuedBy(e.info, ca.Cert) },
+		"control-plane kubeconfigs":           func(context.Context) error { return verify.KubeconfigsIssuedBy(e.info, ca.Cert) },
+		"kube-root-ca.crt":                    func(ctx context.Context) error { return verify.RootCAIs(ctx, e.client(t), caPEM) },
+		"cluster-info":                        func(ctx context.Context) error { return verify.ClusterInfoIs(ctx, e.client(t), caPEM) },
+		"nodes Ready":                         func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) },
+		"operator's own apiserver flags kept": func(context.Context) error { return e.userFlagsKept() },
 	}
 	for name, check := range checks {
 		// Controllers republish asynchronously (kube-root-ca.crt, JWS).
@@ -317,6 +357,27 @@ func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pk
 			t.Errorf("%s: a client certificate from the other CA: %v", when, err)
 		}
 	}
+}
+
+// userFlagsKept checks that the apiserver flags the operator set through
+// kubeadm's apiServer.extraArgs (the harness sets two) survive rotate's
+// manifest edits and their reverts.
+func (e *env) userFlagsKept() error {
+	for _, n := range e.info.Nodes {
+		if n.Role != cluster.RoleControlPlane {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(n.EtcKubernetes, "manifests", "kube-apiserver.yaml"))
+		if err != nil {
+			return err
+		}
+		for _, flag := range []string{"--shutdown-watch-termination-grace-period=3s", "--enable-aggregator-routing=true"} {
+			if !strings.Contains(string(b), flag) {
+				return fmt.Errorf("%s: kube-apiserver manifest lost %s", n.Name, flag)
+			}
+		}
+	}
+	return nil
 }
 
 // fingerprintFiles hashes every file under the nodes' /etc/kubernetes and
