@@ -2,12 +2,9 @@ package orchestrator
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
-	"os"
+	"slices"
 	"strings"
-
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/steps"
@@ -26,36 +23,19 @@ func kubeconfigAdvice(path, ctxName string, currentPEM []byte) string {
 		return ""
 	}
 	current := cas[0]
-	cfg, err := clientcmd.LoadFromFile(path)
+	kt, err := steps.LoadKubeconfigTLS(path, ctxName)
 	if err != nil {
 		return ""
 	}
-	if ctxName == "" {
-		ctxName = cfg.CurrentContext
-	}
-	kctx, ok := cfg.Contexts[ctxName]
-	if !ok {
-		return ""
-	}
 	var problems []string
-	if cl, ok := cfg.Clusters[kctx.Cluster]; ok {
-		caData := cl.CertificateAuthorityData
-		if len(caData) == 0 && cl.CertificateAuthority != "" {
-			caData, _ = os.ReadFile(cl.CertificateAuthority)
-		}
-		if len(caData) > 0 && !bundleHas(caData, current) {
+	if len(kt.CA) > 0 {
+		if fps, err := pki.BundleFingerprints(kt.CA); err == nil && !slices.Contains(fps, pki.Fingerprint(current)) {
 			problems = append(problems, "does not trust the cluster CA now in use")
 		}
 	}
-	if ai, ok := cfg.AuthInfos[kctx.AuthInfo]; ok {
-		certData := ai.ClientCertificateData
-		if len(certData) == 0 && ai.ClientCertificate != "" {
-			certData, _ = os.ReadFile(ai.ClientCertificate)
-		}
-		if len(certData) > 0 {
-			if certs, err := pki.ParseCertsPEM(certData); err == nil && len(certs) > 0 && !pki.IssuedBy(certs[0], current) {
-				problems = append(problems, "presents a client certificate the cluster no longer accepts")
-			}
+	if len(kt.Cert) > 0 {
+		if certs, err := pki.ParseCertsPEM(kt.Cert); err == nil && len(certs) > 0 && !pki.IssuedBy(certs[0], current) {
+			problems = append(problems, "presents a client certificate the cluster no longer accepts")
 		}
 	}
 	if len(problems) == 0 {
@@ -63,20 +43,6 @@ func kubeconfigAdvice(path, ctxName string, currentPEM []byte) string {
 	}
 	return fmt.Sprintf("note: the inventory's kubeconfig %s %s (%s): before the next rotate run or kubectl use, replace it with /etc/kubernetes/admin.conf from a control-plane node, or give it the CA data and a client certificate of that CA",
 		path, strings.Join(problems, " and "), pki.Describe(current))
-}
-
-func bundleHas(bundle []byte, c *x509.Certificate) bool {
-	certs, err := pki.ParseCertsPEM(bundle)
-	if err != nil {
-		return false
-	}
-	want := pki.Fingerprint(c)
-	for _, b := range certs {
-		if pki.Fingerprint(b) == want {
-			return true
-		}
-	}
-	return false
 }
 
 // adviseKubeconfig prints kubeconfigAdvice for the cluster CA the run now

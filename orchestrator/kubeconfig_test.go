@@ -84,6 +84,33 @@ func TestKubeconfigAdvice(t *testing.T) {
 			}
 		})
 	}
+	// CA and client certificate named by files relative to the kubeconfig,
+	// as kubectl resolves them.
+	sub := filepath.Join(dir, "files")
+	os.MkdirAll(sub, 0o700)
+	os.WriteFile(filepath.Join(sub, "ca.crt"), oldCA.CertPEM, 0o600)
+	os.WriteFile(filepath.Join(sub, "admin.crt"), oldClient.CertPEM, 0o600)
+	os.WriteFile(filepath.Join(sub, "admin.key"), oldClient.KeyPEM, 0o600)
+	os.WriteFile(filepath.Join(sub, "kubeconfig"), []byte(`apiVersion: v1
+kind: Config
+clusters:
+- name: k
+  cluster: {server: "https://10.0.0.1:6443", certificate-authority: ca.crt}
+users:
+- name: admin
+  user: {client-certificate: admin.crt, client-key: admin.key}
+contexts:
+- name: admin@k
+  context: {cluster: k, user: admin}
+current-context: admin@k
+`), 0o600)
+	got := kubeconfigAdvice(filepath.Join(sub, "kubeconfig"), "", newCA.CertPEM)
+	for _, w := range []string{"does not trust", "presents a client certificate"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("kubeconfig with relative file references: advice %q lacks %q", got, w)
+		}
+	}
+
 	// A named context that does not exist: nothing to judge.
 	p := write("ctx.conf", oldCA.CertPEM, oldClient, "")
 	if got := kubeconfigAdvice(p, "other", newCA.CertPEM); got != "" {

@@ -142,28 +142,14 @@ func (t *Trust) transport() *http.Transport {
 // KubeClient builds the API client rotate uses: the kubeconfig's server
 // and credentials, with TLS handled by the Trust.
 func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfigPath}
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context})
-	cfg, err := cc.ClientConfig()
+	kt, err := LoadKubeconfigTLS(kubeconfigPath, context)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+		return nil, nil, nil, err
 	}
-	ca := cfg.TLSClientConfig.CAData
+	cfg, ca := kt.Config, kt.CA
 	var certs []tls.Certificate
-	certPEM, keyPEM := cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData
-	if len(certPEM) == 0 && cfg.TLSClientConfig.CertFile != "" {
-		if err := rest.LoadTLSFiles(cfg); err != nil {
-			return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-		}
-		certPEM, keyPEM, ca = cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData, cfg.TLSClientConfig.CAData
-	} else if len(ca) == 0 && cfg.TLSClientConfig.CAFile != "" {
-		if err := rest.LoadTLSFiles(cfg); err != nil {
-			return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-		}
-		ca = cfg.TLSClientConfig.CAData
-	}
-	if len(certPEM) > 0 {
-		c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if len(kt.Cert) > 0 {
+		c, err := tls.X509KeyPair(kt.Cert, kt.Key)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("kubeconfig %s: client certificate: %w", kubeconfigPath, err)
 		}
@@ -183,6 +169,31 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
 	}
 	return cs, trust, rc, nil
+}
+
+// KubeconfigTLS is what a kubeconfig context trusts (CA) and presents
+// (client certificate and key), with file references read the way kubectl
+// reads them.
+type KubeconfigTLS struct {
+	Config        *rest.Config
+	CA, Cert, Key []byte
+}
+
+// LoadKubeconfigTLS loads context (or the current one) of the kubeconfig.
+func LoadKubeconfigTLS(kubeconfigPath, context string) (KubeconfigTLS, error) {
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfigPath}
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+	}
+	// Fills CAData, CertData and KeyData from their files where only a
+	// file is named.
+	if err := rest.LoadTLSFiles(cfg); err != nil {
+		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
+	}
+	t := cfg.TLSClientConfig
+	return KubeconfigTLS{Config: cfg, CA: t.CAData, Cert: t.CertData, Key: t.KeyData}, nil
 }
 
 // summarizeDiff describes a text change by its changed lines, hiding any
