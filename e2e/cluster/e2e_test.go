@@ -567,13 +567,7 @@ func TestUpFailureCleanup(t *testing.T) {
 			defer cancel()
 			opts := testOptions("e2e-fail", "10.213.61.0/24")
 			opts.FailAfter = stage
-			c, err := Up(ctx, opts)
-			if !errors.Is(err, ErrInjected) {
-				if c != nil {
-					keepOnFailure(t, c)
-				}
-				t.Fatalf("Up: %v, want the injected failure", err)
-			}
+			c := upUntilInjected(t, ctx, opts, "Up")
 			loaded, err := Load(c.Dir())
 			if err != nil {
 				t.Fatal(err)
@@ -581,6 +575,21 @@ func TestUpFailureCleanup(t *testing.T) {
 			downAndCheck(t, loaded, hostDirs)
 		})
 	}
+}
+
+// upUntilInjected runs Up, which must stop with the injected failure after
+// stage opts.FailAfter, and returns what it created (kept for inspection
+// if Up ends any other way).
+func upUntilInjected(t *testing.T, ctx context.Context, opts Options, what string) *Cluster {
+	t.Helper()
+	c, err := Up(ctx, opts)
+	if !errors.Is(err, ErrInjected) {
+		if c != nil {
+			keepOnFailure(t, c)
+		}
+		t.Fatalf("%s: %v, want the injected failure after stage %s", what, err, opts.FailAfter)
+	}
+	return c
 }
 
 // TestReplaceStale abandons a half-up cluster (sshds running, namespaces,
@@ -594,26 +603,14 @@ func TestReplaceStale(t *testing.T) {
 	defer cancel()
 	opts := testOptions("e2e-stale", "10.213.63.0/24")
 	opts.FailAfter = "ssh"
-	stale, err := Up(ctx, opts)
-	if !errors.Is(err, ErrInjected) {
-		if stale != nil {
-			keepOnFailure(t, stale)
-		}
-		t.Fatalf("Up: %v, want the injected failure", err)
-	}
+	stale := upUntilInjected(t, ctx, opts, "Up")
 	opts.ReplaceStale = false
 	if _, err := Up(ctx, opts); err == nil || !strings.Contains(err.Error(), "already holds a cluster") {
 		keepOnFailure(t, stale)
 		t.Fatalf("Up over a stale cluster without ReplaceStale: %v, want a refusal", err)
 	}
 	opts.ReplaceStale = true
-	c, err := Up(ctx, opts)
-	if !errors.Is(err, ErrInjected) {
-		if c != nil {
-			keepOnFailure(t, c)
-		}
-		t.Fatalf("Up with ReplaceStale: %v, want it to get as far as the injected failure", err)
-	}
+	c := upUntilInjected(t, ctx, opts, "Up with ReplaceStale")
 	procs := stale.nodeProcs("cp1")
 	if len(procs) == 0 {
 		t.Fatal("the stale cluster recorded no processes on cp1: nothing was tested")
