@@ -16,7 +16,6 @@ build:
 	$(GO) build -o $(BIN)/rotate ./cmd/rotate
 	$(GO) build -o $(BIN)/e2e-cluster ./e2e/cmd/e2e-cluster
 	$(GO) build -o $(BIN)/e2e-node ./e2e/cmd/e2e-node
-	$(GO) build -o $(BIN)/e2e-kubelet ./e2e/cmd/e2e-kubelet
 	$(GO) build -o $(BIN)/e2e-probe ./e2e/cmd/e2e-probe
 	$(GO) build -o $(BIN)/e2e-demo ./e2e/cmd/e2e-demo
 

@@ -12,7 +12,7 @@ import (
 )
 
 // K8sBinaries are the executables BinDir must hold.
-var K8sBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubectl", "etcd"}
+var K8sBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubectl", "kubelet", "etcd", "fake-cri"}
 
 const modulePath = "github.com/kubeca/rotate"
 
@@ -64,34 +64,25 @@ func locateK8sBinaries(ctx context.Context, binDir, src string) (string, error) 
 	return binDir, nil
 }
 
-// harnessBinaries puts e2e-node (and e2e-kubelet if its source exists) into
-// <dir>/bin: copied from opts.HarnessBinDir or built from source. The copies
-// keep the inventory's restart command valid for the cluster's lifetime.
+// harnessBinaries puts e2e-node into <dir>/bin: copied from
+// opts.HarnessBinDir or built from source. The copy keeps the inventory's
+// restart command valid for the cluster's lifetime.
 func (c *Cluster) harnessBinaries(ctx context.Context, opts Options, src string) (string, error) {
 	dst := filepath.Join(c.st.Spec.Dir, "bin")
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return "", err
 	}
-	want := []string{"e2e-node", "e2e-kubelet"}
 	if opts.HarnessBinDir != "" {
-		for _, b := range want {
-			from := filepath.Join(opts.HarnessBinDir, b)
-			if !fileExists(from) {
-				if b == "e2e-node" {
-					return "", fmt.Errorf("%s missing", from)
-				}
-				continue
-			}
-			if err := copyFile(from, filepath.Join(dst, b), 0o755); err != nil {
-				return "", err
-			}
+		from := filepath.Join(opts.HarnessBinDir, "e2e-node")
+		if !fileExists(from) {
+			return "", fmt.Errorf("%s missing", from)
+		}
+		if err := copyFile(from, filepath.Join(dst, "e2e-node"), 0o755); err != nil {
+			return "", err
 		}
 		return dst, nil
 	}
 	pkgs := []string{"./e2e/cmd/e2e-node"}
-	if fileExists(filepath.Join(src, "e2e", "cmd", "e2e-kubelet")) && !opts.NoKubelet && opts.KubeletCommand == nil {
-		pkgs = append(pkgs, "./e2e/cmd/e2e-kubelet")
-	}
 	c.logf("building %s", strings.Join(pkgs, " "))
 	args := append([]string{"build", "-o", dst + "/"}, pkgs...)
 	cmd := exec.CommandContext(ctx, "go", args...)

@@ -209,17 +209,6 @@ func (c *Cluster) prepare(ctx context.Context, opts Options) error {
 	if s.HarnessBin, err = c.harnessBinaries(ctx, opts, src); err != nil {
 		return err
 	}
-	switch {
-	case opts.NoKubelet:
-	case opts.KubeletCommand != nil:
-		s.KubeletArgv = opts.KubeletCommand
-	default:
-		if p := filepath.Join(s.HarnessBin, "e2e-kubelet"); fileExists(p) {
-			s.KubeletArgv = []string{p}
-		} else {
-			c.logf("WARNING: no e2e-kubelet binary: nodes run without a node agent (no Node objects)")
-		}
-	}
 	for _, tool := range []string{"ip", "nsenter", "unshare", "mountpoint", "/usr/sbin/sshd"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found (run e2e/scripts/ensure-deps.sh): %w", tool, err)
@@ -583,4 +572,34 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, check func
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// SetNoticeDelay sets every running node supervisor's manifest notice
+// delay (slow mode: a static pod is replaced only d after its manifest
+// changed, and its old process keeps serving until then) and records it,
+// so nodes started later get it too.
+func (c *Cluster) SetNoticeDelay(ctx context.Context, d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("notice delay %s: want 0 or more", d)
+	}
+	if err := c.record(func(st *state) { st.Spec.NoticeDelay = d }); err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range c.st.Spec.Nodes {
+		if !c.nodeRunning(n.Name) {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := supervisor.Call(cctx, n.SupervisorSocket(), supervisor.Request{Op: "set-notice-delay", NoticeDelay: d})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("set notice delay %s: %w", d, err)
+	}
+	c.logf("static pods now replaced %s after their manifest changes", d)
+	return nil
 }

@@ -117,6 +117,19 @@ func TestInventoryMatchesExampleSchema(t *testing.T) {
 	gotKeys := map[string]bool{}
 	keyPaths(&got, "", gotKeys)
 
+	// A node entry has the same keys in either list.
+	norm := func(m map[string]bool) {
+		for k := range m {
+			for _, l := range []string{"nodes.controlPlane[].", "nodes.workers[]."} {
+				if strings.HasPrefix(k, l) {
+					delete(m, k)
+					m["nodes.*[]."+strings.TrimPrefix(k, l)] = true
+				}
+			}
+		}
+	}
+	norm(exKeys)
+	norm(gotKeys)
 	var unknown, missing []string
 	for k := range gotKeys {
 		if !exKeys[k] && !strings.HasPrefix(k, "rollout.timeouts.phases.") {
@@ -124,7 +137,7 @@ func TestInventoryMatchesExampleSchema(t *testing.T) {
 		}
 	}
 	// Per-node overrides and per-phase timeouts are optional.
-	optional := map[string]bool{"nodes.controlPlane[].port": true, "nodes.workers[].user": true, "nodes.workers[].become": true}
+	optional := map[string]bool{}
 	for k := range exKeys {
 		if !gotKeys[k] && !optional[k] && !strings.HasPrefix(k, "rollout.timeouts.phases.") {
 			missing = append(missing, k)

@@ -60,7 +60,7 @@ func (c *Cluster) Info() ClusterInfo {
 		Inventory:         s.InventoryPath(),
 		SSHKey:            s.SSHKey(),
 		KnownHosts:        s.KnownHosts(),
-		NodeAgent:         len(s.KubeletArgv) > 0,
+		NodeAgent:         s.Kubelet,
 	}
 	for _, n := range s.Nodes {
 		info.Nodes = append(info.Nodes, NodeInfo{
@@ -91,6 +91,9 @@ func (c *Cluster) writeClusterJSON() error {
 type invNode struct {
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
+	Port    int    `yaml:"port,omitempty"`
+	User    string `yaml:"user,omitempty"`
+	Become  bool   `yaml:"become,omitempty"`
 }
 
 type inventory struct {
@@ -172,10 +175,17 @@ func (c *Cluster) Inventory() ([]byte, error) {
 	inv.Nodes.ControlPlane = []invNode{}
 	inv.Nodes.Workers = []invNode{}
 	for _, n := range s.Nodes {
+		in := invNode{Name: n.Name, Address: n.Address}
+		if n.User() != "root" {
+			in.User, in.Become = n.User(), true
+		}
+		if n.Port() != 22 {
+			in.Port = n.Port()
+		}
 		if n.ControlPlane() {
-			inv.Nodes.ControlPlane = append(inv.Nodes.ControlPlane, invNode{n.Name, n.Address})
+			inv.Nodes.ControlPlane = append(inv.Nodes.ControlPlane, in)
 		} else {
-			inv.Nodes.Workers = append(inv.Nodes.Workers, invNode{n.Name, n.Address})
+			inv.Nodes.Workers = append(inv.Nodes.Workers, in)
 		}
 	}
 	inv.Paths.KubernetesDir = "/etc/kubernetes"

@@ -75,7 +75,7 @@ func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
 	fmt.Fprintf(&sb, "mount -t tmpfs -o mode=0755,size=64m rotate-e2e-%s /run\n", n.Name)
 	sb.WriteString("mkdir -p /run/sshd /run/rotate-e2e /run/lock\nchmod 0755 /run/sshd\n")
 	fmt.Fprintf(&sb, "mount --bind %q /run/rotate-e2e\n", n.RunDir())
-	for _, m := range n.nodeMounts() {
+	for _, m := range append(n.nodeMounts(), n.nodeFiles()...) {
 		fmt.Fprintf(&sb, "mount --bind %q %q\n", m[0], m[1])
 	}
 	fmt.Fprintf(&sb, "hostname %q\n", n.Name)
@@ -94,10 +94,11 @@ func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
 	return nil
 }
 
-// makeNodeDirs creates the host dirs of every node.
+// makeNodeDirs creates the host dirs of every node and its own user
+// database.
 func (c *Cluster) makeNodeDirs() error {
 	for _, n := range c.st.Spec.Nodes {
-		dirs := []string{n.RunDir(), n.SSHDir(), filepath.Join(n.EtcKubernetes(), "manifests")}
+		dirs := []string{n.RunDir(), n.SSHDir(), filepath.Join(n.EtcKubernetes(), "manifests"), filepath.Join(n.Dir, "etc")}
 		for _, m := range n.nodeMounts() {
 			dirs = append(dirs, m[0])
 		}
@@ -106,11 +107,64 @@ func (c *Cluster) makeNodeDirs() error {
 				return err
 			}
 		}
-		if err := os.Chmod(n.VarLibEtcd(), 0o700); err != nil {
-			return err
+		for d, mode := range map[string]os.FileMode{
+			n.VarLibEtcd(): 0o700, n.RootHome(): 0o700, filepath.Join(n.Dir, "tmp"): 0o1777,
+		} {
+			if err := os.Chmod(d, mode); err != nil {
+				return err
+			}
+		}
+		if err := writeNodeUsers(n); err != nil {
+			return fmt.Errorf("users of %s: %w", n.Name, err)
 		}
 	}
 	return nil
+}
+
+// writeNodeUsers gives the node its own /etc/passwd, /etc/group and
+// /etc/shadow: the host's plus OperatorUser (password "*": no password,
+// not locked, so sshd accepts its key without PAM), and its sudoers entry
+// (passwordless, as `become` needs).
+func writeNodeUsers(n Node) error {
+	add := map[string]string{
+		"/etc/passwd": fmt.Sprintf("%s:x:%d:%d:rotate e2e operator:/home/%s:/bin/bash\n", OperatorUser, OperatorUID, OperatorUID, OperatorUser),
+		"/etc/group":  fmt.Sprintf("%s:x:%d:\n", OperatorUser, OperatorUID),
+		"/etc/shadow": OperatorUser + ":*:20000:0:99999:7:::\n",
+	}
+	for _, f := range n.nodeFiles() {
+		host, inside := f[0], f[1]
+		raw, err := os.ReadFile(inside)
+		if err != nil {
+			return err
+		}
+		st, err := os.Stat(inside)
+		if err != nil {
+			return err
+		}
+		var keep []string
+		for _, l := range strings.SplitAfter(string(raw), "\n") {
+			if l != "" && !strings.HasPrefix(l, OperatorUser+":") {
+				keep = append(keep, l)
+			}
+		}
+		data := strings.Join(keep, "")
+		if data != "" && !strings.HasSuffix(data, "\n") {
+			data += "\n"
+		}
+		if err := os.WriteFile(host, []byte(data+add[inside]), st.Mode().Perm()); err != nil {
+			return err
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			if err := os.Chown(host, int(sys.Uid), int(sys.Gid)); err != nil {
+				return err
+			}
+		}
+	}
+	sudoers := filepath.Join(n.Dir, "etc-sudoers.d")
+	if err := os.Chmod(sudoers, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(sudoers, "rotate-e2e"), []byte(OperatorUser+" ALL=(ALL) NOPASSWD: ALL\n"), 0o440)
 }
 
 // ensureMountPoints creates missing host dirs the node mounts need, and

@@ -15,6 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"encoding/pem"
+	"slices"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -133,12 +137,133 @@ func (c *Cluster) Readyz(ctx context.Context, node string) error {
 // stageReady labels the control-plane Nodes as kubeadm's mark-control-plane
 // phase does and waits for the whole cluster.
 func (c *Cluster) stageReady(ctx context.Context) error {
-	if len(c.st.Spec.KubeletArgv) > 0 {
+	if c.st.Spec.Kubelet {
 		if err := c.markControlPlanes(ctx); err != nil {
+			return err
+		}
+		if err := c.ApproveServingCSRs(ctx, 2*time.Minute); err != nil {
 			return err
 		}
 	}
 	return c.WaitReady(ctx)
+}
+
+// ApproveServingCSRs approves the pending kubelet-serving CSRs of the
+// nodes whose kubelet has serverTLSBootstrap: true, as an operator's
+// approver does (kubeadm documents that nothing approves them by
+// default), after the checks kubeadm's documentation asks for: the
+// requester is the node itself, subject system:node:NAME in system:nodes,
+// server-auth usages only, and the DNS/IP SANs are the node's own name and
+// address. It waits up to timeout for every such node to have an approved
+// CSR (the kubelet submits one when it starts without a serving
+// certificate).
+func (c *Cluster) ApproveServingCSRs(ctx context.Context, timeout time.Duration) error {
+	want := map[string]Node{}
+	for _, n := range c.st.Spec.Nodes {
+		if n.ServingCSR {
+			want[n.Name] = n
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	cs, err := c.Client()
+	if err != nil {
+		return err
+	}
+	approved := map[string]bool{}
+	return waitFor(ctx, timeout, "kubelet serving CSRs approved", func() error {
+		list, err := cs.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for i := range list.Items {
+			csr := &list.Items[i]
+			if csr.Spec.SignerName != certificatesv1.KubeletServingSignerName {
+				continue
+			}
+			node := strings.TrimPrefix(csr.Spec.Username, "system:node:")
+			n, ok := want[node]
+			if !ok {
+				continue
+			}
+			if csrApproved(csr) {
+				approved[node] = true
+				continue
+			}
+			if err := checkServingCSR(csr, n); err != nil {
+				c.logf("not approving CSR %s: %v", csr.Name, err)
+				continue
+			}
+			csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
+				Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue,
+				Reason: "RotateE2EApprover", Message: "node's own name and address",
+			})
+			if _, err := cs.CertificatesV1().CertificateSigningRequests().UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("approve %s: %w", csr.Name, err)
+			}
+			c.logf("approved kubelet serving CSR %s of %s", csr.Name, node)
+			approved[node] = true
+		}
+		for name := range want {
+			if !approved[name] {
+				return fmt.Errorf("no serving CSR of %s yet", name)
+			}
+		}
+		return nil
+	})
+}
+
+func csrApproved(csr *certificatesv1.CertificateSigningRequest) bool {
+	for _, cd := range csr.Status.Conditions {
+		if cd.Type == certificatesv1.CertificateApproved || cd.Type == certificatesv1.CertificateDenied {
+			return true
+		}
+	}
+	return false
+}
+
+// checkServingCSR is what an approver must check before approving a
+// kubelet serving certificate.
+func checkServingCSR(csr *certificatesv1.CertificateSigningRequest, n Node) error {
+	if csr.Spec.Username != "system:node:"+n.Name || !slices.Contains(csr.Spec.Groups, "system:nodes") {
+		return fmt.Errorf("requested by %s %v, not the node", csr.Spec.Username, csr.Spec.Groups)
+	}
+	block, _ := pem.Decode(csr.Spec.Request)
+	if block == nil {
+		return fmt.Errorf("no PEM request")
+	}
+	req, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return err
+	}
+	if err := req.CheckSignature(); err != nil {
+		return err
+	}
+	if req.Subject.CommonName != "system:node:"+n.Name || !slices.Equal(req.Subject.Organization, []string{"system:nodes"}) {
+		return fmt.Errorf("subject %s", req.Subject)
+	}
+	for _, u := range csr.Spec.Usages {
+		switch u {
+		case certificatesv1.UsageServerAuth, certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment:
+		default:
+			return fmt.Errorf("usage %s", u)
+		}
+	}
+	for _, d := range req.DNSNames {
+		if d != n.Name {
+			return fmt.Errorf("DNS name %s", d)
+		}
+	}
+	for _, ip := range req.IPAddresses {
+		if ip.String() != n.Address {
+			return fmt.Errorf("IP %s", ip)
+		}
+	}
+	if len(req.EmailAddresses)+len(req.URIs) > 0 {
+		return fmt.Errorf("email or URI SANs")
+	}
+	return nil
 }
 
 func (c *Cluster) markControlPlanes(ctx context.Context) error {
@@ -217,7 +342,7 @@ func (c *Cluster) Conditions(ctx context.Context) []Condition {
 		l, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, name, metav1.GetOptions{})
 		add("lease "+name, leaseHeld(l, err))
 	}
-	if len(s.KubeletArgv) > 0 {
+	if s.Kubelet {
 		for _, n := range s.Nodes {
 			if stopped[n.Name] {
 				continue

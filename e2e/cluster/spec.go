@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
 )
 
 // Defaults.
@@ -40,15 +42,26 @@ type Options struct {
 	// SourceDir is the root of the rotate module. Empty: found from the
 	// working directory upwards.
 	SourceDir string
-	// HarnessBinDir holds prebuilt e2e-node (and e2e-kubelet) binaries.
-	// Empty: built from SourceDir into the cluster dir.
+	// HarnessBinDir holds a prebuilt e2e-node binary. Empty: built from
+	// SourceDir into the cluster dir.
 	HarnessBinDir string
-	// KubeletCommand replaces the node agent's executable (argv prefix; the
-	// harness appends the kubelet flags). Nil: the e2e-kubelet binary if it
-	// exists, else no agent.
-	KubeletCommand []string
-	// NoKubelet runs no node agent at all.
+	// NoKubelet runs neither the kubelet nor its container runtime: the
+	// nodes run only sshd and the static pods (harness tests that need no
+	// Node objects).
 	NoKubelet bool
+	// NonRootNodes are reached over SSH as OperatorUser (passwordless
+	// sudo) on port AltSSHPort, like a hardened production node. Nil: the
+	// second control-plane node and the last worker; empty: none.
+	NonRootNodes []string
+	// ServingCSRNodes run their kubelet with serverTLSBootstrap: true (the
+	// serving certificate comes from the CSR API; the harness approves it
+	// as an operator's approver would). Nil: the first worker; empty: none.
+	ServingCSRNodes []string
+	// NoticeDelay is how long every node's static-pod supervisor waits
+	// after it sees a manifest change before it acts on it (0: at once,
+	// like the kubelet's inotify watch). SetNoticeDelay changes it on a
+	// running cluster ("slow mode").
+	NoticeDelay time.Duration
 
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
@@ -77,13 +90,15 @@ type Spec struct {
 	LBAddress   string `json:"lbAddress"`
 	BinDir      string `json:"binDir"`
 	HarnessBin  string `json:"harnessBin"`
-	// KubeletArgv is the node agent's argv prefix; empty: no agent.
-	KubeletArgv []string `json:"kubeletArgv,omitempty"`
-	HostLink    string   `json:"hostLink"`
-	SwitchNS    string   `json:"switchNetns"`
-	LBNS        string   `json:"lbNetns"`
-	CgroupRoot  string   `json:"cgroupRoot,omitempty"`
-	Nodes       []Node   `json:"nodes"`
+	// Kubelet: every node runs the real kubelet on an in-memory CRI.
+	Kubelet bool `json:"kubelet"`
+	// NoticeDelay is the supervisors' current manifest notice delay.
+	NoticeDelay time.Duration `json:"noticeDelay,omitempty"`
+	HostLink    string        `json:"hostLink"`
+	SwitchNS    string        `json:"switchNetns"`
+	LBNS        string        `json:"lbNetns"`
+	CgroupRoot  string        `json:"cgroupRoot,omitempty"`
+	Nodes       []Node        `json:"nodes"`
 }
 
 // Node is one simulated machine.
@@ -93,6 +108,36 @@ type Node struct {
 	Address string `json:"address"`
 	Dir     string `json:"dir"`
 	NetNS   string `json:"netns"`
+	// SSHUser and SSHPort: how the operator reaches the node ("" and 0:
+	// root on port 22). A non-root user has passwordless sudo.
+	SSHUser string `json:"sshUser,omitempty"`
+	SSHPort int    `json:"sshPort,omitempty"`
+	// ServingCSR: the kubelet has serverTLSBootstrap: true.
+	ServingCSR bool `json:"servingCSR,omitempty"`
+}
+
+// OperatorUser is the non-root SSH user of NonRootNodes; AltSSHPort their
+// sshd port.
+const (
+	OperatorUser = "rotate-op"
+	OperatorUID  = 64123
+	AltSSHPort   = 2222
+)
+
+// Port is the node's sshd port.
+func (n Node) Port() int {
+	if n.SSHPort == 0 {
+		return 22
+	}
+	return n.SSHPort
+}
+
+// User is the SSH login user on the node.
+func (n Node) User() string {
+	if n.SSHUser == "" {
+		return "root"
+	}
+	return n.SSHUser
 }
 
 // Host paths of a node's directories and namespace files.
@@ -135,16 +180,44 @@ func (n Node) HostPath(p string) string {
 func (n Node) SupervisorSocket() string { return filepath.Join(n.RunDir(), "supervisor.sock") }
 
 // nodeMounts maps host dirs of a node to where they appear inside it.
+// Everything a node's processes write (rotate's backups and markers, the
+// kubelet's state, temp files, home directories) lands in the node's own
+// dirs, never in a host directory shared by all nodes. /root and /home are
+// the node's own too: the host's root ~/.bashrc (which runs pyenv, 200+ ms
+// for every SSH command through bash) is not the node's.
 func (n Node) nodeMounts() [][2]string {
 	return [][2]string{
 		{n.EtcKubernetes(), "/etc/kubernetes"},
 		{n.VarLibKubelet(), "/var/lib/kubelet"},
 		{n.VarLibEtcd(), "/var/lib/etcd"},
 		{filepath.Join(n.Dir, "var-log-pods"), "/var/log/pods"},
+		{filepath.Join(n.Dir, "var-log-containers"), "/var/log/containers"},
 		{n.LogDir(), "/var/log/rotate-e2e"},
 		{filepath.Join(n.Dir, "var-lib-rotate"), "/var/lib/rotate"},
+		{n.RootHome(), "/root"},
+		{n.HomeDir(), "/home"},
+		{filepath.Join(n.Dir, "tmp"), "/tmp"},
+		{filepath.Join(n.Dir, "etc-sudoers.d"), "/etc/sudoers.d"},
+		// The kubelet creates the controller-manager's flexvolume hostPath
+		// (DirectoryOrCreate) on its node's root filesystem.
+		{filepath.Join(n.Dir, "usr-libexec-kubernetes"), "/usr/libexec/kubernetes"},
 	}
 }
+
+// nodeFiles maps host files of a node over the host's files of the same
+// name inside it: the node's own users (OperatorUser exists only on the
+// nodes, not on the host).
+func (n Node) nodeFiles() [][2]string {
+	return [][2]string{
+		{filepath.Join(n.Dir, "etc", "passwd"), "/etc/passwd"},
+		{filepath.Join(n.Dir, "etc", "group"), "/etc/group"},
+		{filepath.Join(n.Dir, "etc", "shadow"), "/etc/shadow"},
+	}
+}
+
+// RootHome and HomeDir are the host dirs of the node's /root and /home.
+func (n Node) RootHome() string { return filepath.Join(n.Dir, "root-home") }
+func (n Node) HomeDir() string  { return filepath.Join(n.Dir, "home") }
 
 func mntFile(dir, node string) string { return filepath.Join(dir, "ns", node+".mnt") }
 func utsFile(dir, node string) string { return filepath.Join(dir, "ns", node+".uts") }
@@ -180,6 +253,9 @@ func plan(opts Options) (Spec, error) {
 	if opts.Workers < 0 || opts.Workers > 150 {
 		return Spec{}, fmt.Errorf("workers: %d, want 0..150", opts.Workers)
 	}
+	if opts.NoticeDelay < 0 {
+		return Spec{}, fmt.Errorf("notice delay %s: want 0 or more", opts.NoticeDelay)
+	}
 	at := func(off int) string {
 		b := pfx.Addr().As4()
 		v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
@@ -196,6 +272,8 @@ func plan(opts Options) (Spec, error) {
 		HostLink:    hostLinkName(opts.Name),
 		SwitchNS:    prefix + "-switch",
 		LBNS:        prefix + "-lb",
+		Kubelet:     !opts.NoKubelet,
+		NoticeDelay: opts.NoticeDelay,
 	}
 	add := func(name, role string, off int) {
 		s.Nodes = append(s.Nodes, Node{
@@ -211,6 +289,35 @@ func plan(opts Options) (Spec, error) {
 	}
 	for i := 1; i <= opts.Workers; i++ {
 		add(fmt.Sprintf("worker%d", i), RoleWorker, 100+i)
+	}
+	nonRoot, serving := opts.NonRootNodes, opts.ServingCSRNodes
+	if nonRoot == nil {
+		if opts.ControlPlanes >= 2 {
+			nonRoot = append(nonRoot, "cp2")
+		}
+		if opts.Workers >= 2 {
+			nonRoot = append(nonRoot, fmt.Sprintf("worker%d", opts.Workers))
+		}
+	}
+	if serving == nil && opts.Workers >= 1 && !opts.NoKubelet {
+		serving = []string{"worker1"}
+	}
+	for _, name := range nonRoot {
+		i := slices.IndexFunc(s.Nodes, func(n Node) bool { return n.Name == name })
+		if i < 0 {
+			return Spec{}, fmt.Errorf("non-root node %q is not a node of the cluster", name)
+		}
+		s.Nodes[i].SSHUser, s.Nodes[i].SSHPort = OperatorUser, AltSSHPort
+	}
+	for _, name := range serving {
+		i := slices.IndexFunc(s.Nodes, func(n Node) bool { return n.Name == name })
+		if i < 0 {
+			return Spec{}, fmt.Errorf("serving-CSR node %q is not a node of the cluster", name)
+		}
+		if opts.NoKubelet {
+			return Spec{}, fmt.Errorf("serving-CSR node %q needs a kubelet", name)
+		}
+		s.Nodes[i].ServingCSR = true
 	}
 	return s, nil
 }

@@ -13,9 +13,11 @@ import (
 
 // Request is one control request on the supervisor socket (one JSON line).
 type Request struct {
-	Op string `json:"op"` // "restart-kubelet" | "status" | "stop"
+	Op string `json:"op"` // "restart-kubelet" | "status" | "stop" | "set-notice-delay" | "sync"
 	// Except names pods that "stop" leaves running.
 	Except []string `json:"except,omitempty"`
+	// NoticeDelay is the new notice delay of "set-notice-delay".
+	NoticeDelay time.Duration `json:"noticeDelay,omitempty"`
 }
 
 // Response answers a Request (one JSON line).
@@ -50,7 +52,7 @@ func (s *Supervisor) handle(ctx context.Context, c net.Conn) {
 	case "restart-kubelet":
 		s.log.Info("kubelet restart requested over the control socket")
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		pid, err := s.RestartKubelet(rctx)
+		pid, err := s.RestartService(rctx, KubeletService)
 		cancel()
 		if err != nil {
 			resp.Error = err.Error()
@@ -58,6 +60,19 @@ func (s *Supervisor) handle(ctx context.Context, c net.Conn) {
 		resp.PID = pid
 	case "status":
 		resp.Services = s.Status()
+	case "sync":
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := s.Sync(sctx); err != nil {
+			resp.Error = "sync: " + err.Error()
+		}
+		cancel()
+		resp.Services = s.Status()
+	case "set-notice-delay":
+		if req.NoticeDelay < 0 {
+			resp.Error = fmt.Sprintf("negative notice delay %s", req.NoticeDelay)
+			break
+		}
+		s.SetNoticeDelay(req.NoticeDelay)
 	case "stop":
 		s.StopPods(req.Except)
 		resp.Services = s.Status()
@@ -91,9 +106,9 @@ func Call(ctx context.Context, socket string, req Request) (Response, error) {
 	return resp, nil
 }
 
-// RestartKubelet asks the supervisor to restart the node agent and waits
-// until the new agent's healthz answers 200. This is what the inventory's
-// kubelet restart command runs on the node.
+// RestartKubelet asks the supervisor to restart the kubelet service and
+// waits until the new kubelet's healthz answers 200. This is what the
+// inventory's kubelet restart command runs on the node.
 func RestartKubelet(ctx context.Context, socket, healthz string, poll time.Duration) (int, error) {
 	resp, err := Call(ctx, socket, Request{Op: "restart-kubelet"})
 	if err != nil {
@@ -113,7 +128,7 @@ func RestartKubelet(ctx context.Context, socket, healthz string, poll time.Durat
 		}
 		select {
 		case <-ctx.Done():
-			return resp.PID, fmt.Errorf("node agent (pid %d) restarted but %s is not healthy: %s (%w)", resp.PID, healthz, last, ctx.Err())
+			return resp.PID, fmt.Errorf("kubelet (pid %d) restarted but %s is not healthy: %s (%w)", resp.PID, healthz, last, ctx.Err())
 		case <-time.After(poll):
 		}
 	}

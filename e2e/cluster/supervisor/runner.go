@@ -27,6 +27,7 @@ type runner struct {
 	// fixedDelay, if set, replaces the exponential backoff (a systemd
 	// unit's Restart=always + RestartSec, as the kubelet's unit has).
 	fixedDelay time.Duration
+	dir        string // working directory ("" is /)
 	log        *slog.Logger
 
 	stopOnce  sync.Once
@@ -47,14 +48,19 @@ type restartResult struct {
 	err error
 }
 
-func (s *Supervisor) newRunner(name, id string, argv, env []string, fixedDelay time.Duration) *runner {
+// newRunner starts keeping argv running in dir ("" is /). stopTO is the
+// time between SIGTERM and SIGKILL when it is stopped (a pod's grace
+// period, a service's stop timeout); fixedDelay, if set, is its constant
+// restart delay.
+func (s *Supervisor) newRunner(name, id string, argv, env []string, dir string, stopTO, fixedDelay time.Duration) *runner {
 	r := &runner{
+		dir:        dir,
 		name:       name,
 		argv:       argv,
 		env:        env,
 		logPath:    filepath.Join(s.cfg.LogDir, name+".log"),
 		path:       s.cfg.Path,
-		stopTO:     s.cfg.StopTimeout,
+		stopTO:     stopTO,
 		maxBack:    s.cfg.MaxBackoff,
 		fixedDelay: fixedDelay,
 		log:        s.log.With("service", id),
@@ -193,6 +199,12 @@ func (r *runner) start() (*exec.Cmd, <-chan error, error) {
 	cmd := exec.Command(bin, r.argv[1:]...)
 	cmd.Args[0] = r.argv[0]
 	cmd.Dir = "/"
+	if r.dir != "" {
+		if err := os.MkdirAll(r.dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("working dir: %w", err)
+		}
+		cmd.Dir = r.dir
+	}
 	cmd.Env = append([]string{"PATH=" + r.path, "HOME=/root"}, r.env...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf

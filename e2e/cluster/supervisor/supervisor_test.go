@@ -130,14 +130,15 @@ func start(t *testing.T, mod func(*Config)) *fixture {
 	dir := t.TempDir()
 	f := &fixture{t: t, dir: dir}
 	f.cfg = Config{
-		NodeName:     "n1",
-		ManifestDir:  filepath.Join(dir, "manifests"),
-		LogDir:       filepath.Join(dir, "log"),
-		Socket:       filepath.Join(dir, "s.sock"),
-		Path:         "/usr/bin:/bin",
-		StopTimeout:  5 * time.Second,
-		PollInterval: 50 * time.Millisecond,
-		MaxBackoff:   200 * time.Millisecond,
+		NodeName:    "n1",
+		ManifestDir: filepath.Join(dir, "manifests"),
+		LogDir:      filepath.Join(dir, "log"),
+		Socket:      filepath.Join(dir, "s.sock"),
+		Path:        "/usr/bin:/bin",
+		GracePeriod: 5 * time.Second,
+		// Changes must be seen through inotify: the resync is far away.
+		Resync:     time.Hour,
+		MaxBackoff: 200 * time.Millisecond,
 	}
 	if err := os.MkdirAll(f.cfg.ManifestDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -222,7 +223,7 @@ func TestStaticPodLifecycle(t *testing.T) {
 	}
 	// Formatting only: same decoded object, no restart either.
 	f.write("kube-apiserver.yaml", "# comment\n"+podManifest("kube-apiserver", "sleep", "a: b"))
-	time.Sleep(10 * f.cfg.PollInterval)
+	f.settle()
 	if got := f.service("kube-apiserver").PID; got != pid1 {
 		t.Fatalf("restarted on touch/reformat: pid %d -> %d", pid1, got)
 	}
@@ -240,7 +241,7 @@ func TestStaticPodLifecycle(t *testing.T) {
 
 	// Hidden files are ignored, like the kubelet's file source.
 	f.write(".kube-scheduler.yaml.swp", podManifest("kube-scheduler", "sleep", ""))
-	time.Sleep(5 * f.cfg.PollInterval)
+	f.settle()
 	if f.service("kube-scheduler").PID != 0 {
 		t.Fatal("hidden manifest was started")
 	}
@@ -267,7 +268,7 @@ func TestCrashRestartsWithBackoff(t *testing.T) {
 }
 
 func TestStopEscalatesToSIGKILL(t *testing.T) {
-	f := start(t, func(c *Config) { c.StopTimeout = 300 * time.Millisecond })
+	f := start(t, func(c *Config) { c.GracePeriod = 300 * time.Millisecond })
 	f.write("kcm.yaml", podManifest("kube-controller-manager", "ignore-term", ""))
 	f.waitFor("start", func() bool { return f.service("kube-controller-manager").Running })
 	pid := f.service("kube-controller-manager").PID
@@ -295,8 +296,8 @@ func freePort(t *testing.T) string {
 func TestRestartKubelet(t *testing.T) {
 	addr := freePort(t)
 	f := start(t, func(c *Config) {
-		c.Kubelet = []string{os.Args[0], "supervisor-test-helper", "healthz", addr, "200"}
-		c.KubeletRestartDelay = 100 * time.Millisecond
+		c.Services = []ServiceSpec{{Name: KubeletService, Argv: []string{os.Args[0], "supervisor-test-helper", "healthz", addr, "200"}}}
+		c.ServiceRestartDelay = 100 * time.Millisecond
 	})
 	f.waitFor("agent start", func() bool { return f.service(KubeletService).Running })
 	old := f.service(KubeletService).PID
@@ -317,11 +318,11 @@ func TestRestartKubelet(t *testing.T) {
 func TestRestartKubeletUnhealthyTimesOut(t *testing.T) {
 	addr := freePort(t)
 	f := start(t, func(c *Config) {
-		c.Kubelet = []string{os.Args[0], "supervisor-test-helper", "healthz", addr, "500"}
-		c.KubeletRestartDelay = 100 * time.Millisecond
+		c.Services = []ServiceSpec{{Name: KubeletService, Argv: []string{os.Args[0], "supervisor-test-helper", "healthz", addr, "500"}}}
+		c.ServiceRestartDelay = 100 * time.Millisecond
 	})
 	f.waitFor("agent start", func() bool { return f.service(KubeletService).Running })
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := RestartKubelet(ctx, f.cfg.Socket, "http://"+addr+"/healthz", 20*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "HTTP 500") {
@@ -334,7 +335,7 @@ func TestRestartKubeletWithoutAgent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := Call(ctx, f.cfg.Socket, Request{Op: "restart-kubelet"})
-	if err == nil || !strings.Contains(err.Error(), "no node agent") {
+	if err == nil || !strings.Contains(err.Error(), `no service "kubelet"`) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -352,8 +353,67 @@ func TestStopExceptKeepsNamedPods(t *testing.T) {
 	if !f.service("etcd").Running || f.service("kube-apiserver").Running {
 		t.Fatalf("after stop except etcd: %+v", f.s.Status())
 	}
-	time.Sleep(5 * f.cfg.PollInterval)
+	f.settle()
 	if f.service("kube-apiserver").Running {
 		t.Fatal("stopped pod was started again")
+	}
+}
+
+// settle returns once the supervisor has seen everything written so far.
+func (f *fixture) settle() {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := Call(ctx, f.cfg.Socket, Request{Op: "sync"}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// A manifest change stops the old pod gracefully: it keeps running (and
+// serving) after SIGTERM until it exits or the grace period ends, and the
+// new pod starts only after the old process is gone.
+func TestGracefulReplacement(t *testing.T) {
+	f := start(t, func(c *Config) { c.GracePeriod = 0 })
+	// terminationGracePeriodSeconds: 1 and a process that ignores SIGTERM.
+	m := strings.Replace(podManifest("kube-apiserver", "ignore-term", "a: b"), "spec:\n", "spec:\n  terminationGracePeriodSeconds: 1\n", 1)
+	f.write("kube-apiserver.yaml", m)
+	f.waitFor("start", func() bool { return f.service("kube-apiserver").Running })
+	old := f.service("kube-apiserver").PID
+	time.Sleep(100 * time.Millisecond) // let the helper ignore SIGTERM
+	changed := time.Now()
+	f.write("kube-apiserver.yaml", strings.Replace(m, "a: b", "a: c", 1))
+	f.waitFor("old pod terminating", func() bool { return f.service("kube-apiserver").Terminating })
+	if !alive(old) {
+		t.Fatal("old process died at once; it must keep running during its grace period")
+	}
+	f.waitFor("new pod", func() bool { s := f.service("kube-apiserver"); return s.Running && s.PID != old })
+	if alive(old) {
+		t.Fatal("new pod started while the old process was still alive")
+	}
+	if d := time.Since(changed); d < time.Second {
+		t.Fatalf("replaced after %s, before the 1s grace period of a process that ignores SIGTERM", d)
+	}
+}
+
+// With a notice delay the supervisor acts on a change only that long
+// after it saw it, and the delay can be changed at run time.
+func TestNoticeDelay(t *testing.T) {
+	f := start(t, nil)
+	f.write("kube-scheduler.yaml", podManifest("kube-scheduler", "sleep", "a: b"))
+	f.waitFor("start", func() bool { return f.service("kube-scheduler").Running })
+	old := f.service("kube-scheduler").PID
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := Call(ctx, f.cfg.Socket, Request{Op: "set-notice-delay", NoticeDelay: 700 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Now()
+	f.write("kube-scheduler.yaml", podManifest("kube-scheduler", "sleep", "a: c"))
+	f.waitFor("restart", func() bool { s := f.service("kube-scheduler"); return s.Running && s.PID != old })
+	if d := time.Since(changed); d < 700*time.Millisecond {
+		t.Fatalf("acted after %s, before the 700ms notice delay", d)
+	}
+	if _, err := Call(ctx, f.cfg.Socket, Request{Op: "set-notice-delay", NoticeDelay: -time.Second}); err == nil {
+		t.Fatal("a negative notice delay was accepted")
 	}
 }

@@ -5,6 +5,7 @@
 //	e2e-cluster status [--name e2e | --dir DIR]
 //	e2e-cluster kill-node NAME [--graceful]
 //	e2e-cluster start-node NAME
+//	e2e-cluster set-notice-delay DURATION   slow mode: static pods replaced DURATION after their manifest changes
 package main
 
 import (
@@ -30,6 +31,7 @@ commands:
   status      show processes, resource use and readiness
   kill-node   kill every process of one node (the cluster keeps serving)
   start-node  start a killed node again
+  set-notice-delay DURATION  replace static pods only DURATION after their manifest changes (0: at once)
 
 Run "e2e-cluster <command> --help" for its flags.
 `
@@ -53,6 +55,8 @@ func main() {
 		err = killNode(ctx, args)
 	case "start-node":
 		err = startNode(ctx, args)
+	case "set-notice-delay":
+		err = setNoticeDelay(ctx, args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -91,8 +95,9 @@ func up(ctx context.Context, args []string) error {
 	fs.StringVar(&o.Subnet, "subnet", cluster.DefaultSubnet, "node subnet (IPv4, /24 or larger); .1 host, .2 load balancer")
 	fs.StringVar(&o.BinDir, "bin-dir", "", "dir with the Kubernetes binaries and etcd (default: e2e/scripts/build-binaries.sh)")
 	fs.StringVar(&o.SourceDir, "source-dir", "", "root of the rotate module (default: found from the working dir)")
-	fs.StringVar(&o.HarnessBinDir, "harness-bin-dir", "", "dir with prebuilt e2e-node/e2e-kubelet (default: go build)")
-	fs.BoolVar(&o.NoKubelet, "no-kubelet", false, "run no node agent")
+	fs.StringVar(&o.HarnessBinDir, "harness-bin-dir", "", "dir with a prebuilt e2e-node (default: go build)")
+	fs.BoolVar(&o.NoKubelet, "no-kubelet", false, "run no kubelet and no container runtime (static pods only)")
+	fs.DurationVar(&o.NoticeDelay, "notice-delay", 0, "static pods are replaced only this long after their manifest changes (slow mode)")
 	fs.StringVar(&o.FailAfter, "fail-after", "", "testing: fail after this stage")
 	timeout := fs.Duration("timeout", 10*time.Minute, "overall deadline")
 	if err := fs.Parse(args); err != nil {
@@ -166,7 +171,7 @@ func nodeArg(fs *pflag.FlagSet, args []string) (string, error) {
 		return "", err
 	}
 	if fs.NArg() != 1 {
-		return "", fmt.Errorf("want exactly one node name, got %d", fs.NArg())
+		return "", fmt.Errorf("want exactly one argument, got %d", fs.NArg())
 	}
 	return fs.Arg(0), nil
 }
@@ -207,4 +212,22 @@ func startNode(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("node %s started (%s)\n", node, time.Since(start).Round(time.Second))
 	return nil
+}
+
+func setNoticeDelay(ctx context.Context, args []string) error {
+	fs := pflag.NewFlagSet("set-notice-delay", pflag.ContinueOnError)
+	dir := dirFlags(fs)
+	arg, err := nodeArg(fs, args)
+	if err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(arg)
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Load(dir())
+	if err != nil {
+		return err
+	}
+	return c.SetNoticeDelay(ctx, d)
 }

@@ -1,7 +1,8 @@
 // Command e2e-node runs inside an e2e cluster node (see e2e/cluster):
 //
-//	e2e-node supervisor       the kubelet's static-pod role plus the node agent as a service
-//	e2e-node restart-kubelet  restart the node agent; returns once it is healthy again
+//	e2e-node supervisor       static pods from the manifests, the container runtime and kubelet as services
+//	e2e-node restart-kubelet  restart the kubelet; returns once it is healthy again
+//	e2e-node set-notice-delay D  act on manifest changes only D after they are seen (slow mode)
 //	e2e-node status           list the supervised processes
 //	e2e-node lb               TCP load balancer for the control-plane endpoint
 package main
@@ -31,8 +32,9 @@ const DefaultSocket = "/run/rotate-e2e/supervisor.sock"
 const usage = `usage: e2e-node <command> [flags]
 
 commands:
-  supervisor       run static pods from the manifest directory and the node agent
-  restart-kubelet  restart the node agent and wait until its healthz is 200
+  supervisor       run static pods from the manifest directory, and the node's services
+  restart-kubelet  restart the kubelet and wait until its healthz is 200
+  set-notice-delay DURATION  act on manifest changes only DURATION after they are seen
   status           print the supervised processes (JSON)
   lb               run the TCP load balancer for the control-plane endpoint
 `
@@ -52,6 +54,8 @@ func main() {
 		err = runRestartKubelet(ctx, os.Args[2:])
 	case "status":
 		err = runStatus(ctx, os.Args[2:])
+	case "set-notice-delay":
+		err = runSetNoticeDelay(ctx, os.Args[2:])
 	case "lb":
 		err = runLB(ctx, os.Args[2:])
 	case "-h", "--help", "help":
@@ -77,21 +81,22 @@ func logger() *slog.Logger {
 func runSupervisor(ctx context.Context, args []string) error {
 	fs := pflag.NewFlagSet("supervisor", pflag.ContinueOnError)
 	var cfg supervisor.Config
-	var kubelet string
+	var services string
 	fs.StringVar(&cfg.NodeName, "node-name", "", "node name (for logs)")
 	fs.StringVar(&cfg.ManifestDir, "manifests", "/etc/kubernetes/manifests", "static pod manifest directory")
 	fs.StringVar(&cfg.LogDir, "log-dir", "/var/log/rotate-e2e", "directory for <component>.log files")
 	fs.StringVar(&cfg.Socket, "socket", DefaultSocket, "control socket")
 	fs.StringVar(&cfg.Path, "path", os.Getenv("PATH"), "PATH for the components")
-	fs.StringVar(&kubelet, "kubelet-command", "", "node agent command line as a JSON array of strings; empty: no agent")
-	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 20*time.Second, "time between SIGTERM and SIGKILL")
-	fs.DurationVar(&cfg.PollInterval, "poll-interval", time.Second, "manifest directory poll interval")
+	fs.StringVar(&services, "services", "", `services as JSON: [{"name":"kubelet","argv":["kubelet","--config=..."]}]; started in order`)
+	fs.DurationVar(&cfg.NoticeDelay, "notice-delay", 0, "act on a manifest change only this long after it was seen (slow mode)")
+	fs.DurationVar(&cfg.Resync, "resync", 20*time.Second, "full re-read of the manifest directory (changes are seen at once through inotify)")
+	fs.DurationVar(&cfg.ServiceStopTimeout, "service-stop-timeout", 20*time.Second, "time between SIGTERM and SIGKILL for a service")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if kubelet != "" {
-		if err := json.Unmarshal([]byte(kubelet), &cfg.Kubelet); err != nil {
-			return fmt.Errorf("--kubelet-command: %w", err)
+	if services != "" {
+		if err := json.Unmarshal([]byte(services), &cfg.Services); err != nil {
+			return fmt.Errorf("--services: %w", err)
 		}
 	}
 	return supervisor.New(cfg, logger()).Run(ctx)
@@ -131,6 +136,25 @@ func runStatus(ctx context.Context, args []string) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(resp.Services)
+}
+
+func runSetNoticeDelay(ctx context.Context, args []string) error {
+	fs := pflag.NewFlagSet("set-notice-delay", pflag.ContinueOnError)
+	socket := fs.String("socket", DefaultSocket, "supervisor control socket")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("want one DURATION argument")
+	}
+	d, err := time.ParseDuration(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = supervisor.Call(ctx, *socket, supervisor.Request{Op: "set-notice-delay", NoticeDelay: d})
+	return err
 }
 
 func runLB(ctx context.Context, args []string) error {
