@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -199,21 +200,36 @@ const maxBody = 16 << 10
 
 // doGet performs one GET and returns status and (bounded) body.
 func doGet(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	return doRequest(ctx, c, http.MethodGet, url, nil)
+}
+
+// doRequest sends a request with an optional JSON body ("" method: GET).
+func doRequest(ctx context.Context, c *http.Client, method, url string, body []byte) (int, []byte, error) {
+	if method == "" {
+		method = http.MethodGet
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return 0, nil, err
 	}
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	got, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return resp.StatusCode, body, err
+		return resp.StatusCode, got, err
 	}
-	return resp.StatusCode, body, nil
+	return resp.StatusCode, got, nil
 }
 
 // insecureHealthClient is the apiserver health tracker's client: like a

@@ -72,6 +72,13 @@ func (r *Runner) startNodeProxy(ctx context.Context) {
 		for _, ep := range r.endpoints {
 			(&check{r: r, probe: ProbeNodeProxy, target: "apiserver " + ep.name + " -> kubelet " + n.Name, ep: ep,
 				path: "/api/v1/nodes/" + n.Name + "/proxy/healthz", client: client}).run(ctx)
+			if !ep.direct {
+				continue
+			}
+			// /pods is served by the kubelet's authenticated and
+			// authorized API (nodes/proxy), not only its health handler.
+			(&check{r: r, probe: ProbeNodeProxy, target: "apiserver " + ep.name + " -> kubelet " + n.Name + " /pods", ep: ep,
+				path: "/api/v1/nodes/" + n.Name + "/proxy/pods", client: client}).run(ctx)
 		}
 	}
 }

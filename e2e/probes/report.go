@@ -19,6 +19,7 @@ const (
 	ProbeNodeProxy  = "node-proxy"
 	ProbeInCluster  = "in-cluster"
 	ProbeAggregated = "aggregated"
+	ProbeWebhook    = "webhook"
 	ProbeLease      = "leader-lease"
 	ProbeLogs       = "component-logs"
 )

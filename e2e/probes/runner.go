@@ -62,9 +62,9 @@ type Options struct {
 	APIServerPort int
 	// Namespace holds the probe's resources (default rotate-probe).
 	Namespace string
-	// ComponentLogs are globs of KCM and scheduler log files. Default:
+	// ComponentLogs are globs of component log files. Default:
 	// kube-controller-manager.log and kube-scheduler.log in every
-	// control-plane node's logDir.
+	// control-plane node's logDir, kubelet.log in every node's.
 	ComponentLogs []string
 	// AggregatorAddress is the aggregated API server's listen address
 	// (default HostAddress:0, a free port).
@@ -110,11 +110,17 @@ func (o *Options) setDefaults(c *Cluster) {
 		o.AggregatorAddress = net.JoinHostPort(c.HostAddress, "0")
 	}
 	if len(o.ComponentLogs) == 0 {
-		for _, n := range c.ControlPlanes() {
-			if n.LogDir != "" {
+		for _, n := range c.Nodes {
+			if n.LogDir == "" {
+				continue
+			}
+			if n.Role == RoleControlPlane {
 				o.ComponentLogs = append(o.ComponentLogs,
 					n.LogDir+"/kube-controller-manager.log", n.LogDir+"/kube-scheduler.log")
 			}
+			// The real kubelet: its own requests (node status, lease,
+			// CSRs) and the apiserver's requests it authenticates.
+			o.ComponentLogs = append(o.ComponentLogs, n.LogDir+"/kubelet.log")
 		}
 	}
 	if o.Logger == nil {
@@ -123,7 +129,7 @@ func (o *Options) setDefaults(c *Cluster) {
 }
 
 // AllProbes lists the probe names.
-var AllProbes = []string{ProbeAdmin, ProbeNode, ProbeNodeProxy, ProbeInCluster, ProbeAggregated, ProbeLease, ProbeLogs}
+var AllProbes = []string{ProbeAdmin, ProbeNode, ProbeNodeProxy, ProbeInCluster, ProbeAggregated, ProbeWebhook, ProbeLease, ProbeLogs}
 
 func (o *Options) enabled(name string) bool {
 	return len(o.Probes) == 0 || slices.Contains(o.Probes, name)
@@ -143,6 +149,7 @@ type Runner struct {
 	primary   *credSource // the first control-plane node's admin.conf
 	health    *apiserverHealth
 	agg       *aggServer
+	webhook   *webhookServer
 
 	kubeMu  sync.Mutex
 	kube    kubernetes.Interface // primary admin through the LB, for kubeGen
@@ -217,7 +224,7 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 		switch {
 		case opts.enabled(ProbeInCluster):
 			err = Setup(setupCtx, client, opts.Namespace)
-		case opts.enabled(ProbeAggregated):
+		case opts.enabled(ProbeAggregated), opts.enabled(ProbeWebhook):
 			err = ensureNamespace(setupCtx, client, opts.Namespace)
 		}
 		if err != nil {
@@ -248,6 +255,18 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 		}
 	}
 
+	if opts.enabled(ProbeWebhook) {
+		wh, err := startWebhook(setupCtx, net.JoinHostPort(c.HostAddress, "0"), opts.Namespace, client, r.log)
+		if err != nil {
+			cancel()
+			if r.agg != nil {
+				r.agg.stop()
+			}
+			return nil, err
+		}
+		r.webhook = wh
+	}
+
 	if opts.enabled(ProbeAdmin) {
 		r.startAdmin(runCtx)
 	}
@@ -267,6 +286,9 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 	if opts.enabled(ProbeAggregated) {
 		r.startAggregated(runCtx, dyn)
 	}
+	if opts.enabled(ProbeWebhook) {
+		r.startWebhookProbe(runCtx)
+	}
 	if opts.enabled(ProbeLease) {
 		r.startLeases(runCtx)
 	}
@@ -283,6 +305,17 @@ func (r *Runner) Stop() Report {
 	r.stopOnce.Do(func() {
 		r.cancel()
 		r.wg.Wait()
+		if r.webhook != nil {
+			r.rec.event(time.Now(), ProbeWebhook, "", fmt.Sprintf("webhook served %d admission reviews", r.webhook.calls.Load()))
+			if !r.opts.KeepAPIService {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if err := r.unregisterWebhook(ctx); err != nil {
+					r.rec.error(fmt.Sprintf("cleanup: %v", err))
+				}
+				cancel()
+			}
+			r.webhook.stop()
+		}
 		if r.agg != nil {
 			if !r.opts.KeepAPIService {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -300,6 +333,22 @@ func (r *Runner) Stop() Report {
 
 // Snapshot returns the report so far without stopping.
 func (r *Runner) Snapshot() Report { return r.rec.snapshot(time.Now()) }
+
+func (r *Runner) unregisterWebhook(ctx context.Context) error {
+	client, err := r.primaryKube()
+	if err != nil {
+		return err
+	}
+	return unregisterWebhook(ctx, client)
+}
+
+// WebhookCalls is how many admission reviews the probe's webhook served.
+func (r *Runner) WebhookCalls() int64 {
+	if r.webhook == nil {
+		return 0
+	}
+	return r.webhook.calls.Load()
+}
 
 func (r *Runner) unregister(ctx context.Context) error {
 	cfg, _, err := r.primary.current()
@@ -368,14 +417,16 @@ func (r *Runner) goLoop(ctx context.Context, name string, every time.Duration, f
 	}()
 }
 
-// check is one probe target: a GET of path on an endpoint with the
-// current client of a credential.
+// check is one probe target: a GET (or method with body) of path on an
+// endpoint with the current client of a credential.
 type check struct {
 	r      *Runner
 	probe  string
 	target string
 	ep     endpoint
 	path   string
+	method string // "" is GET
+	body   []byte
 	// client returns the current client for ep; nil without error skips
 	// this round (e.g. credentials not there yet).
 	client func(ctx context.Context, ep endpoint) (*http.Client, error)
@@ -442,7 +493,7 @@ func (c *check) tick(ctx context.Context) {
 			return
 		}
 	}
-	status, body, err := doGet(rctx, client, c.ep.base+c.path)
+	status, body, err := doRequest(rctx, client, c.method, c.ep.base+c.path, c.body)
 	if ctx.Err() != nil {
 		return
 	}
