@@ -35,8 +35,9 @@ spec:
 status: {}
 `
 
-// memNodes hands out in-memory nodes; fakeStore keeps backups and CAs.
-type memNodes map[string]*nodes.MemRunner
+// memNodes hands out in-memory nodes (a *nodes.MemRunner, or a test's
+// wrapper of one); fakeStore keeps backups and CAs.
+type memNodes map[string]nodes.Runner
 
 func (m memNodes) Node(ctx context.Context, name string) (nodes.Runner, error) { return m[name], nil }
 
@@ -46,6 +47,10 @@ type fakeStore struct {
 	values map[string][]byte
 }
 
+func newFakeStore() *fakeStore {
+	return &fakeStore{MemBackupStore: nodes.NewMemBackupStore(), values: map[string][]byte{}, cas: map[string]CAPair{}}
+}
+
 func (f *fakeStore) Value(ctx context.Context, k string) ([]byte, bool, error) {
 	v, ok := f.values[k]
 	return v, ok, nil
@@ -53,6 +58,24 @@ func (f *fakeStore) Value(ctx context.Context, k string) ([]byte, bool, error) {
 func (f *fakeStore) CA(ctx context.Context, n string) (CAPair, bool, error) {
 	c, ok := f.cas[n]
 	return c, ok, nil
+}
+
+// gateFunc are restart gates that pass at once and report each pass
+// (component "kubelet" for the kubelet gate).
+type gateFunc func(node, component string) error
+
+func (g gateFunc) Component(ctx context.Context, rt *Runtime, t Target, c Component) error {
+	return g(t.Node, c.Name)
+}
+func (g gateFunc) Kubelet(ctx context.Context, rt *Runtime, node string) error {
+	return g(node, "kubelet")
+}
+
+// testConfig is kubeadm's layout with the given nodes.
+func testConfig(controlPlane, workers []string) *Config {
+	return &Config{ControlPlane: controlPlane, Workers: workers, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
+		ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
+		KubeletRestartCommand: "systemctl restart kubelet"}
 }
 
 func testRuntime(t *testing.T) (*Runtime, *nodes.MemRunner, *fakeStore) {
@@ -65,17 +88,14 @@ func testRuntime(t *testing.T) (*Runtime, *nodes.MemRunner, *fakeStore) {
 		return ca
 	}
 	c0, c1, f0, f1 := mk("kubernetes"), mk("kubernetes-new"), mk("front-proxy-ca"), mk("front-proxy-ca-new")
-	st := &fakeStore{MemBackupStore: nodes.NewMemBackupStore(), values: map[string][]byte{}, cas: map[string]CAPair{
-		CACluster:    {Name: CACluster, OldCert: c0.CertPEM, OldKey: c0.KeyPEM, NewCert: c1.CertPEM, NewKey: c1.KeyPEM},
-		CAFrontProxy: {Name: CAFrontProxy, OldCert: f0.CertPEM, OldKey: f0.KeyPEM, NewCert: f1.CertPEM, NewKey: f1.KeyPEM},
-	}}
+	st := newFakeStore()
+	st.cas[CACluster] = CAPair{Name: CACluster, OldCert: c0.CertPEM, OldKey: c0.KeyPEM, NewCert: c1.CertPEM, NewKey: c1.KeyPEM}
+	st.cas[CAFrontProxy] = CAPair{Name: CAFrontProxy, OldCert: f0.CertPEM, OldKey: f0.KeyPEM, NewCert: f1.CertPEM, NewKey: f1.KeyPEM}
 	r := nodes.NewMemRunner("cp1")
 	r.SetFile("/etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(kcmManifest), 0o600)
 	r.SetFile("/etc/kubernetes/pki/ca.crt", c0.CertPEM, 0o644)
 	rt := &Runtime{RunID: "r1", BackupID: "r1.test", Store: st, Nodes: memNodes{"cp1": r}, Out: &Outputs{},
-		Config: &Config{ControlPlane: []string{"cp1"}, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
-			ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
-			KubeletRestartCommand: "systemctl restart kubelet"}}
+		Config: testConfig([]string{"cp1"}, nil), Gates: gateFunc(func(string, string) error { return nil })}
 	return rt, r, st
 }
 
