@@ -16,7 +16,8 @@ import (
 // edits, then the restart of the components whose manifests the edits bump
 // (the static pod restarts because its manifest content changed) and/or of
 // the kubelet, then health gates for each. Revert restores this step's own
-// backups, which restarts the same components, and gates them again.
+// backups, which restarts the same components, passing the same gates
+// before it narrows any file those components read (see Revert).
 type NodeEdit struct {
 	StepName string
 	// Edits computes the edits for a target from the run's state.
