@@ -94,6 +94,49 @@ func (m *MemRunner) File(p string) ([]byte, bool) {
 	return append([]byte(nil), f.data...), true
 }
 
+// Clone returns a node with a copy of m's files, links and directories
+// (test setup, e.g. to go back to a saved state); recorded operations,
+// RunFunc and Fail are not copied.
+func (m *MemRunner) Clone() *MemRunner {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := NewMemRunner(m.name)
+	for p, f := range m.files {
+		cf := *f
+		cf.data = append([]byte(nil), f.data...)
+		c.files[p] = &cf
+	}
+	for d := range m.dirs {
+		c.dirs[d] = true
+	}
+	return c
+}
+
+// Resolve returns the content of p following symlinks, as ReadFile does,
+// and whether there is one; unlike ReadFile it is not recorded and Fail is
+// not consulted (test inspection).
+func (m *MemRunner) Resolve(p string) ([]byte, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, f, err := m.resolveLocked(p)
+	if err != nil || f == nil {
+		return nil, false
+	}
+	return append([]byte(nil), f.data...), true
+}
+
+// Link returns the target of the symlink at p and whether p is one (test
+// inspection; not recorded).
+func (m *MemRunner) Link(p string) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, ok := m.files[p]
+	if !ok || f.link == "" {
+		return "", false
+	}
+	return f.link, true
+}
+
 // Paths returns every stored file and symlink path, sorted.
 func (m *MemRunner) Paths() []string {
 	m.mu.Lock()

@@ -158,6 +158,42 @@ func TestMemRunnerExtras(t *testing.T) {
 	if ops := m.Ops(); ops[len(ops)-1] != "write /x" {
 		t.Errorf("Ops = %q", ops)
 	}
+	// Inspection follows links without recording or consulting Fail.
+	m.SetFile("/a/target", []byte("t"), 0o600)
+	m.SetSymlink("/a/target", "/a/link")
+	m.Fail = func(op, p string) error { return errors.New("inspected through Fail") }
+	before := len(m.Ops())
+	if b, ok := m.Resolve("/a/link"); !ok || string(b) != "t" {
+		t.Errorf("Resolve = %q, %v", b, ok)
+	}
+	if _, ok := m.Resolve("/a/missing"); ok {
+		t.Error("Resolve of a missing path is ok")
+	}
+	if l, ok := m.Link("/a/link"); !ok || l != "/a/target" {
+		t.Errorf("Link = %q, %v", l, ok)
+	}
+	if _, ok := m.Link("/a/target"); ok {
+		t.Error("Link of a regular file is ok")
+	}
+	if len(m.Ops()) != before {
+		t.Errorf("inspection was recorded: %q", m.Ops()[before:])
+	}
+	// A clone has the files, links, modes and owners, and nothing else.
+	m.SetFileOwner("/a/owned", []byte("o"), 0o640, 7, 8, "kube", "kube")
+	c := m.Clone()
+	m.Fail = nil
+	if err := m.WriteFile(ctx, "/a/target", []byte("changed"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := c.Resolve("/a/link"); string(b) != "t" {
+		t.Errorf("clone follows the original: %q", b)
+	}
+	if fi, _ := c.Stat(ctx, "/a/owned"); fi.Mode != 0o640 || fi.UID != 7 || fi.Owner != "kube" {
+		t.Errorf("clone's /a/owned = %+v", fi)
+	}
+	if c.Fail != nil || c.RunFunc != nil || len(c.Ops()) != 1 {
+		t.Errorf("clone carries hooks or recorded operations: %q", c.Ops())
+	}
 }
 
 func TestStderrSniffer(t *testing.T) {

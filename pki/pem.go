@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -144,4 +145,30 @@ func subjectName(c *x509.Certificate) string {
 		return s
 	}
 	return "<empty subject>"
+}
+
+// ScanPEM returns the certificates and private keys of every PEM block in
+// data that parses, in order. Unlike ParseCertsPEM and ParseKeyPEM, which
+// validate a file that must hold exactly certificates or one key, it
+// answers "what does this file hold?" for any file: text outside blocks,
+// blocks of other types and blocks that do not parse are skipped, so a
+// kubeconfig, a manifest or a cert+key PEM gives what it holds in PEM and
+// nothing else.
+func ScanPEM(data []byte) (certs []*x509.Certificate, keys []crypto.Signer) {
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return certs, keys
+		}
+		switch b.Type {
+		case blockCertificate:
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+				certs = append(certs, c)
+			}
+		case blockRSAPrivateKey, blockECPrivateKey, blockPrivateKey:
+			if k, err := parseKeyBlock(b); err == nil {
+				keys = append(keys, k)
+			}
+		}
+	}
 }

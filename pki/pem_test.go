@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -116,6 +117,52 @@ func TestFingerprintAndDescribe(t *testing.T) {
 			}
 			if got := Describe(tt.cert); got != tt.describe {
 				t.Fatalf("Describe = %q, want %q", got, tt.describe)
+			}
+		})
+	}
+}
+
+func TestScanPEM(t *testing.T) {
+	c0, c1 := newTestCA(t, "c0"), newTestCA(t, "c1")
+	leafKey := ecKey(t)
+	leaf := c0.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "system:node:w1"}}, leafKey)
+	ecPEM, err := EncodeKeyPEM(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := []byte("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: " +
+		"LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n")
+	tests := []struct {
+		name      string
+		in        []byte
+		wantCerts []*x509.Certificate
+		wantKeys  []crypto.PublicKey
+	}{
+		{"empty", nil, nil, nil},
+		{"kubeconfig holds no PEM", kubeconfig, nil, nil},
+		{"bundle in order", cat(certPEM(c1.cert), certPEM(c0.cert)), []*x509.Certificate{c1.cert, c0.cert}, nil},
+		{"CA key (PKCS#8)", keyPEM(t, c0.key), nil, []crypto.PublicKey{c0.key.Public()}},
+		{"kubelet cert+key PEM (SEC 1)", cat(certPEM(leaf), ecPEM), []*x509.Certificate{leaf}, []crypto.PublicKey{leafKey.Public()}},
+		{"text and foreign blocks skipped", cat([]byte("subject=CN = c0\n"), certPEM(c0.cert), []byte("# note\n"),
+			pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("x")}),
+			pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")}), certPEM(c1.cert)),
+			[]*x509.Certificate{c0.cert, c1.cert}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			certs, keys := ScanPEM(tt.in)
+			if len(certs) != len(tt.wantCerts) || len(keys) != len(tt.wantKeys) {
+				t.Fatalf("got %d certs and %d keys, want %d and %d", len(certs), len(keys), len(tt.wantCerts), len(tt.wantKeys))
+			}
+			for i := range certs {
+				if !certs[i].Equal(tt.wantCerts[i]) {
+					t.Errorf("cert %d is %s, want %s", i, Describe(certs[i]), Describe(tt.wantCerts[i]))
+				}
+			}
+			for i := range keys {
+				if !keys[i].Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(tt.wantKeys[i]) {
+					t.Errorf("key %d is not the wanted key", i)
+				}
 			}
 		})
 	}

@@ -3,11 +3,15 @@ package steps
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
+	"strings"
 
 	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
 )
 
 // fileEdit is one file a step changes: fn maps the current content to the
@@ -171,32 +175,158 @@ func applyEdits(ctx context.Context, rt *Runtime, r nodes.Runner, edits []fileEd
 	return changed, nil
 }
 
-// restorePaths puts back this step's backups of paths, in the given
-// order (see revertOrder). Paths it never backed up were never changed by
-// it and are left alone.
-func restorePaths(ctx context.Context, rt *Runtime, r nodes.Runner, paths []string) (bool, error) {
-	changed := false
-	for i := range paths {
-		b, ok, err := rt.Store.LoadBackup(ctx, r.Name(), paths[i])
+// restoreStages is what a revert puts back, split around the restart
+// gates (see NodeEdit.Revert). Each stage is in restore order.
+type restoreStages struct {
+	early, late []nodes.Backup
+}
+
+// pendingRestore is one path whose backup differs from what is there.
+type pendingRestore struct {
+	b         nodes.Backup
+	cur, want []byte // content now and once restored, read through links
+}
+
+// planRestore decides, from this step's backups of paths (in edit order)
+// and the node's files, which restorations may happen while the
+// components the step restarted can still be running with the step's
+// configuration, and which must wait for their restart gates. The rule,
+// decided by content (PEM) and never by file name, so that every step and
+// every CA gets it:
+//
+// A restoration is late when it narrows trust in place:
+//   - it removes the file (the backup says there was none);
+//   - the file holds a CA certificate (IsCA) that the restored content
+//     does not hold (ca.crt going from the new CA back to the old one);
+//   - the file holds the private key of such a CA certificate (ca.key
+//     with ca.crt), so that a signer never pairs a restored key with a
+//     certificate it does not belong to.
+//
+// A component that reads such a file dynamically (kube-apiserver's
+// --client-ca-file, the kubelet's clientCAFile) would reject, until it is
+// restarted, every credential of the CA taken out; after the gates it runs
+// from the restored manifests, which name other files.
+//
+// Every other restoration is early: config files and kubeconfigs (read
+// only when a component starts), and leaf certificates and keys, whose
+// swap narrows no trust; they go back before the manifests, so the
+// process a restored manifest starts reads restored files — it may not
+// reload a client certificate (the apiserver's kubelet-client one) later.
+// Manifests go last among the early ones.
+//
+// The late ones go keys first: a key is recognised by the CA certificate
+// still in its file, so a revert killed between the two and run again
+// must find the key already restored. Otherwise, newest edit first.
+func planRestore(ctx context.Context, rt *Runtime, r nodes.Runner, paths []string) (restoreStages, error) {
+	var ps []pendingRestore
+	for i := len(paths) - 1; i >= 0; i-- {
+		p, err := pendingRestoreOf(ctx, rt, r, paths[i])
 		if err != nil {
-			return changed, err
+			return restoreStages{}, err
 		}
-		if !ok {
-			continue
+		if p != nil {
+			ps = append(ps, *p)
 		}
-		cur, err := nodes.Snapshot(ctx, r, paths[i])
-		if err != nil {
-			return changed, fmt.Errorf("inspect %s on %s: %w", paths[i], r.Name(), err)
-		}
-		if cur.Exists == b.Exists && cur.Digest == b.Digest && cur.IsSymlink == b.IsSymlink && cur.LinkTarget == b.LinkTarget && cur.Mode == b.Mode {
-			continue
-		}
-		if err := nodes.Restore(ctx, r, b); err != nil {
-			return changed, fmt.Errorf("restore %s on %s: %w", paths[i], r.Name(), err)
-		}
-		changed = true
 	}
-	return changed, nil
+	var lost []*x509.Certificate // CA certificates the restorations take out
+	narrows := make([]bool, len(ps))
+	for i, p := range ps {
+		l := lostCAs(p.cur, p.want)
+		lost = append(lost, l...)
+		narrows[i] = !p.b.Exists || len(l) > 0
+	}
+	var st restoreStages
+	var keys, manifests, rest []nodes.Backup
+	for i, p := range ps {
+		switch {
+		case narrows[i]:
+			rest = append(rest, p.b)
+		case keyOfAny(p.cur, lost):
+			keys = append(keys, p.b)
+		case strings.HasPrefix(p.b.Path, rt.Config.Paths.ManifestsDir+"/"):
+			manifests = append(manifests, p.b)
+		default:
+			st.early = append(st.early, p.b)
+		}
+	}
+	st.early = append(st.early, manifests...)
+	st.late = append(keys, rest...)
+	return st, nil
+}
+
+// pendingRestoreOf is the restoration of p, or nil when this step never
+// backed p up (it never changed it) or p is already as backed up.
+func pendingRestoreOf(ctx context.Context, rt *Runtime, r nodes.Runner, p string) (*pendingRestore, error) {
+	b, ok, err := rt.Store.LoadBackup(ctx, r.Name(), p)
+	if err != nil {
+		return nil, fmt.Errorf("load backup of %s on %s: %w", p, r.Name(), err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	cur, err := nodes.Snapshot(ctx, r, p)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s on %s: %w", p, r.Name(), err)
+	}
+	if cur.Exists == b.Exists && cur.Digest == b.Digest && cur.IsSymlink == b.IsSymlink && cur.LinkTarget == b.LinkTarget && cur.Mode == b.Mode {
+		return nil, nil
+	}
+	pr := &pendingRestore{b: b, cur: cur.Content, want: b.Content}
+	if cur.IsSymlink {
+		if pr.cur, _, err = readOptional(ctx, r, p); err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", p, r.Name(), err)
+		}
+	}
+	if b.IsSymlink {
+		target := b.LinkTarget
+		if !path.IsAbs(target) {
+			target = path.Join(path.Dir(p), target)
+		}
+		if pr.want, _, err = readOptional(ctx, r, target); err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", target, r.Name(), err)
+		}
+	}
+	return pr, nil
+}
+
+// lostCAs are the CA certificates in cur that want lacks.
+func lostCAs(cur, want []byte) []*x509.Certificate {
+	kept := map[string]bool{}
+	certs, _ := pki.ScanPEM(want)
+	for _, c := range certs {
+		kept[pki.Fingerprint(c)] = true
+	}
+	var out []*x509.Certificate
+	certs, _ = pki.ScanPEM(cur)
+	for _, c := range certs {
+		if c.IsCA && !kept[pki.Fingerprint(c)] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// keyOfAny reports whether content holds the private key of one of cas.
+func keyOfAny(content []byte, cas []*x509.Certificate) bool {
+	_, keys := pki.ScanPEM(content)
+	for _, k := range keys {
+		for _, c := range cas {
+			if pki.KeyMatches(c, k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// restoreBackups puts back each backup, in order.
+func restoreBackups(ctx context.Context, r nodes.Runner, bs []nodes.Backup) error {
+	for _, b := range bs {
+		if err := nodes.Restore(ctx, r, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func editPaths(edits []fileEdit) []string {

@@ -162,9 +162,44 @@ func joinHostPort(host string, port int) string {
 	return host + ":" + strconv.Itoa(port)
 }
 
-// gateComponent waits until the component on t has restarted from its
-// current manifest and is healthy.
+// Gates are the restart gates of node steps: they return once a component
+// restarted by a step runs from its current configuration and is healthy,
+// so that the process that ran the previous configuration is gone.
+// Runtime.Gates nil means the live gates below; tests substitute gates
+// that record when each one passed.
+type Gates interface {
+	// Component waits until the static pod c on t has restarted from its
+	// current manifest and is healthy.
+	Component(ctx context.Context, rt *Runtime, t Target, c Component) error
+	// Kubelet waits until the kubelet on node, restarted, is Ready and
+	// renews its lease.
+	Kubelet(ctx context.Context, rt *Runtime, node string) error
+}
+
+// liveGates asks the node (process start time, local healthz) and the API
+// (readyz, Node and Lease).
+type liveGates struct{}
+
+var _ Gates = liveGates{}
+
+func (rt *Runtime) gates() Gates {
+	if rt.Gates != nil {
+		return rt.Gates
+	}
+	return liveGates{}
+}
+
 func (rt *Runtime) gateComponent(ctx context.Context, t Target, c Component) error {
+	return rt.gates().Component(ctx, rt, t, c)
+}
+
+func (rt *Runtime) gateKubelet(ctx context.Context, node string) error {
+	return rt.gates().Kubelet(ctx, rt, node)
+}
+
+// Component waits until the component on t has restarted from its
+// current manifest and is healthy.
+func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Component) error {
 	r, err := rt.node(ctx, t)
 	if err != nil {
 		return err
@@ -185,10 +220,10 @@ func (rt *Runtime) gateComponent(ctx context.Context, t Target, c Component) err
 	})
 }
 
-// gateKubelet waits until the node is Ready and its Lease was renewed
+// Kubelet waits until the node is Ready and its Lease was renewed
 // after the gate started, i.e. by the kubelet running now with its current
 // credentials.
-func (rt *Runtime) gateKubelet(ctx context.Context, node string) error {
+func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 	var first *metav1.MicroTime
 	return waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
 		lease, err := rt.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})

@@ -16,7 +16,8 @@ import (
 // edits, then the restart of the components whose manifests the edits bump
 // (the static pod restarts because its manifest content changed) and/or of
 // the kubelet, then health gates for each. Revert restores this step's own
-// backups, which restarts the same components, and gates them again.
+// backups, which restarts the same components, passing the same gates
+// before it narrows any file those components read (see Revert).
 type NodeEdit struct {
 	StepName string
 	// Edits computes the edits for a target from the run's state.
@@ -82,12 +83,19 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		if err := rt.restartKubelet(ctx, r); err != nil {
 			return err
 		}
-		if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(kubeletMarkerDir), nil); err != nil {
-			return err
-		}
-		if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte("kubelet restarted\n"), 0o600); err != nil {
-			return err
-		}
+		return rt.markKubelet(ctx, r, "kubelet restarted\n")
+	}
+	return nil
+}
+
+// markKubelet writes the step's kubelet marker: Apply after restarting the
+// kubelet (Check needs it), Revert before restoring anything (see there).
+func (rt *Runtime) markKubelet(ctx context.Context, r nodes.Runner, note string) error {
+	if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(kubeletMarkerDir), nil); err != nil {
+		return err
+	}
+	if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte(note), 0o600); err != nil {
+		return err
 	}
 	return nil
 }
@@ -104,13 +112,41 @@ func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
 	return nil
 }
 
+// Revert restores this step's backups without ever narrowing, in place,
+// a file that a component still running with the step's configuration
+// reads dynamically (ROTATION.md's invariant, held on the way back too):
+//
+//  1. early restorations (planRestore): config files, kubeconfigs and
+//     leaf certificates, then the manifests, whose change restarts the
+//     static pods;
+//  2. the kubelet restarts by its restart command; then, if late
+//     restorations remain, the step's own gates (Gate) wait until every
+//     restarted component runs from the restored configuration, so the
+//     processes that read the step's files are gone;
+//  3. late restorations: a CA certificate leaving a file, the key of such
+//     a CA, a file removed.
+//
+// A kubelet step writes its marker before the first restoration and
+// removes it last: while it exists the kubelet may run a configuration the
+// files no longer say, so a Revert killed anywhere and run again restarts
+// the kubelet and passes the gates again before it narrows anything. A
+// kubelet whose marker is gone runs the restored files. Static pods need
+// no marker: the gates find out whether they still run an older manifest.
 func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 	r, edits, err := s.prepare(ctx, rt, t)
 	if err != nil {
 		return err
 	}
-	changed, err := restorePaths(ctx, rt, r, revertOrder(rt.Config, editPaths(edits)))
+	stages, err := planRestore(ctx, rt, r, editPaths(edits))
 	if err != nil {
+		return err
+	}
+	if s.Kubelet && len(stages.early)+len(stages.late) > 0 {
+		if err := rt.markKubelet(ctx, r, "kubelet restart owed by a revert\n"); err != nil {
+			return err
+		}
+	}
+	if err := restoreBackups(ctx, r, stages.early); err != nil {
 		return err
 	}
 	if s.Kubelet {
@@ -118,14 +154,22 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 		if err != nil {
 			return err
 		}
-		if changed || st.Exists {
+		if st.Exists {
 			if err := rt.restartKubelet(ctx, r); err != nil {
 				return err
 			}
 		}
-		if err := r.Remove(ctx, rt.kubeletMarker()); err != nil {
+	}
+	if len(stages.late) > 0 {
+		if err := s.Gate(ctx, rt, t); err != nil {
 			return err
 		}
+		if err := restoreBackups(ctx, r, stages.late); err != nil {
+			return err
+		}
+	}
+	if s.Kubelet {
+		return r.Remove(ctx, rt.kubeletMarker())
 	}
 	return nil
 }
@@ -268,34 +312,4 @@ func kubeletClientCA(rt *Runtime, file string) fileEdit {
 		b, err := edit.SetKubeletConfigClientCAFile(cur, file)
 		return b, false, err
 	}}
-}
-
-// revertOrder is the order a revert restores files in. Components read
-// kubeconfigs only when they start, and restart when their manifest
-// changes, so kubeconfigs (and other config files) go back first and
-// manifests next — a component restarted by its restored manifest must
-// read restored kubeconfigs. PKI files go back last: a running apiserver
-// or controller-manager reloads the CA and certificate files its flags
-// name, so they are restored only once the restored manifests point the
-// components back at the files they used before. Within a group, newest
-// edit first.
-func revertOrder(c *Config, paths []string) []string {
-	group := func(p string) int {
-		switch {
-		case strings.HasPrefix(p, c.Paths.ManifestsDir+"/"):
-			return 1
-		case strings.HasPrefix(p, c.Paths.PKIDir+"/"):
-			return 2
-		}
-		return 0
-	}
-	var out []string
-	for g := 0; g <= 2; g++ {
-		for i := len(paths) - 1; i >= 0; i-- {
-			if group(paths[i]) == g {
-				out = append(out, paths[i])
-			}
-		}
-	}
-	return out
 }

@@ -114,6 +114,9 @@ type Runtime struct {
 	Out      *Outputs
 	// Config is the inventory-derived configuration the real phases read.
 	Config *Config
+	// Gates waits for restarted components; nil means the live gates
+	// (process start and health on the node, readiness in the API).
+	Gates Gates
 }
 
 // Outputs collects what a step produces; the orchestrator commits it in the

@@ -2,6 +2,8 @@ package steps
 
 import (
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"strings"
 	"testing"
 	"time"
@@ -35,8 +37,9 @@ spec:
 status: {}
 `
 
-// memNodes hands out in-memory nodes; fakeStore keeps backups and CAs.
-type memNodes map[string]*nodes.MemRunner
+// memNodes hands out in-memory nodes (a *nodes.MemRunner, or a test's
+// wrapper of one); fakeStore keeps backups and CAs.
+type memNodes map[string]nodes.Runner
 
 func (m memNodes) Node(ctx context.Context, name string) (nodes.Runner, error) { return m[name], nil }
 
@@ -46,6 +49,10 @@ type fakeStore struct {
 	values map[string][]byte
 }
 
+func newFakeStore() *fakeStore {
+	return &fakeStore{MemBackupStore: nodes.NewMemBackupStore(), values: map[string][]byte{}, cas: map[string]CAPair{}}
+}
+
 func (f *fakeStore) Value(ctx context.Context, k string) ([]byte, bool, error) {
 	v, ok := f.values[k]
 	return v, ok, nil
@@ -53,6 +60,24 @@ func (f *fakeStore) Value(ctx context.Context, k string) ([]byte, bool, error) {
 func (f *fakeStore) CA(ctx context.Context, n string) (CAPair, bool, error) {
 	c, ok := f.cas[n]
 	return c, ok, nil
+}
+
+// gateFunc are restart gates that pass at once and report each pass
+// (component "kubelet" for the kubelet gate).
+type gateFunc func(node, component string) error
+
+func (g gateFunc) Component(ctx context.Context, rt *Runtime, t Target, c Component) error {
+	return g(t.Node, c.Name)
+}
+func (g gateFunc) Kubelet(ctx context.Context, rt *Runtime, node string) error {
+	return g(node, "kubelet")
+}
+
+// testConfig is kubeadm's layout with the given nodes.
+func testConfig(controlPlane, workers []string) *Config {
+	return &Config{ControlPlane: controlPlane, Workers: workers, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
+		ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
+		KubeletRestartCommand: "systemctl restart kubelet"}
 }
 
 func testRuntime(t *testing.T) (*Runtime, *nodes.MemRunner, *fakeStore) {
@@ -65,17 +90,14 @@ func testRuntime(t *testing.T) (*Runtime, *nodes.MemRunner, *fakeStore) {
 		return ca
 	}
 	c0, c1, f0, f1 := mk("kubernetes"), mk("kubernetes-new"), mk("front-proxy-ca"), mk("front-proxy-ca-new")
-	st := &fakeStore{MemBackupStore: nodes.NewMemBackupStore(), values: map[string][]byte{}, cas: map[string]CAPair{
-		CACluster:    {Name: CACluster, OldCert: c0.CertPEM, OldKey: c0.KeyPEM, NewCert: c1.CertPEM, NewKey: c1.KeyPEM},
-		CAFrontProxy: {Name: CAFrontProxy, OldCert: f0.CertPEM, OldKey: f0.KeyPEM, NewCert: f1.CertPEM, NewKey: f1.KeyPEM},
-	}}
+	st := newFakeStore()
+	st.cas[CACluster] = CAPair{Name: CACluster, OldCert: c0.CertPEM, OldKey: c0.KeyPEM, NewCert: c1.CertPEM, NewKey: c1.KeyPEM}
+	st.cas[CAFrontProxy] = CAPair{Name: CAFrontProxy, OldCert: f0.CertPEM, OldKey: f0.KeyPEM, NewCert: f1.CertPEM, NewKey: f1.KeyPEM}
 	r := nodes.NewMemRunner("cp1")
 	r.SetFile("/etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(kcmManifest), 0o600)
 	r.SetFile("/etc/kubernetes/pki/ca.crt", c0.CertPEM, 0o644)
 	rt := &Runtime{RunID: "r1", BackupID: "r1.test", Store: st, Nodes: memNodes{"cp1": r}, Out: &Outputs{},
-		Config: &Config{ControlPlane: []string{"cp1"}, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
-			ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
-			KubeletRestartCommand: "systemctl restart kubelet"}}
+		Config: testConfig([]string{"cp1"}, nil), Gates: gateFunc(func(string, string) error { return nil })}
 	return rt, r, st
 }
 
@@ -220,16 +242,107 @@ func TestWaitForTimesOutWithReason(t *testing.T) {
 	}
 }
 
-// TestRevertOrder: kubeconfigs before manifests (a component restarted by
-// its restored manifest must read restored kubeconfigs), PKI files last
-// (running components reload the CA files their flags name).
-func TestRevertOrder(t *testing.T) {
-	c := &Config{Paths: Paths{ManifestsDir: "/etc/kubernetes/manifests", PKIDir: "/etc/kubernetes/pki"}}
-	in := []string{"/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/manifests/kube-apiserver.yaml", "/etc/kubernetes/admin.conf",
-		"/etc/kubernetes/manifests/kube-controller-manager.yaml", "/etc/kubernetes/controller-manager.conf"}
-	got := strings.Join(revertOrder(c, in), " ")
-	want := "/etc/kubernetes/controller-manager.conf /etc/kubernetes/admin.conf /etc/kubernetes/manifests/kube-controller-manager.yaml /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/pki/ca.crt"
-	if got != want {
-		t.Fatalf("revert order\n got %s\nwant %s", got, want)
+// TestPlanRestore: what a revert restores before the restart gates and
+// what after, decided by content (see planRestore).
+func TestPlanRestore(t *testing.T) {
+	ctx := context.Background()
+	mk := func(cn string) *pki.CA {
+		ca, err := pki.NewCA(pki.CAOptions{CommonName: cn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
+	}
+	leaf := func(ca *pki.CA) *pki.Issued {
+		is, err := pki.Reissue(&x509.Certificate{Subject: pkix.Name{CommonName: "kube-apiserver"}}, ca, pki.ReissueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return is
+	}
+	c0, c1 := mk("kubernetes"), mk("kubernetes-new")
+	l0, l1 := leaf(c0), leaf(c1)
+	b := string(c0.CertPEM) + string(c1.CertPEM)
+	const (
+		ca, caKey, bundle = "/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/pki/ca.key", "/etc/kubernetes/pki/rotate-ca-bundle.crt"
+		crt, key          = "/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/apiserver.key"
+		conf, manifest    = "/etc/kubernetes/admin.conf", "/etc/kubernetes/manifests/kube-apiserver.yaml"
+		link, pem0, pem1  = "/var/lib/kubelet/pki/kubelet-client-current.pem", "/var/lib/kubelet/pki/kubelet-client-0.pem", "/var/lib/kubelet/pki/kubelet-client-1.pem"
+	)
+	// Node states: path -> content; "" is no file, "-> p" a link to p.
+	tests := []struct {
+		name          string
+		before, after map[string]string
+		edited        []string // edit order; a path not backed up is not the step's
+		early, late   []string
+	}{
+		{name: "narrowed CA after its key, after everything else",
+			before: map[string]string{ca: string(c0.CertPEM), caKey: string(c0.KeyPEM), manifest: "client-ca-file: bundle", conf: "ca: B"},
+			after:  map[string]string{ca: string(c1.CertPEM), caKey: string(c1.KeyPEM), manifest: "client-ca-file: ca.crt", conf: "ca: C1"},
+			edited: []string{ca, caKey, manifest, conf},
+			early:  []string{conf, manifest}, late: []string{caKey, ca}},
+		{name: "a bundle losing the new CA narrows",
+			before: map[string]string{ca: string(c0.CertPEM)}, after: map[string]string{ca: b},
+			edited: []string{ca}, late: []string{ca}},
+		{name: "a bundle gaining a CA back widens",
+			before: map[string]string{bundle: b}, after: map[string]string{bundle: string(c1.CertPEM)},
+			edited: []string{bundle}, early: []string{bundle}},
+		{name: "leaf certificates and keys before the manifest",
+			before: map[string]string{crt: string(l0.CertPEM), key: string(l0.KeyPEM), manifest: "signer: ca.crt"},
+			after:  map[string]string{crt: string(l1.CertPEM), key: string(l1.KeyPEM), manifest: "signer: rotate-ca.crt"},
+			edited: []string{crt, key, manifest}, early: []string{key, crt, manifest}},
+		{name: "a removal goes last, a link repointed at a leaf early",
+			before: map[string]string{link: "-> " + pem0, pem0: string(l0.CertPEM) + string(l0.KeyPEM)},
+			after:  map[string]string{link: "-> " + pem1, pem0: string(l0.CertPEM) + string(l0.KeyPEM), pem1: string(l1.CertPEM) + string(l1.KeyPEM)},
+			edited: []string{pem1, link}, early: []string{link}, late: []string{pem1}},
+		{name: "removing a CA and its key: both late, the key first",
+			before: map[string]string{}, after: map[string]string{"/etc/kubernetes/pki/rotate-ca.crt": string(c1.CertPEM), "/etc/kubernetes/pki/rotate-ca.key": string(c1.KeyPEM)},
+			edited: []string{"/etc/kubernetes/pki/rotate-ca.crt", "/etc/kubernetes/pki/rotate-ca.key"},
+			late:   []string{"/etc/kubernetes/pki/rotate-ca.key", "/etc/kubernetes/pki/rotate-ca.crt"}},
+		{name: "in place already, or never the step's: nothing",
+			before: map[string]string{ca: string(c0.CertPEM), conf: "a"}, after: map[string]string{ca: string(c0.CertPEM), conf: "b"},
+			edited: []string{ca}},
+	}
+	set := func(r *nodes.MemRunner, files map[string]string) {
+		for p, v := range files {
+			switch {
+			case v == "":
+				_ = r.Remove(ctx, p)
+			case strings.HasPrefix(v, "-> "):
+				r.SetSymlink(strings.TrimPrefix(v, "-> "), p)
+			default:
+				r.SetFile(p, []byte(v), 0o644)
+			}
+		}
+	}
+	paths := func(bs []nodes.Backup) []string {
+		var out []string
+		for _, b := range bs {
+			out = append(out, b.Path)
+		}
+		return out
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt, _, _ := testRuntime(t)
+			r := nodes.NewMemRunner("cp1")
+			set(r, tt.before)
+			for _, p := range tt.edited {
+				if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.BackupID, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			set(r, tt.after)
+			st, err := planRestore(ctx, rt, r, tt.edited)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := strings.Join(paths(st.early), " "), strings.Join(tt.early, " "); got != want {
+				t.Errorf("early\n got %s\nwant %s", got, want)
+			}
+			if got, want := strings.Join(paths(st.late), " "), strings.Join(tt.late, " "); got != want {
+				t.Errorf("late\n got %s\nwant %s", got, want)
+			}
+		})
 	}
 }
