@@ -102,7 +102,7 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	inv := map[string]bool{}
-	for _, n := range append(append([]string{}, rt.Config.ControlPlane...), rt.Config.Workers...) {
+	for _, n := range rt.Config.nodeNames() {
 		inv[n] = true
 	}
 	seen := map[string]bool{}
