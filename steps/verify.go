@@ -32,6 +32,10 @@ type HoldReport struct {
 	// Attention lists what may still present or trust only the old CAs;
 	// narrowing trust will break these unless they are handled.
 	Attention []string `json:"attention"`
+	// PreExisting lists checks that fail now and failed the same check in
+	// preflight's baseline, before the run changed anything: warnings, not
+	// caused by the rotation and not verified by it.
+	PreExisting []string `json:"preExisting,omitempty"`
 }
 
 // Verify proves the cluster runs on the new CAs while still trusting both,
@@ -47,6 +51,10 @@ func (Verify) Revert(context.Context, *Runtime, Target) error        { return ni
 func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	rep := HoldReport{CheckedAt: rt.now().UTC()}
 	in, err := rt.verifyInputs(ctx)
+	if err != nil {
+		return err
+	}
+	base, err := rt.loadBaseline(ctx)
 	if err != nil {
 		return err
 	}
@@ -70,14 +78,15 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 	found = append(found, health...)
 	rep.Verified = append(rep.Verified, "nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere")
-	if len(found) > 0 {
-		problems := make([]string, 0, len(found))
-		for _, f := range found {
-			problems = append(problems, f.problem)
+	regressions, preExisting := base.split(found)
+	if len(regressions) > 0 {
+		msg := "verification failed:\n  - " + strings.Join(regressions, "\n  - ")
+		if len(preExisting) > 0 {
+			msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(preExisting, "\n  - ")
 		}
-		sort.Strings(problems)
-		return fmt.Errorf("verification failed:\n  - %s", strings.Join(problems, "\n  - "))
+		return errors.New(msg)
 	}
+	rep.PreExisting = preExisting
 
 	// Attention list for the hold.
 	att, err := rt.oldOnlyBundles(ctx)
@@ -93,6 +102,9 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) still trust and present the old CA: give them the new CA data and new client certificates before resuming")
 	raw, _ := json.Marshal(rep)
 	rt.Out.Put(KeyHoldReport, raw)
+	for _, p := range rep.PreExisting {
+		rt.Printf("pre-existing: %s", p)
+	}
 	for _, a := range rep.Attention {
 		rt.Printf("attention: %s", a)
 	}
