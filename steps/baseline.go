@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 
 	"github.com/kubeca/rotate/nodes"
 )
@@ -142,8 +141,7 @@ func (rt *Runtime) loadBaseline(ctx context.Context) (baseline, error) {
 }
 
 // split sorts findings into regressions (the check passed at baseline, or
-// has no baseline) and pre-existing problems (it failed at baseline too),
-// each sorted.
+// has no baseline) and pre-existing problems (it failed at baseline too).
 func (b baseline) split(found []finding) (regressions, preExisting []string) {
 	for _, f := range found {
 		if why := b[f.check]; f.check != "" && why != "" {
@@ -152,7 +150,5 @@ func (b baseline) split(found []finding) (regressions, preExisting []string) {
 			regressions = append(regressions, f.problem)
 		}
 	}
-	sort.Strings(regressions)
-	sort.Strings(preExisting)
 	return regressions, preExisting
 }

@@ -58,35 +58,48 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
-	var found []finding
+	var apiservers, kubelets, certs []finding
 	for _, n := range rt.Config.ControlPlane {
-		found = append(found, rt.verifyAPIServer(ctx, n, in)...)
+		apiservers = append(apiservers, rt.verifyAPIServer(ctx, n, in)...)
 	}
-	rep.Verified = append(rep.Verified, "every apiserver serves a certificate from the new CA and accepts client certificates from it")
 	for _, n := range rt.Config.nodeNames() {
-		found = append(found, rt.verifyNodeProxy(ctx, n)...)
-		found = append(found, rt.verifyKubeletClientCert(ctx, n, in.newCA)...)
+		kubelets = append(kubelets, rt.verifyNodeProxy(ctx, n)...)
+		kubelets = append(kubelets, rt.verifyKubeletClientCert(ctx, n, in.newCA)...)
 	}
-	rep.Verified = append(rep.Verified, "every kubelet is reachable from the apiservers and has a client certificate from the new CA")
 	for _, n := range rt.Config.ControlPlane {
-		found = append(found, rt.verifyControlPlaneCerts(ctx, n, in.oldCAs)...)
+		certs = append(certs, rt.verifyControlPlaneCerts(ctx, n, in.oldCAs)...)
 	}
-	rep.Verified = append(rep.Verified, "no control-plane kubeconfig or leaf certificate is issued by the old CAs")
 	health, err := rt.verifyHealth(ctx, in.bundle)
 	if err != nil {
 		return err
 	}
-	found = append(found, health...)
-	rep.Verified = append(rep.Verified, "nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere")
-	regressions, preExisting := base.split(found)
+	var regressions []string
+	for _, c := range []struct {
+		verified string
+		found    []finding
+	}{
+		{"every apiserver serves a certificate from the new CA and accepts client certificates from it", apiservers},
+		{"every kubelet is reachable from the apiservers and has a client certificate from the new CA", kubelets},
+		{"no control-plane kubeconfig or leaf certificate is issued by the old CAs", certs},
+		{"nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere", health},
+	} {
+		reg, pre := base.split(c.found)
+		regressions = append(regressions, reg...)
+		rep.PreExisting = append(rep.PreExisting, pre...)
+		if len(pre) > 0 {
+			c.verified += ", except what is listed as pre-existing"
+		}
+		rep.Verified = append(rep.Verified, c.verified)
+	}
+	sort.Strings(regressions)
+	sort.Strings(rep.PreExisting)
 	if len(regressions) > 0 {
 		msg := "verification failed:\n  - " + strings.Join(regressions, "\n  - ")
-		if len(preExisting) > 0 {
-			msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(preExisting, "\n  - ")
+		if len(rep.PreExisting) > 0 {
+			msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(rep.PreExisting, "\n  - ")
 		}
 		return errors.New(msg)
 	}
-	rep.PreExisting = preExisting
 
 	// Attention list for the hold.
 	att, err := rt.oldOnlyBundles(ctx)

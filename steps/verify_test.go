@@ -283,6 +283,13 @@ func TestVerifyComparesWithBaseline(t *testing.T) {
 			if !reflect.DeepEqual(rep.PreExisting, tt.wantPre) {
 				t.Fatalf("pre-existing = %q, want %q", rep.PreExisting, tt.wantPre)
 			}
+			want := "every kubelet is reachable from the apiservers and has a client certificate from the new CA"
+			if len(tt.wantPre) > 0 {
+				want += ", except what is listed as pre-existing"
+			}
+			if rep.Verified[1] != want {
+				t.Errorf("verified[1] = %q, want %q", rep.Verified[1], want)
+			}
 			for _, p := range tt.wantPre {
 				if !strings.Contains(strings.Join(f.progress, "\n"), "pre-existing: "+p) {
 					t.Errorf("verify progress lacks pre-existing %q", p)
