@@ -54,6 +54,10 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
+	// Findings whose check failed in preflight's baseline too are
+	// pre-existing, not failures. A run without a baseline (preflight ran
+	// under an older rotate) gets an empty one: every finding is then a
+	// regression, exactly as verify behaved before baselines.
 	base, err := rt.loadBaseline(ctx)
 	if err != nil {
 		return err
