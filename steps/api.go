@@ -33,12 +33,19 @@ var (
 // under, next to the file backups of real nodes.
 const apiBackupNode = "api"
 
-func (rt *Runtime) unavailableAPIServices(ctx context.Context) ([]string, error) {
+// apiService is one APIService and whether it is Available.
+type apiService struct {
+	name      string
+	available bool
+}
+
+// apiServices lists every APIService with its availability.
+func (rt *Runtime) apiServices(ctx context.Context) ([]apiService, error) {
 	list, err := rt.Dynamic.Resource(gvrAPIService).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list APIServices: %w", err)
 	}
-	var out []string
+	var out []apiService
 	for _, it := range list.Items {
 		conds, _, _ := unstructured.NestedSlice(it.Object, "status", "conditions")
 		ok := false
@@ -48,8 +55,20 @@ func (rt *Runtime) unavailableAPIServices(ctx context.Context) ([]string, error)
 				ok = true
 			}
 		}
-		if !ok {
-			out = append(out, it.GetName())
+		out = append(out, apiService{name: it.GetName(), available: ok})
+	}
+	return out, nil
+}
+
+func (rt *Runtime) unavailableAPIServices(ctx context.Context) ([]string, error) {
+	all, err := rt.apiServices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range all {
+		if !a.available {
+			out = append(out, a.name)
 		}
 	}
 	return out, nil

@@ -55,6 +55,11 @@ var controlPlaneKubeconfigs = []struct {
 	{kubeconfigScheduler, false},
 }
 
+// nodeNames is every node of the inventory, control plane first.
+func (c *Config) nodeNames() []string {
+	return append(append([]string{}, c.ControlPlane...), c.Workers...)
+}
+
 func (c *Config) pki(name string) string     { return path.Join(c.Paths.PKIDir, name) }
 func (c *Config) kubeDir(name string) string { return path.Join(c.Paths.KubernetesDir, name) }
 func (c *Config) manifest(comp Component) string {

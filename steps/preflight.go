@@ -28,7 +28,9 @@ func (readOnly) Revert(context.Context, *Runtime, Target) error        { return 
 
 // NodesReachable connects to a node with host key verification, checks
 // kubeadm's files are where the inventory says, and that the node's
-// ca.crt holds the same CA the cluster publishes.
+// ca.crt holds the same CA the cluster publishes. Then it records the
+// node's baseline of verify's checks (see baseline): what fails there is
+// recorded, not fatal.
 type NodesReachable struct{ readOnly }
 
 func (NodesReachable) Name() string { return "nodes-reachable" }
@@ -67,6 +69,17 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
 	}
+	if err := rt.sameClusterCA(ctx, t, caPEM); err != nil {
+		return err
+	}
+	return rt.recordNodeBaseline(ctx, t, r)
+}
+
+// sameClusterCA checks the node's ca.crt is the cluster's CA: the one
+// recorded at the start of this run, or before that the one published in
+// kube-root-ca.crt.
+func (rt *Runtime) sameClusterCA(ctx context.Context, t Target, caPEM []byte) error {
+	c := rt.Config
 	if pair, ok, err := rt.Store.CA(ctx, CACluster); err == nil && ok {
 		// Resumed preflight: compare with what was recorded.
 		if eq, _ := pki.BundleEqual(caPEM, pair.OldCert); !eq {
@@ -85,7 +98,8 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 }
 
 // ClusterHealthy checks every apiserver is ready, every node is Ready and
-// in the inventory, and every APIService is Available.
+// in the inventory, and every APIService is Available, and records the
+// last two as the cluster's baseline of verify's checks (see baseline).
 type ClusterHealthy struct{ readOnly }
 
 func (ClusterHealthy) Name() string { return "cluster-healthy" }
@@ -102,7 +116,7 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	inv := map[string]bool{}
-	for _, n := range append(append([]string{}, rt.Config.ControlPlane...), rt.Config.Workers...) {
+	for _, n := range rt.Config.nodeNames() {
 		inv[n] = true
 	}
 	seen := map[string]bool{}
@@ -121,18 +135,29 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			problems = append(problems, fmt.Sprintf("inventory node %s is not a Node in the cluster", n))
 		}
 	}
-	unavailable, err := rt.unavailableAPIServices(ctx)
+	apis, err := rt.apiServices(ctx)
 	if err != nil {
 		return err
 	}
-	for _, a := range unavailable {
-		problems = append(problems, "APIService "+a+" is not Available")
+	for _, a := range apis {
+		if !a.available {
+			problems = append(problems, "APIService "+a.name+" is not Available")
+		}
 	}
 	if len(problems) > 0 {
 		sort.Strings(problems)
 		return fmt.Errorf("cluster is not healthy enough to start a rotation:\n  - %s", strings.Join(problems, "\n  - "))
 	}
-	return nil
+	// Everything passed (it is required above); recorded so that the
+	// baseline names every check verify makes.
+	b := baseline{}
+	for i := range list.Items {
+		b.record(checkNodeReady(list.Items[i].Name), nil)
+	}
+	for _, a := range apis {
+		b.record(checkAPIService(a.name), nil)
+	}
+	return b.put(rt, keyBaselineCluster)
 }
 
 func errOrNil(err error) string {

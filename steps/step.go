@@ -117,6 +117,10 @@ type Runtime struct {
 	// Gates waits for restarted components; nil means the live gates
 	// (process start and health on the node, readiness in the API).
 	Gates Gates
+	// NodeProxy GETs path from node's kubelet through the apiserver's node
+	// proxy (/api/v1/nodes/<node>/proxy<path>). Nil is that real call; tests
+	// set it because client-go's fake clientset has no REST client.
+	NodeProxy func(ctx context.Context, node, path string) error
 }
 
 // Outputs collects what a step produces; the orchestrator commits it in the

@@ -15,6 +15,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
 )
@@ -31,6 +32,10 @@ type HoldReport struct {
 	// Attention lists what may still present or trust only the old CAs;
 	// narrowing trust will break these unless they are handled.
 	Attention []string `json:"attention"`
+	// PreExisting lists checks that fail now and failed the same check in
+	// preflight's baseline, before the run changed anything: warnings, not
+	// caused by the rotation and not verified by it.
+	PreExisting []string `json:"preExisting,omitempty"`
 }
 
 // Verify proves the cluster runs on the new CAs while still trusting both,
@@ -45,150 +50,59 @@ func (Verify) Revert(context.Context, *Runtime, Target) error        { return ni
 
 func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	rep := HoldReport{CheckedAt: rt.now().UTC()}
-	var problems []string
-	cl, fp, b, _, err := rt.caFiles(ctx)
+	in, err := rt.verifyInputs(ctx)
 	if err != nil {
 		return err
 	}
-	newCA, err := pki.ParseCertsPEM(cl.NewCert)
+	// Findings whose check failed in preflight's baseline too are
+	// pre-existing, not failures. A run without a baseline (preflight ran
+	// under an older rotate) gets an empty one: every finding is then a
+	// regression, exactly as verify behaved before baselines.
+	base, err := rt.loadBaseline(ctx)
 	if err != nil {
 		return err
 	}
-	oldCAs, err := pki.ParseCertsPEM(cl.OldCert)
-	if err != nil {
-		return err
+	var apiservers, kubelets, certs []finding
+	for _, n := range rt.Config.ControlPlane {
+		apiservers = append(apiservers, rt.verifyAPIServer(ctx, n, in)...)
 	}
-	oldFP, err := pki.ParseCertsPEM(fp.OldCert)
-	if err != nil {
-		return err
-	}
-
-	// 1. Every apiserver serves a certificate from the new CA and accepts a
-	// client certificate from it.
-	crt, _, _ := rt.Store.Value(ctx, keyRotateAdminCert)
-	key, _, _ := rt.Store.Value(ctx, keyRotateAdminKey)
-	onlyNew, err := tls.X509KeyPair(crt, key)
-	if err != nil {
-		return fmt.Errorf("rotate's client certificate: %w", err)
+	for _, n := range rt.Config.nodeNames() {
+		kubelets = append(kubelets, rt.verifyNodeProxy(ctx, n)...)
+		kubelets = append(kubelets, rt.verifyKubeletClientCert(ctx, n, in.newCA)...)
 	}
 	for _, n := range rt.Config.ControlPlane {
-		addr := rt.Config.Address(n)
-		leaf, err := rt.servingCert(ctx, addr)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("apiserver %s: %v", n, err))
-			continue
-		}
-		if !pki.IssuedBy(leaf, newCA[0]) {
-			problems = append(problems, fmt.Sprintf("apiserver %s serves %s, not issued by the new CA", n, pki.Describe(leaf)))
-		}
-		if err := rt.getWithCert(ctx, addr, onlyNew); err != nil {
-			problems = append(problems, fmt.Sprintf("apiserver %s rejects a client certificate from the new CA: %v", n, err))
-		}
+		certs = append(certs, rt.verifyControlPlaneCerts(ctx, n, in.oldCAs)...)
 	}
-	rep.Verified = append(rep.Verified, "every apiserver serves a certificate from the new CA and accepts client certificates from it")
-
-	// 2. Every kubelet accepts the apiserver's new kubelet-client certificate
-	// (apiserver → kubelet proxy) and runs with a new-CA client certificate.
-	for _, n := range append(append([]string{}, rt.Config.ControlPlane...), rt.Config.Workers...) {
-		res := rt.Kube.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/" + n + "/proxy/healthz").Do(ctx)
-		if err := res.Error(); err != nil {
-			problems = append(problems, fmt.Sprintf("apiserver → kubelet %s: %v", n, err))
-		}
-		r, err := rt.node(ctx, Target{Node: n})
-		if err != nil {
-			problems = append(problems, err.Error())
-			continue
-		}
-		p := rt.Config.kubeletPKI(kubeletClientLink)
-		raw, err := r.ReadFile(ctx, p)
-		if errors.Is(err, fs.ErrNotExist) {
-			raw, err = r.ReadFile(ctx, rt.Config.kubeDir(kubeconfigKubelet))
-			if err == nil {
-				raw, _, _, _, err = edit.KubeconfigClientCert(raw, "")
-			}
-		}
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("kubelet client certificate on %s: %v", n, err))
-			continue
-		}
-		if c, _, err := pki.ParseKubeletPEM(raw); err == nil && !pki.IssuedBy(c, newCA[0]) {
-			problems = append(problems, fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(c)))
-		} else if err != nil {
-			if cs, perr := pki.ParseCertsPEM(raw); perr == nil && !pki.IssuedBy(cs[0], newCA[0]) {
-				problems = append(problems, fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(cs[0])))
-			}
-		}
-	}
-	rep.Verified = append(rep.Verified, "every kubelet is reachable from the apiservers and has a client certificate from the new CA")
-
-	// 3. Control-plane kubeconfigs and leaf certificates.
-	for _, n := range rt.Config.ControlPlane {
-		r, err := rt.node(ctx, Target{Node: n})
-		if err != nil {
-			problems = append(problems, err.Error())
-			continue
-		}
-		var srcs []pki.Source
-		for _, kc := range controlPlaneKubeconfigs {
-			raw, err := r.ReadFile(ctx, rt.Config.kubeDir(kc.name))
-			if errors.Is(err, fs.ErrNotExist) && kc.optional {
-				continue
-			}
-			if err != nil {
-				problems = append(problems, err.Error())
-				continue
-			}
-			c, _, _, _, err := edit.KubeconfigClientCert(raw, "")
-			if err != nil {
-				problems = append(problems, err.Error())
-				continue
-			}
-			srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.name), PEM: c})
-		}
-		for _, lf := range controlPlaneLeaves {
-			raw, err := r.ReadFile(ctx, rt.Config.pki(lf.name+".crt"))
-			if err != nil {
-				problems = append(problems, err.Error())
-				continue
-			}
-			srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.pki(lf.name+".crt"), PEM: raw})
-		}
-		for _, o := range append(append([]*x509.Certificate{}, oldCAs...), oldFP...) {
-			found, err := pki.ScanIssuedBy(o, srcs)
-			if err != nil {
-				problems = append(problems, err.Error())
-			}
-			for _, f := range found {
-				problems = append(problems, fmt.Sprintf("%s is still issued by the old CA (%s)", f.Where, f.Subject))
-			}
-		}
-	}
-	rep.Verified = append(rep.Verified, "no control-plane kubeconfig or leaf certificate is issued by the old CAs")
-
-	// 4. Health and publication.
-	nodes, err := rt.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	health, err := rt.verifyHealth(ctx, in.bundle)
 	if err != nil {
 		return err
 	}
-	for i := range nodes.Items {
-		if !nodeReady(&nodes.Items[i]) {
-			problems = append(problems, "node "+nodes.Items[i].Name+" is not Ready")
+	var regressions []string
+	for _, c := range []struct {
+		verified string
+		found    []finding
+	}{
+		{"every apiserver serves a certificate from the new CA and accepts client certificates from it", apiservers},
+		{"every kubelet is reachable from the apiservers and has a client certificate from the new CA", kubelets},
+		{"no control-plane kubeconfig or leaf certificate is issued by the old CAs", certs},
+		{"nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere", health},
+	} {
+		reg, pre := base.split(c.found)
+		regressions = append(regressions, reg...)
+		rep.PreExisting = append(rep.PreExisting, pre...)
+		if len(pre) > 0 {
+			c.verified += ", except what is listed as pre-existing"
 		}
+		rep.Verified = append(rep.Verified, c.verified)
 	}
-	if un, err := rt.unavailableAPIServices(ctx); err != nil {
-		return err
-	} else {
-		for _, a := range un {
-			problems = append(problems, "APIService "+a+" is not Available")
+	sort.Strings(regressions)
+	sort.Strings(rep.PreExisting)
+	if len(regressions) > 0 {
+		msg := "verification failed:\n  - " + strings.Join(regressions, "\n  - ")
+		if len(rep.PreExisting) > 0 {
+			msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(rep.PreExisting, "\n  - ")
 		}
-	}
-	if ok, why, err := rt.rootCAPublished(ctx, b); err != nil || !ok {
-		problems = append(problems, "kube-root-ca.crt: "+why+errOrNil(err))
-	}
-	rep.Verified = append(rep.Verified, "nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere")
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return fmt.Errorf("verification failed:\n  - %s", strings.Join(problems, "\n  - "))
+		return errors.New(msg)
 	}
 
 	// Attention list for the hold.
@@ -205,17 +119,207 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) still trust and present the old CA: give them the new CA data and new client certificates before resuming")
 	raw, _ := json.Marshal(rep)
 	rt.Out.Put(KeyHoldReport, raw)
+	for _, p := range rep.PreExisting {
+		rt.Printf("pre-existing: %s", p)
+	}
 	for _, a := range rep.Attention {
 		rt.Printf("attention: %s", a)
 	}
 	return nil
 }
 
+// finding is one problem a verify check found. check names the baseline
+// entry it compares with (see baseline.go); "" for a finding about the new
+// CAs, which has no pre-rotation equivalent.
+type finding struct {
+	check   string
+	problem string
+}
+
+// verifyInputs is what verify's checks compare with, read once from the
+// run's state.
+type verifyInputs struct {
+	newCA  *x509.Certificate   // the new cluster CA
+	oldCAs []*x509.Certificate // the old cluster and front-proxy CAs
+	client tls.Certificate     // rotate's client certificate from the new CA
+	bundle []byte              // old+new cluster CA
+}
+
+func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
+	var in verifyInputs
+	cl, fp, b, _, err := rt.caFiles(ctx)
+	if err != nil {
+		return in, err
+	}
+	newCA, err := pki.ParseCertsPEM(cl.NewCert)
+	if err != nil {
+		return in, err
+	}
+	oldCAs, err := pki.ParseCertsPEM(cl.OldCert)
+	if err != nil {
+		return in, err
+	}
+	oldFP, err := pki.ParseCertsPEM(fp.OldCert)
+	if err != nil {
+		return in, err
+	}
+	crt, _, _ := rt.Store.Value(ctx, keyRotateAdminCert)
+	key, _, _ := rt.Store.Value(ctx, keyRotateAdminKey)
+	if in.client, err = tls.X509KeyPair(crt, key); err != nil {
+		return in, fmt.Errorf("rotate's client certificate: %w", err)
+	}
+	in.newCA, in.oldCAs, in.bundle = newCA[0], append(oldCAs, oldFP...), b
+	return in, nil
+}
+
+// verifyAPIServer is check 1 on control-plane node n: its apiserver serves
+// a certificate from the new CA and accepts a client certificate from it.
+func (rt *Runtime) verifyAPIServer(ctx context.Context, n string, in verifyInputs) []finding {
+	addr := rt.Config.Address(n)
+	leaf, err := rt.servingCert(ctx, addr)
+	if err != nil {
+		return []finding{{checkAPIServer(n), fmt.Sprintf("apiserver %s: %v", n, err)}}
+	}
+	var out []finding
+	if !pki.IssuedBy(leaf, in.newCA) {
+		out = append(out, finding{"", fmt.Sprintf("apiserver %s serves %s, not issued by the new CA", n, pki.Describe(leaf))})
+	}
+	if err := rt.getWithCert(ctx, addr, in.client); err != nil {
+		out = append(out, finding{checkAPIServer(n), fmt.Sprintf("apiserver %s rejects a client certificate from the new CA: %v", n, err)})
+	}
+	return out
+}
+
+// verifyNodeProxy is check 2 on node n, first half: the apiservers reach
+// its kubelet (apiserver → kubelet with the new kubelet-client
+// certificate).
+func (rt *Runtime) verifyNodeProxy(ctx context.Context, n string) []finding {
+	if err := rt.kubeletHealthz(ctx, n); err != nil {
+		return []finding{{checkNodeProxy(n), fmt.Sprintf("apiserver → kubelet %s: %v", n, err)}}
+	}
+	return nil
+}
+
+// verifyKubeletClientCert is check 2 on node n, second half: its kubelet
+// runs with a client certificate from the new CA.
+func (rt *Runtime) verifyKubeletClientCert(ctx context.Context, n string, newCA *x509.Certificate) []finding {
+	r, err := rt.node(ctx, Target{Node: n})
+	if err != nil {
+		return []finding{{"", err.Error()}}
+	}
+	raw, err := rt.readKubeletClientCert(ctx, r, n)
+	if err != nil {
+		return []finding{{checkKubeletClientCert(n), err.Error()}}
+	}
+	if c, _, err := pki.ParseKubeletPEM(raw); err == nil && !pki.IssuedBy(c, newCA) {
+		return []finding{{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(c))}}
+	} else if err != nil {
+		if cs, perr := pki.ParseCertsPEM(raw); perr == nil && !pki.IssuedBy(cs[0], newCA) {
+			return []finding{{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(cs[0]))}}
+		}
+	}
+	return nil
+}
+
+// readKubeletClientCert reads the client certificate the kubelet on n
+// presents: the current-cert link, or else kubelet.conf's embedded one.
+func (rt *Runtime) readKubeletClientCert(ctx context.Context, r nodes.Runner, n string) ([]byte, error) {
+	raw, err := r.ReadFile(ctx, rt.Config.kubeletPKI(kubeletClientLink))
+	if errors.Is(err, fs.ErrNotExist) {
+		raw, err = r.ReadFile(ctx, rt.Config.kubeDir(kubeconfigKubelet))
+		if err == nil {
+			raw, _, _, _, err = edit.KubeconfigClientCert(raw, "")
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubelet client certificate on %s: %w", n, err)
+	}
+	return raw, nil
+}
+
+// verifyControlPlaneCerts is check 3 on control-plane node n: no
+// kubeconfig or leaf certificate there is issued by an old CA.
+func (rt *Runtime) verifyControlPlaneCerts(ctx context.Context, n string, oldCAs []*x509.Certificate) []finding {
+	r, err := rt.node(ctx, Target{Node: n})
+	if err != nil {
+		return []finding{{"", err.Error()}}
+	}
+	var out []finding
+	problem := func(s string) { out = append(out, finding{"", s}) }
+	var srcs []pki.Source
+	for _, kc := range controlPlaneKubeconfigs {
+		raw, err := r.ReadFile(ctx, rt.Config.kubeDir(kc.name))
+		if errors.Is(err, fs.ErrNotExist) && kc.optional {
+			continue
+		}
+		if err != nil {
+			problem(err.Error())
+			continue
+		}
+		c, _, _, _, err := edit.KubeconfigClientCert(raw, "")
+		if err != nil {
+			problem(err.Error())
+			continue
+		}
+		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.name), PEM: c})
+	}
+	for _, lf := range controlPlaneLeaves {
+		raw, err := r.ReadFile(ctx, rt.Config.pki(lf.name+".crt"))
+		if err != nil {
+			problem(err.Error())
+			continue
+		}
+		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.pki(lf.name+".crt"), PEM: raw})
+	}
+	for _, o := range oldCAs {
+		found, err := pki.ScanIssuedBy(o, srcs)
+		if err != nil {
+			problem(err.Error())
+		}
+		for _, f := range found {
+			problem(fmt.Sprintf("%s is still issued by the old CA (%s)", f.Where, f.Subject))
+		}
+	}
+	return out
+}
+
+// verifyHealth is check 4: every node Ready, every APIService Available,
+// kube-root-ca.crt holding old+new (bundle) everywhere. An error is a
+// failure to ask, not a finding.
+func (rt *Runtime) verifyHealth(ctx context.Context, bundle []byte) ([]finding, error) {
+	nodes, err := rt.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []finding
+	for i := range nodes.Items {
+		if !nodeReady(&nodes.Items[i]) {
+			out = append(out, finding{checkNodeReady(nodes.Items[i].Name), "node " + nodes.Items[i].Name + " is not Ready"})
+		}
+	}
+	un, err := rt.unavailableAPIServices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range un {
+		out = append(out, finding{checkAPIService(a), "APIService " + a + " is not Available"})
+	}
+	if ok, why, err := rt.rootCAPublished(ctx, bundle); err != nil || !ok {
+		out = append(out, finding{"", "kube-root-ca.crt: " + why + errOrNil(err)})
+	}
+	return out, nil
+}
+
 // getWithCert calls /api on one apiserver presenting only cert.
 func (rt *Runtime) getWithCert(ctx context.Context, addr string, cert tls.Certificate) error {
 	cfg := rt.Trust.TLSConfig()
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return rt.getAPI(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, addr)
+}
+
+// getAPI calls /api on one apiserver through c and wants 200: the server
+// accepted the client's credentials.
+func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, addr string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+joinHostPort(addr, rt.Config.APIServerPort)+"/api", nil)
 	if err != nil {
 		return err
@@ -229,6 +333,16 @@ func (rt *Runtime) getWithCert(ctx context.Context, addr string, cert tls.Certif
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// kubeletHealthz asks the kubelet on node for /healthz through the
+// apiserver's node proxy, i.e. apiserver → kubelet.
+func (rt *Runtime) kubeletHealthz(ctx context.Context, node string) error {
+	const path = "/healthz"
+	if rt.NodeProxy != nil {
+		return rt.NodeProxy(ctx, node, path)
+	}
+	return rt.Kube.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/" + node + "/proxy" + path).Do(ctx).Error()
 }
 
 // stalePods lists pods that started before the CA bundle was published

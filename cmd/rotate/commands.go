@@ -270,6 +270,9 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 		for _, v := range rep.Hold.Verified {
 			fmt.Fprintf(w, "  ok: %s\n", v)
 		}
+		for _, p := range rep.Hold.PreExisting {
+			fmt.Fprintf(w, "  pre-existing: %s\n", p)
+		}
 		for _, a := range rep.Hold.Attention {
 			fmt.Fprintf(w, "  attention: %s\n", a)
 		}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubeca/rotate/orchestrator"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+// TestStatusShowsPreExisting: a held run's report lists what failed before
+// the rotation too, between what was verified and what needs attention;
+// a report without any prints and encodes as before.
+func TestStatusShowsPreExisting(t *testing.T) {
+	const pre = "apiserver → kubelet w1: dial tcp 10.0.0.3:10250: i/o timeout (already failing before the rotation)"
+	tests := []struct {
+		name        string
+		preExisting []string
+		wantTable   string // "" = no pre-existing line
+		wantJSON    bool
+	}{
+		{name: "with pre-existing problems", preExisting: []string{pre},
+			wantTable: "  ok: verified\n  pre-existing: " + pre + "\n  attention: look\n", wantJSON: true},
+		{name: "without"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hold := &steps.HoldReport{CheckedAt: time.Date(2026, 11, 27, 4, 18, 40, 0, time.UTC),
+				Verified: []string{"verified"}, Attention: []string{"look"}, PreExisting: tt.preExisting}
+			rep := &orchestrator.StatusReport{Run: state.Run{ID: "r1", Cluster: "c", State: orchestrator.StateHeld, Phase: "verify"}, Hold: hold}
+			var out bytes.Buffer
+			printStatus(&out, rep)
+			if tt.wantTable != "" && !strings.Contains(out.String(), tt.wantTable) {
+				t.Errorf("status lacks\n%s\ngot:\n%s", tt.wantTable, out.String())
+			}
+			if tt.wantTable == "" && strings.Contains(out.String(), "pre-existing") {
+				t.Errorf("status shows pre-existing without any:\n%s", out.String())
+			}
+			raw, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(string(raw), `"preExisting":`); got != tt.wantJSON {
+				t.Errorf("JSON has preExisting = %v, want %v: %s", got, tt.wantJSON, raw)
+			}
+		})
+	}
+}

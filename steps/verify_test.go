@@ -1,0 +1,327 @@
+package steps
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
+)
+
+// verifyFixture is a cluster at phase 11: control-plane node cp1 and
+// worker w1 hold only certificates from the new CAs, the apiserver (a local
+// TLS server) serves and accepts new-CA certificates, the API reports
+// everything Ready and published, and the node proxy answers per node what
+// the test puts in proxy.
+type verifyFixture struct {
+	rt       *Runtime
+	st       *fakeStore
+	proxy    map[string]error // node → the node proxy's /healthz answer
+	progress []string
+}
+
+func newVerifyFixture(t *testing.T) *verifyFixture {
+	t.Helper()
+	ctx := context.Background()
+	rt, cp1, st := testRuntime(t)
+	f := &verifyFixture{rt: rt, st: st, proxy: map[string]error{}}
+	cl, err := rt.newCA(ctx, CACluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, err := rt.newCA(ctx, CAFrontProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *pki.CA, tmpl *x509.Certificate) *pki.Issued {
+		is, err := pki.Reissue(tmpl, ca, pki.ReissueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return is
+	}
+	client := func(cn string) *x509.Certificate {
+		return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	}
+
+	admin := issue(cl, client("rotate"))
+	st.values[keyRotateAdminCert], st.values[keyRotateAdminKey] = admin.CertPEM, admin.KeyPEM
+	rt.AdminCert = admin.Cert
+	if rt.Trust, err = NewTrust(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	serving := issue(cl, &x509.Certificate{Subject: pkix.Name{CommonName: "kube-apiserver"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	rt.Config.Addresses, rt.Config.APIServerPort = map[string]string{"cp1": "127.0.0.1"}, apiServer(t, serving, cl.Cert)
+
+	w1 := nodes.NewMemRunner("w1")
+	rt.Nodes = memNodes{"cp1": cp1, "w1": w1}
+	rt.Config.Workers = []string{"w1"}
+	rt.NodeProxy = func(ctx context.Context, node, path string) error {
+		if path != "/healthz" {
+			t.Errorf("node proxy path %q", path)
+		}
+		return f.proxy[node]
+	}
+	rt.Progress = func(msg string) { f.progress = append(f.progress, msg) }
+
+	// Every file nodes-reachable wants; those verify reads hold new-CA
+	// certificates (the old ones would do for the baseline, which only
+	// reads them).
+	for _, p := range []string{"/etc/kubernetes/pki/ca.key", "/etc/kubernetes/pki/front-proxy-ca.crt", "/etc/kubernetes/pki/front-proxy-ca.key",
+		"/etc/kubernetes/manifests/kube-apiserver.yaml", "/etc/kubernetes/manifests/kube-scheduler.yaml", "/var/lib/kubelet/config.yaml"} {
+		cp1.SetFile(p, []byte("x"), 0o600)
+	}
+	w1.SetFile("/etc/kubernetes/pki/ca.crt", st.cas[CACluster].OldCert, 0o644)
+	w1.SetFile("/var/lib/kubelet/config.yaml", []byte("x"), 0o600)
+	for name, r := range map[string]*nodes.MemRunner{"cp1": cp1, "w1": w1} {
+		kub, err := pki.NewKubeletClientCert(name, cl, pki.ReissueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pemBytes, err := pki.KubeletPEM(kub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.SetFile("/var/lib/kubelet/pki/kubelet-client-current.pem", pemBytes, 0o600)
+		r.SetFile("/etc/kubernetes/kubelet.conf", kubeconfigWith(kub), 0o600)
+	}
+	for _, kc := range []string{"admin.conf", "controller-manager.conf", "scheduler.conf"} {
+		cp1.SetFile("/etc/kubernetes/"+kc, kubeconfigWith(issue(cl, client(kc))), 0o600)
+	}
+	cp1.SetFile("/etc/kubernetes/pki/apiserver.crt", serving.CertPEM, 0o644)
+	cp1.SetFile("/etc/kubernetes/pki/apiserver-kubelet-client.crt", issue(cl, client("kube-apiserver-kubelet-client")).CertPEM, 0o644)
+	cp1.SetFile("/etc/kubernetes/pki/front-proxy-client.crt", issue(fp, client("front-proxy-client")).CertPEM, 0o644)
+
+	b, _, err := rt.bundles(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []runtime.Object
+	for _, n := range []string{"cp1", "w1"} {
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}})
+	}
+	for _, ns := range []string{"default", "kube-system"} {
+		objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "kube-root-ca.crt"}, Data: map[string]string{"ca.crt": string(b)}})
+	}
+	rt.Kube = fake.NewClientset(objs...)
+	apisvc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": map[string]any{"name": "v1.apps"},
+		"status": map[string]any{"conditions": []any{map[string]any{"type": "Available", "status": "True"}}},
+	}}
+	rt.Dynamic = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		gvrAPIService: "APIServiceList", gvrValidating: "ValidatingWebhookConfigurationList",
+		gvrMutating: "MutatingWebhookConfigurationList", gvrCRD: "CustomResourceDefinitionList",
+	}, apisvc)
+	return f
+}
+
+// apiServer serves /api and /readyz over TLS with serving, to clients
+// presenting a certificate from clientCA; it returns the port.
+func apiServer(t *testing.T, serving *pki.Issued, clientCA *x509.Certificate) int {
+	t.Helper()
+	pair, err := tls.X509KeyPair(serving.CertPEM, serving.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(clientCA)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api" && r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+		}
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// kubeconfigWith is a kubeconfig embedding is as the client certificate.
+func kubeconfigWith(is *pki.Issued) []byte {
+	return []byte(`apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    server: https://10.0.0.1:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: u
+  name: u@kubernetes
+current-context: u@kubernetes
+users:
+- name: u
+  user:
+    client-certificate-data: ` + b64(is.CertPEM) + `
+    client-key-data: ` + b64(is.KeyPEM) + `
+`)
+}
+
+// preflight runs the steps that record the baseline, as the engine would,
+// and commits their outputs to the store.
+func (f *verifyFixture) preflight(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	runs := []struct {
+		s Step
+		t Target
+	}{
+		{NodesReachable{}, Target{Node: "cp1", Role: RoleControlPlane}},
+		{NodesReachable{}, Target{Node: "w1", Role: RoleWorker}},
+		{ClusterHealthy{}, ClusterTarget},
+	}
+	for _, r := range runs {
+		rt := *f.rt
+		rt.Out = &Outputs{}
+		if err := r.s.Apply(ctx, &rt, r.t); err != nil {
+			t.Fatalf("%s on %s: %v", r.s.Name(), r.t, err)
+		}
+		for k, v := range rt.Out.Values {
+			f.st.values[k] = v
+		}
+	}
+}
+
+// verify runs Verify and returns its hold report (nil if none).
+func (f *verifyFixture) verify(t *testing.T) (*HoldReport, error) {
+	t.Helper()
+	rt := *f.rt
+	rt.Out = &Outputs{}
+	err := Verify{}.Apply(context.Background(), &rt, ClusterTarget)
+	raw, ok := rt.Out.Values[KeyHoldReport]
+	if !ok {
+		return nil, err
+	}
+	var rep HoldReport
+	if jerr := json.Unmarshal(raw, &rep); jerr != nil {
+		t.Fatal(jerr)
+	}
+	return &rep, err
+}
+
+var errProxy = errors.New("dial tcp 10.0.0.3:10250: i/o timeout")
+
+func TestVerifyComparesWithBaseline(t *testing.T) {
+	const w1Broken = "apiserver → kubelet w1: dial tcp 10.0.0.3:10250: i/o timeout"
+	tests := []struct {
+		name           string
+		noBaseline     bool             // preflight ran under a rotate that recorded none
+		before, now    map[string]error // node proxy answers at preflight and at verify
+		wantErr        string           // "" = verify passes
+		wantPre        []string
+		wantBaseLine   string // a progress line preflight prints
+		wantNoBaseLine bool
+	}{
+		{name: "working before and now", wantNoBaseLine: true},
+		{name: "broken before and still broken: pre-existing, not a failure",
+			before: map[string]error{"w1": errProxy}, now: map[string]error{"w1": errProxy},
+			wantPre:      []string{w1Broken + " (already failing before the rotation)"},
+			wantBaseLine: "baseline: node-proxy/w1 already fails before the rotation (" + errProxy.Error() + "); recorded, not fatal"},
+		{name: "broken before, working now",
+			before: map[string]error{"w1": errProxy}},
+		{name: "working before, broken now: a regression naming the node",
+			now: map[string]error{"w1": errProxy}, wantErr: "verification failed:\n  - " + w1Broken},
+		{name: "pre-existing on one node, regression on another",
+			before: map[string]error{"w1": errProxy}, now: map[string]error{"w1": errProxy, "cp1": errBoom},
+			wantErr: "verification failed:\n  - apiserver → kubelet cp1: boom\nnot counted, failing before the rotation too:\n  - " + w1Broken + " (already failing before the rotation)"},
+		{name: "no baseline, working", noBaseline: true},
+		{name: "no baseline: every failure is a regression, as before baselines",
+			noBaseline: true, now: map[string]error{"w1": errProxy}, wantErr: "verification failed:\n  - " + w1Broken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newVerifyFixture(t)
+			f.proxy = tt.before
+			if !tt.noBaseline {
+				f.preflight(t)
+			}
+			if tt.wantBaseLine != "" && !strings.Contains(strings.Join(f.progress, "\n"), tt.wantBaseLine) {
+				t.Errorf("preflight progress lacks %q:\n%s", tt.wantBaseLine, strings.Join(f.progress, "\n"))
+			}
+			if tt.wantNoBaseLine && strings.Contains(strings.Join(f.progress, "\n"), "baseline:") {
+				t.Errorf("preflight reports a failing baseline:\n%s", strings.Join(f.progress, "\n"))
+			}
+			f.proxy = tt.now
+			rep, err := f.verify(t)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("verify = %v\nwant %q", err, tt.wantErr)
+				}
+				if rep != nil {
+					t.Fatalf("failed verify stored a hold report: %+v", rep)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if !reflect.DeepEqual(rep.PreExisting, tt.wantPre) {
+				t.Fatalf("pre-existing = %q, want %q", rep.PreExisting, tt.wantPre)
+			}
+			want := "every kubelet is reachable from the apiservers and has a client certificate from the new CA"
+			if len(tt.wantPre) > 0 {
+				want += ", except what is listed as pre-existing"
+			}
+			if rep.Verified[1] != want {
+				t.Errorf("verified[1] = %q, want %q", rep.Verified[1], want)
+			}
+			for _, p := range tt.wantPre {
+				if !strings.Contains(strings.Join(f.progress, "\n"), "pre-existing: "+p) {
+					t.Errorf("verify progress lacks pre-existing %q", p)
+				}
+			}
+		})
+	}
+}
+
+// TestBaselineRecordsEveryCheck: what preflight stores, check by check,
+// under the keys verify reads.
+func TestBaselineRecordsEveryCheck(t *testing.T) {
+	f := newVerifyFixture(t)
+	f.proxy = map[string]error{"w1": errProxy}
+	f.rt.Nodes.(memNodes)["w1"].Remove(context.Background(), "/var/lib/kubelet/pki/kubelet-client-current.pem")
+	f.rt.Nodes.(memNodes)["w1"].(*nodes.MemRunner).SetFile("/etc/kubernetes/kubelet.conf", []byte("not a kubeconfig: ["), 0o600)
+	f.preflight(t)
+	got, err := f.rt.loadBaseline(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for check, failed := range map[string]bool{
+		"apiserver/cp1": false, "node-proxy/cp1": false, "kubelet-client-cert/cp1": false,
+		"node-proxy/w1": true, "kubelet-client-cert/w1": true,
+		"node-ready/cp1": false, "node-ready/w1": false, "apiservice/v1.apps": false,
+	} {
+		why, ok := got[check]
+		if !ok || (why != "") != failed {
+			t.Errorf("baseline %s = %q (recorded %v), want failed=%v", check, why, ok, failed)
+		}
+	}
+	if len(got) != 8 {
+		t.Errorf("baseline has %d checks, want 8: %v", len(got), got)
+	}
+}
