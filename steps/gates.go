@@ -60,29 +60,37 @@ var (
 	Scheduler         = Component{Name: "kube-scheduler", Manifest: "kube-scheduler.yaml", HealthPort: 10259}
 )
 
-// processAge is a shell script: it prints "<pid> <started-epoch>
-// <manifest-mtime-epoch>" for the newest process of the component that
-// shares this shell's network namespace (static control-plane pods use the
-// host network), or exits 3 when none runs.
+// processAge is a shell script: for the newest process of the component
+// that shares this shell's network namespace (static control-plane pods
+// use the host network) it prints "<pid> <start-ticks> <ticks-per-second>
+// <uptime> <now> <manifest-mtime>" — the process's start in clock ticks
+// since boot, the node's uptime and the time now and the manifest's mtime
+// as seconds with their fractions — or exits 3 when none runs. Whole
+// seconds are not enough: a restart gate must not take a process that
+// started in the same second as its manifest changed, but before it, for
+// the restarted one.
 const processAge = `set -u
 name=$1; manifest=$2
 self=$(readlink /proc/self/ns/net)
-now=$(date +%s)
-best=""; beststart=0
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+best=""; bestticks=-1
 for p in $(pgrep -f "(^|/)$name( |$)" || true); do
   [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$self" ] || continue
-  et=$(ps -o etimes= -p "$p" 2>/dev/null | tr -d ' ')
-  [ -n "$et" ] || continue
-  st=$((now - et))
-  if [ -z "$best" ] || [ "$st" -gt "$beststart" ]; then best=$p; beststart=$st; fi
+  st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+  set -- $st
+  [ $# -ge 20 ] || continue
+  ticks=${20}
+  if [ "$ticks" -gt "$bestticks" ]; then best=$p; bestticks=$ticks; fi
 done
 [ -n "$best" ] || exit 3
-m=$(stat -c %Y "$manifest" 2>/dev/null || echo 0)
-echo "$best $beststart $m"
+read up _ < /proc/uptime
+now=$(date +%s.%N)
+m=$(stat -c %.9Y "$manifest" 2>/dev/null) || m=$(stat -c %Y "$manifest" 2>/dev/null) || m=0
+echo "$best $bestticks $hz $up $now $m"
 `
 
 // componentRestarted reports whether the component's newest process on
-// the node started at or after its manifest was last written.
+// the node started after its manifest was last written.
 func componentRestarted(ctx context.Context, r nodes.Runner, c Component, manifestPath string) (bool, string, error) {
 	res, err := r.Run(ctx, "sh -c "+shellQuote(processAge)+" sh "+shellQuote(c.Name)+" "+shellQuote(manifestPath), nil)
 	var ee *nodes.ExitError
@@ -92,16 +100,37 @@ func componentRestarted(ctx context.Context, r nodes.Runner, c Component, manife
 	if err != nil {
 		return false, "", err
 	}
-	f := strings.Fields(string(res.Stdout))
-	if len(f) != 3 {
-		return false, "", fmt.Errorf("unexpected process report %q", res.Stdout)
+	pid, newer, err := parseProcessReport(string(res.Stdout))
+	if err != nil {
+		return false, "", err
 	}
-	started, _ := strconv.ParseInt(f[1], 10, 64)
-	mtime, _ := strconv.ParseInt(f[2], 10, 64)
-	if started < mtime {
-		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, f[0]), nil
+	if !newer {
+		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, pid), nil
 	}
 	return true, "", nil
+}
+
+// parseProcessReport reads processAge's line and says whether the process
+// started after the manifest was written: its age (uptime minus its start)
+// is below the manifest's (now minus mtime).
+func parseProcessReport(out string) (pid string, newer bool, err error) {
+	f := strings.Fields(out)
+	if len(f) != 6 {
+		return "", false, fmt.Errorf("unexpected process report %q", out)
+	}
+	var v [5]float64
+	for i := range v {
+		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
+			return "", false, fmt.Errorf("unexpected process report %q: %w", out, err)
+		}
+	}
+	ticks, hz, uptime, now, mtime := v[0], v[1], v[2], v[3], v[4]
+	if hz <= 0 {
+		return "", false, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
+	}
+	processAge := uptime - ticks/hz
+	manifestAge := now - mtime
+	return f[0], processAge < manifestAge, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -346,3 +346,33 @@ func TestPlanRestore(t *testing.T) {
 		})
 	}
 }
+
+func TestParseProcessReport(t *testing.T) {
+	tests := []struct {
+		name, out string
+		newer     bool
+		bad       bool
+	}{
+		// Started 100.25 s after boot, uptime 110.00: 9.75 s old; the
+		// manifest was written 10.5 s ago.
+		{"started after the write", "42 10025 100 110.00 1700000000.500 1699999990.000\n", true, false},
+		// Same second, but 0.3 s before the write: older.
+		{"started just before the write, same second", "42 10020 100 110.00 1700000000.500 1699999990.800\n", false, false},
+		{"old process", "7 500 100 110.00 1700000000.0 1699999999.0", false, false},
+		{"whole-second stat", "7 10500 100 110.00 1700000000.9 1699999995", true, false},
+		{"garbage", "7 x 100 110 1 1", false, true},
+		{"short", "7 1 2", false, true},
+		{"zero hz", "7 1 0 1 1 1", false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pid, newer, err := parseProcessReport(tt.out)
+			if (err != nil) != tt.bad {
+				t.Fatalf("err = %v, want error %v", err, tt.bad)
+			}
+			if !tt.bad && (newer != tt.newer || pid == "") {
+				t.Fatalf("pid %q newer %v, want newer %v", pid, newer, tt.newer)
+			}
+		})
+	}
+}

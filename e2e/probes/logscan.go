@@ -103,8 +103,14 @@ func (ls *logScanner) read(path string, t *tail) {
 }
 
 // classifyLogLine returns X509 for lines with "x509:", Unauthorized for
-// lines with "Unauthorized", "" otherwise.
+// lines with "Unauthorized", "" otherwise. Indented lines continue a
+// multi-line record (the kubelet prints its whole configuration at start,
+// with keys such as "x509:" and "cacheUnauthorizedTTL:") and are not
+// records of their own.
 func classifyLogLine(line []byte) Class {
+	if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+		return ""
+	}
 	switch {
 	case bytes.Contains(line, []byte("x509:")):
 		return X509
