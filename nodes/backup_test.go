@@ -159,12 +159,22 @@ func TestBackupRestoreSSH(t *testing.T) {
 }
 
 // cleanupBackupDir removes the run's directory on this machine (the test
-// node) and the parents if the test left them empty.
+// node) and those of its parents the test created, if it left them empty.
+// Parents that existed before are someone else's (an e2e cluster mounts
+// its nodes' own directories there; removing the mount point on the host
+// detaches those mounts in every node).
 func cleanupBackupDir(t *testing.T, runID string) {
+	var created []string
+	for _, d := range []string{BackupDir, path.Dir(BackupDir)} {
+		if _, err := os.Stat(d); err != nil {
+			created = append(created, d)
+		}
+	}
 	t.Cleanup(func() {
 		os.RemoveAll(path.Join(BackupDir, runID))
-		os.Remove(BackupDir)
-		os.Remove(path.Dir(BackupDir))
+		for _, d := range created {
+			os.Remove(d)
+		}
 	})
 }
 

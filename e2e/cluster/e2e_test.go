@@ -13,11 +13,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -27,10 +29,15 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kubeca/rotate/e2e/cluster/supervisor"
+	"github.com/kubeca/rotate/e2e/probes"
+	"github.com/kubeca/rotate/pki"
 )
 
 func requireRoot(t *testing.T) {
@@ -176,6 +183,12 @@ func keepOnFailure(t *testing.T, c *Cluster) {
 func TestCluster(t *testing.T) {
 	requireRoot(t)
 	hostDirs := missingHostDirs()
+	host, err := SnapshotHostRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = user.Lookup(OperatorUser)
+	hostHadOperator := err == nil
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
@@ -262,7 +275,11 @@ func TestCluster(t *testing.T) {
 			} else if !agent {
 				file = "/etc/kubernetes/bootstrap-kubelet.conf" // same on every worker
 			}
-			out, err := c.SSH(ctx, n.Name, "hostname; sha256sum "+file+"; test -d /run/sshd && test ! -e /run/netns")
+			sudo := ""
+			if n.User() != "root" {
+				sudo = "sudo -n "
+			}
+			out, err := c.SSH(ctx, n.Name, "hostname; "+sudo+"sha256sum "+file+"; test -d /run/sshd && test ! -e /run/netns")
 			if err != nil {
 				t.Errorf("%s: %v", n.Name, err)
 				continue
@@ -293,7 +310,11 @@ func TestCluster(t *testing.T) {
 			n, _ := c.st.Spec.Node(name)
 			before := servicePID(t, n, supervisor.KubeletService)
 			t0 := time.Now()
-			out, err := c.SSH(ctx, name, restart)
+			cmd := restart
+			if n.User() != "root" {
+				cmd = "sudo -n " + restart // rotate's become
+			}
+			out, err := c.SSH(ctx, name, cmd)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
@@ -358,6 +379,8 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("probes-see-credential-failures", func(t *testing.T) { checkProbes(t, ctx, c) })
+
 	t.Run("kill-node-keeps-serving", func(t *testing.T) { checkKillNode(t, ctx, c, cs) })
 
 	t.Run("resources", func(t *testing.T) {
@@ -370,7 +393,29 @@ func TestCluster(t *testing.T) {
 		t.Logf("total rss %d MiB; loadavg %s", total>>20, strings.TrimSpace(string(la)))
 	})
 
-	t.Run("down-leaves-nothing", func(t *testing.T) { downAndCheck(t, c, hostDirs) })
+	t.Run("down-leaves-nothing", func(t *testing.T) {
+		downAndCheck(t, c, hostDirs)
+		now, err := SnapshotHostRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := host.Diff(now); len(d) > 0 {
+			t.Errorf("the host's root filesystem changed while the cluster ran:\n  %s", strings.Join(d, "\n  "))
+		}
+		if _, err := user.Lookup(OperatorUser); err == nil && !hostHadOperator {
+			t.Errorf("user %s left on the host", OperatorUser)
+		}
+	})
+}
+
+// withAnnotation adds a pod annotation to a kubeadm manifest.
+func withAnnotation(manifest []byte, key, value string) []byte {
+	line := fmt.Sprintf("    %s: %q\n", key, value)
+	edited := strings.Replace(string(manifest), "  annotations:\n", "  annotations:\n"+line, 1)
+	if edited == string(manifest) {
+		edited = strings.Replace(string(manifest), "metadata:\n", "metadata:\n  annotations:\n"+line, 1)
+	}
+	return []byte(edited)
 }
 
 // checkSlowMode: with a notice delay, a static pod is replaced only that
@@ -392,9 +437,8 @@ func checkSlowMode(t *testing.T, ctx context.Context, c *Cluster) {
 		t.Fatal(err)
 	}
 	before := servicePID(t, n, "kube-scheduler")
-	edited := strings.Replace(string(orig), "metadata:\n", "metadata:\n  labels: {e2e.rotate/slow: \"1\"}\n", 1)
 	changed := time.Now()
-	if err := writeFileAtomic(path, []byte(edited), 0o600); err != nil {
+	if err := writeFileAtomic(path, withAnnotation(orig, "e2e.rotate/slow", "1"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitFor(ctx, time.Minute, "kube-scheduler restart", func() error {
@@ -503,6 +547,126 @@ func checkServingCertFromCSR(t *testing.T, ctx context.Context, c *Cluster) {
 	}
 	if seen == 0 {
 		t.Fatal("no node with serverTLSBootstrap")
+	}
+}
+
+// checkProbes runs every probe on the healthy cluster (clean, every probe
+// succeeds, the webhook is called), then gives a node's kubelet.conf a
+// client certificate of another CA (the node probe must record 401) and
+// that CA's data (x509), and checks the probes clean up after themselves.
+// The real kubelet reads kubelet.conf only when it starts, so it is not
+// disturbed; the file is put back.
+func checkProbes(t *testing.T, ctx context.Context, c *Cluster) {
+	s := c.Spec()
+	r, err := probes.Start(ctx, s.ClusterJSON(), probes.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			r.Stop()
+		}
+	}()
+	all := []string{probes.ProbeAdmin, probes.ProbeNode, probes.ProbeNodeProxy, probes.ProbeInCluster, probes.ProbeAggregated, probes.ProbeWebhook, probes.ProbeLease, probes.ProbeLogs}
+	if err := waitFor(ctx, 2*time.Minute, "every probe to succeed", func() error {
+		rep := r.Snapshot()
+		for _, p := range all {
+			if st := rep.Probes[p]; st == nil || st.OK == 0 {
+				return fmt.Errorf("probe %s has not succeeded yet", p)
+			}
+		}
+		if r.WebhookCalls() == 0 {
+			return errors.New("webhook not called yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := r.Snapshot(); !rep.Clean() {
+		t.Fatalf("probes not clean on a healthy cluster:\n%s", rep.Summary())
+	}
+
+	w, _ := s.Node("worker1")
+	kc := filepath.Join(w.EtcKubernetes(), "kubelet.conf")
+	good, err := os.ReadFile(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := writeFileAtomic(kc, good, 0o600); err != nil {
+			t.Error(err)
+		}
+	}()
+	rogue, err := pki.NewCA(pki.CAOptions{CommonName: "rogue-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	is, err := pki.NewKubeletClientCert(w.Name, rogue, pki.ReissueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := pki.EncodeKeyPEM(is.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range cfg.AuthInfos {
+		ai.ClientCertificate, ai.ClientKey = "", ""
+		ai.ClientCertificateData, ai.ClientKeyData = pki.EncodeCertsPEM(is.Cert), keyPEM
+	}
+	write := func(cfg *clientcmdapi.Config) {
+		t.Helper()
+		b, err := clientcmd.Write(*cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := writeFileAtomic(kc, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(cfg)
+	if err := waitFor(ctx, time.Minute, "a 401 for the rogue client certificate", func() error {
+		if r.Snapshot().Count(probes.ProbeNode, probes.Unauthorized) == 0 {
+			return errors.New("none yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = clientcmd.Load(good); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range cfg.Clusters {
+		cl.CertificateAuthorityData = pki.EncodeCertsPEM(rogue.Cert)
+	}
+	write(cfg)
+	if err := waitFor(ctx, time.Minute, "an x509 failure for the rogue CA data", func() error {
+		if r.Snapshot().Count(probes.ProbeNode, probes.X509) == 0 {
+			return errors.New("none yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	final := r.Stop()
+	stopped = true
+	if final.Clean() {
+		t.Error("report clean despite broken credentials")
+	}
+	raw, _ := json.Marshal(final)
+	if strings.Contains(string(raw), "PRIVATE KEY") {
+		t.Error("report leaks a private key")
+	}
+	cs, err := c.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "rotate-probe", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("webhook configuration still registered after Stop: %v", err)
 	}
 }
 
@@ -647,11 +811,7 @@ func checkManifestRestart(t *testing.T, ctx context.Context, c *Cluster) {
 		t.Fatalf("touch restarted kube-scheduler: %d -> %d", before, got)
 	}
 	// Bump an annotation: restart.
-	edited := strings.Replace(string(orig), "  annotations:\n", "  annotations:\n    e2e.rotate/restarted-at: \"1\"\n", 1)
-	if edited == string(orig) {
-		edited = strings.Replace(string(orig), "metadata:\n", "metadata:\n  annotations:\n    e2e.rotate/restarted-at: \"1\"\n", 1)
-	}
-	if err := writeFileAtomic(path, []byte(edited), 0o600); err != nil {
+	if err := writeFileAtomic(path, withAnnotation(orig, "e2e.rotate/restarted-at", "1"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitFor(ctx, time.Minute, "kube-scheduler restart", func() error {

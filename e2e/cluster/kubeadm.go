@@ -354,9 +354,14 @@ func caCertHash(caFile string) (string, error) {
 // (10-kubeadm.conf) does: the flags kubeadm wrote to kubeadm-flags.env
 // (container runtime endpoint, node-ip, ...) after the fixed ones, so the
 // kubelet reads the node's own config.yaml, kubelet.conf and, on a node
-// that has not joined yet, bootstrap-kubelet.conf. Until kubeadm wrote
-// config.yaml the kubelet exits and is restarted, like the real unit.
-const kubeletCommand = `if [ -f /var/lib/kubelet/kubeadm-flags.env ]; then . /var/lib/kubelet/kubeadm-flags.env; fi
+// that has not joined yet, bootstrap-kubelet.conf. kubeadm stops the
+// kubelet while it writes these files and restarts it after the last one,
+// kubeadm-flags.env; there is no systemd here, so until that file exists
+// the kubelet exits and is restarted (a kubelet started between config.yaml
+// and kubeadm-flags.env ran without --node-ip, and a serverTLSBootstrap
+// kubelet then never asked for a serving certificate).
+const kubeletCommand = `if [ ! -f /var/lib/kubelet/kubeadm-flags.env ]; then echo "kubelet: waiting for kubeadm to write /var/lib/kubelet/kubeadm-flags.env" >&2; exit 1; fi
+. /var/lib/kubelet/kubeadm-flags.env
 if [ -f /etc/default/kubelet ]; then . /etc/default/kubelet; fi
 exec kubelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS`
 

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -75,7 +78,7 @@ func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
 	fmt.Fprintf(&sb, "mount -t tmpfs -o mode=0755,size=64m rotate-e2e-%s /run\n", n.Name)
 	sb.WriteString("mkdir -p /run/sshd /run/rotate-e2e /run/lock\nchmod 0755 /run/sshd\n")
 	fmt.Fprintf(&sb, "mount --bind %q /run/rotate-e2e\n", n.RunDir())
-	for _, m := range append(n.nodeMounts(), n.nodeFiles()...) {
+	for _, m := range n.nodeMounts() {
 		fmt.Fprintf(&sb, "mount --bind %q %q\n", m[0], m[1])
 	}
 	fmt.Fprintf(&sb, "hostname %q\n", n.Name)
@@ -114,57 +117,53 @@ func (c *Cluster) makeNodeDirs() error {
 				return err
 			}
 		}
-		if err := writeNodeUsers(n); err != nil {
-			return fmt.Errorf("users of %s: %w", n.Name, err)
+		if err := writeNodeSudoers(n); err != nil {
+			return fmt.Errorf("sudoers of %s: %w", n.Name, err)
 		}
 	}
 	return nil
 }
 
-// writeNodeUsers gives the node its own /etc/passwd, /etc/group and
-// /etc/shadow: the host's plus OperatorUser (password "*": no password,
-// not locked, so sshd accepts its key without PAM), and its sudoers entry
-// (passwordless, as `become` needs).
-func writeNodeUsers(n Node) error {
-	add := map[string]string{
-		"/etc/passwd": fmt.Sprintf("%s:x:%d:%d:rotate e2e operator:/home/%s:/bin/bash\n", OperatorUser, OperatorUID, OperatorUID, OperatorUser),
-		"/etc/group":  fmt.Sprintf("%s:x:%d:\n", OperatorUser, OperatorUID),
-		"/etc/shadow": OperatorUser + ":*:20000:0:99999:7:::\n",
-	}
-	for _, f := range n.nodeFiles() {
-		host, inside := f[0], f[1]
-		raw, err := os.ReadFile(inside)
-		if err != nil {
-			return err
-		}
-		st, err := os.Stat(inside)
-		if err != nil {
-			return err
-		}
-		var keep []string
-		for _, l := range strings.SplitAfter(string(raw), "\n") {
-			if l != "" && !strings.HasPrefix(l, OperatorUser+":") {
-				keep = append(keep, l)
-			}
-		}
-		data := strings.Join(keep, "")
-		if data != "" && !strings.HasSuffix(data, "\n") {
-			data += "\n"
-		}
-		if err := os.WriteFile(host, []byte(data+add[inside]), st.Mode().Perm()); err != nil {
-			return err
-		}
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			if err := os.Chown(host, int(sys.Uid), int(sys.Gid)); err != nil {
-				return err
-			}
-		}
-	}
+// writeNodeSudoers gives the node its sudoers entry for OperatorUser
+// (passwordless, as `become` needs); /etc/sudoers.d is the node's own.
+func writeNodeSudoers(n Node) error {
 	sudoers := filepath.Join(n.Dir, "etc-sudoers.d")
 	if err := os.Chmod(sudoers, 0o755); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(sudoers, "rotate-e2e"), []byte(OperatorUser+" ALL=(ALL) NOPASSWD: ALL\n"), 0o440)
+}
+
+// ensureOperatorUser creates OperatorUser on the host if it is missing
+// (password "*": none, but not locked, so sshd accepts its key without
+// PAM; no home on the host: /home is each node's own) and records that
+// the harness created it, so the last cluster's Down removes it.
+func ensureOperatorUser() (uid, gid int, err error) {
+	if _, err := user.Lookup(OperatorUser); err != nil {
+		created := readLines(filepath.Join(registryDir, "created-users"))
+		if !slices.Contains(created, OperatorUser) {
+			created = append(created, OperatorUser)
+		}
+		if err := os.MkdirAll(registryDir, 0o755); err != nil {
+			return 0, 0, err
+		}
+		if err := writeFileAtomic(filepath.Join(registryDir, "created-users"), []byte(strings.Join(created, "\n")+"\n"), 0o644); err != nil {
+			return 0, 0, err
+		}
+		if out, err := exec.Command("useradd", "-M", "-d", "/home/"+OperatorUser, "-s", "/bin/bash", "-p", "*", OperatorUser).CombinedOutput(); err != nil {
+			return 0, 0, fmt.Errorf("useradd %s: %v: %s", OperatorUser, err, out)
+		}
+	}
+	u, err := user.Lookup(OperatorUser)
+	if err != nil {
+		return 0, 0, err
+	}
+	uid, err = strconv.Atoi(u.Uid)
+	if err != nil {
+		return 0, 0, err
+	}
+	gid, err = strconv.Atoi(u.Gid)
+	return uid, gid, err
 }
 
 // ensureMountPoints creates missing host dirs the node mounts need, and
@@ -242,6 +241,15 @@ func (c *Cluster) unregister() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("remove created dirs: %s", strings.Join(errs, "; "))
 	}
+	for _, u := range readLines(filepath.Join(registryDir, "created-users")) {
+		if out, err := exec.Command("userdel", u).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Sprintf("userdel %s: %v: %s", u, err, out))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove created users: %s", strings.Join(errs, "; "))
+	}
+	_ = os.Remove(filepath.Join(registryDir, "created-users"))
 	_ = os.Remove(filepath.Join(registryDir, "created-dirs"))
 	_ = os.Remove(filepath.Join(registryDir, "clusters"))
 	_ = os.Remove(registryDir)

@@ -317,8 +317,9 @@ type Condition struct {
 
 // Conditions evaluates every readiness condition once: every apiserver's
 // /readyz (direct and through the load balancer), KCM and scheduler leader
-// leases held and fresh, every Node Ready (when nodes run an agent), and
-// kube-root-ca.crt in every namespace. Stopped nodes are skipped.
+// leases held and fresh, every Node Ready and its Lease fresh (when nodes
+// run a kubelet), and kube-root-ca.crt in every namespace. Stopped nodes
+// are skipped.
 func (c *Cluster) Conditions(ctx context.Context) []Condition {
 	s := &c.st.Spec
 	var out []Condition
@@ -349,6 +350,8 @@ func (c *Cluster) Conditions(ctx context.Context) []Condition {
 			}
 			node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			add("node "+n.Name+" Ready", nodeReady(node, err))
+			l, err := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, n.Name, metav1.GetOptions{})
+			add("node lease "+n.Name, leaseHeld(l, err))
 		}
 	}
 	add("kube-root-ca.crt in every namespace", rootCAPublished(ctx, cs))

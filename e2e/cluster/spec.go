@@ -117,10 +117,11 @@ type Node struct {
 }
 
 // OperatorUser is the non-root SSH user of NonRootNodes; AltSSHPort their
-// sshd port.
+// sshd port. The user exists on the host (nodes share its /etc/passwd;
+// bind-mounting a file over it does not survive a host tool replacing the
+// file, as useradd does) and is removed by the last cluster's Down.
 const (
 	OperatorUser = "rotate-op"
-	OperatorUID  = 64123
 	AltSSHPort   = 2222
 )
 
@@ -201,17 +202,6 @@ func (n Node) nodeMounts() [][2]string {
 		// The kubelet creates the controller-manager's flexvolume hostPath
 		// (DirectoryOrCreate) on its node's root filesystem.
 		{filepath.Join(n.Dir, "usr-libexec-kubernetes"), "/usr/libexec/kubernetes"},
-	}
-}
-
-// nodeFiles maps host files of a node over the host's files of the same
-// name inside it: the node's own users (OperatorUser exists only on the
-// nodes, not on the host).
-func (n Node) nodeFiles() [][2]string {
-	return [][2]string{
-		{filepath.Join(n.Dir, "etc", "passwd"), "/etc/passwd"},
-		{filepath.Join(n.Dir, "etc", "group"), "/etc/group"},
-		{filepath.Join(n.Dir, "etc", "shadow"), "/etc/shadow"},
 	}
 }
 

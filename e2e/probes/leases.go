@@ -9,7 +9,8 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
-// Leader Leases of the control-plane components.
+// Leader Leases of the control-plane components (the kubelets' node
+// Leases are followed too).
 var leaderLeases = []string{"kube-controller-manager", "kube-scheduler"}
 
 // leaseWatch follows one leader Lease.
@@ -20,17 +21,25 @@ type leaseWatch struct {
 	flagged time.Time // renewTime of the gap already recorded
 }
 
-// startLeases: GET the KCM and scheduler leader Leases through the LB
-// with the primary admin credentials every second; a renewTime older than
-// leaseDuration + LeaseSlack is a failure (one per gap), a holder change
-// an event.
+// startLeases: GET the KCM and scheduler leader Leases, and every
+// kubelet's node Lease, through the LB with the primary admin credentials
+// every second; a renewTime older than leaseDuration + LeaseSlack is a
+// failure (one per gap), a holder change an event.
 func (r *Runner) startLeases(ctx context.Context) {
 	client := credClient(r.primary)
 	lb := r.endpoints[len(r.endpoints)-1]
-	for _, name := range leaderLeases {
+	watch := func(ns, name string) {
 		lw := &leaseWatch{r: r, name: name}
 		(&check{r: r, probe: ProbeLease, target: "lease " + name, ep: lb,
-			path: "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/" + name, client: client, onOK: lw.observe}).run(ctx)
+			path: "/apis/coordination.k8s.io/v1/namespaces/" + ns + "/leases/" + name, client: client, onOK: lw.observe}).run(ctx)
+	}
+	for _, name := range leaderLeases {
+		watch("kube-system", name)
+	}
+	if r.cluster.HasNodeAgents() {
+		for _, n := range r.cluster.Nodes {
+			watch("kube-node-lease", n.Name)
+		}
 	}
 }
 

@@ -8,8 +8,8 @@
 //   - node: each node's kubelet.conf and kubelet-client-current.pem
 //     (re-read when they change, as a restarted kubelet would), GET of its
 //     own Node; and node-proxy: the apiserver's kubelet client certificate
-//     against each node agent's clientCAFile
-//     (/api/v1/nodes/NAME/proxy/healthz);
+//     against each real kubelet's clientCAFile
+//     (/api/v1/nodes/NAME/proxy/healthz and /pods);
 //   - in-cluster: a pod's view: the CA from ConfigMap kube-root-ca.crt and
 //     a pod-bound service-account token, loaded once per pod of Deployment
 //     rotate-probe/prober and reloaded only when that pod is replaced;
@@ -17,8 +17,11 @@
 //     the probe itself, which authenticates the front proxy against
 //     extension-apiserver-authentication like k8s.io/apiserver;
 //   - leader-lease and component-logs: the KCM's and scheduler's leader
-//     Leases keep being renewed, and their logs show no x509 or
-//     Unauthorized lines.
+//     Leases and every kubelet's node Lease keep being renewed, and the
+//     KCM's, scheduler's and kubelets' logs show no x509 or Unauthorized
+//     lines;
+//   - webhook: the apiserver's calls to an admission webhook whose
+//     serving certificate the cluster CA issued through the CSR API.
 //
 // A report is clean when no request failed with an x509 error, 401 or
 // 403. Connection failures while a component restarts are counted as

@@ -44,6 +44,10 @@ type env struct {
 func setup(t *testing.T, ctx context.Context) *env {
 	t.Helper()
 	start := time.Now()
+	host, err := cluster.SnapshotHostRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, err := cluster.Up(ctx, cluster.Options{Name: "rot", ControlPlanes: 3, Workers: 2, Subnet: "10.213.48.0/24",
 		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: os.Getenv("ROTATE_BIN_DIR"), Progress: testWriter{t}, ReplaceStale: true})
 	if err != nil {
@@ -54,6 +58,13 @@ func setup(t *testing.T, ctx context.Context) *env {
 		defer cancel()
 		if err := c.Down(dctx); err != nil {
 			t.Errorf("cluster down: %v", err)
+		}
+		// The nodes share the host's root filesystem: nothing they ran
+		// may have changed it.
+		if now, err := cluster.SnapshotHostRoot(); err != nil {
+			t.Error(err)
+		} else if d := host.Diff(now); len(d) > 0 {
+			t.Errorf("the host's root filesystem changed while the cluster ran:\n  %s", strings.Join(d, "\n  "))
 		}
 	})
 	t.Logf("e2e: cluster up in %s", time.Since(start).Round(time.Second))
@@ -124,15 +135,23 @@ var (
 
 // TestRotation is one cluster, three rotations, each from the CA the one
 // before left:
-//  1. start (killed mid fan-out, mid apiserver rolling restart, mid kubelet
-//     batches; resumed each time) → hold → resume → completed; end state
-//     checked (kubeadm check-expiration, the real CSR signer);
+//  1. with the apiservers unable to reach one worker's kubelet from before
+//     the run (a firewalled 10250): start (killed mid fan-out, mid
+//     apiserver rolling restart, mid kubelet batches; resumed each time)
+//     → hold, whose report lists that path as pre-existing → resume →
+//     completed; end state checked (kubeadm check-expiration, the real CSR
+//     signer);
+//
+// then in slow mode (every static pod replaced only 5 s after its manifest
+// changes, the old process serving meanwhile, like a busy kubelet):
 //  2. start --no-hold, a worker unreachable over SSH mid-run (clean
 //     failure naming it), resume after it returns → completed; end state
 //     checked; rollback of the completed run → run 1's CA;
 //  3. start, killed after the signer switch, rollback → run 1's CA.
 //
-// The probes run throughout and must record zero x509/401/403 errors.
+// The probes run throughout and must record zero x509/401/403 errors —
+// the real kubelets' own requests and logs, apiserver → kubelet and the
+// admission webhook included — and no lease renewal gap.
 func TestRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Minute)
 	defer cancel()
@@ -176,6 +195,11 @@ func TestRotation(t *testing.T) {
 	}
 
 	// Run 1 -------------------------------------------------------------
+	// The apiservers cannot reach the last worker's kubelet from before the
+	// run: not rotate's doing, so not a reason to fail; the hold report
+	// must list it as pre-existing.
+	unreachable := e.info.Nodes[len(e.info.Nodes)-1]
+	e.setKubeletUnreachable(t, unreachable, true)
 	t0 := time.Now()
 	r := rotate(t, ctx, dir, killMidFanOut, nil, "start", "--inventory", inv)
 	if !r.killed {
@@ -194,11 +218,12 @@ func TestRotation(t *testing.T) {
 	}
 	st := rotate(t, ctx, dir, nil, nil, "status")
 	mustSucceed(t, st, "status")
-	for _, want := range []string{"state held", "HELD before narrowing trust", "attention: "} {
+	for _, want := range []string{"state held", "HELD before narrowing trust", "attention: ", "pre-existing: apiserver → kubelet " + unreachable.Name} {
 		if !strings.Contains(st.out, want) {
 			t.Errorf("status at the hold lacks %q:\n%s", want, st.out)
 		}
 	}
+	e.setKubeletUnreachable(t, unreachable, false)
 	e.probesClean(t, "at the hold")
 	r = rotate(t, ctx, dir, nil, nil, "resume")
 	mustSucceed(t, r, "resume past the hold")
@@ -240,6 +265,13 @@ func TestRotation(t *testing.T) {
 	e.kubeadmCheckExpiration(t, ctx, c1)
 	e.csrThroughNewSigner(t, ctx, c1)
 	e.probesClean(t, "after run 1")
+
+	// Slow mode from here on: a static pod is replaced only 5 s after its
+	// manifest changed; meanwhile the old process keeps serving with what
+	// it read.
+	if err := e.c.SetNoticeDelay(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 
 	// Run 2 (from the CA of run 1) ---------------------------------------
 	// A worker unreachable over SSH mid-run: a clean failure naming it;
@@ -305,7 +337,56 @@ func TestRotation(t *testing.T) {
 	mustSucceed(t, r, "rollback from after the signer switch")
 	// Run 3's CA must be neither used nor trusted any more.
 	e.checkOnCA(t, ctx, c1, readStateCA(t, filepath.Join(dir3, "rotate.db")), "after rollback from mid-run")
-	credentialFailures(t, e.probes.Stop(), "over the whole test")
+	calls := e.probes.WebhookCalls()
+	rep := e.probes.Stop()
+	credentialFailures(t, rep, "over the whole test")
+	e.probesCovered(t, rep, calls)
+}
+
+// probesCovered checks that the probes did what they claim: every kubelet
+// answered the apiservers, the webhook was called, and no Lease (leaders
+// and every kubelet's) went unrenewed for longer than its duration.
+func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64) {
+	t.Helper()
+	if webhookCalls == 0 {
+		t.Errorf("the admission webhook was never called")
+	}
+	if n := rep.Count(probes.ProbeLease, probes.Other); n > 0 {
+		t.Errorf("%d lease renewal gaps", n)
+	}
+	proxy := rep.Probes[probes.ProbeNodeProxy]
+	for _, n := range e.info.Nodes {
+		for _, path := range []string{"", " /pods"} {
+			target := "apiserver cp1 -> kubelet " + n.Name + path
+			if proxy == nil || proxy.Targets[target] == nil || proxy.Targets[target].OK == 0 {
+				t.Errorf("probe %s never succeeded", target)
+			}
+		}
+	}
+}
+
+// setKubeletUnreachable makes n's kubelet unreachable from every
+// control-plane node (an "unreachable" route to n in their network
+// namespaces), like a firewall in front of port 10250: the apiservers'
+// node proxy, logs and exec fail, while SSH from the operator and n's own
+// connections to the API (through the load balancer) work.
+func (e *env) setKubeletUnreachable(t *testing.T, n cluster.NodeInfo, on bool) {
+	t.Helper()
+	op := "del"
+	if on {
+		op = "add"
+		t.Cleanup(func() { e.setKubeletUnreachable(t, n, false) })
+	}
+	for _, cp := range e.info.Nodes {
+		if cp.Role != cluster.RoleControlPlane {
+			continue
+		}
+		out, err := exec.Command("ip", "-n", cp.NetNS, "route", op, "unreachable", n.Address+"/32").CombinedOutput()
+		if err != nil && (on || !strings.Contains(string(out), "No such process")) {
+			t.Fatalf("ip route %s unreachable %s on %s: %v %s", op, n.Address, cp.Name, err, out)
+		}
+	}
+	t.Logf("e2e: kubelet of %s reachable from the apiservers: %v", n.Name, !on)
 }
 
 // checkOnCA asserts the cluster runs on ca only; other (if set) is the CA
