@@ -40,8 +40,8 @@ unit: deps k8s-binaries
 
 # The end-to-end suite on a real HA control plane in network namespaces.
 e2e: deps k8s-binaries build
-	@echo "e2e: full log in e2e.log"
-	@{ ROTATE_K8S_BIN=$(K8S_BIN) ROTATE_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/... 2>&1; echo $$? > e2e.rc; } \
+	@echo "e2e: full log in e2e.log, the rotation's probe report in e2e-probes.json"
+	@{ ROTATE_K8S_BIN=$(K8S_BIN) ROTATE_BIN_DIR=$(BIN) ROTATE_E2E_REPORT=$(CURDIR)/e2e-probes.json $(GO) test -p 1 -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/... 2>&1; echo $$? > e2e.rc; } \
 	  | tee e2e.log | grep --line-buffered -E '^(=== RUN|\s*--- |PASS|FAIL|ok |panic)|e2e:' || true
 	@rc=$$(cat e2e.rc); rm -f e2e.rc; if [ "$$rc" != 0 ]; then echo "e2e failed (exit $$rc); last lines of e2e.log:"; tail -n 150 e2e.log; exit $$rc; fi
 
@@ -61,4 +61,4 @@ cluster-down:
 	$(GO) run ./e2e/cmd/e2e-cluster down
 
 clean:
-	rm -rf $(BIN) e2e.log
+	rm -rf $(BIN) e2e.log e2e-probes.json
