@@ -408,6 +408,24 @@ func TestCluster(t *testing.T) {
 	})
 }
 
+// replaceScheduler writes manifest to path on n and waits until the
+// supervisor has replaced kube-scheduler's process.
+func replaceScheduler(t *testing.T, ctx context.Context, n Node, path string, manifest []byte) {
+	t.Helper()
+	before := servicePID(t, n, "kube-scheduler")
+	if err := writeFileAtomic(path, manifest, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(ctx, time.Minute, "kube-scheduler restart", func() error {
+		if got := servicePID(t, n, "kube-scheduler"); got == before || got == 0 {
+			return fmt.Errorf("pid %d", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // withAnnotation adds a pod annotation to a kubeadm manifest.
 func withAnnotation(manifest []byte, key, value string) []byte {
 	line := fmt.Sprintf("    %s: %q\n", key, value)
@@ -436,19 +454,8 @@ func checkSlowMode(t *testing.T, ctx context.Context, c *Cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := servicePID(t, n, "kube-scheduler")
 	changed := time.Now()
-	if err := writeFileAtomic(path, withAnnotation(orig, "e2e.rotate/slow", "1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitFor(ctx, time.Minute, "kube-scheduler restart", func() error {
-		if got := servicePID(t, n, "kube-scheduler"); got == before || got == 0 {
-			return fmt.Errorf("pid %d", got)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	replaceScheduler(t, ctx, n, path, withAnnotation(orig, "e2e.rotate/slow", "1"))
 	if d := time.Since(changed); d < delay {
 		t.Errorf("kube-scheduler replaced %s after its manifest changed, before the %s notice delay", d, delay)
 	}
@@ -811,17 +818,7 @@ func checkManifestRestart(t *testing.T, ctx context.Context, c *Cluster) {
 		t.Fatalf("touch restarted kube-scheduler: %d -> %d", before, got)
 	}
 	// Bump an annotation: restart.
-	if err := writeFileAtomic(path, withAnnotation(orig, "e2e.rotate/restarted-at", "1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitFor(ctx, time.Minute, "kube-scheduler restart", func() error {
-		if got := servicePID(t, n, "kube-scheduler"); got == before || got == 0 {
-			return fmt.Errorf("pid %d", got)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	replaceScheduler(t, ctx, n, path, withAnnotation(orig, "e2e.rotate/restarted-at", "1"))
 	if procStart(before) != 0 {
 		t.Errorf("old kube-scheduler %d still running", before)
 	}
