@@ -24,6 +24,10 @@ const (
 	Kind       = "Inventory"
 )
 
+// DefaultBackupDir is paths.backupDir unless the inventory sets it; the
+// kubelet markers go next to it, in /var/lib/rotate/markers.
+const DefaultBackupDir = "/var/lib/rotate/backups"
+
 // Inventory is the operator's description of a cluster (see
 // examples/inventory.yaml for every field, commented).
 type Inventory struct {
@@ -40,11 +44,19 @@ type Inventory struct {
 	Hold       *bool          `yaml:"hold"`
 
 	// Set by Load, not read from YAML.
-	Path   string `yaml:"-"`
+	Path   string `yaml:"-"` // as given
 	Digest string `yaml:"-"` // sha256 of the file's bytes
 	Raw    []byte `yaml:"-"`
 
 	checkFiles bool
+	// abs is Path made absolute when it was parsed; relative paths of
+	// the operator machine count from its directory.
+	abs string
+	// home resolves ~ (homeErr when there is none).
+	home    string
+	homeErr error
+	// config is the inventory resolved, once it validated.
+	config *Config
 }
 
 type ClusterSpec struct {
@@ -172,8 +184,9 @@ func (e *InventoryError) Error() string {
 
 func (e *InventoryError) Unwrap() error { return ErrInventory }
 
-// Load reads, strictly parses, defaults and validates an inventory file.
-// Every problem is reported at once, each naming the file and field.
+// Load reads, strictly parses, defaults, validates and resolves an
+// inventory file (see Config). Every problem is reported at once, each
+// naming the file and field.
 func Load(path string) (*Inventory, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -187,8 +200,9 @@ func Load(path string) (*Inventory, error) {
 
 var typeErrLine = regexp.MustCompile(`^line (\d+): (.*)$`)
 
-// Parse is Load for bytes already read; path names the source in errors
-// and anchors relative file paths.
+// Parse is Load for bytes already read; path names the source in errors,
+// and its directory (from the working directory now, if path is relative)
+// anchors relative file paths.
 func Parse(path string, raw []byte) (*Inventory, error) { return parse(path, raw, true) }
 
 // ParseStructure is Parse without checking that referenced files exist,
@@ -200,6 +214,13 @@ func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
 	sum := sha256.Sum256(raw)
 	inv.Digest = hex.EncodeToString(sum[:])
 	ie := &InventoryError{File: path}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		ie.Problems = append(ie.Problems, Problem{Msg: "resolve the file's directory: " + err.Error()})
+		return nil, ie
+	}
+	inv.abs = abs
+	inv.home, inv.homeErr = os.UserHomeDir()
 
 	var root yaml.Node
 	if err := yaml.Unmarshal(raw, &root); err != nil {
@@ -238,6 +259,7 @@ func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
 	if len(ie.Problems) > 0 {
 		return nil, ie
 	}
+	inv.config = inv.resolve()
 	return inv, nil
 }
 
@@ -357,7 +379,7 @@ func (inv *Inventory) applyDefaults() {
 	def(&p.ManifestsDir, filepath.Join(p.KubernetesDir, "manifests"))
 	def(&p.KubeletConfig, "/var/lib/kubelet/config.yaml")
 	def(&p.KubeletPKIDir, "/var/lib/kubelet/pki")
-	def(&p.BackupDir, "/var/lib/rotate/backups")
+	def(&p.BackupDir, DefaultBackupDir)
 	def(&inv.Kubelet.RestartCommand, "systemctl restart kubelet")
 	if inv.NewCA.Generate == nil && inv.NewCA.Files == nil {
 		inv.NewCA.Generate = &GenerateSpec{}
@@ -408,23 +430,6 @@ func validHost(s string) bool {
 	return true
 }
 
-// ExpandPath resolves ~ and makes a relative path relative to the
-// inventory's directory.
-func (inv *Inventory) ExpandPath(p string) string {
-	if p == "" {
-		return ""
-	}
-	if p == "~" || strings.HasPrefix(p, "~/") {
-		if home, err := os.UserHomeDir(); err == nil {
-			p = filepath.Join(home, strings.TrimPrefix(p, "~"))
-		}
-	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(filepath.Dir(inv.Path), p)
-	}
-	return p
-}
-
 var knownPhases = map[string]bool{}
 
 func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
@@ -442,7 +447,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 	}
 	if inv.Kubernetes.Kubeconfig == "" {
 		add("kubernetes.kubeconfig", "required: path of an admin kubeconfig")
-	} else if err := inv.fileReadable(inv.ExpandPath(inv.Kubernetes.Kubeconfig)); err != nil {
+	} else if err := inv.fileReadable(inv.localPath(inv.Kubernetes.Kubeconfig)); err != nil {
 		add("kubernetes.kubeconfig", "%v", err)
 	}
 	if len(inv.Nodes.ControlPlane) == 0 {
@@ -464,7 +469,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 		} else if !validHost(n.Address) {
 			add(field+".address", "%q is neither an IP address nor a valid DNS name", n.Address)
 		}
-		c := inv.NodeSSH(n)
+		c := inv.mergeSSH(n)
 		if c.Port < 1 || c.Port > 65535 {
 			add(field+".port", "%d is not a TCP port (1-65535)", c.Port)
 		}
@@ -517,7 +522,7 @@ func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
 		for field, v := range map[string]string{"clusterCert": f.ClusterCert, "clusterKey": f.ClusterKey, "frontProxyCert": f.FrontProxyCert, "frontProxyKey": f.FrontProxyKey} {
 			if v == "" {
 				add("newCA.files."+field, "required")
-			} else if err := inv.fileReadable(inv.ExpandPath(v)); err != nil {
+			} else if err := inv.fileReadable(inv.localPath(v)); err != nil {
 				add("newCA.files."+field, "%v", err)
 			}
 		}
@@ -589,58 +594,6 @@ func fileReadable(p string) error {
 	}
 	f.Close()
 	return nil
-}
-
-// SSHConfig is a node's effective connection settings.
-type SSHConfig struct {
-	User           string
-	Port           int
-	IdentityFile   string
-	UseAgent       bool
-	Become         bool
-	KnownHostsFile string
-	DialTimeout    time.Duration
-	CommandTimeout time.Duration
-}
-
-// NodeSSH merges the global ssh settings with the node's overrides.
-func (inv *Inventory) NodeSSH(n NodeSpec) SSHConfig {
-	g := inv.SSH
-	c := SSHConfig{User: g.User, Port: g.Port, IdentityFile: g.IdentityFile, KnownHostsFile: g.KnownHostsFile,
-		DialTimeout: g.DialTimeout, CommandTimeout: g.CommandTimeout}
-	if g.UseAgent != nil {
-		c.UseAgent = *g.UseAgent
-	}
-	if g.Become != nil {
-		c.Become = *g.Become
-	}
-	if n.User != "" {
-		c.User = n.User
-	}
-	if n.Port != 0 {
-		c.Port = n.Port
-	}
-	if n.IdentityFile != "" {
-		c.IdentityFile = n.IdentityFile
-	}
-	if n.UseAgent != nil {
-		c.UseAgent = *n.UseAgent
-	}
-	if n.Become != nil {
-		c.Become = *n.Become
-	}
-	if n.KnownHostsFile != "" {
-		c.KnownHostsFile = n.KnownHostsFile
-	}
-	if n.DialTimeout != 0 {
-		c.DialTimeout = n.DialTimeout
-	}
-	if n.CommandTimeout != 0 {
-		c.CommandTimeout = n.CommandTimeout
-	}
-	c.IdentityFile = inv.ExpandPath(c.IdentityFile)
-	c.KnownHostsFile = inv.ExpandPath(c.KnownHostsFile)
-	return c
 }
 
 // dedupe drops repeated problems (a shared ssh setting reported per node).

@@ -2,8 +2,10 @@ package plans
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +42,10 @@ nodes:
 	return dir, valid
 }
 
+// knownHostsLine is a known_hosts entry (an ed25519 public key made with
+// ssh-keygen for this file, its private half thrown away).
+const knownHostsLine = "10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEryAMak7Dv1keOB5A5xgKgRxP1eMVom1ILEpBcsU42I\n"
+
 func write(t *testing.T, dir, text string) string {
 	t.Helper()
 	p := filepath.Join(dir, "inv.yaml")
@@ -61,9 +67,13 @@ func TestLoadValidAppliesDefaults(t *testing.T) {
 	if !*inv.Hold || inv.NewCA.Generate.Algorithm != "ECDSA-P256" || inv.NewCA.Generate.Validity != 87600*time.Hour {
 		t.Fatalf("defaults: hold=%v newCA=%+v", *inv.Hold, inv.NewCA.Generate)
 	}
-	c := inv.NodeSSH(inv.Nodes.Workers[0])
-	if c.Port != 2222 || c.User != "root" || c.IdentityFile != filepath.Join(dir, "id_ed25519") {
+	c := inv.Config().Nodes[1]
+	if c.Name != "w1" || c.Port != 2222 || c.User != "root" || c.IdentityFile != filepath.Join(dir, "id_ed25519") ||
+		c.KnownHostsFile != filepath.Join(dir, "known_hosts") || c.DialTimeout != 10*time.Second {
 		t.Fatalf("worker ssh = %+v", c)
+	}
+	if cfg := inv.Config(); cfg.Steps.Paths.BackupDir != DefaultBackupDir || cfg.Kubeconfig != filepath.Join(dir, "admin.conf") || cfg.InventoryPath != filepath.Join(dir, "inv.yaml") {
+		t.Fatalf("config = %+v", cfg)
 	}
 	if len(inv.Digest) != 64 {
 		t.Fatalf("digest %q", inv.Digest)
@@ -160,4 +170,84 @@ func TestWorkerBatch(t *testing.T) {
 			t.Errorf("size %d pct %d: got %d want %d", tc.size, tc.pct, got, tc.want)
 		}
 	}
+}
+
+// Relative paths count from the inventory file's directory, ~ from the
+// home directory, whatever the working directory.
+func TestPathsResolveAgainstTheInventory(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	os.WriteFile(filepath.Join(home, "known_hosts"), []byte(knownHostsLine), 0o600)
+	for _, f := range []string{"ca.crt", "ca.key", "fp.crt", "fp.key"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600)
+	}
+	text := strings.Replace(valid, "knownHostsFile: known_hosts", "knownHostsFile: ~/known_hosts", 1) +
+		"newCA:\n  files:\n    clusterCert: ca.crt\n    clusterKey: ./ca.key\n    frontProxyCert: " + filepath.Join(dir, "fp.crt") + "\n    frontProxyKey: sub/../fp.key\n"
+	write(t, dir, text)
+	t.Chdir(dir)
+	inv, err := Load("inv.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	c := inv.Config()
+	for got, want := range map[string]string{
+		c.InventoryPath:                    filepath.Join(dir, "inv.yaml"),
+		c.Kubeconfig:                       filepath.Join(dir, "admin.conf"),
+		c.Nodes[0].IdentityFile:            filepath.Join(dir, "id_ed25519"),
+		c.Nodes[1].KnownHostsFile:          filepath.Join(home, "known_hosts"),
+		c.Steps.NewCA.ClusterCertFile:      filepath.Join(dir, "ca.crt"),
+		c.Steps.NewCA.ClusterKeyFile:       filepath.Join(dir, "ca.key"),
+		c.Steps.NewCA.FrontProxyCertFile:   filepath.Join(dir, "fp.crt"),
+		c.Steps.NewCA.FrontProxyKeyFile:    filepath.Join(dir, "fp.key"),
+		inv.Config().Steps.Paths.BackupDir: DefaultBackupDir,
+	} {
+		if got != want {
+			t.Errorf("resolved %q, want %q", got, want)
+		}
+	}
+}
+
+func TestConfigRoundTrip(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	inv, err := Load(write(t, dir, valid+"rollout:\n  workloads:\n    namespaces: []\n  timeouts:\n    phases:\n      servers: 15m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := inv.Config().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnmarshalConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, inv.Config()) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, inv.Config())
+	}
+	if a, b := planShape(got.Plan(Options{Hold: true})), planShape(Build(inv, Options{Hold: true})); a != b {
+		t.Fatalf("the recorded configuration plans differently:\n%s\nwant\n%s", a, b)
+	}
+	for name, bad := range map[string]string{
+		"other version": strings.Replace(string(b), `"version":1`, `"version":2`, 1),
+		"unknown field": strings.Replace(string(b), `"version":1`, `"version":1,"renamed":true`, 1),
+		"not JSON":      "{",
+	} {
+		if _, err := UnmarshalConfig([]byte(bad)); !errors.Is(err, ErrConfigLayout) {
+			t.Errorf("%s: %v, want ErrConfigLayout", name, err)
+		}
+	}
+}
+
+// planShape lists each phase's steps, targets and concurrency.
+func planShape(p *Plan) string {
+	var b strings.Builder
+	for _, ph := range p.Phases {
+		fmt.Fprintf(&b, "%d %s hold=%v\n", ph.Index, ph.Name, ph.HoldAfter)
+		for _, ps := range ph.Steps {
+			fmt.Fprintf(&b, "  %s %v x%d\n", ps.Step.Name(), ps.Targets, ps.Concurrency)
+		}
+	}
+	return b.String()
 }
