@@ -106,14 +106,14 @@ func (inv *Inventory) localPath(p string) string {
 // the node sets, with resolved paths.
 func (inv *Inventory) mergeSSH(n NodeSpec) nodes.Config {
 	g := inv.SSH
-	c := nodes.Config{Name: n.Name, Address: n.Address, User: g.User, Port: g.Port, IdentityFile: g.IdentityFile,
+	c := nodes.Config{Name: n.Name, Address: n.Address, User: g.User, IdentityFile: g.IdentityFile,
 		KnownHostsFile: g.KnownHostsFile, DialTimeout: g.DialTimeout, CommandTimeout: g.CommandTimeout}
 	override(&c.User, n.User, "")
-	override(&c.Port, n.Port, 0)
 	override(&c.IdentityFile, n.IdentityFile, "")
 	override(&c.KnownHostsFile, n.KnownHostsFile, "")
 	override(&c.DialTimeout, n.DialTimeout, 0)
 	override(&c.CommandTimeout, n.CommandTimeout, 0)
+	c.Port = derefOr(n.Port, g.Port, 0)
 	c.UseAgent = derefOr(n.UseAgent, g.UseAgent, false)
 	c.Become = derefOr(n.Become, g.Become, false)
 	c.IdentityFile = inv.localPath(c.IdentityFile)
