@@ -147,6 +147,7 @@ func TestBadInventoriesExit2(t *testing.T) {
 		"bad address":    {strings.Replace(string(good), `address: "127.0.0.1"`, `address: "300.1.1.1/24"`, 1), "is neither an IP address nor a valid DNS name"},
 		"missing key":    {strings.Replace(string(good), "identityFile: id", "identityFile: gone", 1), "ssh.identityFile (line 5): file " + filepath.Join(dir, "gone") + " does not exist"},
 		"not yaml":       {"{{{", "not valid YAML"},
+		"duplicate key":  {string(good) + "cluster: {name: again}\n", `cluster (line 9): duplicate key "cluster" (first at line 3)`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
