@@ -15,10 +15,6 @@ import (
 	"time"
 )
 
-// BackupDir is where each node keeps its own copy of the backups of a run:
-// BackupDir/<runID>/, mode 0700, files 0600.
-const BackupDir = "/var/lib/rotate/backups"
-
 // Backup is the state of one path on one node before a run first changed
 // it. Content is empty unless the path was a regular file.
 type Backup struct {
@@ -51,12 +47,16 @@ var runIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // BackupFile saves the current state of path on r's node, unless a backup
 // of it is already stored, in which case the stored (first) copy wins and is
 // returned. The state store is written first, then a copy on the node under
-// BackupDir/<runID>/ (see NodeBackupPaths), so the store always has every
-// backup the node has. Call it before the first change to path in a run.
-func BackupFile(ctx context.Context, r Runner, store BackupStore, runID, p string) (Backup, error) {
+// dir/<runID>/ (see NodeBackupPaths; dir is the inventory's
+// paths.backupDir, absolute), so the store always has every backup the node
+// has. Call it before the first change to path in a run.
+func BackupFile(ctx context.Context, r Runner, store BackupStore, dir, runID, p string) (Backup, error) {
 	node := r.Name()
 	if !runIDRe.MatchString(runID) {
 		return Backup{}, fmt.Errorf("back up %s on %s: invalid run id %q", p, node, runID)
+	}
+	if err := checkPath(dir); err != nil {
+		return Backup{}, fmt.Errorf("back up %s on %s: backup directory: %w", p, node, err)
 	}
 	if err := checkPath(p); err != nil {
 		return Backup{}, fmt.Errorf("back up %s on %s: %w", p, node, err)
@@ -64,7 +64,7 @@ func BackupFile(ctx context.Context, r Runner, store BackupStore, runID, p strin
 	if b, ok, err := store.LoadBackup(ctx, node, p); err != nil {
 		return Backup{}, fmt.Errorf("back up %s on %s: load stored backup: %w", p, node, err)
 	} else if ok {
-		return b, ensureNodeCopy(ctx, r, b)
+		return b, ensureNodeCopy(ctx, r, dir, b)
 	}
 
 	b, err := Snapshot(ctx, r, p)
@@ -84,7 +84,7 @@ func BackupFile(ctx context.Context, r Runner, store BackupStore, runID, p strin
 		}
 		b = first
 	}
-	return b, ensureNodeCopy(ctx, r, b)
+	return b, ensureNodeCopy(ctx, r, dir, b)
 }
 
 // Snapshot reads the current state of path (content, mode, owner, link
@@ -125,19 +125,20 @@ func Snapshot(ctx context.Context, r Runner, p string) (Backup, error) {
 	return b, nil
 }
 
-// NodeBackupPaths returns where BackupFile keeps b's copy on the node: the
-// content file (regular files only) and the metadata file. The name is the
+// NodeBackupPaths returns where BackupFile keeps b's copy on the node,
+// under the backup directory dir: the content file (regular files only) and
+// the metadata file, dir/<runID>/<name>[.meta]. The name is the
 // path-escaped original path, e.g. %2Fetc%2Fkubernetes%2Fpki%2Fca.crt.
-func NodeBackupPaths(b Backup) (content, meta string) {
-	base := path.Join(BackupDir, b.RunID, url.PathEscape(b.Path))
+func NodeBackupPaths(dir string, b Backup) (content, meta string) {
+	base := path.Join(dir, b.RunID, url.PathEscape(b.Path))
 	return base, base + ".meta"
 }
 
-func ensureNodeCopy(ctx context.Context, r Runner, b Backup) error {
+func ensureNodeCopy(ctx context.Context, r Runner, dir string, b Backup) error {
 	if !runIDRe.MatchString(b.RunID) {
 		return fmt.Errorf("back up %s on %s: stored backup has invalid run id %q", b.Path, b.Node, b.RunID)
 	}
-	content, meta := NodeBackupPaths(b)
+	content, meta := NodeBackupPaths(dir, b)
 	fi, err := r.Stat(ctx, meta)
 	if err != nil {
 		return fmt.Errorf("back up %s on %s: %w", b.Path, b.Node, err)
@@ -145,9 +146,9 @@ func ensureNodeCopy(ctx context.Context, r Runner, b Backup) error {
 	if fi.Exists {
 		return nil
 	}
-	dir := path.Join(BackupDir, b.RunID)
-	if _, err := r.Run(ctx, shCommand(mkdirPrivateScript, dir, BackupDir), nil); err != nil {
-		return fmt.Errorf("back up %s on %s: create %s: %w", b.Path, b.Node, dir, err)
+	runDir := path.Join(dir, b.RunID)
+	if _, err := r.Run(ctx, shCommand(mkdirPrivateScript, runDir, dir), nil); err != nil {
+		return fmt.Errorf("back up %s on %s: create %s: %w", b.Path, b.Node, runDir, err)
 	}
 	if b.Exists && !b.IsSymlink {
 		if err := r.WriteFile(ctx, content, b.Content, 0o600); err != nil {

@@ -13,9 +13,10 @@ import (
 	"github.com/kubeca/rotate/nodes/sshdtest"
 )
 
-// backupSuite backs up a regular file, a symlink and a missing path, changes
-// all three, and restores them; run against MemRunner and a real node.
-func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string, uid, gid int)) {
+// backupSuite backs up a regular file, a symlink and a missing path, with
+// node copies under backupDir, changes all three, and restores them; run
+// against MemRunner and a real node.
+func backupSuite(t *testing.T, r Runner, root, backupDir, runID string, chown func(p string, uid, gid int)) {
 	ctx := testCtx(t)
 	store := NewMemBackupStore()
 	file, link, missing := root+"/ca.crt", root+"/kubelet-client-current.pem", root+"/ca-new.crt"
@@ -24,25 +25,25 @@ func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string
 	must(t, r.WriteFile(ctx, root+"/kubelet-client-2024.pem", []byte("old client"), 0o600))
 	must(t, r.Symlink(ctx, root+"/kubelet-client-2024.pem", link))
 
-	bf, err := BackupFile(ctx, r, store, runID, file)
+	bf, err := BackupFile(ctx, r, store, backupDir, runID, file)
 	must(t, err)
 	if !bf.Exists || string(bf.Content) != "C0 cert" || bf.Mode != 0o640 || bf.UID != 1234 || bf.GID != 2345 ||
 		bf.Digest != sha256hex([]byte("C0 cert")) || bf.RunID != runID || bf.Node != r.Name() || bf.TakenAt.IsZero() {
 		t.Fatalf("file backup = %+v", bf)
 	}
-	bl, err := BackupFile(ctx, r, store, runID, link)
+	bl, err := BackupFile(ctx, r, store, backupDir, runID, link)
 	must(t, err)
 	if !bl.Exists || !bl.IsSymlink || bl.LinkTarget != root+"/kubelet-client-2024.pem" || len(bl.Content) != 0 {
 		t.Fatalf("link backup = %+v", bl)
 	}
-	bm, err := BackupFile(ctx, r, store, runID, missing)
+	bm, err := BackupFile(ctx, r, store, backupDir, runID, missing)
 	must(t, err)
 	if bm.Exists {
 		t.Fatalf("missing backup = %+v", bm)
 	}
 
 	// The node copy: content 0600 and a metadata file, in a 0700 dir.
-	content, meta := NodeBackupPaths(bf)
+	content, meta := NodeBackupPaths(backupDir, bf)
 	if got, err := r.ReadFile(ctx, content); err != nil || string(got) != "C0 cert" {
 		t.Errorf("node copy = %q, %v", got, err)
 	}
@@ -57,11 +58,11 @@ func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string
 	if bytes.Contains(m, []byte("C0 cert")) {
 		t.Error("metadata contains the content")
 	}
-	_, lmeta := NodeBackupPaths(bl)
+	_, lmeta := NodeBackupPaths(backupDir, bl)
 	if m, err := r.ReadFile(ctx, lmeta); err != nil || !bytes.Contains(m, []byte("type=symlink")) {
 		t.Errorf("link metadata = %q, %v", m, err)
 	}
-	if !strings.HasPrefix(content, BackupDir+"/"+runID+"/") || strings.Count(strings.TrimPrefix(content, BackupDir+"/"+runID+"/"), "/") != 0 {
+	if !strings.HasPrefix(content, backupDir+"/"+runID+"/") || strings.Count(strings.TrimPrefix(content, backupDir+"/"+runID+"/"), "/") != 0 {
 		t.Errorf("node copy path %q is not flat under the run directory", content)
 	}
 
@@ -73,7 +74,7 @@ func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string
 	must(t, r.WriteFile(ctx, missing, []byte("C1"), 0o644))
 
 	// A second backup keeps the first copy.
-	again, err := BackupFile(ctx, r, store, runID, file)
+	again, err := BackupFile(ctx, r, store, backupDir, runID, file)
 	must(t, err)
 	if string(again.Content) != "C0 cert" || !again.TakenAt.Equal(bf.TakenAt) {
 		t.Errorf("second backup replaced the first: %q", again.Content)
@@ -121,61 +122,57 @@ func backupSuite(t *testing.T, r Runner, root, runID string, chown func(p string
 	if err := Restore(ctx, r, other); err == nil {
 		t.Error("restore of another node's backup succeeded")
 	}
-	if _, err := BackupFile(ctx, r, store, "../x", file); err == nil {
+	if _, err := BackupFile(ctx, r, store, backupDir, "../x", file); err == nil {
 		t.Error("run id with a slash accepted")
 	}
-	if _, err := BackupFile(ctx, r, store, runID, root); err == nil {
+	if _, err := BackupFile(ctx, r, store, backupDir, runID, root); err == nil {
 		t.Error("backup of a directory accepted")
 	}
+	if _, err := BackupFile(ctx, r, store, "backups", runID, file); err == nil || !strings.Contains(err.Error(), "backup directory") {
+		t.Errorf("relative backup directory: %v", err)
+	}
 }
+
+// defaultBackupDir is the inventory's default paths.backupDir: no test
+// may write there (an e2e cluster mounts its nodes' own directories there).
+const defaultBackupDir = "/var/lib/rotate/backups"
 
 func TestBackupRestoreMem(t *testing.T) {
 	t.Parallel()
 	m := NewMemRunner("n")
 	m.MkdirAll("/etc/kubernetes/pki")
-	backupSuite(t, m, "/etc/kubernetes/pki", "run-mem", func(p string, uid, gid int) {
+	backupSuite(t, m, "/etc/kubernetes/pki", "/srv/rotate/backups", "run-mem", func(p string, uid, gid int) {
 		data, _ := m.File(p)
 		fi, _ := m.Stat(context.Background(), p)
 		m.SetFileOwner(p, data, fi.Mode, uid, gid, "u", "g")
 	})
+	for _, p := range m.Paths() {
+		if strings.HasPrefix(p, path.Dir(defaultBackupDir)) {
+			t.Errorf("%s written outside the configured backup directory", p)
+		}
+	}
 }
 
+// On a real node the copies go to the configured directory (created 0700
+// with missing parents), and nothing to the default one.
 func TestBackupRestoreSSH(t *testing.T) {
 	t.Parallel()
 	_, cfg := startNode(t, "n", sshdtest.Options{})
 	c := dial(t, cfg)
 	runID := "test-" + filepath.Base(t.TempDir())
-	cleanupBackupDir(t, runID)
-	backupSuite(t, c, t.TempDir(), runID, func(p string, uid, gid int) {
+	backupDir := filepath.Join(t.TempDir(), "rotate", "backups")
+	backupSuite(t, c, t.TempDir(), backupDir, runID, func(p string, uid, gid int) {
 		must(t, os.Chown(p, uid, gid))
 	})
-	dir := path.Join(BackupDir, runID)
-	for _, d := range []string{BackupDir, dir} {
+	for _, d := range []string{backupDir, path.Join(backupDir, runID)} {
 		fi, err := os.Stat(d)
 		if err != nil || fi.Mode().Perm() != 0o700 {
 			t.Errorf("%s: %v, %v; want 0700", d, fi.Mode(), err)
 		}
 	}
-}
-
-// cleanupBackupDir removes the run's directory on this machine (the test
-// node) and those of its parents the test created, if it left them empty.
-// Parents that existed before are someone else's (an e2e cluster mounts
-// its nodes' own directories there; removing the mount point on the host
-// detaches those mounts in every node).
-func cleanupBackupDir(t *testing.T, runID string) {
-	var created []string
-	for _, d := range []string{BackupDir, path.Dir(BackupDir)} {
-		if _, err := os.Stat(d); err != nil {
-			created = append(created, d)
-		}
+	if _, err := os.Stat(path.Join(defaultBackupDir, runID)); err == nil {
+		t.Errorf("a backup copy went to %s despite the configured %s", defaultBackupDir, backupDir)
 	}
-	t.Cleanup(func() {
-		os.RemoveAll(path.Join(BackupDir, runID))
-		for _, d := range created {
-			os.Remove(d)
-		}
-	})
 }
 
 // Concurrent BackupFile calls for one path all return the same first copy.
@@ -190,7 +187,7 @@ func TestBackupFirstCopyWinsConcurrently(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/admin.conf")
+			b, err := BackupFile(context.Background(), m, store, defaultBackupDir, "r1", "/etc/kubernetes/admin.conf")
 			if err != nil {
 				t.Error(err)
 			}
@@ -217,21 +214,21 @@ func TestBackupStoreFirst(t *testing.T) {
 	store := NewMemBackupStore()
 	fail := true
 	m.Fail = func(op, p string) error {
-		if op == "write" && strings.HasPrefix(p, BackupDir) && fail {
+		if op == "write" && strings.HasPrefix(p, defaultBackupDir) && fail {
 			return os.ErrPermission
 		}
 		return nil
 	}
-	if _, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/pki/ca.key"); err == nil {
+	if _, err := BackupFile(context.Background(), m, store, defaultBackupDir, "r1", "/etc/kubernetes/pki/ca.key"); err == nil {
 		t.Fatal("want error from node copy")
 	}
 	if n := len(store.All()); n != 1 {
 		t.Fatalf("%d stored backups, want 1 (store first)", n)
 	}
 	fail = false
-	b, err := BackupFile(context.Background(), m, store, "r1", "/etc/kubernetes/pki/ca.key")
+	b, err := BackupFile(context.Background(), m, store, defaultBackupDir, "r1", "/etc/kubernetes/pki/ca.key")
 	must(t, err)
-	content, _ := NodeBackupPaths(b)
+	content, _ := NodeBackupPaths(defaultBackupDir, b)
 	if got, ok := m.File(content); !ok || string(got) != "KEY" {
 		t.Errorf("node copy after retry = %q, %v", got, ok)
 	}

@@ -3,10 +3,13 @@ package nodes
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // Config is how to reach one node. Zero values take the documented
@@ -133,3 +136,28 @@ func (c Config) Validate() error {
 
 // become reports whether commands go through sudo.
 func (c Config) become() bool { return c.Become && c.User != "root" }
+
+// CheckKnownHosts loads path as Dial will: a known_hosts file that cannot
+// be read or has a line that does not parse is an error here, before any
+// node is dialed.
+func CheckKnownHosts(path string) error {
+	_, err := knownhosts.New(path)
+	return err
+}
+
+// CheckAgentSocket reports whether $SSH_AUTH_SOCK names a Unix socket, as
+// UseAgent needs (without AgentSocket set).
+func CheckAgentSocket() error {
+	sock := os.Getenv("SSH_AUTH_SOCK")
+	if sock == "" {
+		return errors.New("$SSH_AUTH_SOCK is not set (start ssh-agent and add the key, or set identityFile)")
+	}
+	fi, err := os.Stat(sock)
+	if err != nil {
+		return fmt.Errorf("$SSH_AUTH_SOCK %s: %w", sock, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("$SSH_AUTH_SOCK %s is not a socket", sock)
+	}
+	return nil
+}

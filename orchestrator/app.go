@@ -23,10 +23,12 @@ import (
 	"github.com/kubeca/rotate/steps"
 )
 
-// Value keys the app stores next to the run.
+// Value keys the app stores next to the run: the inventory as read, its
+// absolute path, and its resolved configuration (plans.Config, JSON).
 const (
-	keyInventoryRaw  = "inventory/raw"
-	keyInventoryPath = "inventory/path"
+	keyInventoryRaw    = "inventory/raw"
+	keyInventoryPath   = "inventory/path"
+	keyInventoryConfig = "inventory/config"
 )
 
 // Common are the options every state-changing command shares.
@@ -48,7 +50,7 @@ type StartOptions struct {
 // session is everything a command needs, opened from inventory and state.
 type session struct {
 	store  *state.BoltStore
-	inv    *plans.Inventory
+	cfg    *plans.Config
 	plan   *plans.Plan
 	pool   *nodes.Pool
 	engine *Engine
@@ -69,26 +71,21 @@ func (ps poolSource) Node(ctx context.Context, name string) (nodes.Runner, error
 	return ps.p.Get(ctx, name)
 }
 
-// NodeConfigs turns the inventory's nodes into SSH configurations.
-func NodeConfigs(inv *plans.Inventory, insecure bool) []nodes.Config {
-	var out []nodes.Config
-	for _, n := range append(append([]plans.NodeSpec{}, inv.Nodes.ControlPlane...), inv.Nodes.Workers...) {
-		c := inv.NodeSSH(n)
-		out = append(out, nodes.Config{
-			Name: n.Name, Address: n.Address, Port: c.Port, User: c.User,
-			IdentityFile: c.IdentityFile, UseAgent: c.UseAgent, Become: c.Become,
-			KnownHostsFile: c.KnownHostsFile, InsecureIgnoreHostKey: insecure,
-			DialTimeout: c.DialTimeout, CommandTimeout: c.CommandTimeout,
-		})
+// NodeConfigs is the configuration's SSH settings of every node, with the
+// command line's host key choice.
+func NodeConfigs(cfg *plans.Config, insecure bool) []nodes.Config {
+	out := append([]nodes.Config(nil), cfg.Nodes...)
+	for i := range out {
+		out[i].InsecureIgnoreHostKey = insecure
 	}
 	return out
 }
 
-func openSession(ctx context.Context, c Common, store *state.BoltStore, inv *plans.Inventory, hold bool) (*session, error) {
-	s := &session{store: store, inv: inv}
-	s.plan = plans.Build(inv, plans.Options{Hold: hold})
-	s.pool = nodes.NewPool(NodeConfigs(inv, c.InsecureIgnoreHostKeys))
-	rt, err := runtimeFor(ctx, inv, storeAdapter{s: store}, poolSource{s.pool})
+func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *plans.Config, hold bool) (*session, error) {
+	s := &session{store: store, cfg: cfg}
+	s.plan = cfg.Plan(plans.Options{Hold: hold})
+	s.pool = nodes.NewPool(NodeConfigs(cfg, c.InsecureIgnoreHostKeys))
+	rt, err := runtimeFor(ctx, cfg, storeAdapter{s: store}, poolSource{s.pool})
 	if err != nil {
 		s.pool.Close()
 		return nil, err
@@ -97,9 +94,9 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, inv *pla
 	return s, nil
 }
 
-func runtimeFor(ctx context.Context, inv *plans.Inventory, st steps.Store, ns steps.NodeSource) (steps.Runtime, error) {
-	kc := inv.ExpandPath(inv.Kubernetes.Kubeconfig)
-	kube, trust, restCfg, err := steps.KubeClient(kc, inv.Kubernetes.Context, st)
+func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps.NodeSource) (steps.Runtime, error) {
+	kc := cfg.Kubeconfig
+	kube, trust, restCfg, err := steps.KubeClient(kc, cfg.Context, st)
 	if err != nil {
 		return steps.Runtime{}, err
 	}
@@ -107,7 +104,8 @@ func runtimeFor(ctx context.Context, inv *plans.Inventory, st steps.Store, ns st
 	if err != nil {
 		return steps.Runtime{}, fmt.Errorf("kubeconfig %s: %w", kc, err)
 	}
-	rt := steps.Runtime{Nodes: ns, Kube: kube, Dynamic: dyn, Trust: trust, Config: inv.StepsConfig()}
+	sc := cfg.Steps // each runtime its own copy
+	rt := steps.Runtime{Nodes: ns, Kube: kube, Dynamic: dyn, Trust: trust, Config: &sc}
 	rt.AdminCert = trust.AdminCert()
 	return rt, nil
 }
@@ -137,18 +135,23 @@ func Start(ctx context.Context, o StartOptions) error {
 		store.Close()
 		return unfinishedError(old)
 	}
-	hold := *inv.Hold && !o.NoHold
-	s, err := openSession(ctx, o.Common, store, inv, hold)
+	cfg := inv.Config()
+	hold := cfg.Hold && !o.NoHold
+	s, err := openSession(ctx, o.Common, store, cfg, hold)
 	if err != nil {
 		store.Close()
 		return err
 	}
 	defer s.close()
-	run := state.Run{ID: newRunID(), Cluster: inv.Cluster.Name, InventoryPath: inv.Path, InventoryDigest: inv.Digest}
+	run := state.Run{ID: newRunID(), Cluster: inv.Cluster.Name, InventoryPath: cfg.InventoryPath, InventoryDigest: inv.Digest}
 	s.engine.rt.RunID = run.ID
-	// The inventory travels with the run so resume and rollback need only
-	// the state file.
-	if err := s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyInventoryRaw: inv.Raw, keyInventoryPath: []byte(inv.Path)}}); err != nil {
+	// The inventory travels with the run, resolved, so resume and rollback
+	// need only the state file, from any working directory.
+	values, err := inventoryValues(inv)
+	if err != nil {
+		return err
+	}
+	if err := s.engine.commit(ctx, state.Checkpoint{Values: values}); err != nil {
 		return fmt.Errorf("record inventory: %w", err)
 	}
 	if err := s.engine.Start(ctx, run, hold); err != nil {
@@ -156,6 +159,51 @@ func Start(ctx context.Context, o StartOptions) error {
 	}
 	s.adviseIfCompleted(ctx)
 	return nil
+}
+
+// inventoryValues is what a run records of its inventory: the file as
+// read, its absolute path and its resolved configuration.
+func inventoryValues(inv *plans.Inventory) (map[string][]byte, error) {
+	cfg, err := inv.Config().Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("record inventory: %w", err)
+	}
+	return map[string][]byte{
+		keyInventoryRaw:    inv.Raw,
+		keyInventoryPath:   []byte(inv.Config().InventoryPath),
+		keyInventoryConfig: cfg,
+	}, nil
+}
+
+// recordedConfig is the configuration a run recorded. A run recorded by a
+// rotate that stored only the inventory (or a configuration of another
+// layout) has its inventory resolved again from the recorded path; an
+// older rotate recorded that path as given, so such a run resumes from the
+// directory it was started in, as it always had to.
+func recordedConfig(ctx context.Context, store state.Store) (*plans.Config, error) {
+	b, ok, err := store.Value(ctx, keyInventoryConfig)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		cfg, err := plans.UnmarshalConfig(b)
+		if !errors.Is(err, plans.ErrConfigLayout) {
+			return cfg, err
+		}
+	}
+	raw, ok, err := store.Value(ctx, keyInventoryRaw)
+	if err != nil || !ok {
+		return nil, fmt.Errorf("no inventory recorded (%v)", err)
+	}
+	p, _, err := store.Value(ctx, keyInventoryPath)
+	if err != nil {
+		return nil, err
+	}
+	inv, err := plans.Parse(string(p), raw)
+	if err != nil {
+		return nil, fmt.Errorf("recorded inventory: %w", err)
+	}
+	return inv.Config(), nil
 }
 
 // adviseIfCompleted checks the inventory's kubeconfig once a rotation
@@ -180,18 +228,12 @@ func resumeSession(ctx context.Context, c Common) (*session, state.Run, error) {
 		}
 		return nil, run, err
 	}
-	raw, ok, err := store.Value(ctx, keyInventoryRaw)
-	if err != nil || !ok {
-		store.Close()
-		return nil, run, fmt.Errorf("state file %s holds no inventory for run %s (%v)", c.StatePath, run.ID, err)
-	}
-	p, _, _ := store.Value(ctx, keyInventoryPath)
-	inv, err := plans.Parse(string(p), raw)
+	cfg, err := recordedConfig(ctx, store)
 	if err != nil {
 		store.Close()
-		return nil, run, fmt.Errorf("inventory recorded with run %s: %w", run.ID, err)
+		return nil, run, fmt.Errorf("state file %s, run %s: %w", c.StatePath, run.ID, err)
 	}
-	s, err := openSession(ctx, c, store, inv, run.Hold)
+	s, err := openSession(ctx, c, store, cfg, run.Hold)
 	if err != nil {
 		store.Close()
 		return nil, run, err
@@ -246,13 +288,14 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 	if err != nil {
 		return err
 	}
-	plan := plans.Build(inv, plans.Options{Hold: *inv.Hold && !o.NoHold})
+	cfg := inv.Config()
+	plan := cfg.Plan(plans.Options{Hold: cfg.Hold && !o.NoHold})
 	var rt *steps.Runtime
 	if o.Live {
 		mem := state.NewMemStore()
-		pool := nodes.NewPool(NodeConfigs(inv, o.InsecureIgnoreHostKeys))
+		pool := nodes.NewPool(NodeConfigs(cfg, o.InsecureIgnoreHostKeys))
 		defer pool.Close()
-		r, err := runtimeFor(ctx, inv, storeAdapter{s: mem}, poolSource{pool})
+		r, err := runtimeFor(ctx, cfg, storeAdapter{s: mem}, poolSource{pool})
 		if err != nil {
 			return err
 		}
@@ -266,20 +309,22 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 		}
 		rt = &r
 	}
-	return printPlan(ctx, o.Out, inv, plan, rt)
+	return printPlan(ctx, o.Out, cfg, plan, rt)
 }
 
 // PrintStaticPlan prints the plan's phases, steps and targets only.
 func PrintStaticPlan(out io.Writer, inv *plans.Inventory, noHold bool) error {
-	plan := plans.Build(inv, plans.Options{Hold: *inv.Hold && !noHold})
-	return printPlan(context.Background(), out, inv, plan, nil)
+	cfg := inv.Config()
+	plan := cfg.Plan(plans.Options{Hold: cfg.Hold && !noHold})
+	return printPlan(context.Background(), out, cfg, plan, nil)
 }
 
-func printPlan(ctx context.Context, out io.Writer, inv *plans.Inventory, plan *plans.Plan, rt *steps.Runtime) error {
+func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plans.Plan, rt *steps.Runtime) error {
 	o := struct{ Out io.Writer }{out}
-	fmt.Fprintf(o.Out, "Plan for cluster %s (%s), plan version %d\n", inv.Cluster.Name, inv.Path, plan.Version)
-	fmt.Fprintf(o.Out, "control plane: %s\n", nodeNames(inv.Nodes.ControlPlane))
-	fmt.Fprintf(o.Out, "workers: %s (batch %d)\n", nodeNames(inv.Nodes.Workers), inv.WorkerBatch())
+	fmt.Fprintf(o.Out, "Plan for cluster %s (%s), plan version %d\n", cfg.Steps.Cluster, cfg.InventoryPath, plan.Version)
+	cp := len(cfg.Steps.ControlPlane)
+	fmt.Fprintf(o.Out, "control plane: %s\n", nodeNames(cfg.Nodes[:cp]))
+	fmt.Fprintf(o.Out, "workers: %s (batch %d)\n", nodeNames(cfg.Nodes[cp:]), cfg.WorkerBatch)
 	for _, ph := range plan.Phases {
 		hold := ""
 		if ph.HoldAfter {
@@ -357,7 +402,7 @@ func previewCAs(ctx context.Context, rt *steps.Runtime, mem *state.MemStore, pla
 	return nil
 }
 
-func nodeNames(ns []plans.NodeSpec) string {
+func nodeNames(ns []nodes.Config) string {
 	if len(ns) == 0 {
 		return "none"
 	}

@@ -57,7 +57,7 @@ func (s *session) adviseKubeconfig(ctx context.Context, useNew bool) {
 	if useNew {
 		cur = pair.NewCert
 	}
-	if msg := kubeconfigAdvice(s.inv.ExpandPath(s.inv.Kubernetes.Kubeconfig), s.inv.Kubernetes.Context, cur); msg != "" {
+	if msg := kubeconfigAdvice(s.cfg.Kubeconfig, s.cfg.Context, cur); msg != "" {
 		s.engine.printer.Linef("%s", msg)
 	}
 }

@@ -34,20 +34,24 @@ type Options struct {
 	Hold bool
 }
 
-// Build turns a validated inventory into the plan of ROTATION.md: widen
-// trust (phases 1-8), switch issuance (9), verify and hold (10-11), narrow
-// trust (12).
-func Build(inv *Inventory, opts Options) *Plan {
+// Build turns a validated inventory into the plan of ROTATION.md (see
+// Config.Plan).
+func Build(inv *Inventory, opts Options) *Plan { return inv.Config().Plan(opts) }
+
+// Plan is the plan of ROTATION.md for this configuration: widen trust
+// (phases 1-8), switch issuance (9), verify and hold (10-11), narrow trust
+// (12).
+func (c *Config) Plan(opts Options) *Plan {
 	var cp, workers, all []steps.Target
-	for _, n := range inv.Nodes.ControlPlane {
-		cp = append(cp, steps.Target{Node: n.Name, Role: steps.RoleControlPlane})
+	for _, n := range c.Steps.ControlPlane {
+		cp = append(cp, steps.Target{Node: n, Role: steps.RoleControlPlane})
 	}
-	for _, n := range inv.Nodes.Workers {
-		workers = append(workers, steps.Target{Node: n.Name, Role: steps.RoleWorker})
+	for _, n := range c.Steps.Workers {
+		workers = append(workers, steps.Target{Node: n, Role: steps.RoleWorker})
 	}
 	all = append(append(all, cp...), workers...)
 	cluster := []steps.Target{steps.ClusterTarget}
-	batch := inv.WorkerBatch()
+	batch := c.WorkerBatch
 	wide := 8 // read-only and file-distribution fan-out
 	one := func(s steps.Step, t []steps.Target) PlannedStep {
 		return PlannedStep{Step: s, Targets: t, Concurrency: 1}
@@ -150,44 +154,4 @@ func (inv *Inventory) WorkerBatch() int {
 		return 1
 	}
 	return r.WorkerBatchSize
-}
-
-// StepsConfig is the part of the inventory the steps read.
-func (inv *Inventory) StepsConfig() *steps.Config {
-	c := &steps.Config{
-		Cluster:   inv.Cluster.Name,
-		Addresses: map[string]string{},
-		Paths: steps.Paths{
-			KubernetesDir: inv.Paths.KubernetesDir, PKIDir: inv.Paths.PKIDir, ManifestsDir: inv.Paths.ManifestsDir,
-			KubeletConfig: inv.Paths.KubeletConfig, KubeletPKIDir: inv.Paths.KubeletPKIDir, BackupDir: inv.Paths.BackupDir,
-		},
-		APIServerPort:         6443,
-		KubeletRestartCommand: inv.Kubelet.RestartCommand,
-		Workloads: steps.Workloads{
-			Namespaces: inv.Rollout.Workloads.Namespaces, ExcludeNamespaces: inv.Rollout.Workloads.ExcludeNamespaces,
-			Kinds: inv.Rollout.Workloads.Kinds,
-		},
-		InClusterNamespaces: inv.Rollout.InClusterClients.Namespaces,
-		WorkloadConcurrency: inv.Rollout.WorkloadConcurrency,
-		DefaultTimeout:      inv.Rollout.Timeouts.Default,
-		PhaseTimeouts:       inv.Rollout.Timeouts.Phases,
-	}
-	for _, n := range inv.Nodes.ControlPlane {
-		c.ControlPlane = append(c.ControlPlane, n.Name)
-		c.Addresses[n.Name] = n.Address
-	}
-	for _, n := range inv.Nodes.Workers {
-		c.Workers = append(c.Workers, n.Name)
-		c.Addresses[n.Name] = n.Address
-	}
-	if g := inv.NewCA.Generate; g != nil {
-		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName}
-	}
-	if f := inv.NewCA.Files; f != nil {
-		c.NewCA = steps.NewCASpec{
-			ClusterCertFile: inv.ExpandPath(f.ClusterCert), ClusterKeyFile: inv.ExpandPath(f.ClusterKey),
-			FrontProxyCertFile: inv.ExpandPath(f.FrontProxyCert), FrontProxyKeyFile: inv.ExpandPath(f.FrontProxyKey),
-		}
-	}
-	return c
 }

@@ -6,11 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,10 @@ const (
 	APIVersion = "rotate.kubeca.io/v1alpha1"
 	Kind       = "Inventory"
 )
+
+// DefaultBackupDir is paths.backupDir unless the inventory sets it; the
+// kubelet markers go next to it, in /var/lib/rotate/markers.
+const DefaultBackupDir = "/var/lib/rotate/backups"
 
 // Inventory is the operator's description of a cluster (see
 // examples/inventory.yaml for every field, commented).
@@ -40,11 +45,18 @@ type Inventory struct {
 	Hold       *bool          `yaml:"hold"`
 
 	// Set by Load, not read from YAML.
-	Path   string `yaml:"-"`
+	Path   string `yaml:"-"` // as given
 	Digest string `yaml:"-"` // sha256 of the file's bytes
 	Raw    []byte `yaml:"-"`
 
-	checkFiles bool
+	// abs is Path made absolute when it was parsed; relative paths of
+	// the operator machine count from its directory.
+	abs string
+	// home resolves ~ (homeErr when there is none).
+	home    string
+	homeErr error
+	// config is the inventory resolved, once it validated.
+	config *Config
 }
 
 type ClusterSpec struct {
@@ -59,7 +71,7 @@ type KubernetesSpec struct {
 // SSHSpec is the connection settings; on a node every field overrides.
 type SSHSpec struct {
 	User           string        `yaml:"user"`
-	Port           int           `yaml:"port"`
+	Port           *int          `yaml:"port"`
 	IdentityFile   string        `yaml:"identityFile"`
 	UseAgent       *bool         `yaml:"useAgent"`
 	Become         *bool         `yaml:"become"`
@@ -140,6 +152,10 @@ type Problem struct {
 	Field string // e.g. nodes.controlPlane[1].address
 	Line  int    // 0 when unknown
 	Msg   string
+	// Local marks a problem of this machine rather than of the file: a
+	// referenced file missing or unreadable, no ssh-agent. `rotate plan`
+	// still shows the plan of such an inventory.
+	Local bool
 }
 
 // InventoryError lists every problem found, so one run shows them all.
@@ -172,34 +188,72 @@ func (e *InventoryError) Error() string {
 
 func (e *InventoryError) Unwrap() error { return ErrInventory }
 
-// Load reads, strictly parses, defaults and validates an inventory file.
-// Every problem is reported at once, each naming the file and field.
+// MaxSize is the largest inventory file read; an inventory is a few
+// kilobytes, so anything larger is the wrong file.
+const MaxSize = 1 << 20
+
+var errTooLarge = fmt.Errorf("file is larger than %d bytes (1 MiB): not an inventory", MaxSize)
+
+// Load reads, strictly parses, defaults, validates and resolves an
+// inventory file (see Config). Every problem is reported at once, each
+// naming the file and field.
 func Load(path string) (*Inventory, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &InventoryError{File: path, Problems: []Problem{{Msg: "file does not exist"}}}
-		}
+	raw, err := readLimited(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, &InventoryError{File: path, Problems: []Problem{{Msg: "file does not exist"}}}
+	case err != nil:
 		return nil, &InventoryError{File: path, Problems: []Problem{{Msg: err.Error()}}}
 	}
 	return Parse(path, raw)
 }
 
+// readLimited reads at most MaxSize bytes, and refuses a larger file
+// before parsing any of it.
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > MaxSize {
+		return nil, errTooLarge
+	}
+	return raw, nil
+}
+
 var typeErrLine = regexp.MustCompile(`^line (\d+): (.*)$`)
 
-// Parse is Load for bytes already read; path names the source in errors
-// and anchors relative file paths.
+// Parse is Load for bytes already read; path names the source in errors,
+// and its directory (from the working directory now, if path is relative)
+// anchors relative file paths.
 func Parse(path string, raw []byte) (*Inventory, error) { return parse(path, raw, true) }
 
-// ParseStructure is Parse without checking that referenced files exist,
-// for showing the plan of an inventory written for another machine.
+// ParseStructure is Parse without the checks of this machine (referenced
+// files, the ssh-agent), for showing the plan of an inventory written for
+// another machine.
 func ParseStructure(path string, raw []byte) (*Inventory, error) { return parse(path, raw, false) }
 
-func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
-	inv := &Inventory{Path: path, Raw: raw, checkFiles: checkFiles}
+func parse(path string, raw []byte, checkLocal bool) (*Inventory, error) {
+	inv := &Inventory{Path: path, Raw: raw}
 	sum := sha256.Sum256(raw)
 	inv.Digest = hex.EncodeToString(sum[:])
 	ie := &InventoryError{File: path}
+	if len(raw) > MaxSize {
+		ie.Problems = append(ie.Problems, Problem{Msg: errTooLarge.Error()})
+		return nil, ie
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		ie.Problems = append(ie.Problems, Problem{Msg: "resolve the file's directory: " + err.Error()})
+		return nil, ie
+	}
+	inv.abs = abs
+	inv.home, inv.homeErr = os.UserHomeDir()
 
 	var root yaml.Node
 	if err := yaml.Unmarshal(raw, &root); err != nil {
@@ -212,6 +266,12 @@ func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
 	}
 	if root.Content[0].Kind != yaml.MappingNode {
 		ie.Problems = append(ie.Problems, Problem{Line: root.Content[0].Line, Msg: "not a YAML mapping (expected apiVersion, kind, cluster, ...)"})
+		return nil, ie
+	}
+	// The decoder drops a whole mapping that repeats a key, which would
+	// read as a flood of "required" problems: report the repeats alone.
+	if dups := duplicateKeys(root.Content[0], ""); len(dups) > 0 {
+		ie.Problems = dups
 		return nil, ie
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
@@ -233,12 +293,59 @@ func parse(path string, raw []byte, checkFiles bool) (*Inventory, error) {
 		}
 	}
 	inv.applyDefaults()
-	inv.validate(ie, root.Content[0])
-	ie.Problems = dedupe(ie.Problems)
+	v := &validator{inv: inv, root: root.Content[0], checkLocal: checkLocal, problems: ie.Problems}
+	v.validate()
+	ie.Problems = inDocumentOrder(v.problems)
 	if len(ie.Problems) > 0 {
 		return nil, ie
 	}
+	inv.config = inv.resolve()
 	return inv, nil
+}
+
+// duplicateKeys reports each key that a mapping repeats, at the repeat.
+func duplicateKeys(n *yaml.Node, prefix string) []Problem {
+	var out []Problem
+	switch n.Kind {
+	case yaml.MappingNode:
+		first := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			p := k.Value
+			if prefix != "" {
+				p = prefix + "." + k.Value
+			}
+			if line, dup := first[k.Value]; dup {
+				out = append(out, Problem{Field: p, Line: k.Line, Msg: fmt.Sprintf("duplicate key %q (first at line %d)", k.Value, line)})
+			} else {
+				first[k.Value] = k.Line
+			}
+			out = append(out, duplicateKeys(n.Content[i+1], p)...)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			out = append(out, duplicateKeys(c, fmt.Sprintf("%s[%d]", prefix, i))...)
+		}
+	}
+	return out
+}
+
+// inDocumentOrder sorts problems by line (those without one first, as they
+// concern the whole file) and drops repeats (a shared ssh setting found
+// wrong for each node that uses it), so the list reads like the file and is
+// the same on every run.
+func inDocumentOrder(ps []Problem) []Problem {
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Line < ps[j].Line })
+	seen := map[string]bool{}
+	out := ps[:0]
+	for _, p := range ps {
+		k := p.Field + "\x00" + p.Msg
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 var fieldNotFound = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
@@ -322,14 +429,15 @@ func lineOf(root *yaml.Node, path string) int {
 }
 
 func boolPtr(b bool) *bool { return &b }
+func intPtr(i int) *int    { return &i }
 
 func (inv *Inventory) applyDefaults() {
 	s := &inv.SSH
 	if s.User == "" {
 		s.User = "root"
 	}
-	if s.Port == 0 {
-		s.Port = 22
+	if s.Port == nil {
+		s.Port = intPtr(22)
 	}
 	if s.UseAgent == nil {
 		s.UseAgent = boolPtr(false)
@@ -357,7 +465,7 @@ func (inv *Inventory) applyDefaults() {
 	def(&p.ManifestsDir, filepath.Join(p.KubernetesDir, "manifests"))
 	def(&p.KubeletConfig, "/var/lib/kubelet/config.yaml")
 	def(&p.KubeletPKIDir, "/var/lib/kubelet/pki")
-	def(&p.BackupDir, "/var/lib/rotate/backups")
+	def(&p.BackupDir, DefaultBackupDir)
 	def(&inv.Kubelet.RestartCommand, "systemctl restart kubelet")
 	if inv.NewCA.Generate == nil && inv.NewCA.Files == nil {
 		inv.NewCA.Generate = &GenerateSpec{}
@@ -389,270 +497,4 @@ func (inv *Inventory) applyDefaults() {
 	if inv.Hold == nil {
 		inv.Hold = boolPtr(true)
 	}
-}
-
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
-func validHost(s string) bool {
-	if net.ParseIP(s) != nil {
-		return true
-	}
-	if len(s) == 0 || len(s) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(strings.ToLower(s), ".") {
-		if len(l) > 63 || !dnsLabel.MatchString(l) {
-			return false
-		}
-	}
-	return true
-}
-
-// ExpandPath resolves ~ and makes a relative path relative to the
-// inventory's directory.
-func (inv *Inventory) ExpandPath(p string) string {
-	if p == "" {
-		return ""
-	}
-	if p == "~" || strings.HasPrefix(p, "~/") {
-		if home, err := os.UserHomeDir(); err == nil {
-			p = filepath.Join(home, strings.TrimPrefix(p, "~"))
-		}
-	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(filepath.Dir(inv.Path), p)
-	}
-	return p
-}
-
-var knownPhases = map[string]bool{}
-
-func (inv *Inventory) validate(ie *InventoryError, root *yaml.Node) {
-	add := func(field, format string, args ...any) {
-		ie.Problems = append(ie.Problems, Problem{Field: field, Line: lineOf(root, field), Msg: fmt.Sprintf(format, args...)})
-	}
-	if inv.APIVersion != APIVersion {
-		add("apiVersion", "must be %q, got %q", APIVersion, inv.APIVersion)
-	}
-	if inv.Kind != Kind {
-		add("kind", "must be %q, got %q", Kind, inv.Kind)
-	}
-	if inv.Cluster.Name == "" {
-		add("cluster.name", "required")
-	}
-	if inv.Kubernetes.Kubeconfig == "" {
-		add("kubernetes.kubeconfig", "required: path of an admin kubeconfig")
-	} else if err := inv.fileReadable(inv.ExpandPath(inv.Kubernetes.Kubeconfig)); err != nil {
-		add("kubernetes.kubeconfig", "%v", err)
-	}
-	if len(inv.Nodes.ControlPlane) == 0 {
-		add("nodes.controlPlane", "at least one control-plane node is required")
-	}
-	seen := map[string]string{}
-	checkNode := func(field string, n NodeSpec) {
-		if n.Name == "" {
-			add(field+".name", "required")
-		} else if !validHost(n.Name) {
-			add(field+".name", "%q is not a valid Kubernetes node name (lower case RFC 1123)", n.Name)
-		} else if prev, dup := seen[n.Name]; dup {
-			add(field+".name", "duplicate node name %q (also %s)", n.Name, prev)
-		} else {
-			seen[n.Name] = field
-		}
-		if n.Address == "" {
-			add(field+".address", "required")
-		} else if !validHost(n.Address) {
-			add(field+".address", "%q is neither an IP address nor a valid DNS name", n.Address)
-		}
-		c := inv.NodeSSH(n)
-		if c.Port < 1 || c.Port > 65535 {
-			add(field+".port", "%d is not a TCP port (1-65535)", c.Port)
-		}
-		if !c.UseAgent && c.IdentityFile == "" {
-			add(field+".identityFile", "required unless useAgent is true (set ssh.identityFile or the node's)")
-		}
-		if c.IdentityFile != "" {
-			if err := inv.fileReadable(c.IdentityFile); err != nil {
-				f := field + ".identityFile"
-				if n.IdentityFile == "" {
-					f = "ssh.identityFile"
-				}
-				add(f, "%v", err)
-			}
-		}
-		if err := inv.fileReadable(c.KnownHostsFile); err != nil {
-			f := field + ".knownHostsFile"
-			if n.KnownHostsFile == "" {
-				f = "ssh.knownHostsFile"
-			}
-			add(f, "%v (host keys are always verified; see --insecure-ignore-host-keys)", err)
-		}
-	}
-	for i, n := range inv.Nodes.ControlPlane {
-		checkNode(fmt.Sprintf("nodes.controlPlane[%d]", i), n)
-	}
-	for i, n := range inv.Nodes.Workers {
-		checkNode(fmt.Sprintf("nodes.workers[%d]", i), n)
-	}
-	if inv.SSH.Port < 1 || inv.SSH.Port > 65535 {
-		add("ssh.port", "%d is not a TCP port (1-65535)", inv.SSH.Port)
-	}
-	for f, v := range map[string]string{
-		"paths.kubernetesDir": inv.Paths.KubernetesDir, "paths.pkiDir": inv.Paths.PKIDir,
-		"paths.manifestsDir": inv.Paths.ManifestsDir, "paths.kubeletConfig": inv.Paths.KubeletConfig,
-		"paths.kubeletPKIDir": inv.Paths.KubeletPKIDir, "paths.backupDir": inv.Paths.BackupDir,
-	} {
-		if !strings.HasPrefix(v, "/") {
-			add(f, "must be an absolute path on the node, got %q", v)
-		}
-	}
-	if strings.TrimSpace(inv.Kubelet.RestartCommand) == "" {
-		add("kubelet.restartCommand", "must not be empty")
-	}
-	switch {
-	case inv.NewCA.Generate != nil && inv.NewCA.Files != nil:
-		add("newCA", "set either generate or files, not both")
-	case inv.NewCA.Files != nil:
-		f := inv.NewCA.Files
-		for field, v := range map[string]string{"clusterCert": f.ClusterCert, "clusterKey": f.ClusterKey, "frontProxyCert": f.FrontProxyCert, "frontProxyKey": f.FrontProxyKey} {
-			if v == "" {
-				add("newCA.files."+field, "required")
-			} else if err := inv.fileReadable(inv.ExpandPath(v)); err != nil {
-				add("newCA.files."+field, "%v", err)
-			}
-		}
-	default:
-		g := inv.NewCA.Generate
-		switch g.Algorithm {
-		case "ECDSA-P256", "RSA-2048", "RSA-3072", "RSA-4096":
-		default:
-			add("newCA.generate.algorithm", "%q is not one of ECDSA-P256, RSA-2048, RSA-3072, RSA-4096", g.Algorithm)
-		}
-		if g.Validity < 24*time.Hour {
-			add("newCA.generate.validity", "%s is too short for a CA (at least 24h)", g.Validity)
-		}
-		if g.ClusterCommonName == g.FrontProxyCommonName {
-			add("newCA.generate.frontProxyCommonName", "must differ from clusterCommonName %q", g.ClusterCommonName)
-		}
-	}
-	r := inv.Rollout
-	if r.WorkerBatchSize != 0 && r.WorkerBatchPercent != 0 {
-		add("rollout.workerBatchPercent", "set either workerBatchSize or workerBatchPercent, not both")
-	}
-	if r.WorkerBatchSize < 0 {
-		add("rollout.workerBatchSize", "must be at least 1, got %d", r.WorkerBatchSize)
-	}
-	if r.WorkerBatchPercent < 0 || r.WorkerBatchPercent > 100 {
-		add("rollout.workerBatchPercent", "must be 1-100, got %d", r.WorkerBatchPercent)
-	}
-	if r.WorkloadConcurrency < 1 {
-		add("rollout.workloadConcurrency", "must be at least 1, got %d", r.WorkloadConcurrency)
-	}
-	for i, k := range r.Workloads.Kinds {
-		if k != "Deployment" && k != "DaemonSet" && k != "StatefulSet" {
-			add(fmt.Sprintf("rollout.workloads.kinds[%d]", i), "%q is not Deployment, DaemonSet or StatefulSet", k)
-		}
-	}
-	if r.Timeouts.Default < 0 {
-		add("rollout.timeouts.default", "must be positive")
-	}
-	for name, d := range r.Timeouts.Phases {
-		if !knownPhases[name] {
-			add("rollout.timeouts.phases."+name, "unknown phase %q (see `rotate plan` for phase names)", name)
-		} else if d <= 0 {
-			add("rollout.timeouts.phases."+name, "must be positive")
-		}
-	}
-}
-
-func (inv *Inventory) fileReadable(p string) error {
-	if !inv.checkFiles {
-		return nil
-	}
-	return fileReadable(p)
-}
-
-func fileReadable(p string) error {
-	st, err := os.Stat(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("file %s does not exist", p)
-		}
-		return err
-	}
-	if st.IsDir() {
-		return fmt.Errorf("%s is a directory, not a file", p)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return fmt.Errorf("cannot read %s: %w", p, err)
-	}
-	f.Close()
-	return nil
-}
-
-// SSHConfig is a node's effective connection settings.
-type SSHConfig struct {
-	User           string
-	Port           int
-	IdentityFile   string
-	UseAgent       bool
-	Become         bool
-	KnownHostsFile string
-	DialTimeout    time.Duration
-	CommandTimeout time.Duration
-}
-
-// NodeSSH merges the global ssh settings with the node's overrides.
-func (inv *Inventory) NodeSSH(n NodeSpec) SSHConfig {
-	g := inv.SSH
-	c := SSHConfig{User: g.User, Port: g.Port, IdentityFile: g.IdentityFile, KnownHostsFile: g.KnownHostsFile,
-		DialTimeout: g.DialTimeout, CommandTimeout: g.CommandTimeout}
-	if g.UseAgent != nil {
-		c.UseAgent = *g.UseAgent
-	}
-	if g.Become != nil {
-		c.Become = *g.Become
-	}
-	if n.User != "" {
-		c.User = n.User
-	}
-	if n.Port != 0 {
-		c.Port = n.Port
-	}
-	if n.IdentityFile != "" {
-		c.IdentityFile = n.IdentityFile
-	}
-	if n.UseAgent != nil {
-		c.UseAgent = *n.UseAgent
-	}
-	if n.Become != nil {
-		c.Become = *n.Become
-	}
-	if n.KnownHostsFile != "" {
-		c.KnownHostsFile = n.KnownHostsFile
-	}
-	if n.DialTimeout != 0 {
-		c.DialTimeout = n.DialTimeout
-	}
-	if n.CommandTimeout != 0 {
-		c.CommandTimeout = n.CommandTimeout
-	}
-	c.IdentityFile = inv.ExpandPath(c.IdentityFile)
-	c.KnownHostsFile = inv.ExpandPath(c.KnownHostsFile)
-	return c
-}
-
-// dedupe drops repeated problems (a shared ssh setting reported per node).
-func dedupe(ps []Problem) []Problem {
-	seen := map[string]bool{}
-	out := ps[:0]
-	for _, p := range ps {
-		k := p.Field + "\x00" + p.Msg
-		if !seen[k] {
-			seen[k] = true
-			out = append(out, p)
-		}
-	}
-	return out
 }

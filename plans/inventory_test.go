@@ -2,8 +2,11 @@ package plans
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +17,9 @@ import (
 func fixtureDir(t *testing.T) (dir, valid string) {
 	t.Helper()
 	dir = t.TempDir()
-	for _, f := range []string{"admin.conf", "id_ed25519", "known_hosts"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+	for f, content := range map[string]string{"admin.conf": "x", "id_ed25519": "x", "known_hosts": knownHostsLine,
+		"bad_known_hosts": "cp1 ssh-ed25519 not-base64\n"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -40,6 +44,10 @@ nodes:
 	return dir, valid
 }
 
+// knownHostsLine is a known_hosts entry (an ed25519 public key made with
+// ssh-keygen for this file, its private half thrown away).
+const knownHostsLine = "10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEryAMak7Dv1keOB5A5xgKgRxP1eMVom1ILEpBcsU42I\n"
+
 func write(t *testing.T, dir, text string) string {
 	t.Helper()
 	p := filepath.Join(dir, "inv.yaml")
@@ -61,9 +69,13 @@ func TestLoadValidAppliesDefaults(t *testing.T) {
 	if !*inv.Hold || inv.NewCA.Generate.Algorithm != "ECDSA-P256" || inv.NewCA.Generate.Validity != 87600*time.Hour {
 		t.Fatalf("defaults: hold=%v newCA=%+v", *inv.Hold, inv.NewCA.Generate)
 	}
-	c := inv.NodeSSH(inv.Nodes.Workers[0])
-	if c.Port != 2222 || c.User != "root" || c.IdentityFile != filepath.Join(dir, "id_ed25519") {
+	c := inv.Config().Nodes[1]
+	if c.Name != "w1" || c.Port != 2222 || c.User != "root" || c.IdentityFile != filepath.Join(dir, "id_ed25519") ||
+		c.KnownHostsFile != filepath.Join(dir, "known_hosts") || c.DialTimeout != 10*time.Second {
 		t.Fatalf("worker ssh = %+v", c)
+	}
+	if cfg := inv.Config(); cfg.Steps.Paths.BackupDir != DefaultBackupDir || cfg.Kubeconfig != filepath.Join(dir, "admin.conf") || cfg.InventoryPath != filepath.Join(dir, "inv.yaml") {
+		t.Fatalf("config = %+v", cfg)
 	}
 	if len(inv.Digest) != 64 {
 		t.Fatalf("digest %q", inv.Digest)
@@ -93,30 +105,78 @@ func TestExampleInventoryParses(t *testing.T) {
 
 func TestInventoryErrors(t *testing.T) {
 	dir, valid := fixtureDir(t)
+	// edit replaces old with new in the valid inventory (old must occur).
+	edit := func(old, new string) string {
+		if !strings.Contains(valid, old) {
+			t.Fatalf("fixture lacks %q", old)
+		}
+		return strings.Replace(valid, old, new, 1)
+	}
 	cases := []struct {
 		name string
-		text string // "" = do not write a file
+		text string
 		want []string
+		n    int // how many problems, 0: not checked
 	}{
-		{"not yaml", "cluster: [unclosed\n", []string{"not valid YAML"}},
-		{"not a mapping", "- a\n- b\n", []string{"not a YAML mapping"}},
-		{"empty", "", []string{"file is empty"}},
+		{"not yaml", "cluster: [unclosed\n", []string{"not valid YAML"}, 1},
+		{"not a mapping", "- a\n- b\n", []string{"not a YAML mapping"}, 1},
+		{"empty", "", []string{"file is empty"}, 1},
 		{"missing fields", "apiVersion: rotate.kubeca.io/v1alpha1\nkind: Inventory\n", []string{
-			"cluster.name: required", "kubernetes.kubeconfig: required", "nodes.controlPlane: at least one"}},
-		{"wrong kind", strings.Replace(valid, "kind: Inventory", "kind: Cluster", 1), []string{`kind (line 2): must be "Inventory"`}},
-		{"unknown fields", strings.Replace(valid, "  identityFile: id_ed25519", "  identtyFile: id_ed25519\n  identityFile: id_ed25519", 1) + "extra: 1\n", []string{
-			`ssh.identtyFile (line 8): unknown field "identtyFile"`, `extra (line 19): unknown field "extra"`}},
-		{"duplicate node names", strings.Replace(valid, "name: w1", "name: cp1", 1), []string{
-			`nodes.workers[0].name (line 15): duplicate node name "cp1" (also nodes.controlPlane[0])`}},
-		{"bad address", strings.Replace(valid, "address: 10.0.0.1", "address: 10.0.0.1:22", 1), []string{
-			`nodes.controlPlane[0].address (line 13): "10.0.0.1:22" is neither an IP address nor a valid DNS name`}},
-		{"bad port", strings.Replace(valid, "port: 2222", "port: 70000", 1), []string{"nodes.workers[0].port (line 17): 70000 is not a TCP port"}},
-		{"missing identity file", strings.Replace(valid, "identityFile: id_ed25519", "identityFile: nope", 1), []string{
-			"ssh.identityFile (line 8): file " + filepath.Join(dir, "nope") + " does not exist"}},
-		{"wrong type", strings.Replace(valid, "port: 2222", "port: many", 1), []string{"nodes.workers[0].port (line 17): cannot use string"}},
-		{"bad algorithm", valid + "newCA:\n  generate:\n    algorithm: DSA\n", []string{`newCA.generate.algorithm (line 20): "DSA" is not one of`}},
-		{"unknown phase timeout", valid + "rollout:\n  timeouts:\n    phases:\n      nope: 1m\n", []string{`rollout.timeouts.phases.nope (line 21): unknown phase "nope"`}},
-		{"both batch settings", valid + "rollout:\n  workerBatchSize: 2\n  workerBatchPercent: 50\n", []string{"set either workerBatchSize or workerBatchPercent"}},
+			"cluster.name: required", "kubernetes.kubeconfig: required", "nodes.controlPlane: at least one"}, 0},
+		{"wrong kind", edit("kind: Inventory", "kind: Cluster"), []string{`kind (line 2): must be "Inventory"`}, 1},
+		{"unknown fields", edit("  identityFile: id_ed25519", "  identtyFile: id_ed25519\n  identityFile: id_ed25519") + "extra: 1\n", []string{
+			`ssh.identtyFile (line 8): unknown field "identtyFile"`, `extra (line 19): unknown field "extra"`}, 2},
+		{"duplicate node names", edit("name: w1", "name: cp1"), []string{
+			`nodes.workers[0].name (line 15): duplicate node name "cp1" (also nodes.controlPlane[0])`}, 1},
+		{"bad address", edit("address: 10.0.0.1", "address: 10.0.0.1:22"), []string{
+			`nodes.controlPlane[0].address (line 13): "10.0.0.1:22" is neither an IP address nor a valid DNS name`}, 1},
+		{"IPv4 with an octet over 255", edit("address: 10.0.0.1", "address: 10.0.0.256"), []string{
+			`nodes.controlPlane[0].address (line 13): "10.0.0.256" is neither an IP address nor a valid DNS name (a name ending in a number is read as an IPv4 address)`}, 1},
+		{"IPv4 with three parts", edit("address: 10.0.0.1", "address: 1.2.3"), []string{
+			`nodes.controlPlane[0].address (line 13): "1.2.3" is neither an IP address nor a valid DNS name (a name ending`}, 1},
+		{"IPv4 node name", edit("name: cp1", "name: 10.0.0.9"), []string{
+			`nodes.controlPlane[0].name (line 12): "10.0.0.9" is an IP address: name is the Kubernetes Node name`}, 1},
+		{"IPv6 node name", edit("name: cp1", `name: "fd00::1"`), []string{
+			`nodes.controlPlane[0].name (line 12): "fd00::1" is an IP address`}, 1},
+		{"upper-case node name", edit("name: cp1", "name: CP1"), []string{
+			`nodes.controlPlane[0].name (line 12): "CP1" is not a valid Kubernetes node name (lower case RFC 1123)`}, 1},
+		{"duplicate address and port", edit("address: w1.example.com\n      port: 2222", "address: 10.0.0.1\n      port: 22"), []string{
+			`nodes.workers[0].address (line 16): duplicate SSH endpoint 10.0.0.1:22 (also nodes.controlPlane[0])`}, 1},
+		{"IPv4 with leading zeros", edit("address: 10.0.0.1", `address: "10.000.0.1"`), []string{
+			`nodes.controlPlane[0].address (line 13): "10.000.0.1" is neither an IP address`}, 1},
+		{"duplicate DNS name in another case", valid + "    - name: w2\n      address: W1.Example.com\n      port: 2222\n", []string{
+			`nodes.workers[1].address (line 19): duplicate SSH endpoint w1.example.com:2222 (also nodes.workers[0])`}, 1},
+		{"bad port", edit("port: 2222", "port: 70000"), []string{"nodes.workers[0].port (line 17): 70000 is not a TCP port"}, 1},
+		{"node port 0", edit("port: 2222", "port: 0"), []string{"nodes.workers[0].port (line 17): 0 is not a TCP port (1-65535)"}, 1},
+		{"global port 0", edit("  knownHostsFile: known_hosts", "  knownHostsFile: known_hosts\n  port: 0"), []string{
+			"ssh.port (line 10): 0 is not a TCP port (1-65535)"}, 1},
+		{"negative global durations", edit("  knownHostsFile: known_hosts", "  knownHostsFile: known_hosts\n  dialTimeout: -5s\n  commandTimeout: -1m"), []string{
+			"ssh.dialTimeout (line 10): must be positive, got -5s", "ssh.commandTimeout (line 11): must be positive, got -1m0s"}, 2},
+		{"negative node duration", edit("port: 2222", "port: 2222\n      dialTimeout: -1s"), []string{
+			"nodes.workers[0].dialTimeout (line 18): must be positive, got -1s"}, 1},
+		{"negative rollout timeouts", valid + "rollout:\n  timeouts:\n    default: -1m\n    phases:\n      servers: -2m\n", []string{
+			"rollout.timeouts.default (line 20): must be positive, got -1m0s", "rollout.timeouts.phases.servers (line 22): must be positive, got -2m0s"}, 2},
+		{"negative validity", valid + "newCA:\n  generate:\n    validity: -1h\n", []string{
+			"newCA.generate.validity (line 20): -1h0m0s is too short for a CA"}, 1},
+		{"missing identity file", edit("identityFile: id_ed25519", "identityFile: nope"), []string{
+			"ssh.identityFile (line 8): file " + filepath.Join(dir, "nope") + " does not exist"}, 1},
+		{"unparsable known_hosts", edit("knownHostsFile: known_hosts", "knownHostsFile: bad_known_hosts"), []string{
+			"ssh.knownHostsFile (line 9): not a usable known_hosts file: knownhosts: " + filepath.Join(dir, "bad_known_hosts")}, 1},
+		{"known_hosts is a directory", edit("knownHostsFile: known_hosts", "knownHostsFile: ."), []string{
+			"ssh.knownHostsFile (line 9): " + dir + " is a directory, not a file (host keys are always verified"}, 1},
+		{"node known_hosts", edit("port: 2222", "port: 2222\n      knownHostsFile: bad_known_hosts"), []string{
+			"nodes.workers[0].knownHostsFile (line 18): not a usable known_hosts file"}, 1},
+		{"wrong type", edit("port: 2222", "port: many"), []string{"nodes.workers[0].port (line 17): cannot use string"}, 1},
+		{"bad algorithm", valid + "newCA:\n  generate:\n    algorithm: DSA\n", []string{`newCA.generate.algorithm (line 20): "DSA" is not one of`}, 1},
+		{"unknown phase timeout", valid + "rollout:\n  timeouts:\n    phases:\n      nope: 1m\n", []string{`rollout.timeouts.phases.nope (line 21): unknown phase "nope"`}, 1},
+		{"both batch settings", valid + "rollout:\n  workerBatchSize: 2\n  workerBatchPercent: 50\n", []string{"set either workerBatchSize or workerBatchPercent"}, 1},
+		{"backupDir /", valid + "paths:\n  backupDir: /\n", []string{"paths.backupDir (line 19): must be a directory below /"}, 1},
+		{"duplicate top-level key", valid + "cluster:\n  name: again\n", []string{`cluster (line 18): duplicate key "cluster" (first at line 3)`}, 1},
+		{"duplicate nested key", edit("  identityFile: id_ed25519", "  identityFile: id_ed25519\n  identityFile: other"), []string{
+			`ssh.identityFile (line 9): duplicate key "identityFile" (first at line 8)`}, 1},
+		{"duplicate key in a node", edit("port: 2222", "port: 2222\n      port: 2223"), []string{
+			`nodes.workers[0].port (line 18): duplicate key "port" (first at line 17)`}, 1},
+		{"too large", valid + "# " + strings.Repeat("x", MaxSize) + "\n", []string{"file is larger than 1048576 bytes (1 MiB): not an inventory"}, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,6 +193,9 @@ func TestInventoryErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error lacks %q:\n%v", w, err)
 				}
+			}
+			if tc.n > 0 && len(ie.Problems) != tc.n {
+				t.Errorf("%d problems, want %d:\n%v", len(ie.Problems), tc.n, err)
 			}
 		})
 	}
@@ -160,4 +223,187 @@ func TestWorkerBatch(t *testing.T) {
 			t.Errorf("size %d pct %d: got %d want %d", tc.size, tc.pct, got, tc.want)
 		}
 	}
+}
+
+// Problems come in document order, the same on every run (no map order).
+func TestInventoryProblemOrderIsStable(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	text := strings.Replace(valid, "name: test", `name: ""`, 1) + `paths:
+  pkiDir: pki
+  backupDir: backups
+  kubeletConfig: config.yaml
+newCA:
+  files:
+    frontProxyKey: fp.key
+    clusterCert: ca.crt
+rollout:
+  timeouts:
+    phases:
+      zeta: 1m
+      alpha: 1m
+      servers: -1m
+      beta: 1m
+`
+	p := write(t, dir, text)
+	var first string
+	for i := 0; i < 20; i++ {
+		_, err := Load(p)
+		var ie *InventoryError
+		if !errors.As(err, &ie) {
+			t.Fatalf("Load = %v", err)
+		}
+		for j := 1; j < len(ie.Problems); j++ {
+			if ie.Problems[j].Line < ie.Problems[j-1].Line {
+				t.Fatalf("problems not in document order:\n%v", err)
+			}
+		}
+		if i == 0 {
+			first = err.Error()
+			if len(ie.Problems) != 12 {
+				t.Fatalf("%d problems, want 12:\n%v", len(ie.Problems), err)
+			}
+			continue
+		}
+		if err.Error() != first {
+			t.Fatalf("run %d listed the problems differently:\n%v\nfirst:\n%s", i, err, first)
+		}
+	}
+}
+
+func TestUseAgentNeedsASocket(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	text := strings.Replace(valid, "  identityFile: id_ed25519\n", "  useAgent: true\n", 1)
+	l, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, tc := range []struct{ name, sock, want string }{
+		{"unset", "", "ssh.useAgent (line 8): useAgent is true but $SSH_AUTH_SOCK is not set"},
+		{"missing", filepath.Join(dir, "gone.sock"), "ssh.useAgent (line 8): useAgent is true but $SSH_AUTH_SOCK " + filepath.Join(dir, "gone.sock") + ": "},
+		{"not a socket", filepath.Join(dir, "known_hosts"), "ssh.useAgent (line 8): useAgent is true but $SSH_AUTH_SOCK " + filepath.Join(dir, "known_hosts") + " is not a socket"},
+		{"a socket", filepath.Join(dir, "agent.sock"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("SSH_AUTH_SOCK", tc.sock)
+			inv, err := Load(write(t, dir, text))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c := inv.Config().Nodes[0]; !c.UseAgent || c.IdentityFile != "" {
+					t.Fatalf("node ssh = %+v", c)
+				}
+				return
+			}
+			var ie *InventoryError
+			if !errors.As(err, &ie) || !strings.Contains(err.Error(), tc.want) || len(ie.Problems) != 1 || !ie.Problems[0].Local {
+				t.Fatalf("Load = %v; want one local problem %q", err, tc.want)
+			}
+			// Without the checks of this machine the plan still loads.
+			if _, err := ParseStructure("inv.yaml", []byte(text)); err != nil {
+				t.Fatalf("ParseStructure = %v", err)
+			}
+		})
+	}
+}
+
+func TestMissingFilesAreLocalProblems(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	text := strings.Replace(strings.Replace(valid, "identityFile: id_ed25519", "identityFile: nope", 1), "name: cp1", "name: CP1", 1)
+	_, err := Load(write(t, dir, text))
+	var ie *InventoryError
+	if !errors.As(err, &ie) || len(ie.Problems) != 2 {
+		t.Fatalf("Load = %v", err)
+	}
+	if ie.Problems[0].Field != "ssh.identityFile" || !ie.Problems[0].Local || ie.Problems[1].Local {
+		t.Fatalf("local flags: %+v", ie.Problems)
+	}
+}
+
+// Relative paths count from the inventory file's directory, ~ from the
+// home directory, whatever the working directory.
+func TestPathsResolveAgainstTheInventory(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	os.WriteFile(filepath.Join(home, "known_hosts"), []byte(knownHostsLine), 0o600)
+	for _, f := range []string{"ca.crt", "ca.key", "fp.crt", "fp.key"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600)
+	}
+	text := strings.Replace(valid, "knownHostsFile: known_hosts", "knownHostsFile: ~/known_hosts", 1) +
+		"newCA:\n  files:\n    clusterCert: ca.crt\n    clusterKey: ./ca.key\n    frontProxyCert: " + filepath.Join(dir, "fp.crt") + "\n    frontProxyKey: sub/../fp.key\n"
+	write(t, dir, text)
+	t.Chdir(dir)
+	inv, err := Load("inv.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	c := inv.Config()
+	for got, want := range map[string]string{
+		c.InventoryPath:                    filepath.Join(dir, "inv.yaml"),
+		c.Kubeconfig:                       filepath.Join(dir, "admin.conf"),
+		c.Nodes[0].IdentityFile:            filepath.Join(dir, "id_ed25519"),
+		c.Nodes[1].KnownHostsFile:          filepath.Join(home, "known_hosts"),
+		c.Steps.NewCA.ClusterCertFile:      filepath.Join(dir, "ca.crt"),
+		c.Steps.NewCA.ClusterKeyFile:       filepath.Join(dir, "ca.key"),
+		c.Steps.NewCA.FrontProxyCertFile:   filepath.Join(dir, "fp.crt"),
+		c.Steps.NewCA.FrontProxyKeyFile:    filepath.Join(dir, "fp.key"),
+		inv.Config().Steps.Paths.BackupDir: DefaultBackupDir,
+	} {
+		if got != want {
+			t.Errorf("resolved %q, want %q", got, want)
+		}
+	}
+	t.Run("no home", func(t *testing.T) {
+		t.Setenv("HOME", "")
+		_, err := Load(filepath.Join(dir, "inv.yaml"))
+		if err == nil || !strings.Contains(err.Error(), "ssh.knownHostsFile (line 9): cannot resolve ~/known_hosts: $HOME is not defined") {
+			t.Fatalf("Load = %v", err)
+		}
+	})
+}
+
+func TestConfigRoundTrip(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	inv, err := Load(write(t, dir, valid+"rollout:\n  workloads:\n    namespaces: []\n  timeouts:\n    phases:\n      servers: 15m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := inv.Config().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnmarshalConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, inv.Config()) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, inv.Config())
+	}
+	if a, b := planShape(got.Plan(Options{Hold: true})), planShape(Build(inv, Options{Hold: true})); a != b {
+		t.Fatalf("the recorded configuration plans differently:\n%s\nwant\n%s", a, b)
+	}
+	for name, bad := range map[string]string{
+		"other version": strings.Replace(string(b), `"version":1`, `"version":2`, 1),
+		"unknown field": strings.Replace(string(b), `"version":1`, `"version":1,"renamed":true`, 1),
+		"not JSON":      "{",
+	} {
+		if _, err := UnmarshalConfig([]byte(bad)); !errors.Is(err, ErrConfigLayout) {
+			t.Errorf("%s: %v, want ErrConfigLayout", name, err)
+		}
+	}
+}
+
+// planShape lists each phase's steps, targets and concurrency.
+func planShape(p *Plan) string {
+	var b strings.Builder
+	for _, ph := range p.Phases {
+		fmt.Fprintf(&b, "%d %s hold=%v\n", ph.Index, ph.Name, ph.HoldAfter)
+		for _, ps := range ph.Steps {
+			fmt.Fprintf(&b, "  %s %v x%d\n", ps.Step.Name(), ps.Targets, ps.Concurrency)
+		}
+	}
+	return b.String()
 }

@@ -14,7 +14,9 @@ type Paths struct {
 	ManifestsDir  string // /etc/kubernetes/manifests
 	KubeletConfig string // /var/lib/kubelet/config.yaml
 	KubeletPKIDir string // /var/lib/kubelet/pki
-	BackupDir     string // /var/lib/rotate/backups
+	// BackupDir holds the node copies of backups, BackupDir/<backup id>/;
+	// the kubelet markers go next to it, in ../markers.
+	BackupDir string // /var/lib/rotate/backups
 }
 
 // NewCASpec says where the new CAs come from.

@@ -152,7 +152,7 @@ func applyEdits(ctx context.Context, rt *Runtime, r nodes.Runner, edits []fileEd
 		if p.noop {
 			continue
 		}
-		if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.BackupID, p.edit.path); err != nil {
+		if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.Config.Paths.BackupDir, rt.BackupID, p.edit.path); err != nil {
 			return changed, fmt.Errorf("back up %s on %s: %w", p.edit.path, r.Name(), err)
 		}
 		switch {

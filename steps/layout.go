@@ -13,7 +13,6 @@ const (
 	fileFPCABundle      = "rotate-front-proxy-ca-bundle.crt"
 	restartAnnotation   = "rotate.kubeca.io/restart"
 	workloadAnnotation  = "rotate.kubeca.io/restartedAt"
-	kubeletMarkerDir    = "/var/lib/rotate/markers"
 	kubeletClientLink   = "kubelet-client-current.pem"
 	kubeconfigAdmin     = "admin.conf"
 	kubeconfigSuper     = "super-admin.conf"
@@ -67,6 +66,14 @@ func (c *Config) manifest(comp Component) string {
 }
 func (c *Config) kubeletPKI(name string) string {
 	return path.Join(c.Paths.KubeletPKIDir, name)
+}
+
+// kubeletMarkerDir holds the kubelet steps' markers: "markers" next to the
+// backup directory (/var/lib/rotate/markers for the default
+// /var/lib/rotate/backups, where every rotate so far has kept them, so a
+// run begun by an older rotate finds its markers again).
+func (c *Config) kubeletMarkerDir() string {
+	return path.Join(path.Dir(c.Paths.BackupDir), "markers")
 }
 
 // prepared value keys.

@@ -3,6 +3,7 @@ package steps
 import (
 	"context"
 	"fmt"
+	"path"
 	"sort"
 	"strings"
 
@@ -56,7 +57,9 @@ func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Ru
 	return r, edits, err
 }
 
-func (rt *Runtime) kubeletMarker() string { return kubeletMarkerDir + "/" + rt.BackupID }
+func (rt *Runtime) kubeletMarker() string {
+	return path.Join(rt.Config.kubeletMarkerDir(), rt.BackupID)
+}
 
 func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
 	r, edits, err := s.prepare(ctx, rt, t)
@@ -91,7 +94,7 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 // markKubelet writes the step's kubelet marker: Apply after restarting the
 // kubelet (Check needs it), Revert before restoring anything (see there).
 func (rt *Runtime) markKubelet(ctx context.Context, r nodes.Runner, note string) error {
-	if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(kubeletMarkerDir), nil); err != nil {
+	if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(rt.Config.kubeletMarkerDir()), nil); err != nil {
 		return err
 	}
 	if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte(note), 0o600); err != nil {

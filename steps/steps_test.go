@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,8 @@ func (g gateFunc) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 // testConfig is kubeadm's layout with the given nodes.
 func testConfig(controlPlane, workers []string) *Config {
 	return &Config{ControlPlane: controlPlane, Workers: workers, Paths: Paths{KubernetesDir: "/etc/kubernetes", PKIDir: "/etc/kubernetes/pki",
-		ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki"},
+		ManifestsDir: "/etc/kubernetes/manifests", KubeletConfig: "/var/lib/kubelet/config.yaml", KubeletPKIDir: "/var/lib/kubelet/pki",
+		BackupDir: "/var/lib/rotate/backups"},
 		KubeletRestartCommand: "systemctl restart kubelet"}
 }
 
@@ -149,7 +151,10 @@ func TestNodeEditApplyCheckRevert(t *testing.T) {
 	}
 }
 
-func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {
+// kubeletClientFixture is a node with a kubelet client certificate link
+// and kubelet.conf, and the re-issued certificate prepared in the store.
+func kubeletClientFixture(t *testing.T) (*Runtime, *nodes.MemRunner) {
+	t.Helper()
 	ctx := context.Background()
 	rt, r, st := testRuntime(t)
 	ca, _ := rt.newCA(ctx, CACluster)
@@ -180,6 +185,12 @@ users:
     client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem
     client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
 `), 0o600)
+	return rt, r
+}
+
+func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {
+	ctx := context.Background()
+	rt, r := kubeletClientFixture(t)
 	cp1 := Target{Node: "cp1", Role: RoleControlPlane}
 	s := KubeletClientCert("kubelet-client-cp")
 	if err := s.Apply(ctx, rt, cp1); err != nil {
@@ -213,6 +224,40 @@ users:
 	}
 	if done, _ := s.Check(ctx, rt, cp1); done {
 		t.Fatal("check after revert is true")
+	}
+}
+
+// paths.backupDir is honoured: the node copies of a kubelet step's
+// backups go under it and its marker next to it, nothing to the defaults.
+func TestBackupDirHonoured(t *testing.T) {
+	ctx := context.Background()
+	rt, r := kubeletClientFixture(t)
+	rt.Config.Paths.BackupDir = "/srv/rotate/backups"
+	cp1 := Target{Node: "cp1", Role: RoleControlPlane}
+	s := KubeletClientCert("kubelet-client-cp")
+	if err := s.Apply(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	meta := "/srv/rotate/backups/r1.test/" + url.PathEscape("/var/lib/kubelet/pki/kubelet-client-current.pem") + ".meta"
+	if _, ok := r.File(meta); !ok {
+		t.Errorf("no backup copy at %s; files: %v", meta, r.Paths())
+	}
+	if _, ok := r.File("/srv/rotate/markers/r1.test"); !ok {
+		t.Errorf("no kubelet marker in /srv/rotate/markers; files: %v", r.Paths())
+	}
+	for _, p := range r.Paths() {
+		if strings.HasPrefix(p, "/var/lib/rotate") {
+			t.Errorf("%s written under the default directory", p)
+		}
+	}
+	if done, err := s.Check(ctx, rt, cp1); err != nil || !done {
+		t.Fatalf("check after apply = %v, %v", done, err)
+	}
+	if err := s.Revert(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.File("/srv/rotate/markers/r1.test"); ok {
+		t.Error("revert left the kubelet marker")
 	}
 }
 
@@ -328,7 +373,7 @@ func TestPlanRestore(t *testing.T) {
 			r := nodes.NewMemRunner("cp1")
 			set(r, tt.before)
 			for _, p := range tt.edited {
-				if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.BackupID, p); err != nil {
+				if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.Config.Paths.BackupDir, rt.BackupID, p); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -152,16 +152,12 @@ func staticPlan(ctx context.Context, o orchestrator.PlanOptions) error {
 	if !errors.As(err, &ie) {
 		return err
 	}
-	structural := false
 	for _, p := range ie.Problems {
-		if !strings.Contains(p.Msg, "does not exist") {
-			structural = true
+		if !p.Local {
+			return err
 		}
 	}
-	if structural {
-		return err
-	}
-	fmt.Fprintf(o.Out, "note: %d referenced file(s) are missing on this machine; `rotate start` will refuse until they exist:\n", len(ie.Problems))
+	fmt.Fprintf(o.Out, "note: %d problem(s) of this machine (referenced files, the ssh-agent); `rotate start` will refuse until they are fixed:\n", len(ie.Problems))
 	for _, p := range ie.Problems {
 		fmt.Fprintf(o.Out, "  - %s: %s\n", p.Field, p.Msg)
 	}

@@ -147,6 +147,7 @@ func TestBadInventoriesExit2(t *testing.T) {
 		"bad address":    {strings.Replace(string(good), `address: "127.0.0.1"`, `address: "300.1.1.1/24"`, 1), "is neither an IP address nor a valid DNS name"},
 		"missing key":    {strings.Replace(string(good), "identityFile: id", "identityFile: gone", 1), "ssh.identityFile (line 5): file " + filepath.Join(dir, "gone") + " does not exist"},
 		"not yaml":       {"{{{", "not valid YAML"},
+		"duplicate key":  {string(good) + "cluster: {name: again}\n", `cluster (line 9): duplicate key "cluster" (first at line 3)`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -272,5 +273,41 @@ func TestStatusWithoutStateFile(t *testing.T) {
 	r := rotate(t, t.TempDir(), "status", "--state", "none.db")
 	if r.code != 2 || !strings.Contains(r.stderr, "none.db") {
 		t.Fatalf("exit %d %q", r.code, r.stderr)
+	}
+}
+
+// A run started from the inventory's directory with a relative
+// --inventory resumes and rolls back from anywhere with the files next to
+// the inventory, never those of the directory it is run in.
+func TestResumeFromAnotherDirectory(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // refused: preflight fails fast, after recording the run
+	dir, _ := env(t, addr)
+	other := t.TempDir()
+	os.WriteFile(filepath.Join(other, "admin.conf"), []byte("not: [a kubeconfig"), 0o600)
+	statePath := filepath.Join(dir, "rotate.db")
+
+	r := rotate(t, dir, "start", "--inventory", "inv.yaml")
+	if r.code != 1 || !strings.Contains(r.stderr, "cp1") {
+		t.Fatalf("start: exit %d, stderr %q; want 1 (node unreachable)", r.code, r.stderr)
+	}
+	for _, cmd := range []string{"resume", "rollback"} {
+		r := rotate(t, other, cmd, "--state", statePath)
+		if strings.Contains(r.stderr, "does not exist") || strings.Contains(r.stderr, other) {
+			t.Fatalf("%s from another directory used its files: exit %d, stderr %q", cmd, r.code, r.stderr)
+		}
+		if cmd == "resume" && (r.code != 1 || !strings.Contains(r.stderr, "cp1")) {
+			t.Fatalf("resume: exit %d, stderr %q; want 1 (node unreachable again)", r.code, r.stderr)
+		}
+		if cmd == "rollback" && r.code != 0 {
+			t.Fatalf("rollback: exit %d, stderr %q", r.code, r.stderr)
+		}
+	}
+	if r := rotate(t, other, "status", "--state", statePath); !strings.Contains(r.stdout, "inventory "+filepath.Join(dir, "inv.yaml")) {
+		t.Errorf("status does not show the inventory's absolute path:\n%s", r.stdout)
 	}
 }
