@@ -64,7 +64,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // flagSet makes a command's flag set; parse errors and --help are handled
-// uniformly.
+// uniformly. pflag itself calls Usage when it meets -h or --help.
 func flagSet(name, usage string, stdout io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SortFlags = false
@@ -78,8 +78,7 @@ func flagSet(name, usage string, stdout io.Writer) *pflag.FlagSet {
 func parse(fs *pflag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fs.Usage()
-			return errHelp
+			return errHelp // pflag has printed the usage already
 		}
 		return usageError{fmt.Errorf("%s: %w (see rotate %s --help)", fs.Name(), err, fs.Name())}
 	}

@@ -91,20 +91,31 @@ nodes:
 }
 
 func TestHelpListsFlags(t *testing.T) {
-	for cmd, flags := range map[string][]string{
+	want := map[string][]string{
 		"plan":     {"--inventory", "--live", "--no-hold"},
 		"start":    {"--inventory", "--state", "--no-hold", "--insecure-ignore-host-keys"},
 		"resume":   {"--state", "--insecure-ignore-host-keys"},
 		"rollback": {"--state"},
 		"status":   {"--state", "--output"},
-	} {
-		r := rotate(t, t.TempDir(), cmd, "--help")
-		if r.code != 0 {
-			t.Errorf("%s --help exit %d", cmd, r.code)
+	}
+	for _, c := range commands() {
+		if _, ok := want[c.name]; !ok {
+			t.Errorf("command %s is not covered by this test", c.name)
 		}
-		for _, f := range flags {
-			if !strings.Contains(r.stdout, f) {
-				t.Errorf("%s --help lacks %s:\n%s", cmd, f, r.stdout)
+	}
+	for cmd, flags := range want {
+		for _, help := range []string{"--help", "-h"} {
+			r := rotate(t, t.TempDir(), cmd, help)
+			if r.code != 0 {
+				t.Errorf("%s %s exit %d", cmd, help, r.code)
+			}
+			if n := strings.Count(r.stdout, "Usage: rotate "+cmd); n != 1 {
+				t.Errorf("%s %s prints its usage %d times:\n%s", cmd, help, n, r.stdout)
+			}
+			for _, f := range flags {
+				if !strings.Contains(r.stdout, f) {
+					t.Errorf("%s %s lacks %s:\n%s", cmd, help, f, r.stdout)
+				}
 			}
 		}
 	}
