@@ -113,7 +113,7 @@ func runtimeFor(ctx context.Context, inv *plans.Inventory, st steps.Store, ns st
 }
 
 func openState(path string) (*state.BoltStore, error) {
-	return state.Open(path, state.OpenOptions{})
+	return state.Open(path, state.OpenOptions{Create: true})
 }
 
 func newRunID() string {

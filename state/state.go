@@ -24,6 +24,13 @@ var (
 	ErrSchema = errors.New("unsupported state schema version")
 	// ErrPermissions: the file is readable by group or others.
 	ErrPermissions = errors.New("state file permissions are too open")
+	// ErrOwner: the file belongs to another user than the one running
+	// rotate (or root).
+	ErrOwner = errors.New("state file is owned by another user")
+	// ErrCorrupt: the file is not an intact rotate state file (empty,
+	// truncated, overwritten, damaged, or holding records this rotate
+	// cannot have written). Nothing is written to such a file.
+	ErrCorrupt = errors.New("state file is damaged or not a rotate state file")
 	// ErrNoRun: the file holds no run yet.
 	ErrNoRun = errors.New("no run recorded in the state file")
 )

@@ -136,7 +136,7 @@ func TestMemStore(t *testing.T) {
 
 func TestBoltStore(t *testing.T) {
 	suite(t, func(t *testing.T) Store {
-		s, err := Open(filepath.Join(t.TempDir(), "rotate.db"), OpenOptions{})
+		s, err := Open(filepath.Join(t.TempDir(), "rotate.db"), OpenOptions{Create: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +147,7 @@ func TestBoltStore(t *testing.T) {
 
 func TestBoltFileMode(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestBoltFileMode(t *testing.T) {
 func TestBoltPersistsAcrossOpen(t *testing.T) {
 	ctx := context.Background()
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func TestBoltPersistsAcrossOpen(t *testing.T) {
 
 func TestBoltRefusesUnknownSchema(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestBoltRefusesUnknownSchema(t *testing.T) {
 // process, as the CLI sees it) and checks Open fails fast with ErrBusy.
 func TestBoltSecondProcessBusy(t *testing.T) {
 	if os.Getenv("ROTATE_STATE_HOLD") != "" {
-		s, err := Open(os.Getenv("ROTATE_STATE_HOLD"), OpenOptions{})
+		s, err := Open(os.Getenv("ROTATE_STATE_HOLD"), OpenOptions{Create: true})
 		if err != nil {
 			os.Exit(7)
 		}
