@@ -108,7 +108,7 @@ func Open(path string, opts OpenOptions) (*BoltStore, error) {
 		case errors.Is(err, ErrCorrupt):
 			return nil, err
 		case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrVersionMismatch), errors.Is(err, bolterrors.ErrChecksum):
-			return nil, corrupt(path, "it is not a valid bbolt file ("+err.Error()+")")
+			return nil, Corrupt(path, "it is not a valid bbolt file ("+err.Error()+")")
 		}
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
 	}
@@ -166,7 +166,7 @@ func (s *BoltStore) check() error {
 	return s.view(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
-			return corrupt(s.path, "it has no meta bucket, so it is not a rotate state file")
+			return Corrupt(s.path, "it has no meta bucket, so it is not a rotate state file")
 		}
 		v := m.Get(keySchema)
 		got, err := strconv.Atoi(string(v))
@@ -194,7 +194,7 @@ func guard(path, what string, fn func() error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = corrupt(path, fmt.Sprintf("bbolt cannot make sense of it (%s: %v)", what, r))
+			err = Corrupt(path, fmt.Sprintf("bbolt cannot make sense of it (%s: %v)", what, r))
 		}
 	}()
 	return fn()
@@ -215,7 +215,7 @@ func (s *BoltStore) bucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {
 	if b := tx.Bucket(name); b != nil {
 		return b, nil
 	}
-	return nil, corrupt(s.path, fmt.Sprintf("it has no %q bucket", name))
+	return nil, Corrupt(s.path, fmt.Sprintf("it has no %q bucket", name))
 }
 
 // Path is the file's path.
@@ -243,7 +243,7 @@ func (s *BoltStore) getJSON(tx *bolt.Tx, bucket, key []byte, v any) (bool, error
 }
 
 func (s *BoltStore) undecodable(bucket, key []byte, err error) error {
-	return corrupt(s.path, fmt.Sprintf("its %s record %q does not decode (%v)", bucket, key, err))
+	return Corrupt(s.path, fmt.Sprintf("its %s record %q does not decode (%v)", bucket, key, err))
 }
 
 // each decodes every record of bucket with fn.
@@ -254,7 +254,7 @@ func (s *BoltStore) each(tx *bolt.Tx, bucket []byte, fn func(k, v []byte) error)
 	}
 	return b.ForEach(func(k, v []byte) error {
 		if v == nil {
-			return corrupt(s.path, fmt.Sprintf("it holds a nested bucket %q inside %q", k, bucket))
+			return Corrupt(s.path, fmt.Sprintf("it holds a nested bucket %q inside %q", k, bucket))
 		}
 		if err := fn(k, v); err != nil {
 			return s.undecodable(bucket, k, err)

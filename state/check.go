@@ -47,9 +47,11 @@ type meta struct {
 	txid     uint64
 }
 
-// corrupt is the error for a file rotate cannot read as a state file. It
-// names the file and what is wrong, and says that rotate left it alone.
-func corrupt(path, problem string) error {
+// Corrupt is the error for a file rotate cannot use as a state file
+// (ErrCorrupt): it names the file and the problem, and tells the operator
+// that rotate left the file alone and what to do. Callers that find a
+// record this rotate cannot have written use it too.
+func Corrupt(path, problem string) error {
 	return fmt.Errorf("%w: %s: %s; rotate has not changed it: restore it from a copy, or, if no rotation was ever started with it, move it aside and start afresh",
 		ErrCorrupt, path, problem)
 }
@@ -126,29 +128,29 @@ func lockShared(f *os.File, timeout time.Duration) error {
 // checkLayout is checkFile's pure part: r holds size bytes of a bbolt file.
 func checkLayout(path string, r io.ReaderAt, size int64) error {
 	if size == 0 {
-		return corrupt(path, "the file is empty (0 bytes)")
+		return Corrupt(path, "the file is empty (0 bytes)")
 	}
 	if size < 2*minPageSize {
-		return corrupt(path, fmt.Sprintf("the file is %d bytes, too short for a state file (truncated?)", size))
+		return Corrupt(path, fmt.Sprintf("the file is %d bytes, too short for a state file (truncated?)", size))
 	}
 	m0, err := readMeta(r, 0, 0)
 	if err != nil {
-		return corrupt(path, "meta page 0 "+err.Error())
+		return Corrupt(path, "meta page 0 "+err.Error())
 	}
 	ps := int64(m0.pageSize)
 	if size < 2*ps {
-		return corrupt(path, fmt.Sprintf("the file is %d bytes, shorter than its two meta pages of %d bytes (truncated?)", size, ps))
+		return Corrupt(path, fmt.Sprintf("the file is %d bytes, shorter than its two meta pages of %d bytes (truncated?)", size, ps))
 	}
 	m1, err := readMeta(r, 1, ps)
 	if err != nil {
-		return corrupt(path, "meta page 1 "+err.Error())
+		return Corrupt(path, "meta page 1 "+err.Error())
 	}
 	if m1.pageSize != m0.pageSize {
-		return corrupt(path, fmt.Sprintf("the meta pages disagree on the page size (%d and %d)", m0.pageSize, m1.pageSize))
+		return Corrupt(path, fmt.Sprintf("the meta pages disagree on the page size (%d and %d)", m0.pageSize, m1.pageSize))
 	}
 	for i, m := range []meta{m0, m1} {
 		if err := checkMeta(r, m, size); err != nil {
-			return corrupt(path, fmt.Sprintf("meta page %d (transaction %d) %v", i, m.txid, err))
+			return Corrupt(path, fmt.Sprintf("meta page %d (transaction %d) %v", i, m.txid, err))
 		}
 	}
 	return nil

@@ -249,3 +249,12 @@ func TestBoltSecondProcessBusy(t *testing.T) {
 		t.Fatalf("busy detection took %s", d)
 	}
 }
+
+// TestGuardTurnsPanicsIntoErrCorrupt: whatever bbolt panics with while
+// reading becomes ErrCorrupt naming the file.
+func TestGuardTurnsPanicsIntoErrCorrupt(t *testing.T) {
+	err := guard("/x/rotate.db", "read", func() error { panic("page 7 already freed") })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "/x/rotate.db") || !strings.Contains(err.Error(), "page 7 already freed") {
+		t.Fatalf("guard = %v", err)
+	}
+}
