@@ -93,6 +93,9 @@ func Open(path string, opts OpenOptions) (*BoltStore, error) {
 		return nil, fmt.Errorf("%w: %s has mode %04o; it holds CA private keys and must be readable by its owner only (chmod 600 %s)", ErrPermissions, path, perm, path)
 	}
 	if err := checkFile(path, opts.LockTimeout); err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("%w (it is owned by %s: run rotate as that user)", err, userName(ownerUID(st)))
+		}
 		return nil, err
 	}
 	var db *bolt.DB

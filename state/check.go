@@ -59,16 +59,20 @@ func Corrupt(path, problem string) error {
 // checkOwner refuses a state file owned by anyone but the user running
 // rotate or root, as OpenSSH does for its keys and configuration.
 func checkOwner(path string, st os.FileInfo) error {
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	me := os.Geteuid()
-	if int(sys.Uid) == me || sys.Uid == 0 {
+	owner, me := ownerUID(st), os.Geteuid()
+	if owner < 0 || owner == me || owner == 0 {
 		return nil
 	}
 	return fmt.Errorf("%w: %s is owned by %s, but rotate runs as %s; it holds CA private keys: run rotate as its owner, or take it over with `chown %d %s` if it is really yours",
-		ErrOwner, path, userName(int(sys.Uid)), userName(me), me, path)
+		ErrOwner, path, userName(owner), userName(me), me, path)
+}
+
+// ownerUID is the file's owner, -1 where the platform does not say.
+func ownerUID(st os.FileInfo) int {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return int(sys.Uid)
+	}
+	return -1
 }
 
 func userName(uid int) string {
