@@ -91,7 +91,8 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, inv *pla
 		s.pool.Close()
 		return nil, err
 	}
-	s.engine = New(Options{Store: store, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
+	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` during the run
+	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
 	return s, nil
 }
 

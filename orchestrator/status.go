@@ -135,17 +135,30 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 	if v, ok, _ := store.Value(ctx, "report/discovery-hash"); ok {
 		rep.JoinHash = string(v)
 	}
-	bs, err := store.Backups(ctx)
+	n, err := store.Counts(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rep.Backups = len(bs)
-	evs, err := store.Events(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Events = len(evs)
+	rep.Backups, rep.Events = n.Backups, n.Events
+	redactReport(rep)
 	return rep, nil
+}
+
+// redactReport hides key material and tokens in the report's free text
+// (errors quote what failed; a step could quote what it wrote), so neither
+// the terminal nor the snapshot file ever shows them.
+func redactReport(rep *StatusReport) {
+	rep.Run.LastError = steps.RedactText(rep.Run.LastError)
+	for i := range rep.Failed {
+		rep.Failed[i].Error = steps.RedactText(rep.Failed[i].Error)
+	}
+	if h := rep.Hold; h != nil {
+		for _, l := range [][]string{h.Verified, h.Attention, h.PreExisting} {
+			for i := range l {
+				l[i] = steps.RedactText(l[i])
+			}
+		}
+	}
 }
 
 func phaseStatus(i int, name string, total int, recs []state.StepRecord) PhaseStatus {

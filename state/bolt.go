@@ -476,5 +476,16 @@ func (s *BoltStore) Events(ctx context.Context) ([]Event, error) {
 	return out, err
 }
 
+func (s *BoltStore) Counts(ctx context.Context) (Counts, error) {
+	var c Counts
+	err := s.view(func(tx *bolt.Tx) error {
+		if err := s.each(tx, bucketBackups, func(k, v []byte) error { c.Backups++; return nil }); err != nil {
+			return err
+		}
+		return s.each(tx, bucketEvents, func(k, v []byte) error { c.Events++; return nil })
+	})
+	return c, err
+}
+
 // boltTx lets tests in this package reach the raw transaction type.
 type boltTx = bolt.Tx

@@ -159,5 +159,13 @@ type Store interface {
 	CA(ctx context.Context, name string) (CAMaterial, bool, error)
 
 	Events(ctx context.Context) ([]Event, error)
+	// Counts counts backups and events without decoding them (status
+	// runs after every checkpoint).
+	Counts(ctx context.Context) (Counts, error)
 	Close() error
+}
+
+// Counts are the sizes of the store's growing parts.
+type Counts struct {
+	Backups, Events int
 }

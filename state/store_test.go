@@ -73,6 +73,9 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		if len(evs) != 3 || evs[2].Seq != 3 {
 			t.Fatalf("Events after append = %+v", evs)
 		}
+		if c, err := s.Counts(ctx); err != nil || c != (Counts{Events: 3}) {
+			t.Fatalf("Counts = %+v, %v", c, err)
+		}
 	})
 	t.Run("invalid checkpoint writes nothing", func(t *testing.T) {
 		s := open(t)
@@ -114,6 +117,9 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		all, _ := s.Backups(ctx)
 		if len(all) != 2 || all[1].Exists {
 			t.Fatalf("Backups = %+v", all)
+		}
+		if c, err := s.Counts(ctx); err != nil || c != (Counts{Backups: 2}) {
+			t.Fatalf("Counts = %+v, %v", c, err)
 		}
 	})
 	t.Run("steps listed", func(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -224,16 +223,24 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if output != "table" && output != "json" {
 		return usageError{fmt.Errorf("status: --output must be table or json, got %q", output)}
 	}
-	rep, err := orchestrator.Status(ctx, cf.state)
+	v, err := orchestrator.ShowStatus(ctx, cf.state)
 	if err != nil {
 		return err
 	}
-	if output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+	if v.Snapshot != "" {
+		note := fmt.Sprintf("%s is in use by a running rotate; showing its snapshot %s, written %s (%s ago)",
+			cf.state, v.Snapshot, v.SnapshotTime.Format(time.RFC3339), time.Since(v.SnapshotTime).Round(time.Second))
+		if output == "json" {
+			fmt.Fprintln(stderr, "rotate: "+note) // stdout stays the JSON alone
+		} else {
+			fmt.Fprintln(stdout, note+"\n")
+		}
 	}
-	printStatus(stdout, rep)
+	if output == "json" {
+		_, err := stdout.Write(v.JSON)
+		return err
+	}
+	printStatus(stdout, v.Report)
 	return nil
 }
 
