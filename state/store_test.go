@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -262,5 +263,30 @@ func TestGuardTurnsPanicsIntoErrCorrupt(t *testing.T) {
 	err := guard("/x/rotate.db", "read", func() error { panic("page 7 already freed") })
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "/x/rotate.db") || !strings.Contains(err.Error(), "page 7 already freed") {
 		t.Fatalf("guard = %v", err)
+	}
+}
+
+// TestFileShrunkUnderOpenStore: a state file truncated while open (the
+// mapping now runs past its end, so reads fault with SIGBUS) gives
+// ErrCorrupt, not a crash.
+func TestFileShrunkUnderOpenStore(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	s, err := Open(p, OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 50 {
+		if err := s.Commit(ctx, Checkpoint{Values: map[string][]byte{strconv.Itoa(i): bytes.Repeat([]byte("v"), 3000)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Truncate(p, 8192); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.Value(ctx, "49")
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("Value on a shrunk file = %v, want ErrCorrupt naming it", err)
 	}
 }
