@@ -77,6 +77,9 @@ func Open(path string, opts OpenOptions) (*BoltStore, error) {
 		}
 		st, err = os.Stat(path)
 	}
+	if errors.Is(err, fs.ErrNotExist) && !opts.Create {
+		return nil, fmt.Errorf("state file %s: %w; only `rotate start` creates one (is --state right?)", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("state file %s: %w", path, err)
 	}
