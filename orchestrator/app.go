@@ -5,12 +5,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
 	"strings"
 	"time"
 
@@ -90,7 +88,8 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 		s.pool.Close()
 		return nil, err
 	}
-	s.engine = New(Options{Store: store, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
+	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` during the run
+	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
 	return s, nil
 }
 
@@ -111,7 +110,7 @@ func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps
 }
 
 func openState(path string) (*state.BoltStore, error) {
-	return state.Open(path, state.OpenOptions{})
+	return state.Open(path, state.OpenOptions{Create: true})
 }
 
 func newRunID() string {
@@ -175,6 +174,11 @@ func inventoryValues(inv *plans.Inventory) (map[string][]byte, error) {
 	}, nil
 }
 
+// errNoInventory: the run recorded no inventory (rotate records it before
+// the run's first step, so a state file without one was not written by
+// rotate, or not completely).
+var errNoInventory = errors.New("no inventory recorded with the run")
+
 // recordedConfig is the configuration a run recorded. A run recorded by a
 // rotate that stored only the inventory (or a configuration of another
 // layout) has its inventory resolved again from the recorded path; an
@@ -192,8 +196,11 @@ func recordedConfig(ctx context.Context, store state.Store) (*plans.Config, erro
 		}
 	}
 	raw, ok, err := store.Value(ctx, keyInventoryRaw)
-	if err != nil || !ok {
-		return nil, fmt.Errorf("no inventory recorded (%v)", err)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errNoInventory
 	}
 	p, _, err := store.Value(ctx, keyInventoryPath)
 	if err != nil {
@@ -214,32 +221,47 @@ func (s *session) adviseIfCompleted(ctx context.Context) {
 	}
 }
 
-// resumeSession reopens a run from its state file alone.
-func resumeSession(ctx context.Context, c Common) (*session, state.Run, error) {
+// resumeSession reopens a run from its state file alone. Records this
+// rotate cannot have written, and anything that panics while they are
+// read, are refused with state.ErrCorrupt before anything acts on them.
+func resumeSession(ctx context.Context, c Common) (s *session, run state.Run, err error) {
 	store, err := state.Open(c.StatePath, state.OpenOptions{})
 	if err != nil {
 		return nil, state.Run{}, err
 	}
-	run, err := store.Run(ctx)
+	defer func() {
+		if err != nil && s == nil {
+			store.Close()
+		}
+	}()
+	defer corruptOnPanic(c.StatePath, &err)
+	run, err = store.Run(ctx)
 	if err != nil {
-		store.Close()
 		if errors.Is(err, state.ErrNoRun) {
 			return nil, run, fmt.Errorf("%w in %s: start one with `rotate start --inventory FILE`", err, c.StatePath)
 		}
 		return nil, run, err
 	}
 	cfg, err := recordedConfig(ctx, store)
+	if errors.Is(err, errNoInventory) {
+		return nil, run, state.Corrupt(c.StatePath, fmt.Sprintf("run %s has no inventory recorded with it", run.ID))
+	}
 	if err != nil {
-		store.Close()
 		return nil, run, fmt.Errorf("state file %s, run %s: %w", c.StatePath, run.ID, err)
 	}
-	s, err := openSession(ctx, c, store, cfg, run.Hold)
+	recs, err := store.Steps(ctx)
 	if err != nil {
-		store.Close()
 		return nil, run, err
 	}
-	s.engine.rt.RunID = run.ID
-	return s, run, nil
+	if err := checkRecords(cfg.Plan(plans.Options{Hold: run.Hold}), run, recs); err != nil {
+		return nil, run, state.Corrupt(c.StatePath, err.Error())
+	}
+	sess, err := openSession(ctx, c, store, cfg, run.Hold)
+	if err != nil {
+		return nil, run, err
+	}
+	sess.engine.rt.RunID = run.ID
+	return sess, run, nil
 }
 
 // Resume continues a held or failed run.
@@ -411,111 +433,6 @@ func nodeNames(ns []nodes.Config) string {
 		out = append(out, n.Name+" ("+n.Address+")")
 	}
 	return strings.Join(out, ", ")
-}
-
-// StatusReport is `rotate status`.
-type StatusReport struct {
-	Run      state.Run          `json:"run"`
-	Phases   []PhaseStatus      `json:"phases"`
-	Failed   []state.StepRecord `json:"failedSteps,omitempty"`
-	Hold     *steps.HoldReport  `json:"holdReport,omitempty"`
-	JoinHash string             `json:"discoveryTokenCACertHash,omitempty"`
-	Backups  int                `json:"backups"`
-	Events   int                `json:"events"`
-}
-
-// PhaseStatus is one phase's progress.
-type PhaseStatus struct {
-	Index    int           `json:"index"`
-	Name     string        `json:"name"`
-	State    string        `json:"state"` // pending, running, done, failed, reverted
-	Done     int           `json:"stepsDone"`
-	Total    int           `json:"stepsTotal"`
-	Duration time.Duration `json:"duration"`
-}
-
-// Status reads the state file (shared lock) and summarizes the run.
-func Status(ctx context.Context, statePath string) (*StatusReport, error) {
-	store, err := state.Open(statePath, state.OpenOptions{ReadOnly: true})
-	if err != nil {
-		return nil, err
-	}
-	defer store.Close()
-	run, err := store.Run(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep := &StatusReport{Run: run}
-	raw, _, _ := store.Value(ctx, keyInventoryRaw)
-	p, _, _ := store.Value(ctx, keyInventoryPath)
-	inv, perr := plans.Parse(string(p), raw)
-	recs, err := store.Steps(ctx)
-	if err != nil {
-		return nil, err
-	}
-	byPhase := map[string][]state.StepRecord{}
-	for _, r := range recs {
-		byPhase[r.Phase] = append(byPhase[r.Phase], r)
-		if r.Status == state.StepFailed {
-			rep.Failed = append(rep.Failed, r)
-		}
-	}
-	totals := map[string]int{}
-	if perr == nil {
-		for _, ph := range plans.Build(inv, plans.Options{Hold: run.Hold}).Phases {
-			for _, ps := range ph.Steps {
-				totals[ph.Name] += len(ps.Targets)
-			}
-		}
-	}
-	for i, name := range plans.PhaseNames {
-		ps := PhaseStatus{Index: i, Name: name, Total: totals[name], State: "pending"}
-		var first, last time.Time
-		states := map[state.StepStatus]int{}
-		for _, r := range byPhase[name] {
-			states[r.Status]++
-			if r.Status == state.StepDone {
-				ps.Done++
-			}
-			if !r.StartedAt.IsZero() && (first.IsZero() || r.StartedAt.Before(first)) {
-				first = r.StartedAt
-			}
-			if r.FinishedAt.After(last) {
-				last = r.FinishedAt
-			}
-		}
-		switch {
-		case states[state.StepFailed] > 0:
-			ps.State = "failed"
-		case states[state.StepReverted] > 0 && ps.Done == 0:
-			ps.State = "reverted"
-		case ps.Total > 0 && ps.Done >= ps.Total:
-			ps.State = "done"
-		case len(byPhase[name]) > 0:
-			ps.State = "running"
-		}
-		if !first.IsZero() && !last.IsZero() {
-			ps.Duration = last.Sub(first).Round(time.Second)
-		}
-		rep.Phases = append(rep.Phases, ps)
-	}
-	sort.Slice(rep.Failed, func(i, j int) bool { return rep.Failed[i].Key < rep.Failed[j].Key })
-	if v, ok, _ := store.Value(ctx, steps.KeyHoldReport); ok {
-		var h steps.HoldReport
-		if json.Unmarshal(v, &h) == nil {
-			rep.Hold = &h
-		}
-	}
-	if v, ok, _ := store.Value(ctx, "report/discovery-hash"); ok {
-		rep.JoinHash = string(v)
-	}
-	if bs, err := store.Backups(ctx); err == nil {
-		rep.Backups = len(bs)
-	}
-	if evs, err := store.Events(ctx); err == nil {
-		rep.Events = len(evs)
-	}
-	return rep, nil
 }
 
 var _ = x509.Certificate{}

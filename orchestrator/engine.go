@@ -160,23 +160,19 @@ func (e *Engine) loadRun(ctx context.Context) (state.Run, error) {
 	if run.PlanVersion != e.plan.Version {
 		return run, fmt.Errorf("%w: state file was written by plan version %d, this rotate has %d", ErrPlanMismatch, run.PlanVersion, e.plan.Version)
 	}
-	if err := e.loadSeq(ctx); err != nil {
-		return run, err
-	}
-	return run, nil
-}
-
-func (e *Engine) loadSeq(ctx context.Context) error {
 	recs, err := e.store.Steps(ctx)
 	if err != nil {
-		return err
+		return run, err
+	}
+	if err := checkRecords(e.plan, run, recs); err != nil {
+		return run, fmt.Errorf("%w: %v", state.ErrCorrupt, err)
 	}
 	for _, r := range recs {
 		if r.DoneSeq > e.doneSeq {
 			e.doneSeq = r.DoneSeq
 		}
 	}
-	return nil
+	return run, nil
 }
 
 // drive walks the FSM from the run's recorded state until it completes,
@@ -200,18 +196,18 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				return err
 			}
 			_, i, ok := e.plan.Phase(r.Phase)
-			if !ok {
-				return fmt.Errorf("run is %s at unknown phase %q", cur, r.Phase)
-			}
 			if cur == StateHeld {
 				i++
+			}
+			if !ok || i >= len(e.plan.Phases) {
+				return fmt.Errorf("%w: run is %s at phase %q, which this plan cannot continue from", state.ErrCorrupt, cur, r.Phase)
 			}
 			next = enterEvent(e.plan.Phases[i].Name)
 			args.phase = e.plan.Phases[i].Name
 		default:
 			ph, i, ok := e.plan.Phase(cur)
 			if !ok {
-				return fmt.Errorf("run is in state %q, which this plan does not have", cur)
+				return fmt.Errorf("%w: run is in state %q, which this plan does not have", state.ErrCorrupt, cur)
 			}
 			if err := e.runPhase(ctx, ph); err != nil {
 				if ferr := e.fire(context.WithoutCancel(ctx), m, evFail, transitionArgs{phase: ph.Name, errText: err.Error()}); ferr != nil {
@@ -487,19 +483,5 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 }
 
 func (e *Engine) lookup(r state.StepRecord) (steps.Step, steps.Target, error) {
-	ph, _, ok := e.plan.Phase(r.Phase)
-	if !ok {
-		return nil, steps.Target{}, fmt.Errorf("state records phase %q that the plan does not have", r.Phase)
-	}
-	for _, ps := range ph.Steps {
-		if ps.Step.Name() != r.Step {
-			continue
-		}
-		for _, t := range ps.Targets {
-			if t.String() == r.Target {
-				return ps.Step, t, nil
-			}
-		}
-	}
-	return nil, steps.Target{}, fmt.Errorf("state records step %s/%s on %s that the plan does not have", r.Phase, r.Step, r.Target)
+	return lookupStep(e.plan, r)
 }

@@ -128,7 +128,7 @@ func TestMain(m *testing.M) {
 
 func helperMain(cmd, dir string) int {
 	ctx := context.Background()
-	s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{})
+	s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{Create: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 3
@@ -314,7 +314,7 @@ var holdCommits int
 func commitsBeforeHold(t *testing.T) int {
 	if holdCommits == 0 {
 		dir := t.TempDir()
-		s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{})
+		s, err := state.Open(filepath.Join(dir, "rotate.db"), state.OpenOptions{Create: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,7 @@ func BenchmarkCommit(b *testing.B) {
 		b.Run(impl, func(b *testing.B) {
 			var s Store = NewMemStore()
 			if impl == "bolt" {
-				bs, err := Open(filepath.Join(b.TempDir(), "rotate.db"), OpenOptions{})
+				bs, err := Open(filepath.Join(b.TempDir(), "rotate.db"), OpenOptions{Create: true})
 				if err != nil {
 					b.Fatal(err)
 				}

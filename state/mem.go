@@ -190,6 +190,12 @@ func (m *MemStore) Events(ctx context.Context) ([]Event, error) {
 	return out, nil
 }
 
+func (m *MemStore) Counts(ctx context.Context) (Counts, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Counts{Backups: len(m.backups), Events: len(m.events)}, nil
+}
+
 func (m *MemStore) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -24,6 +24,13 @@ var (
 	ErrSchema = errors.New("unsupported state schema version")
 	// ErrPermissions: the file is readable by group or others.
 	ErrPermissions = errors.New("state file permissions are too open")
+	// ErrOwner: the file belongs to another user than the one running
+	// rotate (or root).
+	ErrOwner = errors.New("state file is owned by another user")
+	// ErrCorrupt: the file is not an intact rotate state file (empty,
+	// truncated, overwritten, damaged, or holding records this rotate
+	// cannot have written). Nothing is written to such a file.
+	ErrCorrupt = errors.New("state file is damaged or not a rotate state file")
 	// ErrNoRun: the file holds no run yet.
 	ErrNoRun = errors.New("no run recorded in the state file")
 )
@@ -152,5 +159,13 @@ type Store interface {
 	CA(ctx context.Context, name string) (CAMaterial, bool, error)
 
 	Events(ctx context.Context) ([]Event, error)
+	// Counts counts backups and events without decoding them (status
+	// runs after every checkpoint).
+	Counts(ctx context.Context) (Counts, error)
 	Close() error
+}
+
+// Counts are the sizes of the store's growing parts.
+type Counts struct {
+	Backups, Events int
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,9 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		if len(evs) != 3 || evs[2].Seq != 3 {
 			t.Fatalf("Events after append = %+v", evs)
 		}
+		if c, err := s.Counts(ctx); err != nil || c != (Counts{Events: 3}) {
+			t.Fatalf("Counts = %+v, %v", c, err)
+		}
 	})
 	t.Run("invalid checkpoint writes nothing", func(t *testing.T) {
 		s := open(t)
@@ -115,6 +119,9 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		if len(all) != 2 || all[1].Exists {
 			t.Fatalf("Backups = %+v", all)
 		}
+		if c, err := s.Counts(ctx); err != nil || c != (Counts{Backups: 2}) {
+			t.Fatalf("Counts = %+v, %v", c, err)
+		}
 	})
 	t.Run("steps listed", func(t *testing.T) {
 		s := open(t)
@@ -136,7 +143,7 @@ func TestMemStore(t *testing.T) {
 
 func TestBoltStore(t *testing.T) {
 	suite(t, func(t *testing.T) Store {
-		s, err := Open(filepath.Join(t.TempDir(), "rotate.db"), OpenOptions{})
+		s, err := Open(filepath.Join(t.TempDir(), "rotate.db"), OpenOptions{Create: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +154,7 @@ func TestBoltStore(t *testing.T) {
 
 func TestBoltFileMode(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +178,7 @@ func TestBoltFileMode(t *testing.T) {
 func TestBoltPersistsAcrossOpen(t *testing.T) {
 	ctx := context.Background()
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +199,7 @@ func TestBoltPersistsAcrossOpen(t *testing.T) {
 
 func TestBoltRefusesUnknownSchema(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "rotate.db")
-	s, err := Open(p, OpenOptions{})
+	s, err := Open(p, OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +223,7 @@ func TestBoltRefusesUnknownSchema(t *testing.T) {
 // process, as the CLI sees it) and checks Open fails fast with ErrBusy.
 func TestBoltSecondProcessBusy(t *testing.T) {
 	if os.Getenv("ROTATE_STATE_HOLD") != "" {
-		s, err := Open(os.Getenv("ROTATE_STATE_HOLD"), OpenOptions{})
+		s, err := Open(os.Getenv("ROTATE_STATE_HOLD"), OpenOptions{Create: true})
 		if err != nil {
 			os.Exit(7)
 		}
@@ -247,5 +254,39 @@ func TestBoltSecondProcessBusy(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("busy detection took %s", d)
+	}
+}
+
+// TestGuardTurnsPanicsIntoErrCorrupt: whatever bbolt panics with while
+// reading becomes ErrCorrupt naming the file.
+func TestGuardTurnsPanicsIntoErrCorrupt(t *testing.T) {
+	err := guard("/x/rotate.db", "read", func() error { panic("page 7 already freed") })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "/x/rotate.db") || !strings.Contains(err.Error(), "page 7 already freed") {
+		t.Fatalf("guard = %v", err)
+	}
+}
+
+// TestFileShrunkUnderOpenStore: a state file truncated while open (the
+// mapping now runs past its end, so reads fault with SIGBUS) gives
+// ErrCorrupt, not a crash.
+func TestFileShrunkUnderOpenStore(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	s, err := Open(p, OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 50 {
+		if err := s.Commit(ctx, Checkpoint{Values: map[string][]byte{strconv.Itoa(i): bytes.Repeat([]byte("v"), 3000)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Truncate(p, 8192); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.Value(ctx, "49")
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("Value on a shrunk file = %v, want ErrCorrupt naming it", err)
 	}
 }

@@ -1,7 +1,6 @@
 package steps
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -196,14 +195,15 @@ func LoadKubeconfigTLS(kubeconfigPath, context string) (KubeconfigTLS, error) {
 	return KubeconfigTLS{Config: cfg, CA: t.CAData, Cert: t.CertData, Key: t.KeyData}, nil
 }
 
-// summarizeDiff describes a text change by its changed lines, hiding any
-// line that could carry secret material.
+// summarizeDiff describes a change of a file by its changed lines, after
+// the structural redaction of safeLines (redact.go) of both sides.
 func summarizeDiff(a, b []byte) string {
-	if bytes.Contains(a, []byte("-----BEGIN")) || bytes.Contains(b, []byte("-----BEGIN")) {
+	al, aok := safeLines(a)
+	bl, bok := safeLines(b)
+	if !aok || !bok {
 		// Certificates and keys: never show lines, not even parts.
 		return "replace PEM content (not shown)"
 	}
-	al, bl := strings.Split(string(a), "\n"), strings.Split(string(b), "\n")
 	in := func(s []string, x string) bool {
 		for _, y := range s {
 			if y == x {
@@ -215,12 +215,12 @@ func summarizeDiff(a, b []byte) string {
 	var out []string
 	for _, l := range bl {
 		if !in(al, l) {
-			out = append(out, "+"+redactLine(l))
+			out = append(out, "+"+strings.TrimSpace(l))
 		}
 	}
 	for _, l := range al {
 		if !in(bl, l) {
-			out = append(out, "-"+redactLine(l))
+			out = append(out, "-"+strings.TrimSpace(l))
 		}
 	}
 	if len(out) > 8 {
@@ -230,19 +230,6 @@ func summarizeDiff(a, b []byte) string {
 		return "content replaced"
 	}
 	return strings.Join(out, " | ")
-}
-
-func redactLine(l string) string {
-	t := strings.TrimSpace(l)
-	for _, k := range []string{"-data:", "token:", "PRIVATE KEY", "BEGIN CERTIFICATE"} {
-		if i := strings.Index(t, k); i >= 0 {
-			return t[:i+len(k)] + " <redacted>"
-		}
-	}
-	if len(t) > 0 && !strings.ContainsAny(t, " :=") && len(t) > 40 {
-		return "<base64 redacted>"
-	}
-	return t
 }
 
 // AdminCert is the parsed client certificate of the kubeconfig, if any.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -64,7 +63,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // flagSet makes a command's flag set; parse errors and --help are handled
-// uniformly.
+// uniformly. pflag itself calls Usage when it meets -h or --help.
 func flagSet(name, usage string, stdout io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SortFlags = false
@@ -78,8 +77,7 @@ func flagSet(name, usage string, stdout io.Writer) *pflag.FlagSet {
 func parse(fs *pflag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fs.Usage()
-			return errHelp
+			return errHelp // pflag has printed the usage already
 		}
 		return usageError{fmt.Errorf("%s: %w (see rotate %s --help)", fs.Name(), err, fs.Name())}
 	}
@@ -221,16 +219,24 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if output != "table" && output != "json" {
 		return usageError{fmt.Errorf("status: --output must be table or json, got %q", output)}
 	}
-	rep, err := orchestrator.Status(ctx, cf.state)
+	v, err := orchestrator.ShowStatus(ctx, cf.state)
 	if err != nil {
 		return err
 	}
-	if output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+	if v.Snapshot != "" {
+		note := fmt.Sprintf("%s is in use by a running rotate; showing its snapshot %s, written %s (%s ago)",
+			cf.state, v.Snapshot, v.SnapshotTime.Format(time.RFC3339), time.Since(v.SnapshotTime).Round(time.Second))
+		if output == "json" {
+			fmt.Fprintln(stderr, "rotate: "+note) // stdout stays the JSON alone
+		} else {
+			fmt.Fprintln(stdout, note+"\n")
+		}
 	}
-	printStatus(stdout, rep)
+	if output == "json" {
+		_, err := stdout.Write(v.JSON)
+		return err
+	}
+	printStatus(stdout, v.Report)
 	return nil
 }
 

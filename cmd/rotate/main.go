@@ -22,7 +22,7 @@ import (
 const (
 	exitOK     = 0
 	exitFailed = 1 // the run failed; `rotate resume` retries
-	exitUsage  = 2 // bad flags, bad inventory, refused state file
+	exitUsage  = 2 // bad flags, bad inventory, a state file rotate cannot use
 	exitBusy   = 3 // another rotate holds the state file
 )
 
@@ -50,6 +50,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitCode(err)
 }
 
+// exitCode maps an error to the exit code. A state file rotate cannot use
+// (damaged, foreign, crafted, a directory, someone else's, too open,
+// unreadable) is the caller's input, even when a failed run wraps it; any
+// other failure of a run is resumable.
 func exitCode(err error) int {
 	var ue usageError
 	var ie *plans.InventoryError
@@ -57,13 +61,16 @@ func exitCode(err error) int {
 	switch {
 	case errors.Is(err, state.ErrBusy):
 		return exitBusy
-	case errors.As(err, &ue), errors.As(err, &ie),
-		errors.Is(err, orchestrator.ErrUnfinishedRun), errors.Is(err, orchestrator.ErrNothingToResume),
-		errors.Is(err, orchestrator.ErrPlanMismatch), errors.Is(err, state.ErrPermissions),
-		errors.Is(err, state.ErrSchema), errors.Is(err, state.ErrNoRun), errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, state.ErrCorrupt), errors.Is(err, state.ErrOwner),
+		errors.Is(err, state.ErrPermissions), errors.Is(err, state.ErrSchema):
 		return exitUsage
 	case errors.As(err, &re):
 		return exitFailed
+	case errors.As(err, &ue), errors.As(err, &ie),
+		errors.Is(err, orchestrator.ErrUnfinishedRun), errors.Is(err, orchestrator.ErrNothingToResume),
+		errors.Is(err, orchestrator.ErrPlanMismatch), errors.Is(err, state.ErrNoRun),
+		errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
+		return exitUsage
 	default:
 		return exitFailed
 	}

@@ -91,20 +91,31 @@ nodes:
 }
 
 func TestHelpListsFlags(t *testing.T) {
-	for cmd, flags := range map[string][]string{
+	want := map[string][]string{
 		"plan":     {"--inventory", "--live", "--no-hold"},
 		"start":    {"--inventory", "--state", "--no-hold", "--insecure-ignore-host-keys"},
 		"resume":   {"--state", "--insecure-ignore-host-keys"},
 		"rollback": {"--state"},
 		"status":   {"--state", "--output"},
-	} {
-		r := rotate(t, t.TempDir(), cmd, "--help")
-		if r.code != 0 {
-			t.Errorf("%s --help exit %d", cmd, r.code)
+	}
+	for _, c := range commands() {
+		if _, ok := want[c.name]; !ok {
+			t.Errorf("command %s is not covered by this test", c.name)
 		}
-		for _, f := range flags {
-			if !strings.Contains(r.stdout, f) {
-				t.Errorf("%s --help lacks %s:\n%s", cmd, f, r.stdout)
+	}
+	for cmd, flags := range want {
+		for _, help := range []string{"--help", "-h"} {
+			r := rotate(t, t.TempDir(), cmd, help)
+			if r.code != 0 {
+				t.Errorf("%s %s exit %d", cmd, help, r.code)
+			}
+			if n := strings.Count(r.stdout, "Usage: rotate "+cmd); n != 1 {
+				t.Errorf("%s %s prints its usage %d times:\n%s", cmd, help, n, r.stdout)
+			}
+			for _, f := range flags {
+				if !strings.Contains(r.stdout, f) {
+					t.Errorf("%s %s lacks %s:\n%s", cmd, help, f, r.stdout)
+				}
 			}
 		}
 	}
@@ -229,7 +240,7 @@ func TestSecondProcessGetsBusyAndFirstIsUnaffected(t *testing.T) {
 		first.Process.Kill()
 		t.Fatalf("first rotate never dialed the node: %s", ferr.String())
 	}
-	for _, args := range [][]string{{"start", "--inventory", inv}, {"resume"}, {"rollback"}, {"status"}} {
+	for _, args := range [][]string{{"start", "--inventory", inv}, {"resume"}, {"rollback"}} {
 		start := time.Now()
 		r := rotate(t, dir, args...)
 		if r.code != 3 || !strings.Contains(r.stderr, "in use by another rotate process") {
@@ -238,6 +249,17 @@ func TestSecondProcessGetsBusyAndFirstIsUnaffected(t *testing.T) {
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("second %v took %s", args, d)
 		}
+	}
+	// status shows the running process's snapshot instead, and says so.
+	snapshot := filepath.Join(dir, "rotate.db.status.json")
+	r := rotate(t, dir, "status")
+	if r.code != 0 || !strings.Contains(r.stdout, "rotate.db is in use by a running rotate; showing its snapshot rotate.db.status.json, written ") ||
+		!strings.Contains(r.stdout, "cluster lab  state preflight") {
+		t.Errorf("status during the run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = rotate(t, dir, "status", "-o", "json")
+	if r.code != 0 || !strings.Contains(r.stderr, "showing its snapshot") || !strings.Contains(r.stdout, `"state": "preflight"`) {
+		t.Errorf("status -o json during the run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	err := first.Wait()
 	ee, _ := err.(*exec.ExitError)
@@ -248,12 +270,18 @@ func TestSecondProcessGetsBusyAndFirstIsUnaffected(t *testing.T) {
 		t.Errorf("first rotate's error does not name the node: %s", ferr.String())
 	}
 	// Its run was recorded and is resumable; start refuses to begin another.
-	r := rotate(t, dir, "status")
+	r = rotate(t, dir, "status")
 	if r.code != 0 || !strings.Contains(r.stdout, "cluster lab  state failed  phase preflight") || !strings.Contains(r.stdout, "FAILED preflight/nodes-reachable@cp1") {
 		t.Fatalf("status after failure: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if r := rotate(t, dir, "status", "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, `"state": "failed"`) {
 		t.Fatalf("status json: %d %s", r.code, r.stdout)
+	} else if snap, err := os.ReadFile(snapshot); err != nil || string(snap) != r.stdout {
+		// The last checkpoint's snapshot is what status prints from the file.
+		t.Fatalf("snapshot differs from status -o json (%v):\n%s\nvs\n%s", err, snap, r.stdout)
+	}
+	if st, err := os.Stat(snapshot); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("snapshot: %v, mode %v", err, st.Mode())
 	}
 	r = rotate(t, dir, "start", "--inventory", inv)
 	if r.code != 2 || !strings.Contains(r.stderr, "rotate resume") || !strings.Contains(r.stderr, `cluster "lab"`) {

@@ -1,0 +1,112 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
+)
+
+// `rotate status` during a run: the running process holds the state file's
+// lock for the whole run, so another process cannot read the file. Instead
+// the running process rewrites a snapshot next to it after every checkpoint
+// (state.WriteSnapshot: <state>.status.json, 0600, atomic) holding exactly
+// what `rotate status -o json` would print, and status shows that snapshot
+// when the lock is held. The run never waits for a reader: the snapshot is
+// written by the run itself, and readers never touch the state file's lock
+// beyond a failed non-blocking attempt.
+
+// snapshotStore is a running session's Store: Commit, then rewrite the
+// snapshot. A snapshot that cannot be written is logged once and never
+// fails the checkpoint.
+type snapshotStore struct {
+	state.Store
+	statePath string
+	plan      *plans.Plan
+	log       *slog.Logger
+
+	mu     sync.Mutex
+	warned bool
+}
+
+func withSnapshot(s state.Store, statePath string, plan *plans.Plan, log *slog.Logger) *snapshotStore {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &snapshotStore{Store: s, statePath: statePath, plan: plan, log: log}
+}
+
+func (s *snapshotStore) Commit(ctx context.Context, cp state.Checkpoint) error {
+	if err := s.Store.Commit(ctx, cp); err != nil {
+		return err
+	}
+	s.snapshot(context.WithoutCancel(ctx))
+	return nil
+}
+
+func (s *snapshotStore) snapshot(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rep, err := report(ctx, s.Store, s.plan)
+	if errors.Is(err, state.ErrNoRun) {
+		return // start records the inventory before the run
+	}
+	var raw []byte
+	if err == nil {
+		raw, err = ReportJSON(rep)
+	}
+	if err == nil {
+		err = state.WriteSnapshot(s.statePath, raw)
+	}
+	if err != nil && !s.warned {
+		s.warned = true
+		s.log.Warn("cannot write the status snapshot; `rotate status` shows this run's progress only once it stops",
+			"snapshot", state.SnapshotPath(s.statePath), "err", err)
+	}
+}
+
+// StatusView is what `rotate status` shows: the report read from the state
+// file or, while another rotate holds it, that process's latest snapshot.
+type StatusView struct {
+	Report *StatusReport
+	// JSON is Report as `rotate status -o json` prints it.
+	JSON []byte
+	// Snapshot is the snapshot file shown ("" when the state file was
+	// read), written at SnapshotTime.
+	Snapshot     string
+	SnapshotTime time.Time
+}
+
+// ShowStatus is Status, falling back to the running process's snapshot
+// when the state file is locked. Without a usable snapshot the error is
+// still state.ErrBusy.
+func ShowStatus(ctx context.Context, statePath string) (*StatusView, error) {
+	rep, err := Status(ctx, statePath)
+	if err == nil {
+		raw, err := ReportJSON(rep)
+		if err != nil {
+			return nil, err
+		}
+		return &StatusView{Report: rep, JSON: raw}, nil
+	}
+	if !errors.Is(err, state.ErrBusy) {
+		return nil, err
+	}
+	raw, at, serr := state.ReadSnapshot(statePath)
+	if serr == nil {
+		rep = &StatusReport{}
+		if jerr := json.Unmarshal(raw, rep); jerr != nil {
+			serr = fmt.Errorf("snapshot %s does not decode: %v", state.SnapshotPath(statePath), jerr)
+		}
+	}
+	if serr != nil {
+		return nil, fmt.Errorf("%w; no snapshot to show instead (%v)", err, serr)
+	}
+	return &StatusView{Report: rep, JSON: raw, Snapshot: state.SnapshotPath(statePath), SnapshotTime: at}, nil
+}

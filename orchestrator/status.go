@@ -1,0 +1,203 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+// StatusReport is `rotate status`.
+type StatusReport struct {
+	Run      state.Run          `json:"run"`
+	Phases   []PhaseStatus      `json:"phases"`
+	Failed   []state.StepRecord `json:"failedSteps,omitempty"`
+	Hold     *steps.HoldReport  `json:"holdReport,omitempty"`
+	JoinHash string             `json:"discoveryTokenCACertHash,omitempty"`
+	Backups  int                `json:"backups"`
+	Events   int                `json:"events"`
+}
+
+// PhaseStatus is one phase's progress.
+type PhaseStatus struct {
+	Index    int           `json:"index"`
+	Name     string        `json:"name"`
+	State    string        `json:"state"` // pending, running, done, failed, reverted
+	Done     int           `json:"stepsDone"`
+	Total    int           `json:"stepsTotal"`
+	Duration time.Duration `json:"duration"`
+}
+
+// Status reads the state file (shared lock) and summarizes the run. A run
+// or step record this rotate cannot have written is refused with
+// state.ErrCorrupt naming the file, and so is anything that panics while
+// the records are read.
+func Status(ctx context.Context, statePath string) (rep *StatusReport, err error) {
+	store, err := state.Open(statePath, state.OpenOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	defer corruptOnPanic(statePath, &err)
+	run, err := store.Run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := recordedPlan(ctx, store, run)
+	if err != nil {
+		return nil, state.Corrupt(statePath, err.Error())
+	}
+	if plan != nil {
+		recs, err := store.Steps(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkRecords(plan, run, recs); err != nil {
+			return nil, state.Corrupt(statePath, err.Error())
+		}
+	}
+	return report(ctx, store, plan)
+}
+
+// corruptOnPanic, deferred, turns a panic while reading a state file's
+// records into state.ErrCorrupt naming the file.
+func corruptOnPanic(statePath string, err *error) {
+	if r := recover(); r != nil {
+		*err = state.Corrupt(statePath, fmt.Sprintf("its records cannot be read (%v)", r))
+	}
+}
+
+// recordedPlan is the plan of the inventory recorded with run, or nil when
+// that inventory does not parse on this machine (status still shows the
+// run, without step totals). A run without an inventory is an error: start
+// records the inventory before the run.
+func recordedPlan(ctx context.Context, store state.Store, run state.Run) (*plans.Plan, error) {
+	raw, ok, err := store.Value(ctx, keyInventoryRaw)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("run %s has no inventory recorded with it", run.ID)
+	}
+	p, _, err := store.Value(ctx, keyInventoryPath)
+	if err != nil {
+		return nil, err
+	}
+	inv, err := plans.ParseStructure(string(p), raw)
+	if err != nil {
+		return nil, nil
+	}
+	return plans.Build(inv, plans.Options{Hold: run.Hold}), nil
+}
+
+// report summarizes the run in store; plan (nil: unknown) gives each
+// phase's number of step targets.
+func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusReport, error) {
+	run, err := store.Run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep := &StatusReport{Run: run}
+	recs, err := store.Steps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byPhase := map[string][]state.StepRecord{}
+	for _, r := range recs {
+		byPhase[r.Phase] = append(byPhase[r.Phase], r)
+		if r.Status == state.StepFailed {
+			rep.Failed = append(rep.Failed, r)
+		}
+	}
+	totals := map[string]int{}
+	if plan != nil {
+		for _, ph := range plan.Phases {
+			for _, ps := range ph.Steps {
+				totals[ph.Name] += len(ps.Targets)
+			}
+		}
+	}
+	for i, name := range plans.PhaseNames {
+		rep.Phases = append(rep.Phases, phaseStatus(i, name, totals[name], byPhase[name]))
+	}
+	sort.Slice(rep.Failed, func(i, j int) bool { return rep.Failed[i].Key < rep.Failed[j].Key })
+	if v, ok, _ := store.Value(ctx, steps.KeyHoldReport); ok {
+		var h steps.HoldReport
+		if json.Unmarshal(v, &h) == nil {
+			rep.Hold = &h
+		}
+	}
+	if v, ok, _ := store.Value(ctx, "report/discovery-hash"); ok {
+		rep.JoinHash = string(v)
+	}
+	n, err := store.Counts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Backups, rep.Events = n.Backups, n.Events
+	redactReport(rep)
+	return rep, nil
+}
+
+// redactReport hides key material and tokens in the report's free text
+// (errors quote what failed; a step could quote what it wrote), so neither
+// the terminal nor the snapshot file ever shows them.
+func redactReport(rep *StatusReport) {
+	rep.Run.LastError = steps.RedactText(rep.Run.LastError)
+	for i := range rep.Failed {
+		rep.Failed[i].Error = steps.RedactText(rep.Failed[i].Error)
+	}
+	if h := rep.Hold; h != nil {
+		for _, l := range [][]string{h.Verified, h.Attention, h.PreExisting} {
+			for i := range l {
+				l[i] = steps.RedactText(l[i])
+			}
+		}
+	}
+}
+
+func phaseStatus(i int, name string, total int, recs []state.StepRecord) PhaseStatus {
+	ps := PhaseStatus{Index: i, Name: name, Total: total, State: "pending"}
+	var first, last time.Time
+	states := map[state.StepStatus]int{}
+	for _, r := range recs {
+		states[r.Status]++
+		if r.Status == state.StepDone {
+			ps.Done++
+		}
+		if !r.StartedAt.IsZero() && (first.IsZero() || r.StartedAt.Before(first)) {
+			first = r.StartedAt
+		}
+		if r.FinishedAt.After(last) {
+			last = r.FinishedAt
+		}
+	}
+	switch {
+	case states[state.StepFailed] > 0:
+		ps.State = "failed"
+	case states[state.StepReverted] > 0 && ps.Done == 0:
+		ps.State = "reverted"
+	case ps.Total > 0 && ps.Done >= ps.Total:
+		ps.State = "done"
+	case len(recs) > 0:
+		ps.State = "running"
+	}
+	if !first.IsZero() && !last.IsZero() {
+		ps.Duration = last.Sub(first).Round(time.Second)
+	}
+	return ps
+}
+
+// ReportJSON is the report as `rotate status -o json` prints it.
+func ReportJSON(rep *StatusReport) ([]byte, error) {
+	raw, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(raw, '\n'), nil
+}
