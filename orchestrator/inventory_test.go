@@ -75,7 +75,7 @@ func startValues(t *testing.T, path string) map[string][]byte {
 // recordRun writes a state file holding a run and values, as Start does.
 func recordRun(t *testing.T, statePath string, values map[string][]byte) {
 	t.Helper()
-	store, err := state.Open(statePath, state.OpenOptions{})
+	store, err := state.Open(statePath, state.OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
