@@ -361,6 +361,24 @@ func TestLeaseGap(t *testing.T) {
 	if n := r.rec.snapshot(now).Count(ProbeLease, Other); n != 1 {
 		t.Errorf("gap failures %d, want 1", n)
 	}
+	// A node Lease (8 s) counts as a gap only past the node monitor grace
+	// period: a control-plane kubelet cannot renew while its own apiserver
+	// restarts.
+	nw := &leaseWatch{r: r, name: "cp1", minGap: nodeMonitorGracePeriod}
+	node := func(renew time.Time) []byte {
+		d := int32(8)
+		mt := metav1.NewMicroTime(renew)
+		b, _ := json.Marshal(coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: &d, RenewTime: &mt}})
+		return b
+	}
+	nw.observe(now, node(now.Add(-35*time.Second)))
+	if n := r.rec.snapshot(now).Count(ProbeLease, Other); n != 1 {
+		t.Errorf("a 35 s node lease gap was counted (%d gaps)", n)
+	}
+	nw.observe(now, node(now.Add(-55*time.Second)))
+	if n := r.rec.snapshot(now).Count(ProbeLease, Other); n != 2 {
+		t.Errorf("a 55 s node lease gap was not counted (%d gaps)", n)
+	}
 }
 
 func TestLogScan(t *testing.T) {

@@ -139,7 +139,11 @@ func (r Report) Summary() string {
 		b.WriteString("CLEAN: no x509, unauthorized or forbidden failures\n")
 	} else {
 		fmt.Fprintf(&b, "NOT CLEAN: %d x509, %d unauthorized, %d forbidden\n", r.Count("", X509), r.Count("", Unauthorized), r.Count("", Forbidden))
-		b.WriteString(r.blockingGroups(10))
+		b.WriteString(r.groups(Class.Blocking, 10))
+	}
+	if n := r.Count("", Other); n > 0 {
+		fmt.Fprintf(&b, "%d other failures (lease gaps, unexpected answers; reported, not blocking):\n", n)
+		b.WriteString(r.groups(func(c Class) bool { return c == Other }, 5))
 	}
 	for _, e := range r.Errors {
 		fmt.Fprintf(&b, "probe error: %s\n", e)
@@ -147,9 +151,9 @@ func (r Report) Summary() string {
 	return b.String()
 }
 
-// blockingGroups lists the blocking failures grouped by probe, class and
-// message, most frequent first, at most n groups.
-func (r Report) blockingGroups(n int) string {
+// groups lists the failures of the classes keep selects grouped by probe,
+// class and message, most frequent first, at most n groups.
+func (r Report) groups(keep func(Class) bool, n int) string {
 	type group struct {
 		probe, msg  string
 		class       Class
@@ -160,7 +164,7 @@ func (r Report) blockingGroups(n int) string {
 	byKey := map[string]*group{}
 	var order []*group
 	for _, f := range r.Failures {
-		if !f.Class.Blocking() {
+		if !keep(f.Class) {
 			continue
 		}
 		msg := truncate(f.Error, 160)

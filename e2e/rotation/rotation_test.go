@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -39,6 +41,7 @@ type env struct {
 	info    cluster.ClusterInfo
 	probes  *probes.Runner
 	workdir string
+	upAt    time.Time // the cluster was up and ready
 }
 
 func setup(t *testing.T, ctx context.Context) *env {
@@ -68,7 +71,7 @@ func setup(t *testing.T, ctx context.Context) *env {
 		}
 	})
 	t.Logf("e2e: cluster up in %s", time.Since(start).Round(time.Second))
-	e := &env{t: t, c: c, info: c.Info(), workdir: t.TempDir()}
+	e := &env{t: t, c: c, info: c.Info(), workdir: t.TempDir(), upAt: time.Now()}
 	p, err := probes.Start(ctx, filepath.Join(c.Dir(), "cluster.json"), probes.Options{})
 	if err != nil {
 		t.Fatalf("start probes: %v", err)
@@ -371,6 +374,23 @@ func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64,
 	}
 	if n := rep.Count(probes.ProbeLease, probes.Other); n != seen {
 		t.Errorf("%d lease renewal gaps, only %d with details (%d failure details dropped)", n, seen, rep.DroppedFailures)
+	}
+	// The node lifecycle controller is the judge of a kubelet's liveness:
+	// no node but the cut one changed its Ready condition since the
+	// cluster came up.
+	nodes, err := e.client(t).CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes.Items {
+		for _, c := range n.Status.Conditions {
+			if c.Type != corev1.NodeReady || n.Name == cut {
+				continue
+			}
+			if c.Status != corev1.ConditionTrue || c.LastTransitionTime.After(e.upAt) {
+				t.Errorf("node %s: Ready=%s since %s (%s), during the test", n.Name, c.Status, c.LastTransitionTime.Format("15:04:05"), c.Reason)
+			}
+		}
 	}
 	proxy := rep.Probes[probes.ProbeNodeProxy]
 	for _, n := range e.info.Nodes {
