@@ -130,6 +130,14 @@ func lockShared(f *os.File, timeout time.Duration) error {
 }
 
 // checkLayout is checkFile's pure part: r holds size bytes of a bbolt file.
+//
+// bbolt keeps two meta pages and writes them in turn; it uses the valid one
+// with the higher transaction id and ignores the other, which may be torn
+// (a crash while bbolt wrote it) or point at pages that later transactions
+// reused (any SIGKILL leaves such an older meta page). So does this check:
+// at least one meta page must be valid, and only the one bbolt will use is
+// followed to its root and freelist pages. Refusing a file bbolt reads
+// fine would strand a run that was killed, which rotate must resume.
 func checkLayout(path string, r io.ReaderAt, size int64) error {
 	if size == 0 {
 		return Corrupt(path, "the file is empty (0 bytes)")
@@ -137,25 +145,44 @@ func checkLayout(path string, r io.ReaderAt, size int64) error {
 	if size < 2*minPageSize {
 		return Corrupt(path, fmt.Sprintf("the file is %d bytes, too short for a state file (truncated?)", size))
 	}
-	m0, err := readMeta(r, 0, 0)
-	if err != nil {
-		return Corrupt(path, "meta page 0 "+err.Error())
-	}
-	ps := int64(m0.pageSize)
-	if size < 2*ps {
-		return Corrupt(path, fmt.Sprintf("the file is %d bytes, shorter than its two meta pages of %d bytes (truncated?)", size, ps))
-	}
-	m1, err := readMeta(r, 1, ps)
-	if err != nil {
-		return Corrupt(path, "meta page 1 "+err.Error())
-	}
-	if m1.pageSize != m0.pageSize {
-		return Corrupt(path, fmt.Sprintf("the meta pages disagree on the page size (%d and %d)", m0.pageSize, m1.pageSize))
-	}
-	for i, m := range []meta{m0, m1} {
-		if err := checkMeta(r, m, size); err != nil {
-			return Corrupt(path, fmt.Sprintf("meta page %d (transaction %d) %v", i, m.txid, err))
+	m0, err0 := readMeta(r, 0, 0)
+	var m1 meta
+	var err1 error
+	if err0 == nil {
+		if size < 2*int64(m0.pageSize) {
+			return Corrupt(path, fmt.Sprintf("the file is %d bytes, shorter than its two meta pages of %d bytes (truncated?)", size, m0.pageSize))
 		}
+		m1, err1 = readMeta(r, 1, int64(m0.pageSize))
+	} else {
+		// Like bbolt: without meta page 0 the page size is found by
+		// looking for meta page 1 at every possible page size.
+		err1 = errors.New("is not a bbolt meta page at any page size")
+		for ps := int64(minPageSize); ps <= maxPageSize && 2*ps <= size; ps *= 2 {
+			if m, err := readMeta(r, 1, ps); err == nil && int64(m.pageSize) == ps {
+				m1, err1 = m, nil
+				break
+			}
+		}
+	}
+	var cur meta
+	switch {
+	case err0 != nil && err1 != nil:
+		return Corrupt(path, fmt.Sprintf("meta page 0 %v, and meta page 1 %v", err0, err1))
+	case err0 != nil:
+		cur = m1
+	case err1 != nil:
+		cur = m0
+	default:
+		if m1.pageSize != m0.pageSize {
+			return Corrupt(path, fmt.Sprintf("the meta pages disagree on the page size (%d and %d)", m0.pageSize, m1.pageSize))
+		}
+		cur = m0
+		if m1.txid > m0.txid {
+			cur = m1
+		}
+	}
+	if err := checkMeta(r, cur, size); err != nil {
+		return Corrupt(path, fmt.Sprintf("the current meta page (transaction %d) %v", cur.txid, err))
 	}
 	return nil
 }

@@ -61,3 +61,22 @@ func TestOpenMissingFile(t *testing.T) {
 		t.Fatalf("Open with Create left %v, want only the state file", ents)
 	}
 }
+
+// TestOpenAcceptsWhatBboltRecovers: a torn meta page, or an older meta page
+// whose pages later transactions reused (what any SIGKILL leaves), opens
+// like bbolt opens it, with the run it holds.
+func TestOpenAcceptsWhatBboltRecovers(t *testing.T) {
+	for name, raw := range statetest.Recoverable(t) {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "rotate.db")
+			statetest.Write(raw, 0o600)(t, p)
+			for _, opts := range []state.OpenOptions{{}, {ReadOnly: true}} {
+				s, err := state.Open(p, opts)
+				if err != nil {
+					t.Fatalf("Open(%+v): %v", opts, err)
+				}
+				s.Close()
+			}
+		})
+	}
+}
