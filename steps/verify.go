@@ -336,14 +336,21 @@ func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, addr string) erro
 }
 
 // kubeletHealthz asks the kubelet on node for /healthz through the
-// apiserver's node proxy, i.e. apiserver → kubelet.
+// apiserver's node proxy, i.e. apiserver → kubelet. A kubelet answers in
+// milliseconds; a firewalled one must not hold preflight or verify for the
+// API client's whole timeout.
 func (rt *Runtime) kubeletHealthz(ctx context.Context, node string) error {
 	const path = "/healthz"
+	ctx, cancel := context.WithTimeout(ctx, kubeletProbeTimeout)
+	defer cancel()
 	if rt.NodeProxy != nil {
 		return rt.NodeProxy(ctx, node, path)
 	}
 	return rt.Kube.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/" + node + "/proxy" + path).Do(ctx).Error()
 }
+
+// kubeletProbeTimeout bounds one apiserver → kubelet check.
+const kubeletProbeTimeout = 10 * time.Second
 
 // stalePods lists pods that started before the CA bundle was published
 // (they trust only the old CA until restarted) and pods no rollout
