@@ -208,11 +208,22 @@ func TestRotation(t *testing.T) {
 	if !r.killed {
 		t.Fatalf("rotate start was not killed mid fan-out (exit %d)\n%s", r.code, tail(r.out, 30))
 	}
+	// An operator watches `rotate status` from a second terminal while the
+	// run holds the state file: it shows the phase in progress.
+	watched := ""
+	watch := func(line string) {
+		if watched == "" && strings.Contains(line, "==> phase 5/12 apiserver-trust") {
+			watched = e.statusDuringRun(t, ctx, dir)
+		}
+	}
 	for _, kill := range []*regexp.Regexp{killMidAPIServer, killMidKubelets} {
-		r = rotate(t, ctx, dir, kill, nil, "resume")
+		r = rotate(t, ctx, dir, kill, watch, "resume")
 		if !r.killed {
 			t.Fatalf("resume was not killed at %s (exit %d)\n%s", kill, r.code, tail(r.out, 30))
 		}
+	}
+	if watched != "apiserver-trust" {
+		t.Errorf("status during the run showed phase %q, want apiserver-trust", watched)
 	}
 	r = rotate(t, ctx, dir, nil, nil, "resume")
 	mustSucceed(t, r, "resume to the hold")
@@ -349,6 +360,35 @@ func TestRotation(t *testing.T) {
 	}
 	credentialFailures(t, rep, "over the whole test")
 	e.probesCovered(t, rep, calls, w2.Name)
+}
+
+// statusDuringRun runs `rotate status -o json` while another rotate holds
+// the state file and returns the phase it shows in progress.
+func (e *env) statusDuringRun(t *testing.T, ctx context.Context, dir string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, rotateBin, "status", "-o", "json")
+	cmd.Dir = dir
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Errorf("status during the run: %v\n%s%s", err, stdout.String(), stderr.String())
+		return ""
+	}
+	var st struct {
+		Run struct {
+			State string `json:"state"`
+			Phase string `json:"phase"`
+		} `json:"run"`
+	}
+	if err := json.Unmarshal([]byte(stdout.String()), &st); err != nil {
+		t.Errorf("status during the run: %v\n%s", err, stdout.String())
+		return ""
+	}
+	t.Logf("e2e: status during the run: state %q, phase %q (%s)", st.Run.State, st.Run.Phase, strings.TrimSpace(stderr.String()))
+	if st.Run.Phase != "" {
+		return st.Run.Phase
+	}
+	return st.Run.State
 }
 
 // probesCovered checks that the probes did what they claim: every kubelet
