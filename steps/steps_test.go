@@ -209,8 +209,8 @@ func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {
 	if restarts != 1 {
 		t.Fatalf("kubelet restarted %d times: %v", restarts, r.Commands())
 	}
-	if done, _ := s.Check(ctx, rt, cp1); !done {
-		t.Fatal("check after apply is false")
+	if done, err := s.Check(ctx, rt, cp1); err != nil || !done {
+		t.Fatalf("check after apply = %v, %v", done, err)
 	}
 	if err := s.Revert(ctx, rt, cp1); err != nil {
 		t.Fatal(err)
@@ -222,8 +222,8 @@ func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {
 	if _, ok := r.File("/var/lib/kubelet/pki/kubelet-client-r1.pem"); ok {
 		t.Fatal("revert left the new kubelet cert behind")
 	}
-	if done, _ := s.Check(ctx, rt, cp1); done {
-		t.Fatal("check after revert is true")
+	if done, err := s.Check(ctx, rt, cp1); err != nil || done {
+		t.Fatalf("check after revert = %v, %v; want false, no error", done, err)
 	}
 }
 
