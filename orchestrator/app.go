@@ -362,8 +362,8 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 			if ps.Concurrency > 1 && len(ps.Targets) > 1 {
 				mode = fmt.Sprintf("%d at a time", ps.Concurrency)
 			}
-			if or, ok := ps.Step.(steps.Orderer); ok && or.Orders() {
-				mode += ", current leader last"
+			if o := steps.OrderingOf(ps.Step); o != nil {
+				mode += ", " + o.String()
 			}
 			fmt.Fprintf(o.Out, "  step %s on %s (%s)\n", ps.Step.Name(), strings.Join(ts, ", "), mode)
 			d, ok := ps.Step.(steps.Describer)

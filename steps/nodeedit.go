@@ -199,12 +199,35 @@ func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]strin
 	return out, nil
 }
 
-// Order implements Orderer: with LeaderLast, the current leader goes last.
-func (s *NodeEdit) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
-	if s.LeaderLast == nil {
-		return targets
+// Orderer is implemented by steps that may choose the order of their
+// targets at run time.
+type Orderer interface {
+	// Ordering is how the step orders its targets, or nil when it keeps
+	// the planned order.
+	Ordering() *Ordering
+}
+
+// OrderingOf is s's Ordering, or nil when s keeps the planned order.
+func OrderingOf(s Step) *Ordering {
+	if o, ok := s.(Orderer); ok {
+		return o.Ordering()
 	}
-	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, s.LeaderLast.Name, metav1.GetOptions{})
+	return nil
+}
+
+// Ordering puts the node that holds a component's leader lease last, so
+// that standbys go first and leadership moves once.
+type Ordering struct {
+	LeaderLast Component
+}
+
+// String is the ordering as `rotate plan` shows it.
+func (o *Ordering) String() string { return "current leader last" }
+
+// Order returns targets with the current holder of the leader lease last:
+// a permutation of targets, unchanged when the lease cannot be read.
+func (o *Ordering) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
+	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, o.LeaderLast.Name, metav1.GetOptions{})
 	if err != nil || lease.Spec.HolderIdentity == nil {
 		return targets
 	}
@@ -219,17 +242,14 @@ func (s *NodeEdit) Order(ctx context.Context, rt *Runtime, targets []Target) []T
 	return out
 }
 
-// Orderer is implemented by steps that choose the order of their targets
-// at run time (for example the leader last). Order must return a
-// permutation of targets.
-type Orderer interface {
-	// Orders reports whether this step reorders at all.
-	Orders() bool
-	Order(ctx context.Context, rt *Runtime, targets []Target) []Target
+// Ordering implements Orderer: with LeaderLast, the current leader goes
+// last.
+func (s *NodeEdit) Ordering() *Ordering {
+	if s.LeaderLast == nil {
+		return nil
+	}
+	return &Ordering{LeaderLast: *s.LeaderLast}
 }
-
-// Orders implements Orderer.
-func (s *NodeEdit) Orders() bool { return s.LeaderLast != nil }
 
 // bumpManifest sets the restart annotation to a value unique to this step
 // and target, so the static pod restarts exactly once for it.

@@ -13,15 +13,27 @@ import (
 // computed from the run's CA material, so they are the same bytes on every
 // attempt.
 
-func (rt *Runtime) caFiles(ctx context.Context) (cluster, fp CAPair, b, fb []byte, err error) {
-	if cluster, err = rt.caPair(ctx, CACluster); err != nil {
-		return
+// runCAs is the run's CA material as the steps write it to nodes and
+// objects.
+type runCAs struct {
+	cluster, frontProxy CAPair
+	// bundle and frontProxyBundle are old+new, PEM.
+	bundle, frontProxyBundle []byte
+}
+
+func (rt *Runtime) runCAs(ctx context.Context) (runCAs, error) {
+	var m runCAs
+	var err error
+	if m.cluster, err = rt.caPair(ctx, CACluster); err != nil {
+		return runCAs{}, err
 	}
-	if fp, err = rt.caPair(ctx, CAFrontProxy); err != nil {
-		return
+	if m.frontProxy, err = rt.caPair(ctx, CAFrontProxy); err != nil {
+		return runCAs{}, err
 	}
-	b, fb, err = rt.bundles(ctx)
-	return
+	if m.bundle, m.frontProxyBundle, err = rt.bundles(ctx); err != nil {
+		return runCAs{}, err
+	}
+	return m, nil
 }
 
 // Distribute puts the new CAs and the bundles on control-plane nodes and
@@ -29,21 +41,21 @@ func (rt *Runtime) caFiles(ctx context.Context) (cluster, fp CAPair, b, fb []byt
 func Distribute() *NodeEdit {
 	return &NodeEdit{StepName: "distribute", Short: "new CA files and bundles next to kubeadm's",
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, fp, b, fb, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			if t.Role != RoleControlPlane {
-				return []fileEdit{setContent(c.pki(fileCABundle), b, 0o644)}, nil
+				return []fileEdit{setContent(c.pki(fileCABundle), cas.bundle, 0o644)}, nil
 			}
 			return []fileEdit{
-				setContent(c.pki(fileNewCACert), cl.NewCert, 0o644),
-				setContent(c.pki(fileNewCAKey), cl.NewKey, 0o600),
-				setContent(c.pki(fileNewFPCACert), fp.NewCert, 0o644),
-				setContent(c.pki(fileNewFPCAKey), fp.NewKey, 0o600),
-				setContent(c.pki(fileCABundle), b, 0o644),
-				setContent(c.pki(fileFPCABundle), fb, 0o644),
+				setContent(c.pki(fileNewCACert), cas.cluster.NewCert, 0o644),
+				setContent(c.pki(fileNewCAKey), cas.cluster.NewKey, 0o600),
+				setContent(c.pki(fileNewFPCACert), cas.frontProxy.NewCert, 0o644),
+				setContent(c.pki(fileNewFPCAKey), cas.frontProxy.NewKey, 0o600),
+				setContent(c.pki(fileCABundle), cas.bundle, 0o644),
+				setContent(c.pki(fileFPCABundle), cas.frontProxyBundle, 0o644),
 			}, nil
 		}}
 }
@@ -85,13 +97,13 @@ func SchedulerTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "scheduler-trust-both", Short: "scheduler trusts old+new",
 		Restart: []Component{Scheduler}, LeaderLast: &Scheduler,
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			return []fileEdit{
-				kubeconfigCA(c.kubeDir(kubeconfigScheduler), b, false),
+				kubeconfigCA(c.kubeDir(kubeconfigScheduler), cas.bundle, false),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCABundle)}, "client-ca-file"),
 			}, nil
 		}}
@@ -103,7 +115,7 @@ func Kubeconfigs() *NodeEdit {
 	return &NodeEdit{StepName: "kubeconfigs", Short: "kubeconfigs: CA bundle, client certs from the new CA",
 		Restart: []Component{ControllerManager, Scheduler},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -123,7 +135,7 @@ func Kubeconfigs() *NodeEdit {
 					}
 					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.name, t.Node)
 				}
-				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.name), b, crt, key, kc.optional))
+				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.name), cas.bundle, crt, key, kc.optional))
 			}
 			return edits, nil
 		}}
@@ -158,14 +170,14 @@ func CCMTrustBoth() *NodeEdit {
 func KubeletTrustBoth(name string) *NodeEdit {
 	return &NodeEdit{StepName: name, Short: "kubelet trusts old+new", Kubelet: true,
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			return []fileEdit{
 				kubeletClientCA(rt, c.pki(fileCABundle)),
-				kubeconfigCA(c.kubeDir(kubeconfigKubelet), b, false),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cas.bundle, false),
 			}, nil
 		}}
 }
@@ -245,16 +257,16 @@ func ControlPlaneCanonical() *NodeEdit {
 	return &NodeEdit{StepName: "control-plane-canonical", Short: "control plane on the new CAs at kubeadm's paths",
 		Restart: []Component{APIServer, ControllerManager, Scheduler},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, fp, _, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			edits := []fileEdit{
-				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
-				setContent(c.pki(fileCAKey), cl.NewKey, 0o600),
-				setContent(c.pki(fileFPCACert), fp.NewCert, 0o644),
-				setContent(c.pki(fileFPCAKey), fp.NewKey, 0o600),
+				setContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
+				setContent(c.pki(fileCAKey), cas.cluster.NewKey, 0o600),
+				setContent(c.pki(fileFPCACert), cas.frontProxy.NewCert, 0o644),
+				setContent(c.pki(fileFPCAKey), cas.frontProxy.NewKey, 0o600),
 				setFlags(rt, APIServer, map[string]string{
 					"client-ca-file":                c.pki(fileCACert),
 					"requestheader-client-ca-file":  c.pki(fileFPCACert),
@@ -270,7 +282,7 @@ func ControlPlaneCanonical() *NodeEdit {
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
 			}
 			for _, kc := range controlPlaneKubeconfigs {
-				edits = append(edits, kubeconfigCA(c.kubeDir(kc.name), cl.NewCert, kc.optional))
+				edits = append(edits, kubeconfigCA(c.kubeDir(kc.name), cas.cluster.NewCert, kc.optional))
 			}
 			return edits, nil
 		}}
@@ -281,15 +293,15 @@ func ControlPlaneCanonical() *NodeEdit {
 func KubeletNarrow(name string) *NodeEdit {
 	return &NodeEdit{StepName: name, Short: "kubelet trusts only the new CA", Kubelet: true,
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, _, _, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			return []fileEdit{
-				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
+				setContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
 				kubeletClientCA(rt, c.pki(fileCACert)),
-				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cl.NewCert, false),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cas.cluster.NewCert, false),
 			}, nil
 		}}
 }
@@ -321,11 +333,11 @@ func kubeletConfEmbedded(p string, pemBytes []byte) fileEdit {
 		if !exists {
 			return nil, false, fmt.Errorf("%s is missing", p)
 		}
-		crt, _, certFile, _, err := edit.KubeconfigClientCert(cur, "")
+		cc, err := edit.KubeconfigClientCert(cur, "")
 		if err != nil {
 			return nil, false, err
 		}
-		if len(crt) == 0 || certFile != "" {
+		if len(cc.CertPEM) == 0 || cc.CertFile != "" {
 			return cur, false, nil
 		}
 		c, k, err := pki.ParseKubeletPEM(pemBytes)

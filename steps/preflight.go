@@ -334,14 +334,14 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			if err != nil {
 				return fmt.Errorf("read %s on %s: %w", p, t.Node, err)
 			}
-			certPEM, _, certFile, _, err := edit.KubeconfigClientCert(raw, "")
+			cc, err := edit.KubeconfigClientCert(raw, "")
 			if err != nil {
 				return fmt.Errorf("%s on %s: %w", p, t.Node, err)
 			}
-			if len(certPEM) == 0 {
-				return fmt.Errorf("%s on %s: client certificate is a file reference (%s); only embedded client certificates are re-issued", p, t.Node, certFile)
+			if len(cc.CertPEM) == 0 {
+				return fmt.Errorf("%s on %s: client certificate is a file reference (%s); only embedded client certificates are re-issued", p, t.Node, cc.CertFile)
 			}
-			certs, err := pki.ParseCertsPEM(certPEM)
+			certs, err := pki.ParseCertsPEM(cc.CertPEM)
 			if err != nil {
 				return fmt.Errorf("%s on %s: client certificate: %w", p, t.Node, err)
 			}

@@ -9,6 +9,7 @@ package steps
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -144,7 +145,7 @@ func (o *Outputs) PutCA(c CAPair) { o.CAs = append(o.CAs, c) }
 // Printf is a convenience for operator progress.
 func (rt *Runtime) Printf(format string, args ...any) {
 	if rt.Progress != nil {
-		rt.Progress(sprintf(format, args...))
+		rt.Progress(fmt.Sprintf(format, args...))
 	}
 }
 

@@ -214,12 +214,12 @@ func KubeconfigsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error {
 				problems = append(problems, err.Error())
 				continue
 			}
-			crt, _, _, _, err := edit.KubeconfigClientCert(raw, "")
+			cc, err := edit.KubeconfigClientCert(raw, "")
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("%s:%s: %v", n.Name, f, err))
 				continue
 			}
-			cs, err := pki.ParseCertsPEM(crt)
+			cs, err := pki.ParseCertsPEM(cc.CertPEM)
 			if err != nil || !pki.IssuedBy(cs[0], ca) {
 				problems = append(problems, fmt.Sprintf("%s:%s client cert not from the CA", n.Name, f))
 			}

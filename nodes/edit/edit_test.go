@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -293,15 +294,18 @@ func TestKubeconfig(t *testing.T) {
 		t.Errorf("no embedded CA: %v", err)
 	}
 
-	gc, gk, cf, kf, err := KubeconfigClientCert(kc, "")
-	if err != nil || !bytes.Equal(gc, cert0) || !bytes.Equal(gk, key0) || cf != "" || kf != "" {
+	cc, err := KubeconfigClientCert(kc, "")
+	if err != nil || !bytes.Equal(cc.CertPEM, cert0) || !bytes.Equal(cc.KeyPEM, key0) || cc.CertFile != "" || cc.KeyFile != "" {
 		t.Fatalf("KubeconfigClientCert: %v", err)
 	}
-	_, _, cf, kf, err = KubeconfigClientCert(kc, "file-user")
-	if err != nil || cf != "/var/lib/kubelet/pki/kubelet-client-current.pem" || kf != cf {
-		t.Errorf("file refs: %q %q %v", cf, kf, err)
+	if s := fmt.Sprintf("%v %+v %#v", cc, cc, cc); strings.Contains(s, "PRIVATE") || !strings.Contains(s, "key: embedded") {
+		t.Errorf("ClientCert formats as %s", s)
 	}
-	if _, _, _, _, err := KubeconfigClientCert(kc, "nobody"); err == nil {
+	cc, err = KubeconfigClientCert(kc, "file-user")
+	if err != nil || cc.CertFile != "/var/lib/kubelet/pki/kubelet-client-current.pem" || cc.KeyFile != cc.CertFile {
+		t.Errorf("file refs: %v %v", cc, err)
+	}
+	if _, err := KubeconfigClientCert(kc, "nobody"); err == nil {
 		t.Error("unknown user accepted")
 	}
 
