@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/kubeca/rotate/nodes"
-	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -434,6 +432,3 @@ func nodeNames(ns []nodes.Config) string {
 	}
 	return strings.Join(out, ", ")
 }
-
-var _ = x509.Certificate{}
-var _ = pki.Describe

@@ -2,7 +2,7 @@ package pki
 
 // A tiny in-memory test CA for fixtures, written against crypto/x509 only so
 // that it does not depend on the code under test. Fixtures mirror the
-// certificates kubeadm creates (see ROTATION.md, "Where things live").
+// certificates kubeadm creates (see docs/rotation.md, "Where things live").
 
 import (
 	"crypto"

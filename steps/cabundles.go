@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strconv"
-	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -237,5 +236,3 @@ func (rt *Runtime) oldOnlyBundles(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
-
-var _ = strings.Join

@@ -1,6 +1,6 @@
 package steps_test
 
-// The one invariant of ROTATION.md, for the files on the nodes: a file that
+// The one invariant of docs/rotation.md, for the files on the nodes: a file that
 // a running component reads dynamically is never narrowed in place (a CA
 // certificate taken out of it, or the file removed) before that component
 // has been restarted onto other flags and passed its restart gate.

@@ -117,7 +117,7 @@ func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
 
 // Revert restores this step's backups without ever narrowing, in place,
 // a file that a component still running with the step's configuration
-// reads dynamically (ROTATION.md's invariant, held on the way back too):
+// reads dynamically (docs/rotation.md's invariant, held on the way back too):
 //
 //  1. early restorations (planRestore): config files, kubeconfigs and
 //     leaf certificates, then the manifests, whose change restarts the

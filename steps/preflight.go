@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubeca/rotate/nodes/edit"
@@ -405,9 +403,6 @@ func (rt *Runtime) bundles(ctx context.Context) (cluster, frontProxy []byte, err
 	frontProxy, err = mk(CAFrontProxy)
 	return cluster, frontProxy, err
 }
-
-var _ = tls.Certificate{}
-var _ = corev1.NamespaceDefault
 
 // runStamp is the date-time part of a run id ("20261127-041840").
 func runStamp(id string) string {

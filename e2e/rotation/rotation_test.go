@@ -11,7 +11,6 @@ package rotation
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -621,6 +620,3 @@ func (e *env) reportTiming(t *testing.T, path string, wall time.Duration) {
 	t.Logf("e2e: full rotation wall time %s (3 kills and resumes, hold included): gates waiting on components %s, apply (rotate's own work incl. waits inside rollouts) %s; per phase %s",
 		wall.Round(time.Second), gate.Round(time.Second), apply.Round(time.Second), b)
 }
-
-var _ = tls.Certificate{}
-var _ = fmt.Sprint
