@@ -141,7 +141,7 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 	if csr.Spec.ExpirationSeconds != nil {
 		notAfter = testNow.Add(time.Duration(*csr.Spec.ExpirationSeconds) * time.Second)
 	}
-	cert, err := ca.tryIssue(&x509.Certificate{
+	cert, err := ca.TryIssue(&x509.Certificate{
 		Subject:     req.Subject,
 		KeyUsage:    ku,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -201,7 +201,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				if c.Subject.CommonName != "system:node:worker-1" || !reflect.DeepEqual(c.Subject.Organization, []string{"system:nodes"}) {
 					t.Errorf("subject %s", c.Subject)
 				}
-				if !IssuedBy(c, ca.cert) || !KeyMatches(c, r.is.Key) || keyShape(c.PublicKey) != "ECDSA-P-256" {
+				if !IssuedBy(c, ca.Cert) || !KeyMatches(c, r.is.Key) || keyShape(c.PublicKey) != "ECDSA-P-256" {
 					t.Errorf("issued %s by %s, key %s", Describe(c), c.Issuer, keyShape(c.PublicKey))
 				}
 				if pc, pk, err := ParseKubeletPEM(cat(r.is.CertPEM, r.is.KeyPEM)); err != nil || !pc.Equal(c) || !KeyMatches(pc, pk) {
@@ -284,7 +284,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 			}(),
 			opts: CSROptions{Name: "done", Key: fixedKey, Timeout: time.Second},
 			check: func(t *testing.T, r result) {
-				if !KeyMatches(r.is.Cert, fixedKey) || !IssuedBy(r.is.Cert, ca.cert) {
+				if !KeyMatches(r.is.Cert, fixedKey) || !IssuedBy(r.is.Cert, ca.Cert) {
 					t.Error("wrong certificate")
 				}
 			},
@@ -368,7 +368,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				})
 			},
 			check: func(t *testing.T, r result) {
-				if !IssuedBy(r.is.Cert, ca.cert) {
+				if !IssuedBy(r.is.Cert, ca.Cert) {
 					t.Error("not issued by the CA")
 				}
 			},
@@ -384,7 +384,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				})
 			},
 			check: func(t *testing.T, r result) {
-				if !IssuedBy(r.is.Cert, ca.cert) {
+				if !IssuedBy(r.is.Cert, ca.Cert) {
 					t.Error("not issued by the CA")
 				}
 			},

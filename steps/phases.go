@@ -120,22 +120,22 @@ func Kubeconfigs() *NodeEdit {
 				return nil, err
 			}
 			var edits []fileEdit
-			for _, kc := range controlPlaneKubeconfigs {
-				crt, ok1, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".crt"))
+			for _, kc := range edit.ControlPlaneKubeconfigs {
+				crt, ok1, err := rt.Store.Value(ctx, prepKey(t.Node, kc.Name+".crt"))
 				if err != nil {
 					return nil, err
 				}
-				key, ok2, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".key"))
+				key, ok2, err := rt.Store.Value(ctx, prepKey(t.Node, kc.Name+".key"))
 				if err != nil {
 					return nil, err
 				}
 				if !ok1 || !ok2 {
-					if kc.optional {
+					if kc.Optional {
 						continue
 					}
-					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.name, t.Node)
+					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.Name, t.Node)
 				}
-				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.name), cas.bundle, crt, key, kc.optional))
+				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.Name), cas.bundle, crt, key, kc.Optional))
 			}
 			return edits, nil
 		}}
@@ -281,8 +281,8 @@ func ControlPlaneCanonical() *NodeEdit {
 				}),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
 			}
-			for _, kc := range controlPlaneKubeconfigs {
-				edits = append(edits, kubeconfigCA(c.kubeDir(kc.name), cas.cluster.NewCert, kc.optional))
+			for _, kc := range edit.ControlPlaneKubeconfigs {
+				edits = append(edits, kubeconfigCA(c.kubeDir(kc.Name), cas.cluster.NewCert, kc.Optional))
 			}
 			return edits, nil
 		}}

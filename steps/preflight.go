@@ -323,10 +323,10 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			rt.Out.Put(prepKey(t.Node, lf.name+".crt"), is.CertPEM)
 			rt.Out.Put(prepKey(t.Node, lf.name+".key"), is.KeyPEM)
 		}
-		for _, kc := range controlPlaneKubeconfigs {
-			p := c.kubeDir(kc.name)
+		for _, kc := range edit.ControlPlaneKubeconfigs {
+			p := c.kubeDir(kc.Name)
 			raw, err := r.ReadFile(ctx, p)
-			if errors.Is(err, os.ErrNotExist) && kc.optional {
+			if errors.Is(err, os.ErrNotExist) && kc.Optional {
 				continue
 			}
 			if err != nil {
@@ -347,8 +347,8 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			if err != nil {
 				return fmt.Errorf("re-issue client certificate of %s on %s: %w", p, t.Node, err)
 			}
-			rt.Out.Put(prepKey(t.Node, kc.name+".crt"), is.CertPEM)
-			rt.Out.Put(prepKey(t.Node, kc.name+".key"), is.KeyPEM)
+			rt.Out.Put(prepKey(t.Node, kc.Name+".crt"), is.CertPEM)
+			rt.Out.Put(prepKey(t.Node, kc.Name+".key"), is.KeyPEM)
 		}
 	}
 	kub, err := pki.NewKubeletClientCert(t.Node, cluster, pki.ReissueOptions{})

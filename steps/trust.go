@@ -14,8 +14,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 )
 
@@ -141,7 +141,7 @@ func (t *Trust) transport() *http.Transport {
 // KubeClient builds the API client rotate uses: the kubeconfig's server
 // and credentials, with TLS handled by the Trust.
 func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
-	kt, err := LoadKubeconfigTLS(kubeconfigPath, context)
+	kt, err := kubeconfig.LoadTLS(kubeconfigPath, context)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -168,31 +168,6 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
 	}
 	return cs, trust, rc, nil
-}
-
-// KubeconfigTLS is what a kubeconfig context trusts (CA) and presents
-// (client certificate and key), with file references read the way kubectl
-// reads them.
-type KubeconfigTLS struct {
-	Config        *rest.Config
-	CA, Cert, Key []byte
-}
-
-// LoadKubeconfigTLS loads context (or the current one) of the kubeconfig.
-func LoadKubeconfigTLS(kubeconfigPath, context string) (KubeconfigTLS, error) {
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfigPath}
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context})
-	cfg, err := cc.ClientConfig()
-	if err != nil {
-		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-	}
-	// Fills CAData, CertData and KeyData from their files where only a
-	// file is named.
-	if err := rest.LoadTLSFiles(cfg); err != nil {
-		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-	}
-	t := cfg.TLSClientConfig
-	return KubeconfigTLS{Config: cfg, CA: t.CAData, Cert: t.CertData, Key: t.KeyData}, nil
 }
 
 // summarizeDiff describes a change of a file by its changed lines, after

@@ -250,21 +250,15 @@ func (rt *Runtime) verifyControlPlaneCerts(ctx context.Context, n string, oldCAs
 	var out []finding
 	problem := func(s string) { out = append(out, finding{"", s}) }
 	var srcs []pki.Source
-	for _, kc := range controlPlaneKubeconfigs {
-		raw, err := r.ReadFile(ctx, rt.Config.kubeDir(kc.name))
-		if errors.Is(err, fs.ErrNotExist) && kc.optional {
+	scanned := edit.ScanControlPlaneKubeconfigs(func(name string) ([]byte, error) {
+		return r.ReadFile(ctx, rt.Config.kubeDir(name))
+	})
+	for _, kc := range scanned {
+		if kc.Err != nil {
+			problem(kc.Err.Error())
 			continue
 		}
-		if err != nil {
-			problem(err.Error())
-			continue
-		}
-		cc, err := edit.KubeconfigClientCert(raw, "")
-		if err != nil {
-			problem(err.Error())
-			continue
-		}
-		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.name), PEM: cc.CertPEM})
+		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.Name), PEM: kc.Client.CertPEM})
 	}
 	for _, lf := range controlPlaneLeaves {
 		raw, err := r.ReadFile(ctx, rt.Config.pki(lf.name+".crt"))

@@ -25,11 +25,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/e2e/verify"
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/state"
 )
@@ -37,7 +38,7 @@ import (
 type env struct {
 	t       *testing.T
 	c       *cluster.Cluster
-	info    cluster.ClusterInfo
+	info    clusterinfo.Cluster
 	probes  *probes.Runner
 	workdir string
 	upAt    time.Time // the cluster was up and ready
@@ -86,11 +87,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (e *env) cp1() cluster.NodeInfo { return e.info.Nodes[0] }
+func (e *env) cp1() clusterinfo.Node { return e.info.Nodes[0] }
 
 func (e *env) client(t *testing.T) kubernetes.Interface {
 	// The operator's admin.conf as it is now on cp1 (rotate updates it).
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(e.cp1().EtcKubernetes, "admin.conf"))
+	cfg, err := kubeconfig.Load(filepath.Join(e.cp1().EtcKubernetes, "admin.conf"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +408,7 @@ func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64,
 // namespaces), like a firewall in front of port 10250: the apiservers'
 // node proxy, logs and exec fail, while SSH from the operator and n's own
 // connections to the API (through the load balancer) work.
-func (e *env) setKubeletUnreachable(t *testing.T, n cluster.NodeInfo, on bool) {
+func (e *env) setKubeletUnreachable(t *testing.T, n clusterinfo.Node, on bool) {
 	t.Helper()
 	op := "del"
 	if on {
@@ -505,7 +506,7 @@ func (e *env) fingerprintFiles(t *testing.T) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-func (e *env) setLink(t *testing.T, n cluster.NodeInfo, state string) {
+func (e *env) setLink(t *testing.T, n clusterinfo.Node, state string) {
 	t.Helper()
 	out, err := exec.Command("ip", "-n", n.NetNS, "-o", "link", "show").CombinedOutput()
 	if err != nil {

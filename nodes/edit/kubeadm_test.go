@@ -173,7 +173,7 @@ func TestKubeadmKubeconfigEdits(t *testing.T) {
 			if err != nil || !bytes.Equal(got, caPEM) {
 				t.Fatalf("KubeconfigCA = %v; want pki/ca.crt", err)
 			}
-			bundle := append(append([]byte{}, caPEM...), newCA(t, "C1").certPEM...)
+			bundle := append(append([]byte{}, caPEM...), newCA(t, "C1").CertPEM...)
 			out, err := SetKubeconfigCA(kc, bundle)
 			if err != nil {
 				t.Fatal(err)
@@ -196,7 +196,7 @@ func TestKubeadmKubeconfigEdits(t *testing.T) {
 			}
 			cert, key, certFile, keyFile := cc.CertPEM, cc.KeyPEM, cc.CertFile, cc.KeyFile
 			ca := newCA(t, "C1")
-			newCert, newKey := ca.issue(t, "system:node:cp-1", "system:nodes")
+			newCert, newKey := issueClient(t, ca, "system:node:cp-1", "system:nodes")
 			if f == "kubelet.conf" {
 				// After kubelet-finalize: file references to the rotating pem.
 				want := "/var/lib/kubelet/pki/kubelet-client-current.pem"

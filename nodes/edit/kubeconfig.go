@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -280,4 +282,57 @@ func SetKubeconfigClientCert(kc []byte, user string, certPEM, keyPEM []byte) ([]
 		return nil, err
 	}
 	return finish(kc, doc, st, c1 || c2)
+}
+
+// ControlPlaneKubeconfig is one of kubeadm's client kubeconfigs on a
+// control-plane node, by file name in /etc/kubernetes.
+type ControlPlaneKubeconfig struct {
+	Name string
+	// Optional: super-admin.conf exists only on the node kubeadm init ran
+	// on (1.29+).
+	Optional bool
+}
+
+// ControlPlaneKubeconfigs are kubeadm's client kubeconfigs on a
+// control-plane node (kubelet.conf, on every node, is not one of them).
+var ControlPlaneKubeconfigs = []ControlPlaneKubeconfig{
+	{"admin.conf", false},
+	{"super-admin.conf", true},
+	{"controller-manager.conf", false},
+	{"scheduler.conf", false},
+}
+
+// ScannedKubeconfig is one control-plane kubeconfig as ScanControlPlaneKubeconfigs found it.
+type ScannedKubeconfig struct {
+	Name   string // file name
+	Raw    []byte
+	Client ClientCert
+	// Err is why the file could not be read or its client certificate
+	// not found; Raw and Client are then empty.
+	Err error
+}
+
+// ScanControlPlaneKubeconfigs reads each of ControlPlaneKubeconfigs with
+// read (given the file name) and finds its current user's client
+// certificate. An optional one that read reports missing
+// (errors.Is(err, fs.ErrNotExist)) is left out.
+func ScanControlPlaneKubeconfigs(read func(name string) ([]byte, error)) []ScannedKubeconfig {
+	var out []ScannedKubeconfig
+	for _, kc := range ControlPlaneKubeconfigs {
+		raw, err := read(kc.Name)
+		if errors.Is(err, fs.ErrNotExist) && kc.Optional {
+			continue
+		}
+		if err != nil {
+			out = append(out, ScannedKubeconfig{Name: kc.Name, Err: err})
+			continue
+		}
+		cc, err := KubeconfigClientCert(raw, "")
+		if err != nil {
+			out = append(out, ScannedKubeconfig{Name: kc.Name, Err: err})
+			continue
+		}
+		out = append(out, ScannedKubeconfig{Name: kc.Name, Raw: raw, Client: cc})
+	}
+	return out
 }
