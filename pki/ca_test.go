@@ -69,7 +69,7 @@ func TestNewCA(t *testing.T) {
 			if want := now.Add(tt.validity).Truncate(time.Second); !c.NotAfter.Equal(want) {
 				t.Errorf("NotAfter %s, want %s", c.NotAfter, want)
 			}
-			if got := keyShape(c.PublicKey); got != tt.shape {
+			if got := KeyShape(c.PublicKey); got != tt.shape {
 				t.Errorf("key %s, want %s", got, tt.shape)
 			}
 			if err := c.CheckSignatureFrom(c); err != nil {

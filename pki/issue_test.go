@@ -53,8 +53,8 @@ func sameLeaf(t *testing.T, got, old *x509.Certificate) {
 	if !reflect.DeepEqual(got.ExtKeyUsage, old.ExtKeyUsage) {
 		t.Errorf("ext key usage %v, want %v", got.ExtKeyUsage, old.ExtKeyUsage)
 	}
-	if got.PublicKeyAlgorithm != old.PublicKeyAlgorithm || keyShape(got.PublicKey) != keyShape(old.PublicKey) {
-		t.Errorf("key %s, want %s", keyShape(got.PublicKey), keyShape(old.PublicKey))
+	if got.PublicKeyAlgorithm != old.PublicKeyAlgorithm || KeyShape(got.PublicKey) != KeyShape(old.PublicKey) {
+		t.Errorf("key %s, want %s", KeyShape(got.PublicKey), KeyShape(old.PublicKey))
 	}
 	if got.IsCA {
 		t.Error("re-issued leaf is a CA")
@@ -183,8 +183,8 @@ func TestReissueValidityAndErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if is.Cert.Subject.String() != "CN=rotate,O=system:masters" || keyShape(is.Cert.PublicKey) != "ECDSA-P-256" {
-			t.Fatalf("got %s with %s", is.Cert.Subject, keyShape(is.Cert.PublicKey))
+		if is.Cert.Subject.String() != "CN=rotate,O=system:masters" || KeyShape(is.Cert.PublicKey) != "ECDSA-P-256" {
+			t.Fatalf("got %s with %s", is.Cert.Subject, KeyShape(is.Cert.PublicKey))
 		}
 		if err := ChainsTo(is.Cert, c1.CertPEM, x509.ExtKeyUsageClientAuth, testNow); err != nil {
 			t.Fatal(err)
@@ -270,7 +270,7 @@ func TestNewKubeletClientCert(t *testing.T) {
 			if !reflect.DeepEqual(c.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) || c.KeyUsage != tt.usage {
 				t.Errorf("usages %b %v", c.KeyUsage, c.ExtKeyUsage)
 			}
-			if got := keyShape(c.PublicKey); got != tt.shape {
+			if got := KeyShape(c.PublicKey); got != tt.shape {
 				t.Errorf("key %s, want %s", got, tt.shape)
 			}
 			if err := ChainsTo(c, c1.CertPEM, x509.ExtKeyUsageClientAuth, testNow); err != nil {

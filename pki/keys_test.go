@@ -64,7 +64,7 @@ func TestGenerateKey(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := keyShape(k.Public()); got != tt.shape {
+			if got := KeyShape(k.Public()); got != tt.shape {
 				t.Fatalf("shape %s, want %s", got, tt.shape)
 			}
 		})
@@ -214,14 +214,14 @@ func TestKeyShapeAndGenerateLike(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := keyShape(tt.pub); got != tt.shape {
+			if got := KeyShape(tt.pub); got != tt.shape {
 				t.Fatalf("keyShape = %s, want %s", got, tt.shape)
 			}
 			k, err := generateLike(tt.pub, orRand(nil))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := keyShape(k.Public()); got != tt.shape {
+			if got := KeyShape(k.Public()); got != tt.shape {
 				t.Fatalf("generateLike shape = %s, want %s", got, tt.shape)
 			}
 		})

@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
 )
@@ -59,7 +60,7 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return fmt.Errorf("node %s (%s) lacks %s — is this a kubeadm node and are paths in the inventory right?", t.Node, t.Role, strings.Join(missing, ", "))
 	}
 	if t.Role == RoleControlPlane {
-		if _, err := r.Run(ctx, "command -v curl >/dev/null && command -v pgrep >/dev/null", nil); err != nil {
+		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep"); err != nil {
 			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -168,43 +167,6 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
 	}
 	return cs, trust, rc, nil
-}
-
-// summarizeDiff describes a change of a file by its changed lines, after
-// the structural redaction of safeLines (redact.go) of both sides.
-func summarizeDiff(a, b []byte) string {
-	al, aok := safeLines(a)
-	bl, bok := safeLines(b)
-	if !aok || !bok {
-		// Certificates and keys: never show lines, not even parts.
-		return "replace PEM content (not shown)"
-	}
-	in := func(s []string, x string) bool {
-		for _, y := range s {
-			if y == x {
-				return true
-			}
-		}
-		return false
-	}
-	var out []string
-	for _, l := range bl {
-		if !in(al, l) {
-			out = append(out, "+"+strings.TrimSpace(l))
-		}
-	}
-	for _, l := range al {
-		if !in(bl, l) {
-			out = append(out, "-"+strings.TrimSpace(l))
-		}
-	}
-	if len(out) > 8 {
-		out = append(out[:8], fmt.Sprintf("(%d more changed lines)", len(out)-8))
-	}
-	if len(out) == 0 {
-		return "content replaced"
-	}
-	return strings.Join(out, " | ")
 }
 
 // AdminCert is the parsed client certificate of the kubeconfig, if any.
