@@ -20,9 +20,9 @@
 //
 // Runner is the one-node interface steps are written against; *Client is the
 // SSH implementation, MemRunner an in-memory fake for unit tests, and Pool
-// keeps one connection per node. FanOut runs an operation over many nodes
-// with bounded concurrency. Pure edits of the files rotate changes (static
-// pod manifests, kubeconfigs, the kubelet config) live in nodes/edit.
+// keeps one connection per node; fan-out over nodes is the orchestrator's.
+// Pure edits of the files rotate changes (static pod manifests,
+// kubeconfigs, the kubelet config) live in nodes/edit.
 package nodes
 
 import (

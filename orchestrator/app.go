@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/kubeca/rotate/nodes"
-	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -362,8 +360,8 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 			if ps.Concurrency > 1 && len(ps.Targets) > 1 {
 				mode = fmt.Sprintf("%d at a time", ps.Concurrency)
 			}
-			if or, ok := ps.Step.(steps.Orderer); ok && or.Orders() {
-				mode += ", current leader last"
+			if o := steps.OrderingOf(ps.Step); o != nil {
+				mode += ", " + o.String()
 			}
 			fmt.Fprintf(o.Out, "  step %s on %s (%s)\n", ps.Step.Name(), strings.Join(ts, ", "), mode)
 			d, ok := ps.Step.(steps.Describer)
@@ -434,6 +432,3 @@ func nodeNames(ns []nodes.Config) string {
 	}
 	return strings.Join(out, ", ")
 }
-
-var _ = x509.Certificate{}
-var _ = pki.Describe

@@ -253,9 +253,9 @@ func (e *Engine) timeout(phase string) time.Duration {
 func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedStep) error {
 	name := ps.Step.Name()
 	targets := ps.Targets
-	if or, ok := ps.Step.(steps.Orderer); ok && or.Orders() {
+	if o := steps.OrderingOf(ps.Step); o != nil {
 		rt := e.stepRuntime(plans.StepKey(ph.Name, name, steps.ClusterTarget))
-		targets = or.Order(ctx, &rt, targets)
+		targets = o.Order(ctx, &rt, targets)
 	}
 	total := len(targets)
 	var doneMu sync.Mutex

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/steps"
 )
@@ -23,7 +24,7 @@ func kubeconfigAdvice(path, ctxName string, currentPEM []byte) string {
 		return ""
 	}
 	current := cas[0]
-	kt, err := steps.LoadKubeconfigTLS(path, ctxName)
+	kt, err := kubeconfig.LoadTLS(path, ctxName)
 	if err != nil {
 		return ""
 	}

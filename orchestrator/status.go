@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/kubeca/rotate/internal/redact"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -148,14 +149,14 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 // (errors quote what failed; a step could quote what it wrote), so neither
 // the terminal nor the snapshot file ever shows them.
 func redactReport(rep *StatusReport) {
-	rep.Run.LastError = steps.RedactText(rep.Run.LastError)
+	rep.Run.LastError = redact.Text(rep.Run.LastError)
 	for i := range rep.Failed {
-		rep.Failed[i].Error = steps.RedactText(rep.Failed[i].Error)
+		rep.Failed[i].Error = redact.Text(rep.Failed[i].Error)
 	}
 	if h := rep.Hold; h != nil {
 		for _, l := range [][]string{h.Verified, h.Attention, h.PreExisting} {
 			for i := range l {
-				l[i] = steps.RedactText(l[i])
+				l[i] = redact.Text(l[i])
 			}
 		}
 	}

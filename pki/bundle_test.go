@@ -9,7 +9,7 @@ import (
 )
 
 func TestBundles(t *testing.T) {
-	c0, c1, c2 := newTestCA(t, "kubernetes").cert, newTestCA(t, "kubernetes-2026").cert, newTestCA(t, "other").cert
+	c0, c1, c2 := newTestCA(t, "kubernetes").Cert, newTestCA(t, "kubernetes-2026").Cert, newTestCA(t, "other").Cert
 	p := func(cs ...*x509.Certificate) []byte { return certPEM(cs...) }
 	garbage := cat(p(c0), []byte("junk\n"))
 

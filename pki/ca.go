@@ -54,8 +54,6 @@ var (
 	_ json.Marshaler = Issued{}
 	_ fmt.Formatter  = ReissueOptions{}
 	_ json.Marshaler = ReissueOptions{}
-	_ fmt.Formatter  = CSROptions{}
-	_ json.Marshaler = CSROptions{}
 )
 
 // CA is a certificate authority: certificate and signing key, parsed and PEM.
@@ -210,11 +208,11 @@ func (ca CA) String() string { return "CA " + identify(ca.Cert) }
 
 // GoString keeps %#v free of key material.
 func (ca CA) GoString() string {
-	return "pki.CA{Cert: " + strconv.Quote(identify(ca.Cert)) + ", Key: " + redacted(ca.Key != nil || len(ca.KeyPEM) > 0) + "}"
+	return "pki.CA{Cert: " + strconv.Quote(identify(ca.Cert)) + ", Key: " + RedactedIf(ca.Key != nil || len(ca.KeyPEM) > 0) + "}"
 }
 
 // Format makes every fmt verb print String (GoString for %#v).
-func (ca CA) Format(f fmt.State, verb rune) { formatRedacted(f, verb, ca.String(), ca.GoString()) }
+func (ca CA) Format(f fmt.State, verb rune) { FormatRedacted(f, verb, ca.String(), ca.GoString()) }
 
 // LogValue makes slog print String.
 func (ca CA) LogValue() slog.Value { return slog.StringValue(ca.String()) }
@@ -224,14 +222,19 @@ func (ca CA) MarshalJSON() ([]byte, error) {
 	return nil, fmt.Errorf("%s: %w", ca.String(), ErrNotSerializable)
 }
 
-func redacted(set bool) string {
+// RedactedIf is how a type that holds a key shows it: "<redacted>" when
+// set, "<nil>" when not.
+func RedactedIf(set bool) string {
 	if set {
 		return "<redacted>"
 	}
 	return "<nil>"
 }
 
-func formatRedacted(f fmt.State, verb rune, s, gos string) {
+// FormatRedacted implements fmt.Formatter for a type that holds key
+// material: every verb prints s (%#v prints gos, %q s quoted), so nothing
+// but what the type chose to show is ever printed.
+func FormatRedacted(f fmt.State, verb rune, s, gos string) {
 	switch verb {
 	case 'v':
 		if f.Flag('#') {

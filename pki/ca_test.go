@@ -69,7 +69,7 @@ func TestNewCA(t *testing.T) {
 			if want := now.Add(tt.validity).Truncate(time.Second); !c.NotAfter.Equal(want) {
 				t.Errorf("NotAfter %s, want %s", c.NotAfter, want)
 			}
-			if got := keyShape(c.PublicKey); got != tt.shape {
+			if got := KeyShape(c.PublicKey); got != tt.shape {
 				t.Errorf("key %s, want %s", got, tt.shape)
 			}
 			if err := c.CheckSignatureFrom(c); err != nil {
@@ -145,7 +145,7 @@ func TestLoadCA(t *testing.T) {
 	soon := newTestCAWith(t, "soon", ecKey(t), func(c *x509.Certificate) { c.NotAfter = testNow.Add(24 * time.Hour) })
 	future := newTestCAWith(t, "future", ecKey(t), func(c *x509.Certificate) { c.NotBefore = testNow.Add(time.Hour) })
 	rsaCA := newTestCAWith(t, "rsa", rsaKey(t, 2048), nil)
-	rsaPKCS1, _ := EncodeKeyPEM(rsaCA.key)
+	rsaPKCS1, _ := EncodeKeyPEM(rsaCA.Key)
 	d := Describe
 
 	tests := []struct {
@@ -157,35 +157,35 @@ func TestLoadCA(t *testing.T) {
 		wantErr  string
 		is       error
 	}{
-		{name: "ECDSA PKCS#8", cert: certPEM(good.cert), key: keyPEM(t, good.key), wantCert: good},
-		{name: "RSA PKCS#1", cert: certPEM(rsaCA.cert), key: rsaPKCS1, wantCert: rsaCA},
-		{name: "within window", cert: certPEM(soon.cert), key: keyPEM(t, soon.key), window: 23 * time.Hour, wantCert: soon},
-		{name: "no key usage extension", cert: certPEM(noKU.cert), key: keyPEM(t, noKU.key), wantCert: noKU},
-		{name: "bundle, old first, new key", cert: certPEM(good.cert, other.cert), key: keyPEM(t, other.key), wantCert: other},
-		{name: "bundle, old first, old key", cert: certPEM(good.cert, other.cert), key: keyPEM(t, good.key), wantCert: good},
+		{name: "ECDSA PKCS#8", cert: certPEM(good.Cert), key: keyPEM(t, good.Key), wantCert: good},
+		{name: "RSA PKCS#1", cert: certPEM(rsaCA.Cert), key: rsaPKCS1, wantCert: rsaCA},
+		{name: "within window", cert: certPEM(soon.Cert), key: keyPEM(t, soon.Key), window: 23 * time.Hour, wantCert: soon},
+		{name: "no key usage extension", cert: certPEM(noKU.Cert), key: keyPEM(t, noKU.Key), wantCert: noKU},
+		{name: "bundle, old first, new key", cert: certPEM(good.Cert, other.Cert), key: keyPEM(t, other.Key), wantCert: other},
+		{name: "bundle, old first, old key", cert: certPEM(good.Cert, other.Cert), key: keyPEM(t, good.Key), wantCert: good},
 
-		{name: "unparsable certificate", cert: []byte("not pem"), key: keyPEM(t, good.key),
+		{name: "unparsable certificate", cert: []byte("not pem"), key: keyPEM(t, good.Key),
 			wantErr: "load CA: parse certificate: unexpected non-PEM data at byte 0 (after 0 PEM blocks)"},
-		{name: "empty certificate", cert: nil, key: keyPEM(t, good.key),
+		{name: "empty certificate", cert: nil, key: keyPEM(t, good.Key),
 			wantErr: "load CA: parse certificate: no certificates found", is: ErrNoCertificates},
-		{name: "unparsable key", cert: certPEM(good.cert), key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("xx")}),
-			wantErr: "load CA " + d(good.cert) + ": parse key: PEM block 1: malformed SEC 1 EC private key"},
-		{name: "key does not match", cert: certPEM(good.cert), key: keyPEM(t, other.key),
-			wantErr: "load CA " + d(good.cert) + ": private key does not match the certificate", is: ErrKeyMismatch},
-		{name: "key matches no cert of bundle", cert: certPEM(good.cert, other.cert), key: keyPEM(t, rsaCA.key),
-			wantErr: "load CA: private key does not match the certificate: none of the 2 certificates (first " + d(good.cert) + ") matches the key", is: ErrKeyMismatch},
-		{name: "not a CA", cert: certPEM(notCA.cert), key: keyPEM(t, notCA.key),
-			wantErr: "load CA " + d(notCA.cert) + ": certificate is not a CA (basic constraints)", is: ErrNotCA},
-		{name: "no basic constraints", cert: certPEM(noBC.cert), key: keyPEM(t, noBC.key),
-			wantErr: "load CA " + d(noBC.cert) + ": certificate is not a CA (basic constraints)", is: ErrNotCA},
-		{name: "cannot sign", cert: certPEM(noSign.cert), key: keyPEM(t, noSign.key),
-			wantErr: "load CA " + d(noSign.cert) + ": certificate may not sign certificates (no certSign key usage)", is: ErrCannotSign},
-		{name: "expired", cert: certPEM(expired.cert), key: keyPEM(t, expired.key),
-			wantErr: "load CA " + d(expired.cert) + ": certificate has expired (not after 2026-03-01T11:00:00Z)", is: ErrExpired},
-		{name: "expires within window", cert: certPEM(soon.cert), key: keyPEM(t, soon.key), window: 30 * 24 * time.Hour,
-			wantErr: "load CA " + d(soon.cert) + ": certificate expires within the required window (not after 2026-03-02T12:00:00Z, window 720h0m0s)", is: ErrExpiresSoon},
-		{name: "not yet valid", cert: certPEM(future.cert), key: keyPEM(t, future.key),
-			wantErr: "load CA " + d(future.cert) + ": certificate is not yet valid (not before 2026-03-01T13:00:00Z)", is: ErrNotYetValid},
+		{name: "unparsable key", cert: certPEM(good.Cert), key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("xx")}),
+			wantErr: "load CA " + d(good.Cert) + ": parse key: PEM block 1: malformed SEC 1 EC private key"},
+		{name: "key does not match", cert: certPEM(good.Cert), key: keyPEM(t, other.Key),
+			wantErr: "load CA " + d(good.Cert) + ": private key does not match the certificate", is: ErrKeyMismatch},
+		{name: "key matches no cert of bundle", cert: certPEM(good.Cert, other.Cert), key: keyPEM(t, rsaCA.Key),
+			wantErr: "load CA: private key does not match the certificate: none of the 2 certificates (first " + d(good.Cert) + ") matches the key", is: ErrKeyMismatch},
+		{name: "not a CA", cert: certPEM(notCA.Cert), key: keyPEM(t, notCA.Key),
+			wantErr: "load CA " + d(notCA.Cert) + ": certificate is not a CA (basic constraints)", is: ErrNotCA},
+		{name: "no basic constraints", cert: certPEM(noBC.Cert), key: keyPEM(t, noBC.Key),
+			wantErr: "load CA " + d(noBC.Cert) + ": certificate is not a CA (basic constraints)", is: ErrNotCA},
+		{name: "cannot sign", cert: certPEM(noSign.Cert), key: keyPEM(t, noSign.Key),
+			wantErr: "load CA " + d(noSign.Cert) + ": certificate may not sign certificates (no certSign key usage)", is: ErrCannotSign},
+		{name: "expired", cert: certPEM(expired.Cert), key: keyPEM(t, expired.Key),
+			wantErr: "load CA " + d(expired.Cert) + ": certificate has expired (not after 2026-03-01T11:00:00Z)", is: ErrExpired},
+		{name: "expires within window", cert: certPEM(soon.Cert), key: keyPEM(t, soon.Key), window: 30 * 24 * time.Hour,
+			wantErr: "load CA " + d(soon.Cert) + ": certificate expires within the required window (not after 2026-03-02T12:00:00Z, window 720h0m0s)", is: ErrExpiresSoon},
+		{name: "not yet valid", cert: certPEM(future.Cert), key: keyPEM(t, future.Key),
+			wantErr: "load CA " + d(future.Cert) + ": certificate is not yet valid (not before 2026-03-01T13:00:00Z)", is: ErrNotYetValid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,10 +205,10 @@ func TestLoadCA(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !ca.Cert.Equal(tt.wantCert.cert) || !KeyMatches(ca.Cert, ca.Key) {
-				t.Fatalf("loaded %s, want %s", Describe(ca.Cert), Describe(tt.wantCert.cert))
+			if !ca.Cert.Equal(tt.wantCert.Cert) || !KeyMatches(ca.Cert, ca.Key) {
+				t.Fatalf("loaded %s, want %s", Describe(ca.Cert), Describe(tt.wantCert.Cert))
 			}
-			if !bytes.Equal(ca.CertPEM, certPEM(tt.wantCert.cert)) {
+			if !bytes.Equal(ca.CertPEM, certPEM(tt.wantCert.Cert)) {
 				t.Fatal("CertPEM is not the one matching certificate")
 			}
 			if k, err := ParseKeyPEM(ca.KeyPEM); err != nil || !KeyMatches(ca.Cert, k) {
@@ -220,7 +220,7 @@ func TestLoadCA(t *testing.T) {
 		ancient := newTestCAWith(t, "ancient", ecKey(t), func(c *x509.Certificate) {
 			c.NotBefore, c.NotAfter = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 		})
-		if _, err := LoadCA(certPEM(ancient.cert), keyPEM(t, ancient.key), time.Time{}, 0); !errors.Is(err, ErrExpired) {
+		if _, err := LoadCA(certPEM(ancient.Cert), keyPEM(t, ancient.Key), time.Time{}, 0); !errors.Is(err, ErrExpired) {
 			t.Fatalf("err = %v, want ErrExpired", err)
 		}
 	})

@@ -82,7 +82,6 @@ func TestFormattingNeverShowsKeys(t *testing.T) {
 		{"slice", []*CA{ca, rsaCA}, rsaCA.Key, rsaCA.KeyPEM, "CA CN=kubernetes-2026"},
 		{"map", map[string]Issued{"w": *rsaIs}, rsaIs.Key, rsaIs.KeyPEM, "certificate CN=system:node:worker-2"},
 		{"ReissueOptions", ReissueOptions{KeepKey: true, OldKey: rsaCA.Key}, rsaCA.Key, rsaCA.KeyPEM, "OldKey: <redacted>"},
-		{"CSROptions", &CSROptions{Name: "x", Key: rsaCA.Key}, rsaCA.Key, rsaCA.KeyPEM, "Key: <redacted>"},
 		{"nil *CA", (*CA)(nil), ca.Key, ca.KeyPEM, "<nil>"},
 	}
 	verbs := []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %v"}
@@ -171,8 +170,7 @@ func TestJSONNeverCarriesKeys(t *testing.T) {
 	t.Run("options", func(t *testing.T) {
 		out, err := json.Marshal(struct {
 			R ReissueOptions
-			C CSROptions
-		}{ReissueOptions{OldKey: ca.Key}, CSROptions{Key: ca.Key}})
+		}{ReissueOptions{OldKey: ca.Key}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,11 +45,11 @@ func (is Issued) String() string { return "certificate " + identify(is.Cert) }
 
 // GoString keeps %#v free of key material.
 func (is Issued) GoString() string {
-	return "pki.Issued{Cert: " + strconv.Quote(identify(is.Cert)) + ", Key: " + redacted(is.Key != nil || len(is.KeyPEM) > 0) + "}"
+	return "pki.Issued{Cert: " + strconv.Quote(identify(is.Cert)) + ", Key: " + RedactedIf(is.Key != nil || len(is.KeyPEM) > 0) + "}"
 }
 
 // Format makes every fmt verb print String (GoString for %#v).
-func (is Issued) Format(f fmt.State, verb rune) { formatRedacted(f, verb, is.String(), is.GoString()) }
+func (is Issued) Format(f fmt.State, verb rune) { FormatRedacted(f, verb, is.String(), is.GoString()) }
 
 // LogValue makes slog print String.
 func (is Issued) LogValue() slog.Value { return slog.StringValue(is.String()) }
@@ -124,7 +124,7 @@ func Reissue(old *x509.Certificate, ca *CA, opts ReissueOptions) (*Issued, error
 // (plus key encipherment for RSA keys), with a new ECDSA P-256 key (kubelet's
 // default) unless opts.KeepKey re-uses opts.OldKey.
 func NewKubeletClientCert(nodeName string, ca *CA, opts ReissueOptions) (*Issued, error) {
-	if err := validNodeName(nodeName); err != nil {
+	if err := ValidNodeName(nodeName); err != nil {
 		return nil, fmt.Errorf("kubelet client certificate: %w", err)
 	}
 	if err := ca.usable(); err != nil {
@@ -148,7 +148,7 @@ func NewKubeletClientCert(nodeName string, ca *CA, opts ReissueOptions) (*Issued
 		usage |= x509.KeyUsageKeyEncipherment
 	}
 	tmpl := &x509.Certificate{
-		Subject:               kubeletSubject(nodeName),
+		Subject:               KubeletSubject(nodeName),
 		KeyUsage:              usage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
@@ -160,11 +160,14 @@ func NewKubeletClientCert(nodeName string, ca *CA, opts ReissueOptions) (*Issued
 	return is, nil
 }
 
-func kubeletSubject(nodeName string) pkix.Name {
+// KubeletSubject is the subject of a kubelet client certificate:
+// CN system:node:<name>, O system:nodes.
+func KubeletSubject(nodeName string) pkix.Name {
 	return pkix.Name{CommonName: NodeUserPrefix + nodeName, Organization: []string{NodesGroup}}
 }
 
-func validNodeName(n string) error {
+// ValidNodeName checks a node name can be the CN system:node:<name>.
+func ValidNodeName(n string) error {
 	if n == "" {
 		return errors.New("node name is empty")
 	}
@@ -283,12 +286,12 @@ func ParseKubeletPEM(data []byte) (*x509.Certificate, crypto.Signer, error) {
 // String describes the options without key material.
 func (o ReissueOptions) String() string {
 	return fmt.Sprintf("pki.ReissueOptions{KeepKey: %t, OldKey: %s, Validity: %s, Now: %s, Rand: %s}",
-		o.KeepKey, redacted(o.OldKey != nil), o.Validity, o.Now.Format(time.RFC3339), setOrNil(o.Rand != nil))
+		o.KeepKey, RedactedIf(o.OldKey != nil), o.Validity, o.Now.Format(time.RFC3339), setOrNil(o.Rand != nil))
 }
 
 // Format keeps OldKey out of every fmt verb.
 func (o ReissueOptions) Format(f fmt.State, verb rune) {
-	formatRedacted(f, verb, o.String(), o.String())
+	FormatRedacted(f, verb, o.String(), o.String())
 }
 
 // MarshalJSON encodes String: options are transient and OldKey stays out.

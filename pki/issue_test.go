@@ -53,8 +53,8 @@ func sameLeaf(t *testing.T, got, old *x509.Certificate) {
 	if !reflect.DeepEqual(got.ExtKeyUsage, old.ExtKeyUsage) {
 		t.Errorf("ext key usage %v, want %v", got.ExtKeyUsage, old.ExtKeyUsage)
 	}
-	if got.PublicKeyAlgorithm != old.PublicKeyAlgorithm || keyShape(got.PublicKey) != keyShape(old.PublicKey) {
-		t.Errorf("key %s, want %s", keyShape(got.PublicKey), keyShape(old.PublicKey))
+	if got.PublicKeyAlgorithm != old.PublicKeyAlgorithm || KeyShape(got.PublicKey) != KeyShape(old.PublicKey) {
+		t.Errorf("key %s, want %s", KeyShape(got.PublicKey), KeyShape(old.PublicKey))
 	}
 	if got.IsCA {
 		t.Error("re-issued leaf is a CA")
@@ -106,10 +106,10 @@ func TestReissue(t *testing.T) {
 				if err := verify(ca.Cert); err != nil {
 					t.Errorf("does not verify against the new CA: %v", err)
 				}
-				if err := verify(fx.ca.cert); err == nil {
+				if err := verify(fx.ca.Cert); err == nil {
 					t.Error("verifies against the old CA")
 				}
-				if !IssuedBy(got, ca.Cert) || IssuedBy(got, fx.ca.cert) {
+				if !IssuedBy(got, ca.Cert) || IssuedBy(got, fx.ca.Cert) {
 					t.Error("IssuedBy disagrees with Verify")
 				}
 
@@ -145,13 +145,13 @@ func TestReissue(t *testing.T) {
 func TestReissueValidityAndErrors(t *testing.T) {
 	c0 := newTestCA(t, "kubernetes")
 	leafKey := ecKey(t)
-	leaf := c0.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "kube-apiserver"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, leafKey)
-	short := newTestCAWith(t, "short-lived", ecKey(t), func(c *x509.Certificate) { c.NotAfter = testNow.Add(48 * time.Hour) }).pkiCA(t)
-	expired := newTestCAWith(t, "expired", ecKey(t), func(c *x509.Certificate) {
+	leaf := c0.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "kube-apiserver"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, leafKey)
+	short := pkiCA(t, newTestCAWith(t, "short-lived", ecKey(t), func(c *x509.Certificate) { c.NotAfter = testNow.Add(48 * time.Hour) }))
+	expired := pkiCA(t, newTestCAWith(t, "expired", ecKey(t), func(c *x509.Certificate) {
 		c.NotBefore, c.NotAfter = testNow.AddDate(-1, 0, 0), testNow.Add(-time.Minute)
-	}).pkiCA(t)
-	notCA := newTestCAWith(t, "not a CA", ecKey(t), func(c *x509.Certificate) { c.IsCA = false }).pkiCA(t)
-	c1 := newTestCA(t, "kubernetes-2026").pkiCA(t)
+	}))
+	notCA := pkiCA(t, newTestCAWith(t, "not a CA", ecKey(t), func(c *x509.Certificate) { c.IsCA = false }))
+	c1 := pkiCA(t, newTestCA(t, "kubernetes-2026"))
 	mismatched := &CA{Cert: c1.Cert, Key: ecKey(t)}
 	d := Describe(leaf)
 
@@ -183,8 +183,8 @@ func TestReissueValidityAndErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if is.Cert.Subject.String() != "CN=rotate,O=system:masters" || keyShape(is.Cert.PublicKey) != "ECDSA-P-256" {
-			t.Fatalf("got %s with %s", is.Cert.Subject, keyShape(is.Cert.PublicKey))
+		if is.Cert.Subject.String() != "CN=rotate,O=system:masters" || KeyShape(is.Cert.PublicKey) != "ECDSA-P-256" {
+			t.Fatalf("got %s with %s", is.Cert.Subject, KeyShape(is.Cert.PublicKey))
 		}
 		if err := ChainsTo(is.Cert, c1.CertPEM, x509.ExtKeyUsageClientAuth, testNow); err != nil {
 			t.Fatal(err)
@@ -214,7 +214,7 @@ func TestReissueValidityAndErrors(t *testing.T) {
 		{name: "CA key mismatch", old: leaf, ca: mismatched, wantErr: "reissue " + d + ": CA " + Describe(c1.Cert) + ": private key does not match the certificate", is: ErrKeyMismatch},
 		{name: "CA is not a CA", old: leaf, ca: notCA, wantErr: "reissue " + d + ": CA " + Describe(notCA.Cert) + ": certificate is not a CA (basic constraints)", is: ErrNotCA},
 		{name: "CA expired", old: leaf, ca: expired, opts: ReissueOptions{Now: testNow}, wantErr: "reissue " + d + ": CA " + Describe(expired.Cert) + ": certificate has expired (not after 2026-03-01T11:59:00Z)", is: ErrExpired},
-		{name: "old is a CA", old: c0.cert, ca: c1, wantErr: "reissue " + Describe(c0.cert) + ": certificate is a CA; create CAs with NewCA"},
+		{name: "old is a CA", old: c0.Cert, ca: c1, wantErr: "reissue " + Describe(c0.Cert) + ": certificate is a CA; create CAs with NewCA"},
 		{name: "keep key without key", old: leaf, ca: c1, opts: ReissueOptions{KeepKey: true}, wantErr: "reissue " + d + ": KeepKey set without OldKey"},
 		{name: "keep key, wrong key", old: leaf, ca: c1, opts: ReissueOptions{KeepKey: true, OldKey: ecKey(t)}, wantErr: "reissue " + d + ": old key: private key does not match the certificate", is: ErrKeyMismatch},
 		{name: "negative validity", old: leaf, ca: c1, opts: ReissueOptions{Validity: -time.Hour}, wantErr: "reissue " + d + ": negative validity -1h0m0s"},
@@ -233,7 +233,7 @@ func TestReissueValidityAndErrors(t *testing.T) {
 }
 
 func TestNewKubeletClientCert(t *testing.T) {
-	c1 := newTestCA(t, "kubernetes-2026").pkiCA(t)
+	c1 := pkiCA(t, newTestCA(t, "kubernetes-2026"))
 	rsaK := rsaKey(t, 2048)
 	tests := []struct {
 		name    string
@@ -270,7 +270,7 @@ func TestNewKubeletClientCert(t *testing.T) {
 			if !reflect.DeepEqual(c.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) || c.KeyUsage != tt.usage {
 				t.Errorf("usages %b %v", c.KeyUsage, c.ExtKeyUsage)
 			}
-			if got := keyShape(c.PublicKey); got != tt.shape {
+			if got := KeyShape(c.PublicKey); got != tt.shape {
 				t.Errorf("key %s, want %s", got, tt.shape)
 			}
 			if err := ChainsTo(c, c1.CertPEM, x509.ExtKeyUsageClientAuth, testNow); err != nil {
@@ -285,7 +285,7 @@ func TestNewKubeletClientCert(t *testing.T) {
 
 func TestKubeletPEM(t *testing.T) {
 	c1 := newTestCA(t, "kubernetes-2026")
-	is, err := NewKubeletClientCert("worker-1", c1.pkiCA(t), ReissueOptions{Now: testNow})
+	is, err := NewKubeletClientCert("worker-1", pkiCA(t, c1), ReissueOptions{Now: testNow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestKubeletPEM(t *testing.T) {
 	}
 	other := ecKey(t)
 	otherPEM, _ := EncodeKeyPEM(other)
-	chain := cat(is.CertPEM, certPEM(c1.cert), is.KeyPEM)
+	chain := cat(is.CertPEM, certPEM(c1.Cert), is.KeyPEM)
 
 	tests := []struct {
 		name    string

@@ -97,7 +97,9 @@ func generateLike(pub crypto.PublicKey, r io.Reader) (crypto.Signer, error) {
 
 // keyShape describes a public key's algorithm and size, e.g. "RSA-2048",
 // "ECDSA-P-256", "Ed25519".
-func keyShape(pub crypto.PublicKey) string {
+// KeyShape names a public key's algorithm and size ("RSA-2048",
+// "ECDSA-P-256", "Ed25519").
+func KeyShape(pub crypto.PublicKey) string {
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		return fmt.Sprintf("RSA-%d", p.N.BitLen())

@@ -64,7 +64,7 @@ func TestGenerateKey(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := keyShape(k.Public()); got != tt.shape {
+			if got := KeyShape(k.Public()); got != tt.shape {
 				t.Fatalf("shape %s, want %s", got, tt.shape)
 			}
 		})
@@ -139,7 +139,7 @@ func TestParseKeyPEMInputs(t *testing.T) {
 		{name: "CRLF and blank lines", in: []byte("\r\n\n" + strings.ReplaceAll(string(ecPEM), "\n", "\r\n") + "\n\n")},
 		{name: "empty", in: nil, wantErr: "no private key found"},
 		{name: "two keys", in: cat(ecPEM, rsaPEM), wantErr: "more than one private key"},
-		{name: "certificate", in: certPEM(ca.cert), wantErr: `PEM block 1 is "CERTIFICATE", want a private key`},
+		{name: "certificate", in: certPEM(ca.Cert), wantErr: `PEM block 1 is "CERTIFICATE", want a private key`},
 		{name: "encrypted PKCS#8", in: pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{1}}), wantErr: "encrypted private keys are not supported"},
 		{name: "legacy encrypted", in: pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: []byte{1}}), wantErr: "encrypted private keys are not supported"},
 		{name: "garbage before", in: cat([]byte("key:\n"), ecPEM), wantErr: "unexpected non-PEM data at byte 0"},
@@ -170,7 +170,7 @@ func TestKeyMatches(t *testing.T) {
 	ca := newTestCA(t, "ca")
 	rsaK, ecK, edK := rsaKey(t, 2048), ecKey(t), edKey(t)
 	leaf := func(k crypto.Signer) *x509.Certificate {
-		return ca.issue(t, &x509.Certificate{}, k)
+		return ca.Issue(t, &x509.Certificate{}, k)
 	}
 	rsaC, ecC, edC := leaf(rsaK), leaf(ecK), leaf(edK)
 	tests := []struct {
@@ -214,14 +214,14 @@ func TestKeyShapeAndGenerateLike(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := keyShape(tt.pub); got != tt.shape {
+			if got := KeyShape(tt.pub); got != tt.shape {
 				t.Fatalf("keyShape = %s, want %s", got, tt.shape)
 			}
 			k, err := generateLike(tt.pub, orRand(nil))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := keyShape(k.Public()); got != tt.shape {
+			if got := KeyShape(k.Public()); got != tt.shape {
 				t.Fatalf("generateLike shape = %s, want %s", got, tt.shape)
 			}
 		})

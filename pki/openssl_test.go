@@ -33,7 +33,7 @@ func TestOpenSSLAgrees(t *testing.T) {
 	oldKey := rsaKey(t, 2048)
 	tmpl := apiserverTemplate(oldKey)
 	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(24*time.Hour)
-	old := &Issued{Cert: (&testCA{cert: c0.Cert, key: c0.Key}).issue(t, tmpl, oldKey)}
+	old := &Issued{Cert: (&testCA{Cert: c0.Cert, Key: c0.Key}).Issue(t, tmpl, oldKey)}
 	old.CertPEM = certPEM(old.Cert)
 	reissued, err := Reissue(old.Cert, c1, ReissueOptions{Now: now})
 	if err != nil {

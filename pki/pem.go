@@ -21,7 +21,6 @@ const (
 	blockECParameters  = "EC PARAMETERS"
 	blockPublicKey     = "PUBLIC KEY"
 	blockRSAPublicKey  = "RSA PUBLIC KEY"
-	blockCertRequest   = "CERTIFICATE REQUEST"
 )
 
 // describeFingerprint is how many hex digits of the fingerprint Describe shows.

@@ -16,7 +16,7 @@ import (
 
 func TestParseCertsPEM(t *testing.T) {
 	c0, c1 := newTestCA(t, "c0"), newTestCA(t, "c1")
-	p0, p1 := certPEM(c0.cert), certPEM(c1.cert)
+	p0, p1 := certPEM(c0.Cert), certPEM(c1.Cert)
 	// A block whose base64 body is broken, followed by a good block:
 	// pem.Decode would silently skip the broken one.
 	broken := []byte(strings.Replace(string(p0), "\n", "\n!!!!\n", 2))
@@ -28,9 +28,9 @@ func TestParseCertsPEM(t *testing.T) {
 		wantErr string
 		is      error
 	}{
-		{name: "one", in: p0, want: []*x509.Certificate{c0.cert}},
-		{name: "bundle in order", in: cat(p1, p0), want: []*x509.Certificate{c1.cert, c0.cert}},
-		{name: "whitespace and CRLF", in: []byte("\n  \r\n" + strings.ReplaceAll(string(cat(p0, []byte("\n\n"), p1)), "\n", "\r\n") + "\t\n"), want: []*x509.Certificate{c0.cert, c1.cert}},
+		{name: "one", in: p0, want: []*x509.Certificate{c0.Cert}},
+		{name: "bundle in order", in: cat(p1, p0), want: []*x509.Certificate{c1.Cert, c0.Cert}},
+		{name: "whitespace and CRLF", in: []byte("\n  \r\n" + strings.ReplaceAll(string(cat(p0, []byte("\n\n"), p1)), "\n", "\r\n") + "\t\n"), want: []*x509.Certificate{c0.Cert, c1.Cert}},
 		{name: "empty", in: nil, wantErr: "no certificates found", is: ErrNoCertificates},
 		{name: "only whitespace", in: []byte(" \n\t\n"), wantErr: "no certificates found", is: ErrNoCertificates},
 		{name: "garbage before", in: cat([]byte("subject=CN = c0\n"), p0), wantErr: "unexpected non-PEM data at byte 0 (after 0 PEM blocks)"},
@@ -39,7 +39,7 @@ func TestParseCertsPEM(t *testing.T) {
 		{name: "garbage inside a block", in: cat(broken, p1), wantErr: "malformed PEM block at byte 0"},
 		{name: "truncated block", in: truncated, wantErr: "malformed PEM block at byte 0"},
 		{name: "second block truncated", in: cat(p0, truncated), wantErr: "malformed PEM block at byte " + strconv.Itoa(len(p0))},
-		{name: "private key block", in: cat(p0, keyPEM(t, c0.key)), wantErr: `PEM block 2 is "PRIVATE KEY", want "CERTIFICATE"`},
+		{name: "private key block", in: cat(p0, keyPEM(t, c0.Key)), wantErr: `PEM block 2 is "PRIVATE KEY", want "CERTIFICATE"`},
 		{name: "not DER", in: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("nope")}), wantErr: "PEM block 1: parse certificate:"},
 	}
 	for _, tt := range tests {
@@ -77,9 +77,9 @@ func TestEncodeCertsPEM(t *testing.T) {
 		want  []byte
 	}{
 		{"none", nil, nil},
-		{"one", []*x509.Certificate{c0.cert}, certPEM(c0.cert)},
-		{"two in order", []*x509.Certificate{c1.cert, c0.cert}, certPEM(c1.cert, c0.cert)},
-		{"nil skipped", []*x509.Certificate{c0.cert, nil, c1.cert}, certPEM(c0.cert, c1.cert)},
+		{"one", []*x509.Certificate{c0.Cert}, certPEM(c0.Cert)},
+		{"two in order", []*x509.Certificate{c1.Cert, c0.Cert}, certPEM(c1.Cert, c0.Cert)},
+		{"nil skipped", []*x509.Certificate{c0.Cert, nil, c1.Cert}, certPEM(c0.Cert, c1.Cert)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -92,17 +92,17 @@ func TestEncodeCertsPEM(t *testing.T) {
 
 func TestFingerprintAndDescribe(t *testing.T) {
 	ca := newTestCA(t, "kubernetes")
-	sum := sha256.Sum256(ca.cert.Raw)
+	sum := sha256.Sum256(ca.Cert.Raw)
 	fp := hex.EncodeToString(sum[:])
-	noCN := ca.issue(t, &x509.Certificate{Subject: pkix.Name{Organization: []string{"only-org"}}}, ecKey(t))
-	empty := ca.issue(t, &x509.Certificate{DNSNames: []string{"x"}}, ecKey(t))
+	noCN := ca.Issue(t, &x509.Certificate{Subject: pkix.Name{Organization: []string{"only-org"}}}, ecKey(t))
+	empty := ca.Issue(t, &x509.Certificate{DNSNames: []string{"x"}}, ecKey(t))
 	tests := []struct {
 		name     string
 		cert     *x509.Certificate
 		fp       string
 		describe string
 	}{
-		{"CA", ca.cert, fp, "CN=kubernetes (sha256 " + fp[:16] + "…)"},
+		{"CA", ca.Cert, fp, "CN=kubernetes (sha256 " + fp[:16] + "…)"},
 		{"no CN", noCN, Fingerprint(noCN), "O=only-org (sha256 " + Fingerprint(noCN)[:16] + "…)"},
 		{"empty subject", empty, Fingerprint(empty), "<empty subject> (sha256 " + Fingerprint(empty)[:16] + "…)"},
 		{"nil", nil, "", "<nil certificate>"},
@@ -125,7 +125,7 @@ func TestFingerprintAndDescribe(t *testing.T) {
 func TestScanPEM(t *testing.T) {
 	c0, c1 := newTestCA(t, "c0"), newTestCA(t, "c1")
 	leafKey := ecKey(t)
-	leaf := c0.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "system:node:w1"}}, leafKey)
+	leaf := c0.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "system:node:w1"}}, leafKey)
 	ecPEM, err := EncodeKeyPEM(leafKey)
 	if err != nil {
 		t.Fatal(err)
@@ -140,13 +140,13 @@ func TestScanPEM(t *testing.T) {
 	}{
 		{"empty", nil, nil, nil},
 		{"kubeconfig holds no PEM", kubeconfig, nil, nil},
-		{"bundle in order", cat(certPEM(c1.cert), certPEM(c0.cert)), []*x509.Certificate{c1.cert, c0.cert}, nil},
-		{"CA key (PKCS#8)", keyPEM(t, c0.key), nil, []crypto.PublicKey{c0.key.Public()}},
+		{"bundle in order", cat(certPEM(c1.Cert), certPEM(c0.Cert)), []*x509.Certificate{c1.Cert, c0.Cert}, nil},
+		{"CA key (PKCS#8)", keyPEM(t, c0.Key), nil, []crypto.PublicKey{c0.Key.Public()}},
 		{"kubelet cert+key PEM (SEC 1)", cat(certPEM(leaf), ecPEM), []*x509.Certificate{leaf}, []crypto.PublicKey{leafKey.Public()}},
-		{"text and foreign blocks skipped", cat([]byte("subject=CN = c0\n"), certPEM(c0.cert), []byte("# note\n"),
+		{"text and foreign blocks skipped", cat([]byte("subject=CN = c0\n"), certPEM(c0.Cert), []byte("# note\n"),
 			pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("x")}),
-			pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")}), certPEM(c1.cert)),
-			[]*x509.Certificate{c0.cert, c1.cert}, nil},
+			pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")}), certPEM(c1.Cert)),
+			[]*x509.Certificate{c0.Cert, c1.Cert}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,154 +1,56 @@
 package pki
 
-// A tiny in-memory test CA for fixtures, written against crypto/x509 only so
-// that it does not depend on the code under test. Fixtures mirror the
-// certificates kubeadm creates (see ROTATION.md, "Where things live").
+// Fixtures made with the test CA (pki/pkitest, written against crypto/x509
+// only so that it does not depend on the code under test). They mirror the
+// certificates kubeadm creates (see docs/rotation.md, "Where things live").
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/url"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
-// testNow is the fixed "now" of the tests.
+// testNow is the fixed "now" of the tests: the test CA's clock.
 var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-var testSerial atomic.Int64
+// testCA is the shared test CA (pki/pkitest) on the tests' clock.
+type testCA = pkitest.CA
 
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-func ecKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func p384Key(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func rsaKey(t testing.TB, bits int) crypto.Signer {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func edKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	_, k, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func testClock() time.Time { return testNow }
 
 // newTestCA is a valid self-signed CA like kubeadm's (ten years, ECDSA).
 func newTestCA(t testing.TB, cn string) *testCA {
 	t.Helper()
-	return newTestCAWith(t, cn, ecKey(t), nil)
+	return pkitest.NewCA(t, cn, pkitest.Options{Now: testClock})
 }
 
 // newTestCAWith builds a self-signed CA certificate for key; mod may change
 // the template (to make it expired, not a CA, ...).
 func newTestCAWith(t testing.TB, cn string, key crypto.Signer, mod func(*x509.Certificate)) *testCA {
 	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(testSerial.Add(1)),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             testNow.Add(-time.Hour),
-		NotAfter:              testNow.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	if mod != nil {
-		mod(tmpl)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key}
+	return pkitest.NewCA(t, cn, pkitest.Options{Now: testClock, Key: key, Template: mod})
 }
 
-// issue signs tmpl for key's public half.
-func (ca *testCA) issue(t testing.TB, tmpl *x509.Certificate, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	cert, err := ca.tryIssue(tmpl, key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
-// tryIssue is issue for goroutines (no testing.TB).
-func (ca *testCA) tryIssue(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error) {
-	tmpl.SerialNumber = big.NewInt(testSerial.Add(1))
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = testNow.Add(-time.Hour)
-	}
-	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = testNow.Add(365 * 24 * time.Hour)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
+var (
+	ecKey   = pkitest.ECKey
+	p384Key = pkitest.P384Key
+	rsaKey  = pkitest.RSAKey
+	edKey   = pkitest.Ed25519Key
+	certPEM = pkitest.CertPEM
+	keyPEM  = pkitest.KeyPEM // PKCS#8, independently of EncodeKeyPEM
+)
 
 // pkiCA converts to the package's CA type.
-func (ca *testCA) pkiCA(t testing.TB) *CA {
+func pkiCA(t testing.TB, ca *testCA) *CA {
 	t.Helper()
-	return &CA{Cert: ca.cert, Key: ca.key, CertPEM: certPEM(ca.cert), KeyPEM: keyPEM(t, ca.key)}
-}
-
-func certPEM(certs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
-
-// keyPEM encodes key as PKCS#8, independently of EncodeKeyPEM.
-func keyPEM(t testing.TB, key crypto.Signer) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return &CA{Cert: ca.Cert, Key: ca.Key, CertPEM: certPEM(ca.Cert), KeyPEM: keyPEM(t, ca.Key)}
 }
 
 func cat(parts ...[]byte) []byte {
@@ -196,7 +98,7 @@ func kubeadmLeaves(t testing.TB, cluster, frontProxy *testCA) []leafFixture {
 		}
 	}
 	mk := func(name string, ca *testCA, tmpl func(crypto.Signer) *x509.Certificate, key crypto.Signer, usage x509.ExtKeyUsage) leafFixture {
-		return leafFixture{name: name, ca: ca, cert: ca.issue(t, tmpl(key), key), key: key, usage: usage}
+		return leafFixture{name: name, ca: ca, cert: ca.Issue(t, tmpl(key), key), key: key, usage: usage}
 	}
 	srv, cli := x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth
 	return []leafFixture{

@@ -34,11 +34,11 @@ type Options struct {
 	Hold bool
 }
 
-// Build turns a validated inventory into the plan of ROTATION.md (see
-// Config.Plan).
+// Build turns a validated inventory into the plan of docs/rotation.md
+// (see Config.Plan).
 func Build(inv *Inventory, opts Options) *Plan { return inv.Config().Plan(opts) }
 
-// Plan is the plan of ROTATION.md for this configuration: widen trust
+// Plan is the plan of docs/rotation.md for this configuration: widen trust
 // (phases 1-8), switch issuance (9), verify and hold (10-11), narrow trust
 // (12).
 func (c *Config) Plan(opts Options) *Plan {

@@ -3,7 +3,9 @@ package state
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,30 @@ import (
 	"testing"
 	"time"
 )
+
+// Key bytes that no formatting of a CAMaterial may show.
+var (
+	testOldKey = []byte("-----BEGIN EC PRIVATE KEY-----\nb2xkLWtleS1ieXRlcw==\n-----END EC PRIVATE KEY-----\n")
+	testNewKey = []byte("-----BEGIN EC PRIVATE KEY-----\nbmV3LWtleS1ieXRlcw==\n-----END EC PRIVATE KEY-----\n")
+)
+
+// showsBytes reports whether out holds b in one of the forms fmt or
+// encoding/json print a byte slice in: as text, as %v's decimal list, as
+// %#v's Go syntax, in hex, or in base64.
+func showsBytes(out string, b []byte) (form string, ok bool) {
+	for _, f := range []struct{ name, s string }{
+		{"text", string(b)},
+		{"decimal", strings.Trim(fmt.Sprint(b), "[]")},
+		{"Go syntax", strings.TrimPrefix(fmt.Sprintf("%#v", b), "[]byte")},
+		{"hex", fmt.Sprintf("%x", b)},
+		{"base64", base64.StdEncoding.EncodeToString(b)},
+	} {
+		if strings.Contains(out, f.s) {
+			return f.name, true
+		}
+	}
+	return "", false
+}
 
 // suite runs the same assertions against every Store implementation.
 func suite(t *testing.T, open func(t *testing.T) Store) {
@@ -30,7 +56,7 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 			Steps:  []StepRecord{{Key: "distribute/bundle@cp1", Phase: "distribute", Step: "bundle", Target: "cp1", Status: StepDone, Attempts: 1, DoneSeq: 1}},
 			Values: map[string][]byte{"out/x": []byte("v1")},
 			Events: []Event{{Message: "a"}, {Message: "b"}},
-			CAs:    []CAMaterial{{Name: "cluster", NewCert: []byte("C"), NewKey: []byte("K")}},
+			CAs:    []CAMaterial{{Name: "cluster", NewCert: []byte("C"), OldKey: testOldKey, NewKey: testNewKey}},
 		}
 		if err := s.Commit(ctx, cp); err != nil {
 			t.Fatal(err)
@@ -53,11 +79,16 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatalf("stored value was aliased: %q", v2)
 		}
 		ca, ok, _ := s.CA(ctx, "cluster")
-		if !ok || string(ca.NewKey) != "K" {
+		if !ok || !bytes.Equal(ca.NewKey, testNewKey) || !bytes.Equal(ca.OldKey, testOldKey) {
 			t.Fatalf("CA = %v %v", ca, ok)
 		}
-		if strings.Contains(ca.String(), "K") && strings.Contains(ca.String(), "NewKey") {
-			t.Fatalf("CAMaterial.String leaks fields: %s", ca.String())
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+			out := fmt.Sprintf(verb, ca)
+			for _, key := range [][]byte{ca.OldKey, ca.NewKey} {
+				if form, ok := showsBytes(out, key); ok {
+					t.Errorf("CAMaterial formatted with %s shows a key (%s): %s", verb, form, out)
+				}
+			}
 		}
 		evs, _ := s.Events(ctx)
 		if len(evs) != 2 || evs[0].Seq != 1 || evs[1].Seq != 2 || evs[1].Message != "b" {

@@ -3,6 +3,7 @@ package steps
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"sort"
 	"strings"
@@ -368,7 +369,7 @@ func TestRollWorkloads(t *testing.T) {
 			var rolled []string
 			for i, l := range lines {
 				name, count, ok := strings.Cut(strings.TrimPrefix(l, "rolled out "), " (")
-				if !ok || count != sprintf("%d/%d)", i+1, len(tt.ws)) {
+				if !ok || count != fmt.Sprintf("%d/%d)", i+1, len(tt.ws)) {
 					t.Errorf("progress line %q, want \"rolled out <workload> (%d/%d)\"", l, i+1, len(tt.ws))
 				}
 				rolled = append(rolled, name)

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strconv"
-	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -113,10 +112,11 @@ type WebhookCABundles struct{}
 func (WebhookCABundles) Name() string { return "webhook-cabundles" }
 
 func (WebhookCABundles) pending(ctx context.Context, rt *Runtime) ([]caBundleRef, []string, error) {
-	cl, fp, _, _, err := rt.caFiles(ctx)
+	cas, err := rt.runCAs(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	cl, fp := cas.cluster, cas.frontProxy
 	refs, err := rt.caBundleRefs(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -216,10 +216,11 @@ func (s WebhookCABundles) Describe(ctx context.Context, rt *Runtime, t Target) (
 
 // oldOnlyBundles lists caBundles that trust an old CA but not its successor.
 func (rt *Runtime) oldOnlyBundles(ctx context.Context) ([]string, error) {
-	cl, fp, _, _, err := rt.caFiles(ctx)
+	cas, err := rt.runCAs(ctx)
 	if err != nil {
 		return nil, err
 	}
+	cl, fp := cas.cluster, cas.frontProxy
 	refs, err := rt.caBundleRefs(ctx)
 	if err != nil {
 		return nil, err
@@ -235,5 +236,3 @@ func (rt *Runtime) oldOnlyBundles(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
-
-var _ = strings.Join

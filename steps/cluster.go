@@ -91,10 +91,11 @@ func RootCANarrowed() Step {
 func ExtensionAuthWidened() Step {
 	return &waitStep{name: "extension-auth-widened", short: "extension-apiserver-authentication holds the new CAs",
 		cond: func(ctx context.Context, rt *Runtime) (bool, string, error) {
-			cl, fp, _, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return false, "", err
 			}
+			cl, fp := cas.cluster, cas.frontProxy
 			cm, err := rt.Kube.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "extension-apiserver-authentication", metav1.GetOptions{})
 			if err != nil {
 				return false, err.Error(), nil
@@ -306,10 +307,11 @@ func ExtensionAuthNarrowed() Step {
 	return &configMapDataStep{name: "extension-auth-narrowed", short: "extension-apiserver-authentication holds only the new CAs",
 		namespace: metav1.NamespaceSystem, cmName: "extension-apiserver-authentication",
 		want: func(ctx context.Context, rt *Runtime, cur map[string]string) (map[string]string, error) {
-			cl, fp, _, _, err := rt.caFiles(ctx)
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
+			cl, fp := cas.cluster, cas.frontProxy
 			return map[string]string{"client-ca-file": string(cl.NewCert), "requestheader-client-ca-file": string(fp.NewCert)}, nil
 		}}
 }

@@ -1,11 +1,6 @@
 package steps
 
-import (
-	"fmt"
-	"time"
-)
-
-func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+import "time"
 
 // Paths are kubeadm's locations on a node.
 type Paths struct {

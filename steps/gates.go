@@ -60,85 +60,25 @@ var (
 	Scheduler         = Component{Name: "kube-scheduler", Manifest: "kube-scheduler.yaml", HealthPort: 10259}
 )
 
-// processAge is a shell script: for the newest process of the component
-// that shares this shell's network namespace (static control-plane pods
-// use the host network) it prints "<pid> <start-ticks> <ticks-per-second>
-// <uptime> <now> <manifest-mtime>" — the process's start in clock ticks
-// since boot, the node's uptime and the time now and the manifest's mtime
-// as seconds with their fractions — or exits 3 when none runs. Whole
-// seconds are not enough: a restart gate must not take a process that
-// started in the same second as its manifest changed, but before it, for
-// the restarted one.
-const processAge = `set -u
-name=$1; manifest=$2
-self=$(readlink /proc/self/ns/net)
-hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-best=""; bestticks=-1
-for p in $(pgrep -f "(^|/)$name( |$)" || true); do
-  [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$self" ] || continue
-  st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-  set -- $st
-  [ $# -ge 20 ] || continue
-  ticks=${20}
-  if [ "$ticks" -gt "$bestticks" ]; then best=$p; bestticks=$ticks; fi
-done
-[ -n "$best" ] || exit 3
-read up _ < /proc/uptime
-now=$(date +%s.%N)
-m=$(stat -c %.9Y "$manifest" 2>/dev/null) || m=$(stat -c %Y "$manifest" 2>/dev/null) || m=0
-echo "$best $bestticks $hz $up $now $m"
-`
-
 // componentRestarted reports whether the component's newest process on
 // the node started after its manifest was last written.
 func componentRestarted(ctx context.Context, r nodes.Runner, c Component, manifestPath string) (bool, string, error) {
-	res, err := r.Run(ctx, "sh -c "+shellQuote(processAge)+" sh "+shellQuote(c.Name)+" "+shellQuote(manifestPath), nil)
-	var ee *nodes.ExitError
-	if errors.As(err, &ee) && ee.Result.ExitStatus == 3 {
+	p, err := nodes.NewestProcess(ctx, r, c.Name, manifestPath)
+	if err != nil {
+		return false, "", err
+	}
+	if !p.Running {
 		return false, c.Name + " is not running", nil
 	}
-	if err != nil {
-		return false, "", err
-	}
-	pid, newer, err := parseProcessReport(string(res.Stdout))
-	if err != nil {
-		return false, "", err
-	}
-	if !newer {
-		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, pid), nil
+	if !p.StartedAfterWrite {
+		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, p.PID), nil
 	}
 	return true, "", nil
 }
 
-// parseProcessReport reads processAge's line and says whether the process
-// started after the manifest was written: its age (uptime minus its start)
-// is below the manifest's (now minus mtime).
-func parseProcessReport(out string) (pid string, newer bool, err error) {
-	f := strings.Fields(out)
-	if len(f) != 6 {
-		return "", false, fmt.Errorf("unexpected process report %q", out)
-	}
-	var v [5]float64
-	for i := range v {
-		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
-			return "", false, fmt.Errorf("unexpected process report %q: %w", out, err)
-		}
-	}
-	ticks, hz, uptime, now, mtime := v[0], v[1], v[2], v[3], v[4]
-	if hz <= 0 {
-		return "", false, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
-	}
-	processAge := uptime - ticks/hz
-	manifestAge := now - mtime
-	return f[0], processAge < manifestAge, nil
-}
-
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
 // localHealthy asks the component's local healthz port on the node.
 func localHealthy(ctx context.Context, r nodes.Runner, port int) (bool, string, error) {
-	cmd := fmt.Sprintf("curl -sk --max-time 5 https://127.0.0.1:%d/healthz", port)
-	res, err := r.Run(ctx, cmd, nil)
+	body, err := nodes.LocalHealthz(ctx, r, port)
 	if err != nil {
 		var ee *nodes.ExitError
 		if errors.As(err, &ee) {
@@ -146,8 +86,8 @@ func localHealthy(ctx context.Context, r nodes.Runner, port int) (bool, string, 
 		}
 		return false, "", err
 	}
-	if strings.TrimSpace(string(res.Stdout)) != "ok" {
-		return false, fmt.Sprintf("healthz on port %d says %q", port, strings.TrimSpace(string(res.Stdout))), nil
+	if body != "ok" {
+		return false, fmt.Sprintf("healthz on port %d says %q", port, body), nil
 	}
 	return true, "", nil
 }

@@ -1,6 +1,6 @@
 package steps_test
 
-// The one invariant of ROTATION.md, for the files on the nodes: a file that
+// The one invariant of docs/rotation.md, for the files on the nodes: a file that
 // a running component reads dynamically is never narrowed in place (a CA
 // certificate taken out of it, or the file removed) before that component
 // has been restarted onto other flags and passed its restart gate.
@@ -96,34 +96,12 @@ func runModel(t *testing.T, cp, worker layout, kill bool) {
 	ctx := context.Background()
 	m := &model{}
 	cpn, wn := m.addNode(cpNode, cp), m.addNode(workerNode, worker)
-	cfg := steps.TestConfig([]string{cpNode}, []string{workerNode})
-	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new"}
 	st := steps.NewTestStore()
-	runtime := func(store steps.Store, backupID string) *steps.Runtime {
-		return &steps.Runtime{RunID: "20260101-000000-model", BackupID: backupID, Store: store,
-			Nodes: steps.MemNodes{cpNode: cpn, workerNode: wn}, Out: &steps.Outputs{}, Config: cfg, Gates: steps.GateFunc(m.gate)}
-	}
-	cpT, wT := steps.Target{Node: cpNode, Role: steps.RoleControlPlane}, steps.Target{Node: workerNode, Role: steps.RoleWorker}
-
-	// Preflight as the plan runs it: the real NewCAs and PrepareCerts make
-	// the CAs and the certificates later steps read from the store.
+	runtime := modelRuntime(steps.MemNodes{cpNode: cpn, workerNode: wn}, steps.GateFunc(m.gate))
 	m.begin("preflight", "apply", "")
-	rt := runtime(st, "preflight")
-	if err := (steps.NewCAs{}).Apply(ctx, rt, steps.ClusterTarget); err != nil {
-		t.Fatal(err)
-	}
-	st.Commit(rt.Out)
-	for _, tg := range []steps.Target{cpT, wT} {
-		rt := runtime(st, "preflight")
-		if err := (steps.PrepareCerts{}).Apply(ctx, rt, tg); err != nil {
-			t.Fatal(err)
-		}
-		st.Commit(rt.Out)
-	}
+	prepare(t, st, runtime)
 	before := m.files()
 
-	plan := plans.Build(&plans.Inventory{Nodes: plans.NodesSpec{
-		ControlPlane: []plans.NodeSpec{{Name: cpNode}}, Workers: []plans.NodeSpec{{Name: workerNode}}}}, plans.Options{})
 	type applied struct {
 		key string
 		s   *steps.NodeEdit
@@ -131,32 +109,16 @@ func runModel(t *testing.T, cp, worker layout, kill bool) {
 		rt  *steps.Runtime
 	}
 	var done []applied
-	for _, ph := range plan.Phases {
-		for _, ps := range ph.Steps {
-			s, ok := ps.Step.(*steps.NodeEdit)
-			if !ok {
-				continue // cluster steps change API objects, not node files
-			}
-			for _, tg := range ps.Targets {
-				key := ph.Name + "/" + s.Name()
-				rt := runtime(st.ForStep(), backupID(key+"@"+tg.Node))
-				m.begin(key, "apply", tg.Node)
-				if err := s.Apply(ctx, rt, tg); err != nil {
-					t.Fatalf("apply %s on %s: %v", key, tg.Node, err)
-				}
-				if err := s.Gate(ctx, rt, tg); err != nil {
-					t.Fatalf("gate %s on %s: %v", key, tg.Node, err)
-				}
-				done = append(done, applied{key, s, tg, rt})
-			}
+	for _, ns := range planNodeSteps(t) {
+		rt := runtime(st.ForStep(), backupID(ns.key+"@"+ns.t.Node))
+		m.begin(ns.key, "apply", ns.t.Node)
+		if err := ns.s.Apply(ctx, rt, ns.t); err != nil {
+			t.Fatalf("apply %s on %s: %v", ns.key, ns.t.Node, err)
 		}
-	}
-	kinds := map[string]bool{}
-	for _, d := range done {
-		kinds[strings.TrimSuffix(strings.TrimSuffix(d.key, "-cp"), "-workers")] = true
-	}
-	if len(kinds) < 13 {
-		t.Fatalf("the plan has %d kinds of node step; the model was written for the thirteen from distribute to cleanup", len(kinds))
+		if err := ns.s.Gate(ctx, rt, ns.t); err != nil {
+			t.Fatalf("gate %s on %s: %v", ns.key, ns.t.Node, err)
+		}
+		done = append(done, applied{ns.key, ns.s, ns.t, rt})
 	}
 	for i := len(done) - 1; i >= 0; i-- {
 		d := done[i]
@@ -211,6 +173,77 @@ func runModel(t *testing.T, cp, worker layout, kill bool) {
 			t.Errorf("after rollback %s is %s, before the run it was %s", p, describe(after[p]), describe(before[p]))
 		}
 	}
+}
+
+var (
+	cpTarget     = steps.Target{Node: cpNode, Role: steps.RoleControlPlane}
+	workerTarget = steps.Target{Node: workerNode, Role: steps.RoleWorker}
+)
+
+// modelRuntime returns the runtime a step gets on the nodes, with the
+// given store and backup id (the orchestrator's per-step scope).
+func modelRuntime(ns steps.MemNodes, gates steps.Gates) func(store steps.Store, backupID string) *steps.Runtime {
+	cfg := steps.TestConfig([]string{cpNode}, []string{workerNode})
+	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new"}
+	return func(store steps.Store, backupID string) *steps.Runtime {
+		return &steps.Runtime{RunID: "20260101-000000-model", BackupID: backupID, Store: store,
+			Nodes: ns, Out: &steps.Outputs{}, Config: cfg, Gates: gates}
+	}
+}
+
+// prepare runs preflight as the plan does: the real NewCAs and
+// PrepareCerts make the CAs and the certificates that later steps read
+// from the store.
+func prepare(t *testing.T, st *steps.TestStore, runtime func(steps.Store, string) *steps.Runtime) {
+	t.Helper()
+	ctx := context.Background()
+	rt := runtime(st, "preflight")
+	if err := (steps.NewCAs{}).Apply(ctx, rt, steps.ClusterTarget); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(rt.Out)
+	for _, tg := range []steps.Target{cpTarget, workerTarget} {
+		rt := runtime(st, "preflight")
+		if err := (steps.PrepareCerts{}).Apply(ctx, rt, tg); err != nil {
+			t.Fatal(err)
+		}
+		st.Commit(rt.Out)
+	}
+}
+
+// nodeStep is one node-editing step of the plan on one target.
+type nodeStep struct {
+	key string // phase/step
+	s   *steps.NodeEdit
+	t   steps.Target
+}
+
+// planNodeSteps is every node-editing step of the real plan (plans.Build)
+// on a control-plane node and a worker, in plan order. Cluster steps
+// change API objects, not node files, and are left out.
+func planNodeSteps(t *testing.T) []nodeStep {
+	t.Helper()
+	plan := plans.Build(&plans.Inventory{Nodes: plans.NodesSpec{
+		ControlPlane: []plans.NodeSpec{{Name: cpNode}}, Workers: []plans.NodeSpec{{Name: workerNode}}}}, plans.Options{})
+	var out []nodeStep
+	kinds := map[string]bool{}
+	for _, ph := range plan.Phases {
+		for _, ps := range ph.Steps {
+			s, ok := ps.Step.(*steps.NodeEdit)
+			if !ok {
+				continue
+			}
+			key := ph.Name + "/" + s.Name()
+			kinds[strings.TrimSuffix(strings.TrimSuffix(key, "-cp"), "-workers")] = true
+			for _, tg := range ps.Targets {
+				out = append(out, nodeStep{key, s, tg})
+			}
+		}
+	}
+	if len(kinds) < 13 {
+		t.Fatalf("the plan has %d kinds of node step; the tests were written for the thirteen from distribute to cleanup", len(kinds))
+	}
+	return out
 }
 
 // model tracks, per node and component, the configurations that may be
@@ -310,21 +343,32 @@ func (m *model) restore(w worldState) {
 }
 
 // files is every node's state outside rotate's own directory, by
-// "node:path": mode, owner and content, or "-> target" for a link.
+// "node:path" (see nodeFiles).
 func (m *model) files() map[string]string {
 	out := map[string]string{}
 	for name, n := range m.nodes {
-		quiet := n.Clone() // its operations are not the model's
-		for _, p := range quiet.Paths() {
-			if strings.HasPrefix(p, rotateDir) {
-				continue
-			}
-			if l, ok := quiet.Link(p); ok {
-				out[name+":"+p] = "-> " + l
-			} else if b, ok := quiet.File(p); ok {
-				fi, _ := quiet.Stat(context.Background(), p)
-				out[name+":"+p] = fmt.Sprintf("%v %d:%d ", fi.Mode, fi.UID, fi.GID) + string(b)
-			}
+		for p, v := range nodeFiles(n.MemRunner) {
+			out[name+":"+p] = v
+		}
+	}
+	return out
+}
+
+// nodeFiles is r's state outside rotate's own directory, by path: mode,
+// owner and content, or "-> target" for a link. It reads a copy of r, so
+// r records no operation.
+func nodeFiles(r *nodes.MemRunner) map[string]string {
+	out := map[string]string{}
+	quiet := r.Clone()
+	for _, p := range quiet.Paths() {
+		if strings.HasPrefix(p, rotateDir) {
+			continue
+		}
+		if l, ok := quiet.Link(p); ok {
+			out[p] = "-> " + l
+		} else if b, ok := quiet.File(p); ok {
+			fi, _ := quiet.Stat(context.Background(), p)
+			out[p] = fmt.Sprintf("%v %d:%d ", fi.Mode, fi.UID, fi.GID) + string(b)
 		}
 	}
 	return out
@@ -354,15 +398,24 @@ var (
 	_ nodes.ExactWriter = (*modelNode)(nil)
 )
 
-func (m *model) addNode(name string, l layout) *modelNode {
+// memNode is an in-memory node holding the layout's files.
+func memNode(name string, l layout) *nodes.MemRunner {
 	r := nodes.NewMemRunner(name)
 	for _, p := range slices.Sorted(maps.Keys(l)) {
-		if f := l[p]; f.link != "" {
+		switch f := l[p]; {
+		case f.link != "":
 			r.SetSymlink(f.link, p)
-		} else {
+		case f.uid != 0 || f.gid != 0:
+			r.SetFileOwner(p, f.data, f.mode, f.uid, f.gid, fmt.Sprintf("user%d", f.uid), fmt.Sprintf("group%d", f.gid))
+		default:
 			r.SetFile(p, f.data, f.mode)
 		}
 	}
+	return r
+}
+
+func (m *model) addNode(name string, l layout) *modelNode {
+	r := memNode(name, l)
 	n := &modelNode{m: m}
 	n.setRunner(r)
 	for _, p := range r.Paths() {
@@ -579,9 +632,10 @@ func describe(s string) string {
 type layout map[string]fileSpec
 
 type fileSpec struct {
-	data []byte
-	mode fs.FileMode
-	link string // a symlink to this target
+	data     []byte
+	mode     fs.FileMode
+	uid, gid int    // owner; 0:0 is root
+	link     string // a symlink to this target
 }
 
 // kubeadmLayout is what the real kubeadm writes on a control-plane node;

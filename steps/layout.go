@@ -15,7 +15,6 @@ const (
 	workloadAnnotation  = "rotate.kubeca.io/restartedAt"
 	kubeletClientLink   = "kubelet-client-current.pem"
 	kubeconfigAdmin     = "admin.conf"
-	kubeconfigSuper     = "super-admin.conf"
 	kubeconfigKCM       = "controller-manager.conf"
 	kubeconfigScheduler = "scheduler.conf"
 	kubeconfigKubelet   = "kubelet.conf"
@@ -40,18 +39,6 @@ var controlPlaneLeaves = []leafFile{
 	{"apiserver", CACluster},
 	{"apiserver-kubelet-client", CACluster},
 	{"front-proxy-client", CAFrontProxy},
-}
-
-// client kubeconfigs on control-plane nodes; super-admin.conf exists only
-// on the node kubeadm init ran on (1.29+).
-var controlPlaneKubeconfigs = []struct {
-	name     string
-	optional bool
-}{
-	{kubeconfigAdmin, false},
-	{kubeconfigSuper, true},
-	{kubeconfigKCM, false},
-	{kubeconfigScheduler, false},
 }
 
 // nodeNames is every node of the inventory, control plane first.

@@ -2,6 +2,7 @@ package steps
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"sort"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
+	"github.com/kubeca/rotate/steps/fileedit"
 )
 
 // NodeEdit is the shape of most node steps: a set of idempotent file
@@ -22,7 +24,7 @@ import (
 type NodeEdit struct {
 	StepName string
 	// Edits computes the edits for a target from the run's state.
-	Edits func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error)
+	Edits func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error)
 	// Restart lists the static pods restarted by the step.
 	Restart []Component
 	// Kubelet restarts the kubelet after the edits.
@@ -36,7 +38,7 @@ type NodeEdit struct {
 func (s *NodeEdit) Name() string { return s.StepName }
 
 // allEdits adds the restart annotation bump of every restarted component.
-func (s *NodeEdit) allEdits(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+func (s *NodeEdit) allEdits(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 	edits, err := s.Edits(ctx, rt, t)
 	if err != nil {
 		return nil, err
@@ -48,13 +50,29 @@ func (s *NodeEdit) allEdits(ctx context.Context, rt *Runtime, t Target) ([]fileE
 }
 
 // prepare connects to the target and computes its edits.
-func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Runner, []fileEdit, error) {
+func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Runner, []fileedit.Edit, error) {
 	r, err := rt.node(ctx, t)
 	if err != nil {
 		return nil, nil, err
 	}
 	edits, err := s.allEdits(ctx, rt, t)
 	return r, edits, err
+}
+
+func (rt *Runtime) node(ctx context.Context, t Target) (nodes.Runner, error) {
+	if t.Node == "" {
+		return nil, errors.New("step needs a node target")
+	}
+	r, err := rt.Nodes.Node(ctx, t.Node)
+	if err != nil {
+		return nil, fmt.Errorf("connect to node %s: %w", t.Node, err)
+	}
+	return r, nil
+}
+
+// backups is where this step's edits keep what they change.
+func (rt *Runtime) backups() fileedit.Backups {
+	return fileedit.Backups{Store: rt.Store, Dir: rt.Config.Paths.BackupDir, ID: rt.BackupID}
 }
 
 func (rt *Runtime) kubeletMarker() string {
@@ -66,7 +84,7 @@ func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, erro
 	if err != nil {
 		return false, err
 	}
-	done, err := editsInPlace(ctx, r, edits)
+	done, err := fileedit.InPlace(ctx, r, edits)
 	if err != nil || !done || !s.Kubelet {
 		return done, err
 	}
@@ -79,7 +97,7 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
-	if _, err := applyEdits(ctx, rt, r, edits); err != nil {
+	if _, err := fileedit.Apply(ctx, r, rt.backups(), edits); err != nil {
 		return err
 	}
 	if s.Kubelet {
@@ -94,7 +112,7 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 // markKubelet writes the step's kubelet marker: Apply after restarting the
 // kubelet (Check needs it), Revert before restoring anything (see there).
 func (rt *Runtime) markKubelet(ctx context.Context, r nodes.Runner, note string) error {
-	if _, err := r.Run(ctx, "mkdir -p -m 0700 "+shellQuote(rt.Config.kubeletMarkerDir()), nil); err != nil {
+	if err := nodes.MakeDir(ctx, r, rt.Config.kubeletMarkerDir(), 0o700); err != nil {
 		return err
 	}
 	if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte(note), 0o600); err != nil {
@@ -117,9 +135,9 @@ func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
 
 // Revert restores this step's backups without ever narrowing, in place,
 // a file that a component still running with the step's configuration
-// reads dynamically (ROTATION.md's invariant, held on the way back too):
+// reads dynamically (docs/rotation.md's invariant, held on the way back too):
 //
-//  1. early restorations (planRestore): config files, kubeconfigs and
+//  1. early restorations (fileedit.PlanRestore): config files, kubeconfigs and
 //     leaf certificates, then the manifests, whose change restarts the
 //     static pods;
 //  2. the kubelet restarts by its restart command; then, if late
@@ -140,16 +158,16 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
-	stages, err := planRestore(ctx, rt, r, editPaths(edits))
+	stages, err := fileedit.PlanRestore(ctx, r, rt.Store, rt.Config.Paths.ManifestsDir, fileedit.Paths(edits))
 	if err != nil {
 		return err
 	}
-	if s.Kubelet && len(stages.early)+len(stages.late) > 0 {
+	if s.Kubelet && len(stages.Early)+len(stages.Late) > 0 {
 		if err := rt.markKubelet(ctx, r, "kubelet restart owed by a revert\n"); err != nil {
 			return err
 		}
 	}
-	if err := restoreBackups(ctx, r, stages.early); err != nil {
+	if err := fileedit.Restore(ctx, r, stages.Early); err != nil {
 		return err
 	}
 	if s.Kubelet {
@@ -163,11 +181,11 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 			}
 		}
 	}
-	if len(stages.late) > 0 {
+	if len(stages.Late) > 0 {
 		if err := s.Gate(ctx, rt, t); err != nil {
 			return err
 		}
-		if err := restoreBackups(ctx, r, stages.late); err != nil {
+		if err := fileedit.Restore(ctx, r, stages.Late); err != nil {
 			return err
 		}
 	}
@@ -186,7 +204,7 @@ func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]strin
 	if err != nil {
 		return nil, err
 	}
-	out, err := describeEdits(ctx, r, edits)
+	out, err := fileedit.Describe(ctx, r, edits)
 	if err != nil {
 		return nil, err
 	}
@@ -199,12 +217,35 @@ func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]strin
 	return out, nil
 }
 
-// Order implements Orderer: with LeaderLast, the current leader goes last.
-func (s *NodeEdit) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
-	if s.LeaderLast == nil {
-		return targets
+// Orderer is implemented by steps that may choose the order of their
+// targets at run time.
+type Orderer interface {
+	// Ordering is how the step orders its targets, or nil when it keeps
+	// the planned order.
+	Ordering() *Ordering
+}
+
+// OrderingOf is s's Ordering, or nil when s keeps the planned order.
+func OrderingOf(s Step) *Ordering {
+	if o, ok := s.(Orderer); ok {
+		return o.Ordering()
 	}
-	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, s.LeaderLast.Name, metav1.GetOptions{})
+	return nil
+}
+
+// Ordering puts the node that holds a component's leader lease last, so
+// that standbys go first and leadership moves once.
+type Ordering struct {
+	LeaderLast Component
+}
+
+// String is the ordering as `rotate plan` shows it.
+func (o *Ordering) String() string { return "current leader last" }
+
+// Order returns targets with the current holder of the leader lease last:
+// a permutation of targets, unchanged when the lease cannot be read.
+func (o *Ordering) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
+	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, o.LeaderLast.Name, metav1.GetOptions{})
 	if err != nil || lease.Spec.HolderIdentity == nil {
 		return targets
 	}
@@ -219,22 +260,19 @@ func (s *NodeEdit) Order(ctx context.Context, rt *Runtime, targets []Target) []T
 	return out
 }
 
-// Orderer is implemented by steps that choose the order of their targets
-// at run time (for example the leader last). Order must return a
-// permutation of targets.
-type Orderer interface {
-	// Orders reports whether this step reorders at all.
-	Orders() bool
-	Order(ctx context.Context, rt *Runtime, targets []Target) []Target
+// Ordering implements Orderer: with LeaderLast, the current leader goes
+// last.
+func (s *NodeEdit) Ordering() *Ordering {
+	if s.LeaderLast == nil {
+		return nil
+	}
+	return &Ordering{LeaderLast: *s.LeaderLast}
 }
-
-// Orders implements Orderer.
-func (s *NodeEdit) Orders() bool { return s.LeaderLast != nil }
 
 // bumpManifest sets the restart annotation to a value unique to this step
 // and target, so the static pod restarts exactly once for it.
-func bumpManifest(rt *Runtime, c Component) fileEdit {
-	return fileEdit{path: rt.Config.manifest(c), fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+func bumpManifest(rt *Runtime, c Component) fileedit.Edit {
+	return fileedit.Edit{Path: rt.Config.manifest(c), Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("manifest %s is missing", rt.Config.manifest(c))
 		}
@@ -245,7 +283,7 @@ func bumpManifest(rt *Runtime, c Component) fileEdit {
 
 // setFlags is a manifest edit that sets command flags of the component's
 // container. Flags in onlyIfSet are changed only when already present.
-func setFlags(rt *Runtime, c Component, flags map[string]string, onlyIfSet ...string) fileEdit {
+func setFlags(rt *Runtime, c Component, flags map[string]string, onlyIfSet ...string) fileedit.Edit {
 	only := map[string]bool{}
 	for _, f := range onlyIfSet {
 		only[f] = true
@@ -256,7 +294,7 @@ func setFlags(rt *Runtime, c Component, flags map[string]string, onlyIfSet ...st
 	}
 	sort.Strings(names)
 	p := rt.Config.manifest(c)
-	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+	return fileedit.Edit{Path: p, Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("manifest %s is missing", p)
 		}
@@ -280,8 +318,8 @@ func setFlags(rt *Runtime, c Component, flags map[string]string, onlyIfSet ...st
 }
 
 // kubeconfigCA is an edit setting a kubeconfig's CA data.
-func kubeconfigCA(path string, ca []byte, optional bool) fileEdit {
-	return fileEdit{path: path, optional: optional, mode: 0o600, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+func kubeconfigCA(path string, ca []byte, optional bool) fileedit.Edit {
+	return fileedit.Edit{Path: path, Optional: optional, Mode: 0o600, Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("%s is missing", path)
 		}
@@ -291,8 +329,8 @@ func kubeconfigCA(path string, ca []byte, optional bool) fileEdit {
 }
 
 // kubeconfigCAAndCert sets CA data and the current user's client cert.
-func kubeconfigCAAndCert(path string, ca, cert, key []byte, optional bool) fileEdit {
-	return fileEdit{path: path, optional: optional, mode: 0o600, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+func kubeconfigCAAndCert(path string, ca, cert, key []byte, optional bool) fileedit.Edit {
+	return fileedit.Edit{Path: path, Optional: optional, Mode: 0o600, Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("%s is missing", path)
 		}
@@ -306,9 +344,9 @@ func kubeconfigCAAndCert(path string, ca, cert, key []byte, optional bool) fileE
 }
 
 // kubeletClientCA sets the kubelet config's authentication.x509.clientCAFile.
-func kubeletClientCA(rt *Runtime, file string) fileEdit {
+func kubeletClientCA(rt *Runtime, file string) fileedit.Edit {
 	p := rt.Config.Paths.KubeletConfig
-	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+	return fileedit.Edit{Path: p, Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("%s is missing", p)
 		}

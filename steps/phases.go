@@ -7,43 +7,56 @@ import (
 
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
+	"github.com/kubeca/rotate/steps/fileedit"
 )
 
 // The node steps of the twelve phases. Each is a NodeEdit whose edits are
 // computed from the run's CA material, so they are the same bytes on every
 // attempt.
 
-func (rt *Runtime) caFiles(ctx context.Context) (cluster, fp CAPair, b, fb []byte, err error) {
-	if cluster, err = rt.caPair(ctx, CACluster); err != nil {
-		return
+// runCAs is the run's CA material as the steps write it to nodes and
+// objects.
+type runCAs struct {
+	cluster, frontProxy CAPair
+	// bundle and frontProxyBundle are old+new, PEM.
+	bundle, frontProxyBundle []byte
+}
+
+func (rt *Runtime) runCAs(ctx context.Context) (runCAs, error) {
+	var m runCAs
+	var err error
+	if m.cluster, err = rt.caPair(ctx, CACluster); err != nil {
+		return runCAs{}, err
 	}
-	if fp, err = rt.caPair(ctx, CAFrontProxy); err != nil {
-		return
+	if m.frontProxy, err = rt.caPair(ctx, CAFrontProxy); err != nil {
+		return runCAs{}, err
 	}
-	b, fb, err = rt.bundles(ctx)
-	return
+	if m.bundle, m.frontProxyBundle, err = rt.bundles(ctx); err != nil {
+		return runCAs{}, err
+	}
+	return m, nil
 }
 
 // Distribute puts the new CAs and the bundles on control-plane nodes and
 // the cluster bundle on workers. kubeadm's ca.crt is untouched.
 func Distribute() *NodeEdit {
 	return &NodeEdit{StepName: "distribute", Short: "new CA files and bundles next to kubeadm's",
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, fp, b, fb, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
 			if t.Role != RoleControlPlane {
-				return []fileEdit{setContent(c.pki(fileCABundle), b, 0o644)}, nil
+				return []fileedit.Edit{fileedit.SetContent(c.pki(fileCABundle), cas.bundle, 0o644)}, nil
 			}
-			return []fileEdit{
-				setContent(c.pki(fileNewCACert), cl.NewCert, 0o644),
-				setContent(c.pki(fileNewCAKey), cl.NewKey, 0o600),
-				setContent(c.pki(fileNewFPCACert), fp.NewCert, 0o644),
-				setContent(c.pki(fileNewFPCAKey), fp.NewKey, 0o600),
-				setContent(c.pki(fileCABundle), b, 0o644),
-				setContent(c.pki(fileFPCABundle), fb, 0o644),
+			return []fileedit.Edit{
+				fileedit.SetContent(c.pki(fileNewCACert), cas.cluster.NewCert, 0o644),
+				fileedit.SetContent(c.pki(fileNewCAKey), cas.cluster.NewKey, 0o600),
+				fileedit.SetContent(c.pki(fileNewFPCACert), cas.frontProxy.NewCert, 0o644),
+				fileedit.SetContent(c.pki(fileNewFPCAKey), cas.frontProxy.NewKey, 0o600),
+				fileedit.SetContent(c.pki(fileCABundle), cas.bundle, 0o644),
+				fileedit.SetContent(c.pki(fileFPCABundle), cas.frontProxyBundle, 0o644),
 			}, nil
 		}}
 }
@@ -53,9 +66,9 @@ func Distribute() *NodeEdit {
 func KCMTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "kcm-trust-both", Short: "controller-manager trusts old+new",
 		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			return []fileEdit{setFlags(rt, ControllerManager, map[string]string{
+			return []fileedit.Edit{setFlags(rt, ControllerManager, map[string]string{
 				"root-ca-file":                 c.pki(fileCABundle),
 				"client-ca-file":               c.pki(fileCABundle),
 				"requestheader-client-ca-file": c.pki(fileFPCABundle),
@@ -68,9 +81,9 @@ func KCMTrustBoth() *NodeEdit {
 func APIServerTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "apiserver-trust-both", Short: "apiserver trusts old+new",
 		Restart: []Component{APIServer},
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			return []fileEdit{setFlags(rt, APIServer, map[string]string{
+			return []fileedit.Edit{setFlags(rt, APIServer, map[string]string{
 				"client-ca-file":                c.pki(fileCABundle),
 				"requestheader-client-ca-file":  c.pki(fileFPCABundle),
 				"kubelet-certificate-authority": c.pki(fileCABundle),
@@ -84,14 +97,14 @@ func APIServerTrustBoth() *NodeEdit {
 func SchedulerTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "scheduler-trust-both", Short: "scheduler trusts old+new",
 		Restart: []Component{Scheduler}, LeaderLast: &Scheduler,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
-			return []fileEdit{
-				kubeconfigCA(c.kubeDir(kubeconfigScheduler), b, false),
+			return []fileedit.Edit{
+				kubeconfigCA(c.kubeDir(kubeconfigScheduler), cas.bundle, false),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCABundle)}, "client-ca-file"),
 			}, nil
 		}}
@@ -102,28 +115,28 @@ func SchedulerTrustBoth() *NodeEdit {
 func Kubeconfigs() *NodeEdit {
 	return &NodeEdit{StepName: "kubeconfigs", Short: "kubeconfigs: CA bundle, client certs from the new CA",
 		Restart: []Component{ControllerManager, Scheduler},
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
-			var edits []fileEdit
-			for _, kc := range controlPlaneKubeconfigs {
-				crt, ok1, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".crt"))
+			var edits []fileedit.Edit
+			for _, kc := range edit.ControlPlaneKubeconfigs {
+				crt, ok1, err := rt.Store.Value(ctx, prepKey(t.Node, kc.Name+".crt"))
 				if err != nil {
 					return nil, err
 				}
-				key, ok2, err := rt.Store.Value(ctx, prepKey(t.Node, kc.name+".key"))
+				key, ok2, err := rt.Store.Value(ctx, prepKey(t.Node, kc.Name+".key"))
 				if err != nil {
 					return nil, err
 				}
 				if !ok1 || !ok2 {
-					if kc.optional {
+					if kc.Optional {
 						continue
 					}
-					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.name, t.Node)
+					return nil, fmt.Errorf("no prepared client certificate for %s on %s", kc.Name, t.Node)
 				}
-				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.name), b, crt, key, kc.optional))
+				edits = append(edits, kubeconfigCAAndCert(rt.Config.kubeDir(kc.Name), cas.bundle, crt, key, kc.Optional))
 			}
 			return edits, nil
 		}}
@@ -134,7 +147,7 @@ func Kubeconfigs() *NodeEdit {
 func CCMTrustBoth() *NodeEdit {
 	ccm := Component{Name: "cloud-controller-manager", Manifest: "cloud-controller-manager.yaml", HealthPort: 10258}
 	s := &NodeEdit{StepName: "ccm-trust-both", Short: "cloud-controller-manager trusts old+new (if present)"}
-	s.Edits = func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+	s.Edits = func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 		r, err := rt.node(ctx, t)
 		if err != nil {
 			return nil, err
@@ -147,7 +160,7 @@ func CCMTrustBoth() *NodeEdit {
 			rt.Printf("no cloud-controller-manager manifest on %s: nothing to do", t.Node)
 			return nil, nil
 		}
-		return []fileEdit{setFlags(rt, ccm, map[string]string{"root-ca-file": rt.Config.pki(fileCABundle)}), bumpManifest(rt, ccm)}, nil
+		return []fileedit.Edit{setFlags(rt, ccm, map[string]string{"root-ca-file": rt.Config.pki(fileCABundle)}), bumpManifest(rt, ccm)}, nil
 	}
 	return s
 }
@@ -157,15 +170,15 @@ func CCMTrustBoth() *NodeEdit {
 // verify the apiserver with both.
 func KubeletTrustBoth(name string) *NodeEdit {
 	return &NodeEdit{StepName: name, Short: "kubelet trusts old+new", Kubelet: true,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			_, _, b, _, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
-			return []fileEdit{
+			return []fileedit.Edit{
 				kubeletClientCA(rt, c.pki(fileCABundle)),
-				kubeconfigCA(c.kubeDir(kubeconfigKubelet), b, false),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cas.bundle, false),
 			}, nil
 		}}
 }
@@ -176,9 +189,9 @@ func KubeletTrustBoth(name string) *NodeEdit {
 func SwitchIssuance() *NodeEdit {
 	return &NodeEdit{StepName: "switch-issuance", Short: "signer and apiserver certificates from the new CAs",
 		Restart: []Component{APIServer, ControllerManager},
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			var edits []fileEdit
+			var edits []fileedit.Edit
 			for _, lf := range controlPlaneLeaves {
 				for _, ext := range []string{".crt", ".key"} {
 					v, ok, err := rt.Store.Value(ctx, prepKey(t.Node, lf.name+ext))
@@ -192,7 +205,7 @@ func SwitchIssuance() *NodeEdit {
 					if ext == ".key" {
 						mode = 0o600
 					}
-					edits = append(edits, setContent(c.pki(lf.name+ext), v, mode))
+					edits = append(edits, fileedit.SetContent(c.pki(lf.name+ext), v, mode))
 				}
 			}
 			edits = append(edits, setFlags(rt, ControllerManager, map[string]string{
@@ -209,7 +222,7 @@ func SwitchIssuance() *NodeEdit {
 // kubelet-client-current.pem link is repointed atomically.
 func KubeletClientCert(name string) *NodeEdit {
 	return &NodeEdit{StepName: name, Short: "kubelet client certificate from the new CA", Kubelet: true,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			pemBytes, ok, err := rt.Store.Value(ctx, prepKey(t.Node, "kubelet-client.pem"))
 			if err != nil {
 				return nil, err
@@ -220,9 +233,9 @@ func KubeletClientCert(name string) *NodeEdit {
 			c := rt.Config
 			file := c.kubeletPKI("kubelet-client-" + rt.RunID + ".pem")
 			link := c.kubeletPKI(kubeletClientLink)
-			return []fileEdit{
-				setContent(file, pemBytes, 0o600),
-				symlinkEdit(link, file),
+			return []fileedit.Edit{
+				fileedit.SetContent(file, pemBytes, 0o600),
+				fileedit.Symlink(link, file),
 				kubeletConfEmbedded(c.kubeDir(kubeconfigKubelet), pemBytes),
 			}, nil
 		}}
@@ -232,8 +245,8 @@ func KubeletClientCert(name string) *NodeEdit {
 func NarrowKCMRootCA() *NodeEdit {
 	return &NodeEdit{StepName: "kcm-root-ca-new", Short: "controller-manager publishes only the new CA",
 		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			return []fileEdit{setFlags(rt, ControllerManager, map[string]string{"root-ca-file": rt.Config.pki(fileNewCACert)})}, nil
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			return []fileedit.Edit{setFlags(rt, ControllerManager, map[string]string{"root-ca-file": rt.Config.pki(fileNewCACert)})}, nil
 		}}
 }
 
@@ -244,17 +257,17 @@ func NarrowKCMRootCA() *NodeEdit {
 func ControlPlaneCanonical() *NodeEdit {
 	return &NodeEdit{StepName: "control-plane-canonical", Short: "control plane on the new CAs at kubeadm's paths",
 		Restart: []Component{APIServer, ControllerManager, Scheduler},
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, fp, _, _, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
-			edits := []fileEdit{
-				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
-				setContent(c.pki(fileCAKey), cl.NewKey, 0o600),
-				setContent(c.pki(fileFPCACert), fp.NewCert, 0o644),
-				setContent(c.pki(fileFPCAKey), fp.NewKey, 0o600),
+			edits := []fileedit.Edit{
+				fileedit.SetContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
+				fileedit.SetContent(c.pki(fileCAKey), cas.cluster.NewKey, 0o600),
+				fileedit.SetContent(c.pki(fileFPCACert), cas.frontProxy.NewCert, 0o644),
+				fileedit.SetContent(c.pki(fileFPCAKey), cas.frontProxy.NewKey, 0o600),
 				setFlags(rt, APIServer, map[string]string{
 					"client-ca-file":                c.pki(fileCACert),
 					"requestheader-client-ca-file":  c.pki(fileFPCACert),
@@ -269,8 +282,8 @@ func ControlPlaneCanonical() *NodeEdit {
 				}),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
 			}
-			for _, kc := range controlPlaneKubeconfigs {
-				edits = append(edits, kubeconfigCA(c.kubeDir(kc.name), cl.NewCert, kc.optional))
+			for _, kc := range edit.ControlPlaneKubeconfigs {
+				edits = append(edits, kubeconfigCA(c.kubeDir(kc.Name), cas.cluster.NewCert, kc.Optional))
 			}
 			return edits, nil
 		}}
@@ -280,16 +293,16 @@ func ControlPlaneCanonical() *NodeEdit {
 // canonical ca.crt.
 func KubeletNarrow(name string) *NodeEdit {
 	return &NodeEdit{StepName: name, Short: "kubelet trusts only the new CA", Kubelet: true,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
-			cl, _, _, _, err := rt.caFiles(ctx)
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
+			cas, err := rt.runCAs(ctx)
 			if err != nil {
 				return nil, err
 			}
 			c := rt.Config
-			return []fileEdit{
-				setContent(c.pki(fileCACert), cl.NewCert, 0o644),
+			return []fileedit.Edit{
+				fileedit.SetContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
 				kubeletClientCA(rt, c.pki(fileCACert)),
-				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cl.NewCert, false),
+				kubeconfigCA(c.kubeDir(kubeconfigKubelet), cas.cluster.NewCert, false),
 			}, nil
 		}}
 }
@@ -297,35 +310,29 @@ func KubeletNarrow(name string) *NodeEdit {
 // Cleanup removes the files rotate added.
 func Cleanup() *NodeEdit {
 	return &NodeEdit{StepName: "cleanup", Short: "remove rotate's temporary CA files",
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileEdit, error) {
+		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			var edits []fileEdit
+			var edits []fileedit.Edit
 			for _, f := range []string{fileNewCACert, fileNewCAKey, fileNewFPCACert, fileNewFPCAKey, fileCABundle, fileFPCABundle} {
-				edits = append(edits, removeFile(c.pki(f)))
+				edits = append(edits, fileedit.Remove(c.pki(f)))
 			}
 			return edits, nil
 		}}
 }
 
-// symlinkEdit repoints link at target. Content-wise it is tracked by the
-// link's target path.
-func symlinkEdit(link, target string) fileEdit {
-	return fileEdit{path: link, symlink: target}
-}
-
 // kubeletConfEmbedded replaces an embedded client certificate in
 // kubelet.conf (kubeadm init before kubelet-finalize leaves one); a
 // kubelet.conf that references kubelet-client-current.pem is unchanged.
-func kubeletConfEmbedded(p string, pemBytes []byte) fileEdit {
-	return fileEdit{path: p, fn: func(cur []byte, exists bool) ([]byte, bool, error) {
+func kubeletConfEmbedded(p string, pemBytes []byte) fileedit.Edit {
+	return fileedit.Edit{Path: p, Fn: func(cur []byte, exists bool) ([]byte, bool, error) {
 		if !exists {
 			return nil, false, fmt.Errorf("%s is missing", p)
 		}
-		crt, _, certFile, _, err := edit.KubeconfigClientCert(cur, "")
+		cc, err := edit.KubeconfigClientCert(cur, "")
 		if err != nil {
 			return nil, false, err
 		}
-		if len(crt) == 0 || certFile != "" {
+		if len(cc.CertPEM) == 0 || cc.CertFile != "" {
 			return cur, false, nil
 		}
 		c, k, err := pki.ParseKubeletPEM(pemBytes)

@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -11,9 +10,9 @@ import (
 	"sort"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
 )
@@ -61,7 +60,7 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return fmt.Errorf("node %s (%s) lacks %s — is this a kubeadm node and are paths in the inventory right?", t.Node, t.Role, strings.Join(missing, ", "))
 	}
 	if t.Role == RoleControlPlane {
-		if _, err := r.Run(ctx, "command -v curl >/dev/null && command -v pgrep >/dev/null", nil); err != nil {
+		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep"); err != nil {
 			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
 		}
 	}
@@ -325,23 +324,23 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			rt.Out.Put(prepKey(t.Node, lf.name+".crt"), is.CertPEM)
 			rt.Out.Put(prepKey(t.Node, lf.name+".key"), is.KeyPEM)
 		}
-		for _, kc := range controlPlaneKubeconfigs {
-			p := c.kubeDir(kc.name)
+		for _, kc := range edit.ControlPlaneKubeconfigs {
+			p := c.kubeDir(kc.Name)
 			raw, err := r.ReadFile(ctx, p)
-			if errors.Is(err, os.ErrNotExist) && kc.optional {
+			if errors.Is(err, os.ErrNotExist) && kc.Optional {
 				continue
 			}
 			if err != nil {
 				return fmt.Errorf("read %s on %s: %w", p, t.Node, err)
 			}
-			certPEM, _, certFile, _, err := edit.KubeconfigClientCert(raw, "")
+			cc, err := edit.KubeconfigClientCert(raw, "")
 			if err != nil {
 				return fmt.Errorf("%s on %s: %w", p, t.Node, err)
 			}
-			if len(certPEM) == 0 {
-				return fmt.Errorf("%s on %s: client certificate is a file reference (%s); only embedded client certificates are re-issued", p, t.Node, certFile)
+			if len(cc.CertPEM) == 0 {
+				return fmt.Errorf("%s on %s: client certificate is a file reference (%s); only embedded client certificates are re-issued", p, t.Node, cc.CertFile)
 			}
-			certs, err := pki.ParseCertsPEM(certPEM)
+			certs, err := pki.ParseCertsPEM(cc.CertPEM)
 			if err != nil {
 				return fmt.Errorf("%s on %s: client certificate: %w", p, t.Node, err)
 			}
@@ -349,8 +348,8 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			if err != nil {
 				return fmt.Errorf("re-issue client certificate of %s on %s: %w", p, t.Node, err)
 			}
-			rt.Out.Put(prepKey(t.Node, kc.name+".crt"), is.CertPEM)
-			rt.Out.Put(prepKey(t.Node, kc.name+".key"), is.KeyPEM)
+			rt.Out.Put(prepKey(t.Node, kc.Name+".crt"), is.CertPEM)
+			rt.Out.Put(prepKey(t.Node, kc.Name+".key"), is.KeyPEM)
 		}
 	}
 	kub, err := pki.NewKubeletClientCert(t.Node, cluster, pki.ReissueOptions{})
@@ -405,9 +404,6 @@ func (rt *Runtime) bundles(ctx context.Context) (cluster, frontProxy []byte, err
 	frontProxy, err = mk(CAFrontProxy)
 	return cluster, frontProxy, err
 }
-
-var _ = tls.Certificate{}
-var _ = corev1.NamespaceDefault
 
 // runStamp is the date-time part of a run id ("20261127-041840").
 func runStamp(id string) string {

@@ -1,5 +1,5 @@
 // Package steps defines what a rotation step is and implements the phases of
-// ROTATION.md as such steps. A step acts on one target — the cluster (API
+// docs/rotation.md as such steps. A step acts on one target — the cluster (API
 // objects) or one node — and is idempotent: Check says whether its effect is
 // already in place, Apply makes it so, Gate waits until the cluster is
 // healthy again, and Revert puts back exactly what was there before Apply.
@@ -9,6 +9,7 @@ package steps
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -144,7 +145,7 @@ func (o *Outputs) PutCA(c CAPair) { o.CAs = append(o.CAs, c) }
 // Printf is a convenience for operator progress.
 func (rt *Runtime) Printf(format string, args ...any) {
 	if rt.Progress != nil {
-		rt.Progress(sprintf(format, args...))
+		rt.Progress(fmt.Sprintf(format, args...))
 	}
 }
 

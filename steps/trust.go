@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 )
 
@@ -141,7 +140,7 @@ func (t *Trust) transport() *http.Transport {
 // KubeClient builds the API client rotate uses: the kubeconfig's server
 // and credentials, with TLS handled by the Trust.
 func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
-	kt, err := LoadKubeconfigTLS(kubeconfigPath, context)
+	kt, err := kubeconfig.LoadTLS(kubeconfigPath, context)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -168,68 +167,6 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
 	}
 	return cs, trust, rc, nil
-}
-
-// KubeconfigTLS is what a kubeconfig context trusts (CA) and presents
-// (client certificate and key), with file references read the way kubectl
-// reads them.
-type KubeconfigTLS struct {
-	Config        *rest.Config
-	CA, Cert, Key []byte
-}
-
-// LoadKubeconfigTLS loads context (or the current one) of the kubeconfig.
-func LoadKubeconfigTLS(kubeconfigPath, context string) (KubeconfigTLS, error) {
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfigPath}
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context})
-	cfg, err := cc.ClientConfig()
-	if err != nil {
-		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-	}
-	// Fills CAData, CertData and KeyData from their files where only a
-	// file is named.
-	if err := rest.LoadTLSFiles(cfg); err != nil {
-		return KubeconfigTLS{}, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
-	}
-	t := cfg.TLSClientConfig
-	return KubeconfigTLS{Config: cfg, CA: t.CAData, Cert: t.CertData, Key: t.KeyData}, nil
-}
-
-// summarizeDiff describes a change of a file by its changed lines, after
-// the structural redaction of safeLines (redact.go) of both sides.
-func summarizeDiff(a, b []byte) string {
-	al, aok := safeLines(a)
-	bl, bok := safeLines(b)
-	if !aok || !bok {
-		// Certificates and keys: never show lines, not even parts.
-		return "replace PEM content (not shown)"
-	}
-	in := func(s []string, x string) bool {
-		for _, y := range s {
-			if y == x {
-				return true
-			}
-		}
-		return false
-	}
-	var out []string
-	for _, l := range bl {
-		if !in(al, l) {
-			out = append(out, "+"+strings.TrimSpace(l))
-		}
-	}
-	for _, l := range al {
-		if !in(bl, l) {
-			out = append(out, "-"+strings.TrimSpace(l))
-		}
-	}
-	if len(out) > 8 {
-		out = append(out[:8], fmt.Sprintf("(%d more changed lines)", len(out)-8))
-	}
-	if len(out) == 0 {
-		return "content replaced"
-	}
-	return strings.Join(out, " | ")
 }
 
 // AdminCert is the parsed client certificate of the kubeconfig, if any.

@@ -147,10 +147,11 @@ type verifyInputs struct {
 
 func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
 	var in verifyInputs
-	cl, fp, b, _, err := rt.caFiles(ctx)
+	cas, err := rt.runCAs(ctx)
 	if err != nil {
 		return in, err
 	}
+	cl, fp := cas.cluster, cas.frontProxy
 	newCA, err := pki.ParseCertsPEM(cl.NewCert)
 	if err != nil {
 		return in, err
@@ -168,7 +169,7 @@ func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
 	if in.client, err = tls.X509KeyPair(crt, key); err != nil {
 		return in, fmt.Errorf("rotate's client certificate: %w", err)
 	}
-	in.newCA, in.oldCAs, in.bundle = newCA[0], append(oldCAs, oldFP...), b
+	in.newCA, in.oldCAs, in.bundle = newCA[0], append(oldCAs, oldFP...), cas.bundle
 	return in, nil
 }
 
@@ -228,7 +229,9 @@ func (rt *Runtime) readKubeletClientCert(ctx context.Context, r nodes.Runner, n 
 	if errors.Is(err, fs.ErrNotExist) {
 		raw, err = r.ReadFile(ctx, rt.Config.kubeDir(kubeconfigKubelet))
 		if err == nil {
-			raw, _, _, _, err = edit.KubeconfigClientCert(raw, "")
+			var cc edit.ClientCert
+			cc, err = edit.KubeconfigClientCert(raw, "")
+			raw = cc.CertPEM
 		}
 	}
 	if err != nil {
@@ -247,21 +250,15 @@ func (rt *Runtime) verifyControlPlaneCerts(ctx context.Context, n string, oldCAs
 	var out []finding
 	problem := func(s string) { out = append(out, finding{"", s}) }
 	var srcs []pki.Source
-	for _, kc := range controlPlaneKubeconfigs {
-		raw, err := r.ReadFile(ctx, rt.Config.kubeDir(kc.name))
-		if errors.Is(err, fs.ErrNotExist) && kc.optional {
+	scanned := edit.ScanControlPlaneKubeconfigs(func(name string) ([]byte, error) {
+		return r.ReadFile(ctx, rt.Config.kubeDir(name))
+	})
+	for _, kc := range scanned {
+		if kc.Err != nil {
+			problem(kc.Err.Error())
 			continue
 		}
-		if err != nil {
-			problem(err.Error())
-			continue
-		}
-		c, _, _, _, err := edit.KubeconfigClientCert(raw, "")
-		if err != nil {
-			problem(err.Error())
-			continue
-		}
-		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.name), PEM: c})
+		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.Name), PEM: kc.Client.CertPEM})
 	}
 	for _, lf := range controlPlaneLeaves {
 		raw, err := r.ReadFile(ctx, rt.Config.pki(lf.name+".crt"))

@@ -6,48 +6,14 @@ import (
 	"path/filepath"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 )
 
-// ClusterInfo is cluster.json, the contract with the probes and the e2e
-// tests. Fields are only ever added.
-type ClusterInfo struct {
-	Name              string     `json:"name"`
-	Dir               string     `json:"dir"`
-	Subnet            string     `json:"subnet"`
-	HostAddress       string     `json:"hostAddress"`
-	LBAddress         string     `json:"lbAddress"`
-	APIServerEndpoint string     `json:"apiServerEndpoint"`
-	BinDir            string     `json:"binDir"`
-	HarnessBinDir     string     `json:"harnessBinDir"`
-	AdminKubeconfig   string     `json:"adminKubeconfig"`
-	Inventory         string     `json:"inventory"`
-	SSHKey            string     `json:"sshKey"`
-	KnownHosts        string     `json:"knownHosts"`
-	NodeAgent         bool       `json:"nodeAgent"`
-	Nodes             []NodeInfo `json:"nodes"`
-}
-
-// NodeInfo is one node in cluster.json. The *Dir fields are host paths;
-// symlinks inside them (kubelet-client-current.pem) are absolute paths as
-// seen inside the node: resolve them against VarLibKubelet.
-type NodeInfo struct {
-	Name          string `json:"name"`
-	Role          string `json:"role"`
-	Address       string `json:"address"`
-	Dir           string `json:"dir"`
-	EtcKubernetes string `json:"etcKubernetes"`
-	VarLibKubelet string `json:"varLibKubelet"`
-	VarLibEtcd    string `json:"varLibEtcd"`
-	LogDir        string `json:"logDir"`
-	NetNS         string `json:"netns"`
-	// SupervisorSocket is the host path of the node supervisor's socket.
-	SupervisorSocket string `json:"supervisorSocket"`
-}
-
 // Info returns the cluster.json content.
-func (c *Cluster) Info() ClusterInfo {
+func (c *Cluster) Info() clusterinfo.Cluster {
 	s := &c.st.Spec
-	info := ClusterInfo{
+	info := clusterinfo.Cluster{
 		Name:              s.Name,
 		Dir:               s.Dir,
 		Subnet:            s.Subnet,
@@ -63,7 +29,7 @@ func (c *Cluster) Info() ClusterInfo {
 		NodeAgent:         s.Kubelet,
 	}
 	for _, n := range s.Nodes {
-		info.Nodes = append(info.Nodes, NodeInfo{
+		info.Nodes = append(info.Nodes, clusterinfo.Node{
 			Name:             n.Name,
 			Role:             n.Role,
 			Address:          n.Address,

@@ -26,7 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubeca/rotate/internal/kubeconfig"
 )
 
 func (c *Cluster) startLB(ctx context.Context) error {
@@ -59,7 +60,7 @@ func (c *Cluster) startLB(ctx context.Context) error {
 // RESTConfig returns a client config from the operator's admin kubeconfig
 // (through the load balancer).
 func (c *Cluster) RESTConfig() (*rest.Config, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", c.st.Spec.AdminKubeconfig())
+	cfg, err := kubeconfig.Load(c.st.Spec.AdminKubeconfig(), "")
 	if err != nil {
 		return nil, err
 	}

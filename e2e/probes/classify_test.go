@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
 // tlsServer starts an HTTPS server with cert; clientCAs != nil requires
@@ -24,7 +26,7 @@ func tlsServer(t *testing.T, cert tls.Certificate, ca *testCA, h http.Handler) *
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	if ca != nil {
 		srv.TLS.ClientAuth = tls.RequireAndVerifyClientCert
-		srv.TLS.ClientCAs = ca.pool()
+		srv.TLS.ClientCAs = ca.Pool()
 	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
@@ -51,12 +53,12 @@ func TestClassifyRealTLSFailures(t *testing.T) {
 	serverCA := newTestCA(t, "cluster-ca-C0")
 	otherCA := newTestCA(t, "cluster-ca-C1")
 	loopback := []net.IP{net.ParseIP("127.0.0.1")}
-	_, _, goodServing := serverCA.issue(t, leaf{cn: "kube-apiserver", ips: loopback})
-	_, _, wrongName := serverCA.issue(t, leaf{cn: "kube-apiserver", dns: []string{"elsewhere.example"}})
-	_, _, expired := serverCA.issue(t, leaf{cn: "kube-apiserver", ips: loopback,
-		notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
-	clientCert, clientKey, _ := serverCA.issue(t, leaf{cn: "admin", orgs: []string{"kubeadm:cluster-admins"}, client: true})
-	rogueCert, rogueKey, roguePair := otherCA.issue(t, leaf{cn: "admin", client: true})
+	_, _, goodServing := issue(t, serverCA, pkitest.Leaf{CN: "kube-apiserver", IPs: loopback})
+	_, _, wrongName := issue(t, serverCA, pkitest.Leaf{CN: "kube-apiserver", DNS: []string{"elsewhere.example"}})
+	_, _, expired := issue(t, serverCA, pkitest.Leaf{CN: "kube-apiserver", IPs: loopback,
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	clientCert, clientKey, _ := issue(t, serverCA, pkitest.Leaf{CN: "admin", Orgs: []string{"kubeadm:cluster-admins"}, Client: true})
+	rogueCert, rogueKey, roguePair := issue(t, otherCA, pkitest.Leaf{CN: "admin", Client: true})
 
 	tests := []struct {
 		name   string
@@ -66,18 +68,18 @@ func TestClassifyRealTLSFailures(t *testing.T) {
 		force  *tls.Certificate // present this client cert whatever the server asks for
 		want   Class
 	}{
-		{name: "trusted", server: goodServing, cfg: rest.TLSClientConfig{CAData: serverCA.pem}, want: ""},
-		{name: "bundle with both CAs", server: goodServing, cfg: rest.TLSClientConfig{CAData: append(append([]byte{}, otherCA.pem...), serverCA.pem...)}, want: ""},
-		{name: "unknown authority", server: goodServing, cfg: rest.TLSClientConfig{CAData: otherCA.pem}, want: X509},
-		{name: "hostname mismatch", server: wrongName, cfg: rest.TLSClientConfig{CAData: serverCA.pem}, want: X509},
-		{name: "expired serving cert", server: expired, cfg: rest.TLSClientConfig{CAData: serverCA.pem}, want: X509},
+		{name: "trusted", server: goodServing, cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM}, want: ""},
+		{name: "bundle with both CAs", server: goodServing, cfg: rest.TLSClientConfig{CAData: append(append([]byte{}, otherCA.CertPEM...), serverCA.CertPEM...)}, want: ""},
+		{name: "unknown authority", server: goodServing, cfg: rest.TLSClientConfig{CAData: otherCA.CertPEM}, want: X509},
+		{name: "hostname mismatch", server: wrongName, cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM}, want: X509},
+		{name: "expired serving cert", server: expired, cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM}, want: X509},
 		{name: "client cert accepted", server: goodServing, mtls: true,
-			cfg: rest.TLSClientConfig{CAData: serverCA.pem, CertData: clientCert, KeyData: clientKey}, want: ""},
+			cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM, CertData: clientCert, KeyData: clientKey}, want: ""},
 		{name: "client cert from an untrusted CA (not sent)", server: goodServing, mtls: true,
-			cfg: rest.TLSClientConfig{CAData: serverCA.pem, CertData: rogueCert, KeyData: rogueKey}, want: X509},
+			cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM, CertData: rogueCert, KeyData: rogueKey}, want: X509},
 		{name: "client cert from an untrusted CA (sent: bad certificate)", server: goodServing, mtls: true,
-			cfg: rest.TLSClientConfig{CAData: serverCA.pem}, force: &roguePair, want: X509},
-		{name: "no client cert", server: goodServing, mtls: true, cfg: rest.TLSClientConfig{CAData: serverCA.pem}, want: X509},
+			cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM}, force: &roguePair, want: X509},
+		{name: "no client cert", server: goodServing, mtls: true, cfg: rest.TLSClientConfig{CAData: serverCA.CertPEM}, want: X509},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,9 +91,9 @@ func TestClassifyRealTLSFailures(t *testing.T) {
 			cfg := &rest.Config{Host: srv.URL, TLSClientConfig: tt.cfg}
 			if tt.force != nil {
 				forced := *tt.force
-				cfg.TLSClientConfig = rest.TLSClientConfig{CAData: serverCA.pem}
+				cfg.TLSClientConfig = rest.TLSClientConfig{CAData: serverCA.CertPEM}
 				cfg.Transport = &http.Transport{TLSClientConfig: &tls.Config{
-					RootCAs:              serverCA.pool(),
+					RootCAs:              serverCA.Pool(),
 					GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &forced, nil },
 				}}
 				cfg.TLSClientConfig = rest.TLSClientConfig{}
@@ -107,7 +109,7 @@ func TestClassifyRealTLSFailures(t *testing.T) {
 
 func TestClassifyHTTPAndConnection(t *testing.T) {
 	ca := newTestCA(t, "ca")
-	_, _, serving := ca.issue(t, leaf{cn: "s", ips: []net.IP{net.ParseIP("127.0.0.1")}})
+	_, _, serving := issue(t, ca, pkitest.Leaf{CN: "s", IPs: []net.IP{net.ParseIP("127.0.0.1")}})
 	status := func(code int, body string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(code)
@@ -142,7 +144,7 @@ func TestClassifyHTTPAndConnection(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := tlsServer(t, serving, nil, tt.handler)
-			cfg := &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}
+			cfg := &rest.Config{Host: srv.URL, TLSClientConfig: rest.TLSClientConfig{CAData: ca.CertPEM}}
 			status, body, err := get(t, cfg, srv.URL+"/api/v1/namespaces/default", 300*time.Millisecond)
 			if got := Classify(err, status, body); got != tt.want {
 				t.Errorf("Classify = %q, want %q (err %v, status %d, body %q)", got, tt.want, err, status, body)
@@ -157,7 +159,7 @@ func TestClassifyHTTPAndConnection(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		ln.Close()
-		_, _, err = get(t, &rest.Config{Host: "https://" + addr, TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}, "https://"+addr+"/readyz", time.Second)
+		_, _, err = get(t, &rest.Config{Host: "https://" + addr, TLSClientConfig: rest.TLSClientConfig{CAData: ca.CertPEM}}, "https://"+addr+"/readyz", time.Second)
 		if got := ClassifyError(err); got != Refused {
 			t.Errorf("ClassifyError(%v) = %q, want refused", err, got)
 		}

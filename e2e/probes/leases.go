@@ -52,7 +52,7 @@ func (r *Runner) startLeases(ctx context.Context) {
 	for _, name := range leaderLeases {
 		watch("kube-system", name)
 	}
-	if r.cluster.HasNodeAgents() {
+	if r.cluster.NodeAgent {
 		for _, n := range r.cluster.Nodes {
 			watch("kube-node-lease", n.Name)
 		}

@@ -37,7 +37,7 @@ func (r *Runner) startAdmin(ctx context.Context) {
 // server in kubelet.conf and every apiserver: GET /api/v1/nodes/NAME.
 func (r *Runner) startNode(ctx context.Context) {
 	for _, n := range r.cluster.Nodes {
-		src := r.newSource(ProbeNode, "kubelet.conf("+n.Name+")", kubeconfigLoader(n.fs(), nodeEtcKubernetes+"/kubelet.conf"))
+		src := r.newSource(ProbeNode, "kubelet.conf("+n.Name+")", kubeconfigLoader(nodeFSOf(n), nodeEtcKubernetes+"/kubelet.conf"))
 		client := credClient(src)
 		eps := append([]endpoint(nil), r.endpoints...)
 		// The kubelet itself talks to the server in kubelet.conf; if that

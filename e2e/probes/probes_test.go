@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
 func TestReport(t *testing.T) {
@@ -71,21 +73,21 @@ func TestNodeFS(t *testing.T) {
 	fs := nodeFS{etc: filepath.Join(dir, "etc"), varlib: filepath.Join(dir, "varlib")}
 	os.MkdirAll(filepath.Join(fs.varlib, "pki"), 0o755)
 	os.MkdirAll(fs.etc, 0o755)
-	if got := fs.hostPath("/var/lib/kubelet/pki/x.pem"); got != filepath.Join(fs.varlib, "pki/x.pem") {
+	if got := fs.hostPath("/var/lib/kubelet/pki/x.CertPEM"); got != filepath.Join(fs.varlib, "pki/x.CertPEM") {
 		t.Errorf("hostPath %s", got)
 	}
 	if got := fs.hostPath("/var/lib/kubeletx/y"); got != "/var/lib/kubeletx/y" {
 		t.Errorf("prefix without separator mapped: %s", got)
 	}
-	os.WriteFile(filepath.Join(fs.varlib, "pki", "kubelet-client-2030.pem"), []byte("pair"), 0o600)
+	os.WriteFile(filepath.Join(fs.varlib, "pki", "kubelet-client-2030.CertPEM"), []byte("pair"), 0o600)
 	// The kubelet's symlink holds an absolute path inside the node.
-	os.Symlink("/var/lib/kubelet/pki/kubelet-client-2030.pem", filepath.Join(fs.varlib, "pki", "kubelet-client-current.pem"))
-	got, err := fs.readFile("/var/lib/kubelet/pki/kubelet-client-current.pem")
+	os.Symlink("/var/lib/kubelet/pki/kubelet-client-2030.CertPEM", filepath.Join(fs.varlib, "pki", "kubelet-client-current.CertPEM"))
+	got, err := fs.readFile("/var/lib/kubelet/pki/kubelet-client-current.CertPEM")
 	if err != nil || string(got) != "pair" {
 		t.Errorf("readFile through node symlink: %q %v", got, err)
 	}
-	os.Symlink("kubelet-client-2030.pem", filepath.Join(fs.varlib, "pki", "relative.pem"))
-	if got, err := fs.readFile("/var/lib/kubelet/pki/relative.pem"); err != nil || string(got) != "pair" {
+	os.Symlink("kubelet-client-2030.CertPEM", filepath.Join(fs.varlib, "pki", "relative.CertPEM"))
+	if got, err := fs.readFile("/var/lib/kubelet/pki/relative.CertPEM"); err != nil || string(got) != "pair" {
 		t.Errorf("relative symlink: %q %v", got, err)
 	}
 }
@@ -97,21 +99,21 @@ func writeNodeKubelet(t *testing.T, fs nodeFS, server string, caPEM, certPEM, ke
 	pki := filepath.Join(fs.varlib, "pki")
 	os.MkdirAll(pki, 0o755)
 	os.MkdirAll(fs.etc, 0o755)
-	pair := "kubelet-client-" + stamp + ".pem"
+	pair := "kubelet-client-" + stamp + ".CertPEM"
 	if err := os.WriteFile(filepath.Join(pki, pair), append(append([]byte{}, certPEM...), keyPEM...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tmp := filepath.Join(pki, "kubelet-client-updated.pem")
+	tmp := filepath.Join(pki, "kubelet-client-updated.CertPEM")
 	os.Remove(tmp)
 	if err := os.Symlink("/var/lib/kubelet/pki/"+pair, tmp); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(tmp, filepath.Join(pki, "kubelet-client-current.pem")); err != nil {
+	if err := os.Rename(tmp, filepath.Join(pki, "kubelet-client-current.CertPEM")); err != nil {
 		t.Fatal(err)
 	}
 	cfg := clientcmdapi.Config{
 		Clusters:       map[string]*clientcmdapi.Cluster{"default-cluster": {Server: server, CertificateAuthorityData: caPEM}},
-		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"default-auth": {ClientCertificate: "/var/lib/kubelet/pki/kubelet-client-current.pem", ClientKey: "/var/lib/kubelet/pki/kubelet-client-current.pem"}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"default-auth": {ClientCertificate: "/var/lib/kubelet/pki/kubelet-client-current.CertPEM", ClientKey: "/var/lib/kubelet/pki/kubelet-client-current.CertPEM"}},
 		Contexts:       map[string]*clientcmdapi.Context{"default-context": {Cluster: "default-cluster", AuthInfo: "default-auth"}},
 		CurrentContext: "default-context",
 	}
@@ -124,8 +126,8 @@ func TestCredSourceReloadsOnChange(t *testing.T) {
 	dir := t.TempDir()
 	fs := nodeFS{etc: filepath.Join(dir, "etc"), varlib: filepath.Join(dir, "varlib")}
 	ca := newTestCA(t, "C0")
-	c1, k1, _ := ca.issue(t, leaf{cn: "system:node:w1", orgs: []string{"system:nodes"}, client: true})
-	writeNodeKubelet(t, fs, "https://10.0.0.1:6443", ca.pem, c1, k1, "1")
+	c1, k1, _ := issue(t, ca, pkitest.Leaf{CN: "system:node:w1", Orgs: []string{"system:nodes"}, Client: true})
+	writeNodeKubelet(t, fs, "https://10.0.0.1:6443", ca.CertPEM, c1, k1, "1")
 
 	var events []string
 	src := &credSource{name: "kubelet.conf(w1)", load: kubeconfigLoader(fs, "/etc/kubernetes/kubelet.conf"),
@@ -134,7 +136,7 @@ func TestCredSourceReloadsOnChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.CertFile != "" || !strings.HasPrefix(string(cfg.CertData), string(c1)) || string(cfg.CAData) != string(ca.pem) {
+	if cfg.CertFile != "" || !strings.HasPrefix(string(cfg.CertData), string(c1)) || string(cfg.CAData) != string(ca.CertPEM) {
 		t.Error("credentials not inlined from the node's files")
 	}
 	if len(events) != 1 || !strings.Contains(events[0], "client CN=system:node:w1") || strings.Contains(events[0], "PRIVATE") {
@@ -147,8 +149,8 @@ func TestCredSourceReloadsOnChange(t *testing.T) {
 		t.Error("generation changed without a content change")
 	}
 	// Rotated pem behind the symlink (kubelet.conf unchanged): reloaded.
-	c2, k2, _ := ca.issue(t, leaf{cn: "system:node:w1", orgs: []string{"system:nodes"}, client: true})
-	writeNodeKubelet(t, fs, "https://10.0.0.1:6443", ca.pem, c2, k2, "2")
+	c2, k2, _ := issue(t, ca, pkitest.Leaf{CN: "system:node:w1", Orgs: []string{"system:nodes"}, Client: true})
+	writeNodeKubelet(t, fs, "https://10.0.0.1:6443", ca.CertPEM, c2, k2, "2")
 	src.checked = time.Time{}
 	cfg2, gen2, _ := src.current()
 	if gen2 == gen || !strings.HasPrefix(string(cfg2.CertData), string(c2)) {
@@ -171,7 +173,7 @@ type fakeAPIServer struct {
 }
 
 func newFakeAPIServer(t *testing.T, ca *testCA) *fakeAPIServer {
-	_, _, serving := ca.issue(t, leaf{cn: "kube-apiserver", ips: []net.IP{net.ParseIP("127.0.0.1")}})
+	_, _, serving := issue(t, ca, pkitest.Leaf{CN: "kube-apiserver", IPs: []net.IP{net.ParseIP("127.0.0.1")}})
 	f := &fakeAPIServer{}
 	f.mode.Store("up")
 	f.srv = tlsServer(t, serving, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -218,7 +220,7 @@ func TestCheckGatesOnReadyzAfterConnectionFailure(t *testing.T) {
 	api := newFakeAPIServer(t, ca)
 	r := testRunner()
 	var cs clientSet
-	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}
+	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.CertPEM}}
 	c := &check{r: r, probe: ProbeAdmin, target: "admin -> cp1", ep: endpoint{name: "cp1", base: api.srv.URL, direct: true},
 		path:   "/api/v1/namespaces/default",
 		client: func(_ context.Context, ep endpoint) (*http.Client, error) { return cs.get(cfg, 1, ep.base) }}
@@ -262,7 +264,7 @@ func TestCheckStartingApiserverForbidsEvenReadyz(t *testing.T) {
 	api := newFakeAPIServer(t, ca)
 	r := testRunner()
 	var cs clientSet
-	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}
+	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.CertPEM}}
 	c := &check{r: r, probe: ProbeAdmin, target: "admin -> cp1", ep: endpoint{name: "cp1", base: api.srv.URL, direct: true},
 		path: "/api", client: func(_ context.Context, ep endpoint) (*http.Client, error) { return cs.get(cfg, 1, ep.base) }}
 	ctx := context.Background()
@@ -321,7 +323,7 @@ func TestCheckThroughLBDuringRestart(t *testing.T) {
 	api.mode.Store("forbidden")
 	r := testRunner()
 	var cs clientSet
-	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}
+	cfg := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.CertPEM}}
 	c := &check{r: r, probe: ProbeAdmin, target: "admin -> lb", ep: endpoint{name: "lb", base: api.srv.URL},
 		path: "/api", client: func(_ context.Context, ep endpoint) (*http.Client, error) { return cs.get(cfg, 1, ep.base) }}
 
@@ -473,7 +475,7 @@ func TestAggregatedServerAuthenticatesFrontProxy(t *testing.T) {
 			"requestheader-extra-headers-prefix": `["X-Remote-Extra-"]`,
 		}}
 	}
-	client := fake.NewClientset(cm(f0.pem))
+	client := fake.NewClientset(cm(f0.CertPEM))
 	var mu sync.Mutex
 	kube := func() (kubernetes.Interface, error) { mu.Lock(); defer mu.Unlock(); return client, nil }
 	ctx, cancel := context.WithCancel(context.Background())
@@ -505,10 +507,10 @@ func TestAggregatedServerAuthenticatesFrontProxy(t *testing.T) {
 		b.Write(buf[:n])
 		return resp.StatusCode, b.String()
 	}
-	_, _, fp0 := f0.issue(t, leaf{cn: "front-proxy-client", client: true})
-	_, _, fp1 := f1.issue(t, leaf{cn: "front-proxy-client", client: true})
-	_, _, wrongCN := f0.issue(t, leaf{cn: "somebody", client: true})
-	_, _, bad := rogue.issue(t, leaf{cn: "front-proxy-client", client: true})
+	_, _, fp0 := issue(t, f0, pkitest.Leaf{CN: "front-proxy-client", Client: true})
+	_, _, fp1 := issue(t, f1, pkitest.Leaf{CN: "front-proxy-client", Client: true})
+	_, _, wrongCN := issue(t, f0, pkitest.Leaf{CN: "somebody", Client: true})
+	_, _, bad := issue(t, rogue, pkitest.Leaf{CN: "front-proxy-client", Client: true})
 
 	if code, body := call(&fp0, aggDiscovery); code != 200 || !strings.Contains(body, `"pings"`) {
 		t.Errorf("F0 front proxy: %d %s", code, body)
@@ -533,7 +535,7 @@ func TestAggregatedServerAuthenticatesFrontProxy(t *testing.T) {
 	}
 
 	// The apiserver merges F1 into the ConfigMap: picked up dynamically.
-	bundle := append(append([]byte{}, f0.pem...), f1.pem...)
+	bundle := append(append([]byte{}, f0.CertPEM...), f1.CertPEM...)
 	if _, err := client.CoreV1().ConfigMaps(authConfigMapNS).Update(ctx, cm(bundle), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 )
 
 // Options tune a probe run. Zero values take the defaults.
@@ -90,7 +92,7 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-func (o *Options) setDefaults(c *Cluster) {
+func (o *Options) setDefaults(c *clusterinfo.Cluster) {
 	if o.Interval <= 0 {
 		o.Interval = time.Second
 	}
@@ -117,7 +119,7 @@ func (o *Options) setDefaults(c *Cluster) {
 			if n.LogDir == "" {
 				continue
 			}
-			if n.Role == RoleControlPlane {
+			if n.Role == clusterinfo.RoleControlPlane {
 				o.ComponentLogs = append(o.ComponentLogs,
 					n.LogDir+"/kube-controller-manager.log", n.LogDir+"/kube-scheduler.log")
 			}
@@ -140,7 +142,7 @@ func (o *Options) enabled(name string) bool {
 
 // Runner is a running probe set.
 type Runner struct {
-	cluster *Cluster
+	cluster *clusterinfo.Cluster
 	opts    Options
 	log     *slog.Logger
 	rec     *recorder
@@ -173,7 +175,7 @@ type endpoint struct {
 // aggregated API server and registers it, and starts every probe. The
 // probes run until Stop or until ctx ends.
 func Start(ctx context.Context, clusterJSON string, opts Options) (*Runner, error) {
-	c, err := LoadCluster(clusterJSON)
+	c, err := clusterinfo.Load(clusterJSON)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +183,7 @@ func Start(ctx context.Context, clusterJSON string, opts Options) (*Runner, erro
 }
 
 // StartCluster is Start with a loaded cluster description.
-func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error) {
+func StartCluster(ctx context.Context, c *clusterinfo.Cluster, opts Options) (*Runner, error) {
 	opts.setDefaults(c)
 	for _, p := range opts.Probes {
 		if !slices.Contains(AllProbes, p) {
@@ -197,7 +199,7 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 	r.endpoints = append(r.endpoints, endpoint{name: "lb", base: c.APIServerEndpoint})
 
 	for _, n := range c.ControlPlanes() {
-		src := r.newSource(ProbeAdmin, "admin.conf("+n.Name+")", kubeconfigLoader(n.fs(), nodeEtcKubernetes+"/admin.conf"))
+		src := r.newSource(ProbeAdmin, "admin.conf("+n.Name+")", kubeconfigLoader(nodeFSOf(n), nodeEtcKubernetes+"/admin.conf"))
 		r.admins = append(r.admins, src)
 	}
 	r.primary = r.admins[0]
@@ -218,7 +220,7 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 	if err != nil {
 		return nil, err
 	}
-	if opts.enabled(ProbeInCluster) && !c.HasNodeAgents() {
+	if opts.enabled(ProbeInCluster) && !c.NodeAgent {
 		opts.Probes = slices.DeleteFunc(slices.Clone(AllProbesIf(opts.Probes)), func(p string) bool { return p == ProbeInCluster })
 		r.opts = opts
 		r.rec.event(time.Now(), ProbeInCluster, "", "cluster runs without node agents: no pod can run, in-cluster probe skipped")
@@ -273,7 +275,7 @@ func StartCluster(ctx context.Context, c *Cluster, opts Options) (*Runner, error
 	if opts.enabled(ProbeAdmin) {
 		r.startAdmin(runCtx)
 	}
-	if c.HasNodeAgents() {
+	if c.NodeAgent {
 		if opts.enabled(ProbeNode) {
 			r.startNode(runCtx)
 		}

@@ -11,7 +11,6 @@ package rotation
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -26,11 +25,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/e2e/clusterinfo"
+	"github.com/kubeca/rotate/e2e/csr"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/e2e/verify"
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/state"
 )
@@ -38,7 +39,7 @@ import (
 type env struct {
 	t       *testing.T
 	c       *cluster.Cluster
-	info    cluster.ClusterInfo
+	info    clusterinfo.Cluster
 	probes  *probes.Runner
 	workdir string
 	upAt    time.Time // the cluster was up and ready
@@ -87,11 +88,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (e *env) cp1() cluster.NodeInfo { return e.info.Nodes[0] }
+func (e *env) cp1() clusterinfo.Node { return e.info.Nodes[0] }
 
 func (e *env) client(t *testing.T) kubernetes.Interface {
 	// The operator's admin.conf as it is now on cp1 (rotate updates it).
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(e.cp1().EtcKubernetes, "admin.conf"))
+	cfg, err := kubeconfig.Load(filepath.Join(e.cp1().EtcKubernetes, "admin.conf"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +449,7 @@ func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64,
 // namespaces), like a firewall in front of port 10250: the apiservers'
 // node proxy, logs and exec fail, while SSH from the operator and n's own
 // connections to the API (through the load balancer) work.
-func (e *env) setKubeletUnreachable(t *testing.T, n cluster.NodeInfo, on bool) {
+func (e *env) setKubeletUnreachable(t *testing.T, n clusterinfo.Node, on bool) {
 	t.Helper()
 	op := "del"
 	if on {
@@ -546,7 +547,7 @@ func (e *env) fingerprintFiles(t *testing.T) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-func (e *env) setLink(t *testing.T, n cluster.NodeInfo, state string) {
+func (e *env) setLink(t *testing.T, n clusterinfo.Node, state string) {
 	t.Helper()
 	out, err := exec.Command("ip", "-n", n.NetNS, "-o", "link", "show").CombinedOutput()
 	if err != nil {
@@ -610,7 +611,7 @@ func (e *env) kubeadmCheckExpiration(t *testing.T, ctx context.Context, ca *pki.
 // CSR API and the real controller-manager signer, now on the new CA.
 func (e *env) csrThroughNewSigner(t *testing.T, ctx context.Context, ca *pki.CA) {
 	t.Helper()
-	is, err := pki.RequestKubeletClientCert(ctx, e.client(t), "e2e-csr-node", pki.CSROptions{Timeout: 2 * time.Minute})
+	is, err := csr.RequestKubeletClientCert(ctx, e.client(t), "e2e-csr-node", csr.Options{Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Errorf("CSR through the real signer: %v", err)
 		return
@@ -661,6 +662,3 @@ func (e *env) reportTiming(t *testing.T, path string, wall time.Duration) {
 	t.Logf("e2e: full rotation wall time %s (3 kills and resumes, hold included): gates waiting on components %s, apply (rotate's own work incl. waits inside rollouts) %s; per phase %s",
 		wall.Round(time.Second), gate.Round(time.Second), apply.Round(time.Second), b)
 }
-
-var _ = tls.Certificate{}
-var _ = fmt.Sprint

@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/cluster-bootstrap/token/jws"
 
-	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
 )
@@ -36,7 +36,7 @@ type CA struct {
 }
 
 // ReadCA reads pki/<name>.crt and .key from a node's host directory.
-func ReadCA(n cluster.NodeInfo, name string) (*pki.CA, error) {
+func ReadCA(n clusterinfo.Node, name string) (*pki.CA, error) {
 	crt, err := os.ReadFile(filepath.Join(n.EtcKubernetes, "pki", name+".crt"))
 	if err != nil {
 		return nil, err
@@ -59,23 +59,13 @@ func ClientCert(ca *pki.CA, cn string) (tls.Certificate, error) {
 	return tls.X509KeyPair(is.CertPEM, is.KeyPEM)
 }
 
-func controlPlanes(info cluster.ClusterInfo) []cluster.NodeInfo {
-	var out []cluster.NodeInfo
-	for _, n := range info.Nodes {
-		if n.Role == cluster.RoleControlPlane {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
 // ServingIssuer dials every apiserver and checks its serving certificate
 // is issued by want and chains to it alone.
-func ServingIssuer(ctx context.Context, info cluster.ClusterInfo, want *x509.Certificate) error {
+func ServingIssuer(ctx context.Context, info clusterinfo.Cluster, want *x509.Certificate) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(want)
 	var problems []string
-	for _, n := range controlPlanes(info) {
+	for _, n := range info.ControlPlanes() {
 		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: pool, ServerName: n.Address}}
 		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.Address, "6443"))
 		if err != nil {
@@ -102,13 +92,13 @@ type Answer struct {
 
 // ClientStatus is what every apiserver answers to GET /api with cert,
 // verifying servers against roots.
-func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) (map[string]Answer, error) {
+func ClientStatus(ctx context.Context, info clusterinfo.Cluster, roots []*x509.Certificate, cert tls.Certificate) (map[string]Answer, error) {
 	pool := x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
 	out := map[string]Answer{}
-	for _, n := range controlPlanes(info) {
+	for _, n := range info.ControlPlanes() {
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 			RootCAs: pool, Certificates: []tls.Certificate{cert},
 		}}}
@@ -128,7 +118,7 @@ func ClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.C
 // or — with anonymous auth on, as kubeadm configures it — treats the
 // request as system:anonymous and answers 403. Either way the
 // certificate's identity is not accepted.
-func ExpectRejected(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate) error {
+func ExpectRejected(ctx context.Context, info clusterinfo.Cluster, roots []*x509.Certificate, cert tls.Certificate) error {
 	st, err := ClientStatus(ctx, info, roots, cert)
 	if err != nil {
 		return err
@@ -155,7 +145,7 @@ func firstLine(s string) string {
 }
 
 // ExpectClientStatus checks every apiserver answers code to cert.
-func ExpectClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*x509.Certificate, cert tls.Certificate, code int) error {
+func ExpectClientStatus(ctx context.Context, info clusterinfo.Cluster, roots []*x509.Certificate, cert tls.Certificate, code int) error {
 	st, err := ClientStatus(ctx, info, roots, cert)
 	if err != nil {
 		return err
@@ -169,7 +159,7 @@ func ExpectClientStatus(ctx context.Context, info cluster.ClusterInfo, roots []*
 }
 
 // KubeletCertsIssuedBy checks every node's kubelet client certificate.
-func KubeletCertsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error {
+func KubeletCertsIssuedBy(info clusterinfo.Cluster, ca *x509.Certificate) error {
 	var problems []string
 	for _, n := range info.Nodes {
 		link := filepath.Join(n.VarLibKubelet, "pki", "kubelet-client-current.pem")
@@ -202,28 +192,23 @@ func KubeletCertsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error 
 
 // KubeconfigsIssuedBy checks the client certificates and CA data of the
 // control-plane kubeconfigs.
-func KubeconfigsIssuedBy(info cluster.ClusterInfo, ca *x509.Certificate) error {
+func KubeconfigsIssuedBy(info clusterinfo.Cluster, ca *x509.Certificate) error {
 	var problems []string
-	for _, n := range controlPlanes(info) {
-		for _, f := range []string{"admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"} {
-			raw, err := os.ReadFile(filepath.Join(n.EtcKubernetes, f))
-			if os.IsNotExist(err) && f == "super-admin.conf" {
+	for _, n := range info.ControlPlanes() {
+		scanned := edit.ScanControlPlaneKubeconfigs(func(name string) ([]byte, error) {
+			return os.ReadFile(filepath.Join(n.EtcKubernetes, name))
+		})
+		for _, kc := range scanned {
+			f := kc.Name
+			if kc.Err != nil {
+				problems = append(problems, fmt.Sprintf("%s:%s: %v", n.Name, f, kc.Err))
 				continue
 			}
-			if err != nil {
-				problems = append(problems, err.Error())
-				continue
-			}
-			crt, _, _, _, err := edit.KubeconfigClientCert(raw, "")
-			if err != nil {
-				problems = append(problems, fmt.Sprintf("%s:%s: %v", n.Name, f, err))
-				continue
-			}
-			cs, err := pki.ParseCertsPEM(crt)
+			cs, err := pki.ParseCertsPEM(kc.Client.CertPEM)
 			if err != nil || !pki.IssuedBy(cs[0], ca) {
 				problems = append(problems, fmt.Sprintf("%s:%s client cert not from the CA", n.Name, f))
 			}
-			caData, err := edit.KubeconfigCA(raw)
+			caData, err := edit.KubeconfigCA(kc.Raw)
 			if err != nil {
 				problems = append(problems, err.Error())
 				continue

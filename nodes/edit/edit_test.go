@@ -2,74 +2,28 @@ package edit
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
-	"math/big"
+	"fmt"
+	"io/fs"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
-// testCA is a tiny in-memory CA for fixtures.
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
+// newCA is the shared test CA (pki/pkitest) on the wall clock.
+func newCA(t *testing.T, cn string) *pkitest.CA {
+	t.Helper()
+	return pkitest.NewCA(t, cn, pkitest.Options{})
 }
 
-func newCA(t *testing.T, cn string) *testCA {
+// issueClient issues a client certificate from ca and returns it and its
+// key as PEM.
+func issueClient(t *testing.T, ca *pkitest.CA, cn, org string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-func (ca *testCA) issue(t *testing.T, cn, org string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{org}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	is := ca.IssueLeaf(t, pkitest.Leaf{CN: cn, Orgs: []string{org}, Client: true})
+	return is.CertPEM, is.KeyPEM
 }
 
 const manifest = `# managed by kubeadm; edited by hand for the audit log
@@ -254,12 +208,12 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 func TestKubeconfig(t *testing.T) {
 	c0, c1 := newCA(t, "C0"), newCA(t, "C1")
-	cert0, key0 := c0.issue(t, "kubernetes-admin", "kubeadm:cluster-admins")
-	cert1, key1 := c1.issue(t, "kubernetes-admin", "kubeadm:cluster-admins")
-	kc := []byte(kubeconfig(b64(c0.certPEM), b64(cert0), b64(key0)))
+	cert0, key0 := issueClient(t, c0, "kubernetes-admin", "kubeadm:cluster-admins")
+	cert1, key1 := issueClient(t, c1, "kubernetes-admin", "kubeadm:cluster-admins")
+	kc := []byte(kubeconfig(b64(c0.CertPEM), b64(cert0), b64(key0)))
 
 	ca, err := KubeconfigCA(kc)
-	if err != nil || !bytes.Equal(ca, c0.certPEM) {
+	if err != nil || !bytes.Equal(ca, c0.CertPEM) {
 		t.Fatalf("KubeconfigCA: %v", err)
 	}
 	other := bytes.Replace(kc, []byte("current-context: admin@kubernetes"), []byte("current-context: other"), 1)
@@ -269,39 +223,42 @@ func TestKubeconfig(t *testing.T) {
 		t.Errorf("file ref CA: %v", err)
 	}
 
-	bundle := append(append([]byte{}, c0.certPEM...), c1.certPEM...)
+	bundle := append(append([]byte{}, c0.CertPEM...), c1.CertPEM...)
 	out, err := SetKubeconfigCA(kc, bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertDiff(t, kc, out,
-		[]string{"    certificate-authority-data: " + b64(c0.certPEM)},
+		[]string{"    certificate-authority-data: " + b64(c0.CertPEM)},
 		[]string{"    certificate-authority-data: " + b64(bundle)})
 	for name, bad := range map[string][]byte{
 		"not PEM":      []byte("hello"),
 		"a key":        key0,
-		"trailing":     append(append([]byte{}, c1.certPEM...), "junk"...),
+		"trailing":     append(append([]byte{}, c1.CertPEM...), "junk"...),
 		"empty":        nil,
-		"cert and key": append(append([]byte{}, c1.certPEM...), key1...),
+		"cert and key": append(append([]byte{}, c1.CertPEM...), key1...),
 	} {
 		if _, err := SetKubeconfigCA(kc, bad); err == nil {
 			t.Errorf("SetKubeconfigCA accepted %s", name)
 		}
 	}
 	onlyRefs := []byte("clusters:\n- cluster:\n    certificate-authority: /ca.crt\n  name: x\n")
-	if _, err := SetKubeconfigCA(onlyRefs, c1.certPEM); err == nil || !strings.Contains(err.Error(), "/ca.crt") {
+	if _, err := SetKubeconfigCA(onlyRefs, c1.CertPEM); err == nil || !strings.Contains(err.Error(), "/ca.crt") {
 		t.Errorf("no embedded CA: %v", err)
 	}
 
-	gc, gk, cf, kf, err := KubeconfigClientCert(kc, "")
-	if err != nil || !bytes.Equal(gc, cert0) || !bytes.Equal(gk, key0) || cf != "" || kf != "" {
+	cc, err := KubeconfigClientCert(kc, "")
+	if err != nil || !bytes.Equal(cc.CertPEM, cert0) || !bytes.Equal(cc.KeyPEM, key0) || cc.CertFile != "" || cc.KeyFile != "" {
 		t.Fatalf("KubeconfigClientCert: %v", err)
 	}
-	_, _, cf, kf, err = KubeconfigClientCert(kc, "file-user")
-	if err != nil || cf != "/var/lib/kubelet/pki/kubelet-client-current.pem" || kf != cf {
-		t.Errorf("file refs: %q %q %v", cf, kf, err)
+	if s := fmt.Sprintf("%v %+v %#v", cc, cc, cc); strings.Contains(s, "PRIVATE") || !strings.Contains(s, "key: embedded") {
+		t.Errorf("ClientCert formats as %s", s)
 	}
-	if _, _, _, _, err := KubeconfigClientCert(kc, "nobody"); err == nil {
+	cc, err = KubeconfigClientCert(kc, "file-user")
+	if err != nil || cc.CertFile != "/var/lib/kubelet/pki/kubelet-client-current.pem" || cc.KeyFile != cc.CertFile {
+		t.Errorf("file refs: %v %v", cc, err)
+	}
+	if _, err := KubeconfigClientCert(kc, "nobody"); err == nil {
 		t.Error("unknown user accepted")
 	}
 
@@ -345,5 +302,35 @@ func TestKubeletConfig(t *testing.T) {
 	}
 	if _, err := SetKubeletConfigClientCAFile([]byte("kind: Pod\n"), "/b"); err == nil {
 		t.Error("wrong kind accepted")
+	}
+}
+
+// TestScanControlPlaneKubeconfigs: every kubeadm control-plane kubeconfig
+// is read, a missing super-admin.conf is left out, any other missing or
+// unusable file is reported by name.
+func TestScanControlPlaneKubeconfigs(t *testing.T) {
+	ca := newCA(t, "C0")
+	cert, key := issueClient(t, ca, "kubernetes-admin", "kubeadm:cluster-admins")
+	good := []byte(kubeconfig(b64(ca.CertPEM), b64(cert), b64(key)))
+	files := map[string][]byte{"admin.conf": good, "controller-manager.conf": []byte("users: [")}
+	got := ScanControlPlaneKubeconfigs(func(name string) ([]byte, error) {
+		if b, ok := files[name]; ok {
+			return b, nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	})
+	var summary []string
+	for _, kc := range got {
+		switch {
+		case kc.Err != nil:
+			summary = append(summary, kc.Name+": error")
+		case bytes.Equal(kc.Client.CertPEM, cert) && bytes.Equal(kc.Raw, good):
+			summary = append(summary, kc.Name+": ok")
+		default:
+			summary = append(summary, kc.Name+": wrong certificate")
+		}
+	}
+	if s := strings.Join(summary, ", "); s != "admin.conf: ok, controller-manager.conf: error, scheduler.conf: error" {
+		t.Errorf("scan = %s", s)
 	}
 }

@@ -173,7 +173,7 @@ func TestKubeadmKubeconfigEdits(t *testing.T) {
 			if err != nil || !bytes.Equal(got, caPEM) {
 				t.Fatalf("KubeconfigCA = %v; want pki/ca.crt", err)
 			}
-			bundle := append(append([]byte{}, caPEM...), newCA(t, "C1").certPEM...)
+			bundle := append(append([]byte{}, caPEM...), newCA(t, "C1").CertPEM...)
 			out, err := SetKubeconfigCA(kc, bundle)
 			if err != nil {
 				t.Fatal(err)
@@ -190,12 +190,13 @@ func TestKubeadmKubeconfigEdits(t *testing.T) {
 				t.Errorf("revert is not byte-identical (%v)", err)
 			}
 
-			cert, key, certFile, keyFile, err := KubeconfigClientCert(kc, "")
+			cc, err := KubeconfigClientCert(kc, "")
 			if err != nil {
 				t.Fatal(err)
 			}
+			cert, key, certFile, keyFile := cc.CertPEM, cc.KeyPEM, cc.CertFile, cc.KeyFile
 			ca := newCA(t, "C1")
-			newCert, newKey := ca.issue(t, "system:node:cp-1", "system:nodes")
+			newCert, newKey := issueClient(t, ca, "system:node:cp-1", "system:nodes")
 			if f == "kubelet.conf" {
 				// After kubelet-finalize: file references to the rotating pem.
 				want := "/var/lib/kubelet/pki/kubelet-client-current.pem"
@@ -220,8 +221,8 @@ func TestKubeadmKubeconfigEdits(t *testing.T) {
 			if len(r) != 2 || len(a) != 2 || !strings.Contains(a[0], "client-certificate-data: ") || !strings.Contains(a[1], "client-key-data: ") {
 				t.Errorf("SetKubeconfigClientCert changed %d lines -> %d lines", len(r), len(a))
 			}
-			c2, k2, _, _, err := KubeconfigClientCert(out, "")
-			if err != nil || !bytes.Equal(c2, newCert) || !bytes.Equal(k2, newKey) {
+			cc2, err := KubeconfigClientCert(out, "")
+			if err != nil || !bytes.Equal(cc2.CertPEM, newCert) || !bytes.Equal(cc2.KeyPEM, newKey) {
 				t.Errorf("client cert not read back (%v)", err)
 			}
 			back, err = SetKubeconfigClientCert(out, "", cert, key)

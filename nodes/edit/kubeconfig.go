@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -189,38 +191,62 @@ func userEntry(root *yaml.Node, user string) (*yaml.Node, string, error) {
 	return u, user, err
 }
 
-// KubeconfigClientCert returns a user's client certificate and key: decoded
+// ClientCert is a kubeconfig user's client certificate and key: decoded
 // PEM when embedded (client-certificate-data, client-key-data), else the
 // referenced file paths (client-certificate, client-key), as kubelet.conf
-// does with /var/lib/kubelet/pki/kubelet-client-current.pem. user "" means
-// the current context's user.
-func KubeconfigClientCert(kc []byte, user string) (certPEM []byte, keyPEM []byte, certFile string, keyFile string, err error) {
+// does with /var/lib/kubelet/pki/kubelet-client-current.pem.
+type ClientCert struct {
+	CertPEM, KeyPEM   []byte
+	CertFile, KeyFile string
+}
+
+// String names where the certificate and key are, never the key.
+func (c ClientCert) String() string {
+	where := func(embedded []byte, file string) string {
+		if len(embedded) > 0 {
+			return "embedded"
+		}
+		if file != "" {
+			return "file " + file
+		}
+		return "none"
+	}
+	return "ClientCert(cert: " + where(c.CertPEM, c.CertFile) + ", key: " + where(c.KeyPEM, c.KeyFile) + ")"
+}
+
+// GoString keeps %#v from dumping the key.
+func (c ClientCert) GoString() string { return c.String() }
+
+// KubeconfigClientCert returns a user's client certificate and key (see
+// ClientCert). user "" means the current context's user.
+func KubeconfigClientCert(kc []byte, user string) (ClientCert, error) {
 	doc, _, err := parse(kc, "kubeconfig")
 	if err != nil {
-		return nil, nil, "", "", err
+		return ClientCert{}, err
 	}
 	u, name, err := userEntry(doc.Content[0], user)
 	if err != nil {
-		return nil, nil, "", "", err
+		return ClientCert{}, err
 	}
+	var c ClientCert
 	if v := get(u, "client-certificate-data"); v != nil && v.Value != "" {
-		if certPEM, err = decodeData(v, "client-certificate-data", name); err != nil {
-			return nil, nil, "", "", err
+		if c.CertPEM, err = decodeData(v, "client-certificate-data", name); err != nil {
+			return ClientCert{}, err
 		}
 	} else if v := get(u, "client-certificate"); v != nil {
-		certFile = v.Value
+		c.CertFile = v.Value
 	}
 	if v := get(u, "client-key-data"); v != nil && v.Value != "" {
-		if keyPEM, err = decodeData(v, "client-key-data", name); err != nil {
-			return nil, nil, "", "", err
+		if c.KeyPEM, err = decodeData(v, "client-key-data", name); err != nil {
+			return ClientCert{}, err
 		}
 	} else if v := get(u, "client-key"); v != nil {
-		keyFile = v.Value
+		c.KeyFile = v.Value
 	}
-	if certPEM == nil && certFile == "" {
-		return nil, nil, "", "", fmt.Errorf("user %q has no client certificate", name)
+	if c.CertPEM == nil && c.CertFile == "" {
+		return ClientCert{}, fmt.Errorf("user %q has no client certificate", name)
 	}
-	return certPEM, keyPEM, certFile, keyFile, nil
+	return c, nil
 }
 
 // SetKubeconfigClientCert embeds certPEM and keyPEM as the named user's
@@ -256,4 +282,57 @@ func SetKubeconfigClientCert(kc []byte, user string, certPEM, keyPEM []byte) ([]
 		return nil, err
 	}
 	return finish(kc, doc, st, c1 || c2)
+}
+
+// ControlPlaneKubeconfig is one of kubeadm's client kubeconfigs on a
+// control-plane node, by file name in /etc/kubernetes.
+type ControlPlaneKubeconfig struct {
+	Name string
+	// Optional: super-admin.conf exists only on the node kubeadm init ran
+	// on (1.29+).
+	Optional bool
+}
+
+// ControlPlaneKubeconfigs are kubeadm's client kubeconfigs on a
+// control-plane node (kubelet.conf, on every node, is not one of them).
+var ControlPlaneKubeconfigs = []ControlPlaneKubeconfig{
+	{"admin.conf", false},
+	{"super-admin.conf", true},
+	{"controller-manager.conf", false},
+	{"scheduler.conf", false},
+}
+
+// ScannedKubeconfig is one control-plane kubeconfig as ScanControlPlaneKubeconfigs found it.
+type ScannedKubeconfig struct {
+	Name   string // file name
+	Raw    []byte
+	Client ClientCert
+	// Err is why the file could not be read or its client certificate
+	// not found; Raw and Client are then empty.
+	Err error
+}
+
+// ScanControlPlaneKubeconfigs reads each of ControlPlaneKubeconfigs with
+// read (given the file name) and finds its current user's client
+// certificate. An optional one that read reports missing
+// (errors.Is(err, fs.ErrNotExist)) is left out.
+func ScanControlPlaneKubeconfigs(read func(name string) ([]byte, error)) []ScannedKubeconfig {
+	var out []ScannedKubeconfig
+	for _, kc := range ControlPlaneKubeconfigs {
+		raw, err := read(kc.Name)
+		if errors.Is(err, fs.ErrNotExist) && kc.Optional {
+			continue
+		}
+		if err != nil {
+			out = append(out, ScannedKubeconfig{Name: kc.Name, Err: err})
+			continue
+		}
+		cc, err := KubeconfigClientCert(raw, "")
+		if err != nil {
+			out = append(out, ScannedKubeconfig{Name: kc.Name, Err: err})
+			continue
+		}
+		out = append(out, ScannedKubeconfig{Name: kc.Name, Raw: raw, Client: cc})
+	}
+	return out
 }

@@ -27,9 +27,10 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 	"github.com/kubeca/rotate/e2e/probes"
+	"github.com/kubeca/rotate/internal/kubeconfig"
 )
 
 // errNotClean is returned by run when the report is not clean.
@@ -141,7 +142,7 @@ func manage(ctx context.Context, cmd string, args []string, stderr io.Writer) er
 	if cluster == "" {
 		return errors.New("--cluster is required")
 	}
-	c, err := probes.LoadCluster(cluster)
+	c, err := clusterinfo.Load(cluster)
 	if err != nil {
 		return err
 	}
@@ -166,12 +167,12 @@ func manage(ctx context.Context, cmd string, args []string, stderr io.Writer) er
 }
 
 // adminConfig is the cluster's admin kubeconfig aimed at the LB.
-func adminConfig(c *probes.Cluster) (*rest.Config, error) {
+func adminConfig(c *clusterinfo.Cluster) (*rest.Config, error) {
 	path := c.AdminKubeconfig
 	if path == "" {
 		path = c.ControlPlanes()[0].EtcKubernetes + "/admin.conf"
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	cfg, err := kubeconfig.Load(path, "")
 	if err != nil {
 		return nil, fmt.Errorf("admin kubeconfig: %w", err)
 	}

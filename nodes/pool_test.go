@@ -8,11 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/go-multierror"
 
 	"github.com/kubeca/rotate/nodes/sshdtest"
 )
@@ -25,105 +22,35 @@ func names(n int) []string {
 	return out
 }
 
-func TestFanOutBoundAndErrors(t *testing.T) {
-	t.Parallel()
-	var running, peak atomic.Int32
+// eachNode calls fn for every name, at most limit at once, and returns
+// the failures by name: the fan-out a caller of Pool does (the
+// orchestrator's, for steps).
+func eachNode(ctx context.Context, names []string, limit int, fn func(ctx context.Context, name string) error) map[string]error {
 	var mu sync.Mutex
-	seen := map[string]bool{}
-	err := FanOut(context.Background(), names(30), 4, func(ctx context.Context, name string) error {
-		n := running.Add(1)
-		defer running.Add(-1)
-		for {
-			p := peak.Load()
-			if n <= p || peak.CompareAndSwap(p, n) {
-				break
+	errs := map[string]error{}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for _, name := range names {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := fn(ctx, name); err != nil {
+				mu.Lock()
+				errs[name] = err
+				mu.Unlock()
 			}
-		}
-		time.Sleep(5 * time.Millisecond)
-		mu.Lock()
-		seen[name] = true
-		mu.Unlock()
-		if strings.HasSuffix(name, "7") {
-			return errors.New("boom")
-		}
-		return nil
-	})
-	if p := peak.Load(); p > 4 || p < 2 {
-		t.Errorf("peak concurrency %d, want 2..4", p)
+		}()
 	}
-	if len(seen) != 30 {
-		t.Errorf("ran %d nodes, want 30", len(seen))
-	}
-	var me *multierror.Error
-	if !errors.As(err, &me) || len(me.Errors) != 3 {
-		t.Fatalf("err = %v, want a multierror of 3", err)
-	}
-	for i, want := range []string{"node node-07: boom", "node node-17: boom", "node node-27: boom"} {
-		if me.Errors[i].Error() != want {
-			t.Errorf("error %d = %q, want %q", i, me.Errors[i], want)
-		}
-	}
-	if err := FanOut(context.Background(), names(3), 0, func(context.Context, string) error { return nil }); err != nil {
-		t.Errorf("all succeeded: err = %v", err)
-	}
-	if err := FanOut(context.Background(), nil, 2, func(context.Context, string) error { return nil }); err != nil {
-		t.Errorf("no names: err = %v", err)
-	}
+	wg.Wait()
+	return errs
 }
 
-func TestFanOutCancel(t *testing.T) {
-	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var started atomic.Int32
-	err := FanOut(ctx, names(10), 2, func(ctx context.Context, name string) error {
-		if started.Add(1) == 2 {
-			cancel()
-		}
-		<-ctx.Done()
-		return ctx.Err()
-	})
-	if n := started.Load(); n != 2 {
-		t.Errorf("%d calls started, want 2 (none after cancel)", n)
-	}
-	var me *multierror.Error
-	if !errors.As(err, &me) || len(me.Errors) != 10 {
-		t.Fatalf("err = %v, want 10 errors", err)
-	}
-	notStarted := 0
-	for _, e := range me.Errors {
-		if !errors.Is(e, context.Canceled) {
-			t.Errorf("%v does not wrap context.Canceled", e)
-		}
-		if strings.Contains(e.Error(), "not started") {
-			notStarted++
-		}
-	}
-	if notStarted != 8 {
-		t.Errorf("%d not-started errors, want 8", notStarted)
-	}
-}
-
-func TestFanOutResults(t *testing.T) {
-	t.Parallel()
-	res, err := FanOutResults(context.Background(), names(5), 2, func(ctx context.Context, name string) (int, error) {
-		if name == "node-03" {
-			return 0, errors.New("down")
-		}
-		return len(name), nil
-	})
-	if err == nil || !strings.Contains(err.Error(), "node node-03: down") {
-		t.Errorf("err = %v", err)
-	}
-	if len(res) != 4 || res["node-00"] != 7 {
-		t.Errorf("results = %v", res)
-	}
-}
-
-// TestFanOutOverRealNodes: 24 sshd "nodes" at once through one Pool, each
-// written, read back and stat'ed with fan-out; each node keeps one
-// connection across the steps.
-func TestFanOutOverRealNodes(t *testing.T) {
+// TestPoolOverManyRealNodes: 24 sshd "nodes" at once through one Pool,
+// each written, read back and stat'ed 8 at a time; each node keeps one
+// connection across the rounds.
+func TestPoolOverManyRealNodes(t *testing.T) {
 	t.Parallel()
 	const n = 24
 	key := filepath.Join(t.TempDir(), "id")
@@ -140,23 +67,32 @@ func TestFanOutOverRealNodes(t *testing.T) {
 	t.Cleanup(func() { pool.Close() })
 	ctx := testCtx(t)
 
-	err := FanOut(ctx, names(n), 8, func(ctx context.Context, name string) error {
+	errs := eachNode(ctx, names(n), 8, func(ctx context.Context, name string) error {
 		r, err := pool.Get(ctx, name)
 		if err != nil {
 			return err
 		}
 		return r.WriteFile(ctx, dirs[name]+"/ca.crt", []byte("bundle for "+name), 0o644)
 	})
-	must(t, err)
-	sizes, err := FanOutResults(ctx, names(n), 8, func(ctx context.Context, name string) (int64, error) {
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	var mu sync.Mutex
+	sizes := map[string]int64{}
+	errs = eachNode(ctx, names(n), 8, func(ctx context.Context, name string) error {
 		r, err := pool.Get(ctx, name)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		fi, err := r.Stat(ctx, dirs[name]+"/ca.crt")
-		return fi.Size, err
+		mu.Lock()
+		sizes[name] = fi.Size
+		mu.Unlock()
+		return err
 	})
-	must(t, err)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
 	for _, name := range names(n) {
 		assertFile(t, dirs[name]+"/ca.crt", "bundle for "+name, 0o644, 0, 0)
 		if sizes[name] != int64(len("bundle for "+name)) {
@@ -182,16 +118,15 @@ func TestFanOutOverRealNodes(t *testing.T) {
 	cfgs2[3] = down
 	pool2 := NewPool(cfgs2)
 	t.Cleanup(func() { pool2.Close() })
-	err = FanOut(ctx, names(n), 8, func(ctx context.Context, name string) error {
+	errs = eachNode(ctx, names(n), 8, func(ctx context.Context, name string) error {
 		r, err := pool2.Get(ctx, name)
 		if err != nil {
 			return err
 		}
 		return r.Remove(ctx, dirs[name]+"/ca.crt")
 	})
-	var me *multierror.Error
-	if !errors.As(err, &me) || len(me.Errors) != 1 || !strings.Contains(me.Errors[0].Error(), "node node-03: connect to node node-03") {
-		t.Fatalf("err = %v, want one error for node-03", err)
+	if err := errs["node-03"]; len(errs) != 1 || err == nil || !strings.Contains(err.Error(), "connect to node node-03") {
+		t.Fatalf("errors %v, want one for node-03", errs)
 	}
 	for i, name := range names(n) {
 		_, err := os.Stat(dirs[name] + "/ca.crt")

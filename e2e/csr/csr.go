@@ -1,8 +1,15 @@
-package pki
+// Package csr requests a kubelet client certificate through the
+// Kubernetes CSR API (signer kubernetes.io/kube-apiserver-client-kubelet),
+// approves it and waits for the signer: the e2e suite checks with it that
+// the controller-manager signs with the new CA. rotate itself issues
+// certificates directly (package pki).
+package csr
 
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -21,10 +28,15 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/kubeca/rotate/pki"
 )
 
 // CSR API constants.
 const (
+	// blockCertRequest is the PEM type of a certificate request.
+	blockCertRequest = "CERTIFICATE REQUEST"
+
 	// KubeletClientSignerName is the signer kubelet client certificates are
 	// requested from; the kube-controller-manager csrsigning controller signs
 	// approved requests with its --cluster-signing-cert-file.
@@ -36,7 +48,7 @@ const (
 	// ManagedByValue is the value of ManagedByLabel.
 	ManagedByValue = "kubeca-rotate"
 
-	// DefaultCSRTimeout bounds RequestKubeletClientCert when CSROptions.Timeout is 0.
+	// DefaultCSRTimeout bounds RequestKubeletClientCert when Options.Timeout is 0.
 	DefaultCSRTimeout = 5 * time.Minute
 	// DefaultCSRPollInterval is the pause between watch sessions and the poll
 	// period when watching is not possible.
@@ -51,8 +63,8 @@ var (
 	ErrCSRConflict = errors.New("certificate signing request exists for another key or subject")
 )
 
-// CSROptions configures RequestKubeletClientCert.
-type CSROptions struct {
+// Options configures RequestKubeletClientCert.
+type Options struct {
 	// Name of the CSR object. Default: "rotate-ca-<node>-<random hex>".
 	Name string
 	// ExpirationSeconds requests a lifetime (spec.expirationSeconds); the
@@ -86,12 +98,12 @@ type CSROptions struct {
 //     Failed condition ends the wait with ErrCSRDenied or ErrCSRFailed, the
 //     timeout with ErrCSRTimeout.
 //
-// The certificate is issued by whatever CA the controller-manager signs with;
-// check the result with IssuedBy. Callers need create/get/watch on
+// The certificate is issued by whatever pki.CA the controller-manager signs with;
+// check the result with pki.IssuedBy. Callers need create/get/watch on
 // certificatesigningrequests, update on certificatesigningrequests/approval
 // and approve on the signer.
-func RequestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeName string, opts CSROptions) (*Issued, error) {
-	if err := validNodeName(nodeName); err != nil {
+func RequestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeName string, opts Options) (*pki.Issued, error) {
+	if err := pki.ValidNodeName(nodeName); err != nil {
 		return nil, fmt.Errorf("request kubelet client certificate: %w", err)
 	}
 	if c == nil {
@@ -112,7 +124,7 @@ func RequestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 	return is, nil
 }
 
-func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeName, name string, opts CSROptions, r io.Reader) (*Issued, error) {
+func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeName, name string, opts Options, r io.Reader) (*pki.Issued, error) {
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultCSRTimeout
@@ -127,7 +139,7 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 	key := opts.Key
 	if key == nil {
 		var err error
-		if key, err = GenerateKey(ECDSAP256, r); err != nil {
+		if key, err = pki.GenerateKey(pki.ECDSAP256, r); err != nil {
 			return nil, fmt.Errorf("new key: %w", err)
 		}
 	}
@@ -181,21 +193,21 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 		}
 		return nil, err
 	}
-	certs, err := ParseCertsPEM(certPEM)
+	certs, err := pki.ParseCertsPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("parse issued certificate: %w", err)
 	}
-	if !KeyMatches(certs[0], key) {
-		return nil, fmt.Errorf("issued certificate %s: %w", Describe(certs[0]), ErrKeyMismatch)
+	if !pki.KeyMatches(certs[0], key) {
+		return nil, fmt.Errorf("issued certificate %s: %w", pki.Describe(certs[0]), pki.ErrKeyMismatch)
 	}
-	if want := NodeUserPrefix + nodeName; certs[0].Subject.CommonName != want {
-		return nil, fmt.Errorf("issued certificate %s: want CN=%s", Describe(certs[0]), want)
+	if want := pki.NodeUserPrefix + nodeName; certs[0].Subject.CommonName != want {
+		return nil, fmt.Errorf("issued certificate %s: want CN=%s", pki.Describe(certs[0]), want)
 	}
-	keyPEM, err := EncodeKeyPEM(key)
+	keyPEM, err := pki.EncodeKeyPEM(key)
 	if err != nil {
 		return nil, err
 	}
-	return &Issued{Cert: certs[0], Key: key, CertPEM: EncodeCertsPEM(certs...), KeyPEM: keyPEM}, nil
+	return &pki.Issued{Cert: certs[0], Key: key, CertPEM: pki.EncodeCertsPEM(certs...), KeyPEM: keyPEM}, nil
 }
 
 // ctxErr marks an error caused by the request's deadline with ErrCSRTimeout.
@@ -222,7 +234,7 @@ func defaultCSRName(nodeName string, r io.Reader) (string, error) {
 
 // kubeletCSRPEM is the PKCS#10 request kubelet would send for nodeName.
 func kubeletCSRPEM(nodeName string, key crypto.Signer, r io.Reader) ([]byte, error) {
-	der, err := x509.CreateCertificateRequest(r, &x509.CertificateRequest{Subject: kubeletSubject(nodeName)}, key)
+	der, err := x509.CreateCertificateRequest(r, &x509.CertificateRequest{Subject: pki.KubeletSubject(nodeName)}, key)
 	if err != nil {
 		return nil, fmt.Errorf("create certificate request: %w", err)
 	}
@@ -242,9 +254,9 @@ func compatible(csr *certificatesv1.CertificateSigningRequest, nodeName string, 
 	if err != nil {
 		return fmt.Errorf("%w: parse existing csr request: %w", ErrCSRConflict, err)
 	}
-	if want := NodeUserPrefix + nodeName; req.Subject.CommonName != want ||
-		len(req.Subject.Organization) != 1 || req.Subject.Organization[0] != NodesGroup {
-		return fmt.Errorf("%w: existing csr is for %q, want CN=%s,O=%s", ErrCSRConflict, req.Subject.String(), want, NodesGroup)
+	if want := pki.NodeUserPrefix + nodeName; req.Subject.CommonName != want ||
+		len(req.Subject.Organization) != 1 || req.Subject.Organization[0] != pki.NodesGroup {
+		return fmt.Errorf("%w: existing csr is for %q, want CN=%s,O=%s", ErrCSRConflict, req.Subject.String(), want, pki.NodesGroup)
 	}
 	pub, ok := req.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(key.Public()) {
@@ -291,7 +303,7 @@ func approve(ctx context.Context, c kubernetes.Interface, name string, uid types
 			Type:    certificatesv1.CertificateApproved,
 			Status:  "True",
 			Reason:  ApprovalReason,
-			Message: "approved by kubeca rotate to re-issue the kubelet client certificate from the new cluster CA",
+			Message: "approved by kubeca rotate to re-issue the kubelet client certificate from the new cluster pki.CA",
 		})
 		_, err = csrs.UpdateApproval(ctx, name, cur, metav1.UpdateOptions{})
 		return err
@@ -398,17 +410,36 @@ func stop(w watch.Interface) {
 }
 
 // String describes the options without key material.
-func (o CSROptions) String() string {
+func (o Options) String() string {
 	exp := "<nil>"
 	if o.ExpirationSeconds != nil {
 		exp = fmt.Sprint(*o.ExpirationSeconds)
 	}
-	return fmt.Sprintf("pki.CSROptions{Name: %q, ExpirationSeconds: %s, PollInterval: %s, Timeout: %s, Key: %s, Rand: %s}",
-		o.Name, exp, o.PollInterval, o.Timeout, redacted(o.Key != nil), setOrNil(o.Rand != nil))
+	return fmt.Sprintf("csr.Options{Name: %q, ExpirationSeconds: %s, PollInterval: %s, Timeout: %s, Key: %s, Rand: %s}",
+		o.Name, exp, o.PollInterval, o.Timeout, pki.RedactedIf(o.Key != nil), randSet(o.Rand != nil))
 }
 
 // Format keeps Key out of every fmt verb.
-func (o CSROptions) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.String(), o.String()) }
+func (o Options) Format(f fmt.State, verb rune) { pki.FormatRedacted(f, verb, o.String(), o.String()) }
 
-// MarshalJSON encodes String: Key stays out (persist it with EncodeKeyPEM).
-func (o CSROptions) MarshalJSON() ([]byte, error) { return json.Marshal(o.String()) }
+func orRand(r io.Reader) io.Reader {
+	if r == nil {
+		return rand.Reader
+	}
+	return r
+}
+
+func isRSA(key crypto.Signer) bool {
+	_, ok := key.Public().(*rsa.PublicKey)
+	return ok
+}
+
+func randSet(set bool) string {
+	if set {
+		return "<set>"
+	}
+	return "<nil>"
+}
+
+// MarshalJSON encodes String: Key stays out (persist it with pki.EncodeKeyPEM).
+func (o Options) MarshalJSON() ([]byte, error) { return json.Marshal(o.String()) }

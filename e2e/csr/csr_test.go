@@ -1,11 +1,13 @@
-package pki
+package csr
 
 import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -19,6 +21,9 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/kubeca/rotate/pki"
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
 // signerMode is how the fake kube-controller-manager signer reacts to an
@@ -141,7 +146,7 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 	if csr.Spec.ExpirationSeconds != nil {
 		notAfter = testNow.Add(time.Duration(*csr.Spec.ExpirationSeconds) * time.Second)
 	}
-	cert, err := ca.tryIssue(&x509.Certificate{
+	cert, err := ca.TryIssue(&x509.Certificate{
 		Subject:     req.Subject,
 		KeyUsage:    ku,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -178,7 +183,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 	csrGVR := schema.GroupVersionResource{Group: "certificates.k8s.io", Version: "v1", Resource: "certificatesigningrequests"}
 
 	type result struct {
-		is  *Issued
+		is  *pki.Issued
 		c   *fake.Clientset
 		err error
 	}
@@ -188,7 +193,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 		objects []runtime.Object
 		setup   func(t *testing.T, c *fake.Clientset)
 		signer  signerMode
-		opts    CSROptions
+		opts    Options
 		cancel  bool // cancel the caller's context right away
 		wantErr string
 		is      error
@@ -201,10 +206,10 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				if c.Subject.CommonName != "system:node:worker-1" || !reflect.DeepEqual(c.Subject.Organization, []string{"system:nodes"}) {
 					t.Errorf("subject %s", c.Subject)
 				}
-				if !IssuedBy(c, ca.cert) || !KeyMatches(c, r.is.Key) || keyShape(c.PublicKey) != "ECDSA-P-256" {
-					t.Errorf("issued %s by %s, key %s", Describe(c), c.Issuer, keyShape(c.PublicKey))
+				if !pki.IssuedBy(c, ca.Cert) || !pki.KeyMatches(c, r.is.Key) || pki.KeyShape(c.PublicKey) != "ECDSA-P-256" {
+					t.Errorf("issued %s by %s, key %s", pki.Describe(c), c.Issuer, pki.KeyShape(c.PublicKey))
 				}
-				if pc, pk, err := ParseKubeletPEM(cat(r.is.CertPEM, r.is.KeyPEM)); err != nil || !pc.Equal(c) || !KeyMatches(pc, pk) {
+				if pc, pk, err := pki.ParseKubeletPEM(cat(r.is.CertPEM, r.is.KeyPEM)); err != nil || !pc.Equal(c) || !pki.KeyMatches(pc, pk) {
 					t.Errorf("PEM forms: %v", err)
 				}
 				list, _ := r.c.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
@@ -237,9 +242,9 @@ func TestRequestKubeletClientCert(t *testing.T) {
 		},
 		{
 			name: "RSA key, named, expiration", node: "cp1", signer: signerSigns,
-			opts: CSROptions{Name: "kubelet-cp1-rotation", Key: rsaK, ExpirationSeconds: &year},
+			opts: Options{Name: "kubelet-cp1-rotation", Key: rsaK, ExpirationSeconds: &year},
 			check: func(t *testing.T, r result) {
-				if !KeyMatches(r.is.Cert, rsaK) || r.is.Key != rsaK {
+				if !pki.KeyMatches(r.is.Cert, rsaK) || r.is.Key != rsaK {
 					t.Error("did not use the given key")
 				}
 				if r.is.Cert.KeyUsage != x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment {
@@ -263,9 +268,9 @@ func TestRequestKubeletClientCert(t *testing.T) {
 		{
 			name: "resume: pending CSR for the same key", node: "worker-2", signer: signerSigns,
 			objects: []runtime.Object{existingCSR(t, "resume-me", "worker-2", fixedKey)},
-			opts:    CSROptions{Name: "resume-me", Key: fixedKey},
+			opts:    Options{Name: "resume-me", Key: fixedKey},
 			check: func(t *testing.T, r result) {
-				if !KeyMatches(r.is.Cert, fixedKey) {
+				if !pki.KeyMatches(r.is.Cert, fixedKey) {
 					t.Error("certificate is not for the persisted key")
 				}
 			},
@@ -282,9 +287,9 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				o.Status.Certificate = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 				return []runtime.Object{o}
 			}(),
-			opts: CSROptions{Name: "done", Key: fixedKey, Timeout: time.Second},
+			opts: Options{Name: "done", Key: fixedKey, Timeout: time.Second},
 			check: func(t *testing.T, r result) {
-				if !KeyMatches(r.is.Cert, fixedKey) || !IssuedBy(r.is.Cert, ca.cert) {
+				if !pki.KeyMatches(r.is.Cert, fixedKey) || !pki.IssuedBy(r.is.Cert, ca.Cert) {
 					t.Error("wrong certificate")
 				}
 			},
@@ -292,19 +297,19 @@ func TestRequestKubeletClientCert(t *testing.T) {
 		{
 			name: "existing CSR for another key", node: "worker-2",
 			objects: []runtime.Object{existingCSR(t, "taken", "worker-2", ecKey(t))},
-			opts:    CSROptions{Name: "taken", Key: fixedKey},
+			opts:    Options{Name: "taken", Key: fixedKey},
 			wantErr: "request kubelet client certificate for node worker-2 (csr taken): certificate signing request exists for another key or subject: existing csr was made for a different public key",
 			is:      ErrCSRConflict,
 		},
 		{
 			name: "existing CSR for another node", node: "worker-2",
 			objects: []runtime.Object{existingCSR(t, "taken", "worker-3", fixedKey)},
-			opts:    CSROptions{Name: "taken", Key: fixedKey},
+			opts:    Options{Name: "taken", Key: fixedKey},
 			wantErr: `request kubelet client certificate for node worker-2 (csr taken): certificate signing request exists for another key or subject: existing csr is for "CN=system:node:worker-3,O=system:nodes", want CN=system:node:worker-2,O=system:nodes`,
 			is:      ErrCSRConflict,
 		},
 		{
-			name: "denied", node: "worker-1", signer: signerSigns, opts: CSROptions{Name: "deny-me"},
+			name: "denied", node: "worker-1", signer: signerSigns, opts: Options{Name: "deny-me"},
 			setup: func(t *testing.T, c *fake.Clientset) {
 				// A policy controller denies the request as it is created.
 				c.PrependReactor("create", "certificatesigningrequests", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -318,26 +323,26 @@ func TestRequestKubeletClientCert(t *testing.T) {
 			is:      ErrCSRDenied,
 		},
 		{
-			name: "failed by the signer", node: "worker-1", signer: signerFails, opts: CSROptions{Name: "fail-me"},
+			name: "failed by the signer", node: "worker-1", signer: signerFails, opts: Options{Name: "fail-me"},
 			wantErr: `request kubelet client certificate for node worker-1 (csr fail-me): certificate signing request failed (reason "SignerValidationFailure", message "invalid usages")`,
 			is:      ErrCSRFailed,
 		},
 		{
-			name: "timed out: no signer", node: "worker-1", signer: signerAbsent, opts: CSROptions{Name: "nobody-signs", Timeout: 300 * time.Millisecond, PollInterval: 50 * time.Millisecond},
+			name: "timed out: no signer", node: "worker-1", signer: signerAbsent, opts: Options{Name: "nobody-signs", Timeout: 300 * time.Millisecond, PollInterval: 50 * time.Millisecond},
 			wantErr: "request kubelet client certificate for node worker-1 (csr nobody-signs): timed out waiting for the certificate after 300ms: the csr is approved but has no certificate; is the kube-controller-manager signing kubernetes.io/kube-apiserver-client-kubelet? (context deadline exceeded)",
 			is:      ErrCSRTimeout,
 		},
 		{
-			name: "signer returns a certificate for another key", node: "worker-1", signer: signerWrongKey, opts: CSROptions{Name: "odd"},
+			name: "signer returns a certificate for another key", node: "worker-1", signer: signerWrongKey, opts: Options{Name: "odd"},
 			wantErr: "request kubelet client certificate for node worker-1 (csr odd): issued certificate CN=system:node:worker-1 (sha256 ",
-			is:      ErrKeyMismatch,
+			is:      pki.ErrKeyMismatch,
 		},
 		{
-			name: "deleted while waiting", node: "worker-1", signer: signerDeletes, opts: CSROptions{Name: "gone"},
+			name: "deleted while waiting", node: "worker-1", signer: signerDeletes, opts: Options{Name: "gone"},
 			wantErr: "request kubelet client certificate for node worker-1 (csr gone): csr was deleted",
 		},
 		{
-			name: "approval forbidden", node: "worker-1", opts: CSROptions{Name: "no-rbac"},
+			name: "approval forbidden", node: "worker-1", opts: Options{Name: "no-rbac"},
 			setup: func(t *testing.T, c *fake.Clientset) {
 				c.PrependReactor("update", "certificatesigningrequests", func(a k8stesting.Action) (bool, runtime.Object, error) {
 					if a.GetSubresource() != "approval" {
@@ -349,7 +354,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 			wantErr: "request kubelet client certificate for node worker-1 (csr no-rbac): approve: certificatesigningrequests.certificates.k8s.io \"no-rbac\" is forbidden: user \"ops\" cannot approve signer",
 		},
 		{
-			name: "create fails", node: "worker-1", opts: CSROptions{Name: "x"},
+			name: "create fails", node: "worker-1", opts: Options{Name: "x"},
 			setup: func(t *testing.T, c *fake.Clientset) {
 				c.PrependReactor("create", "certificatesigningrequests", func(a k8stesting.Action) (bool, runtime.Object, error) {
 					return true, nil, apierrors.NewServiceUnavailable("etcd is down")
@@ -358,7 +363,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 			wantErr: "request kubelet client certificate for node worker-1 (csr x): create csr: etcd is down",
 		},
 		{
-			name: "watch unavailable: polls", node: "worker-1", signer: signerSigns, opts: CSROptions{PollInterval: 20 * time.Millisecond},
+			name: "watch unavailable: polls", node: "worker-1", signer: signerSigns, opts: Options{PollInterval: 20 * time.Millisecond},
 			setup: func(t *testing.T, c *fake.Clientset) {
 				c.PrependWatchReactor("certificatesigningrequests", func(a k8stesting.Action) (bool, watch.Interface, error) {
 					if a.(k8stesting.WatchAction).GetWatchRestrictions().Fields.String() == "" {
@@ -368,13 +373,13 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				})
 			},
 			check: func(t *testing.T, r result) {
-				if !IssuedBy(r.is.Cert, ca.cert) {
-					t.Error("not issued by the CA")
+				if !pki.IssuedBy(r.is.Cert, ca.Cert) {
+					t.Error("not issued by the pki.CA")
 				}
 			},
 		},
 		{
-			name: "watch closes at once: re-reads", node: "worker-1", signer: signerSigns, opts: CSROptions{PollInterval: 20 * time.Millisecond},
+			name: "watch closes at once: re-reads", node: "worker-1", signer: signerSigns, opts: Options{PollInterval: 20 * time.Millisecond},
 			setup: func(t *testing.T, c *fake.Clientset) {
 				c.PrependWatchReactor("certificatesigningrequests", func(a k8stesting.Action) (bool, watch.Interface, error) {
 					if a.(k8stesting.WatchAction).GetWatchRestrictions().Fields.String() == "" {
@@ -384,13 +389,13 @@ func TestRequestKubeletClientCert(t *testing.T) {
 				})
 			},
 			check: func(t *testing.T, r result) {
-				if !IssuedBy(r.is.Cert, ca.cert) {
-					t.Error("not issued by the CA")
+				if !pki.IssuedBy(r.is.Cert, ca.Cert) {
+					t.Error("not issued by the pki.CA")
 				}
 			},
 		},
 		{
-			name: "caller cancels", node: "worker-1", signer: signerAbsent, opts: CSROptions{Name: "cancelled"}, cancel: true,
+			name: "caller cancels", node: "worker-1", signer: signerAbsent, opts: Options{Name: "cancelled"}, cancel: true,
 			wantErr: "request kubelet client certificate for node worker-1 (csr cancelled): wait for certificate: context canceled",
 			is:      context.Canceled,
 		},
@@ -435,7 +440,7 @@ func TestRequestKubeletClientCert(t *testing.T) {
 		})
 	}
 	t.Run("nil client", func(t *testing.T) {
-		_, err := RequestKubeletClientCert(context.Background(), nil, "n", CSROptions{})
+		_, err := RequestKubeletClientCert(context.Background(), nil, "n", Options{})
 		if err == nil || err.Error() != "request kubelet client certificate for node n: nil client" {
 			t.Fatalf("err = %v", err)
 		}
@@ -461,5 +466,43 @@ func TestDefaultCSRName(t *testing.T) {
 				t.Fatalf("name %q (%d bytes)", n, len(n))
 			}
 		})
+	}
+}
+
+// testNow is the fixed "now" of the tests: the test CA's clock.
+var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type testCA = pkitest.CA
+
+func newTestCA(t testing.TB, cn string) *testCA {
+	t.Helper()
+	return pkitest.NewCA(t, cn, pkitest.Options{Now: func() time.Time { return testNow }})
+}
+
+var (
+	ecKey  = pkitest.ECKey
+	rsaKey = pkitest.RSAKey
+)
+
+func cat(a, b []byte) []byte { return append(append([]byte{}, a...), b...) }
+
+// TestOptionsFormat: no fmt verb and no JSON shows the key.
+func TestOptionsFormat(t *testing.T) {
+	key := rsaKey(t, 2048)
+	o := Options{Name: "x", Key: key}
+	keyPEM := pkitest.KeyPEM(t, key)
+	der, _ := pem.Decode(keyPEM)
+	j, err := json.Marshal(struct{ O Options }{o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := []string{strings.ReplaceAll(string(j), `\u003c`, "<")}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x"} {
+		outs = append(outs, fmt.Sprintf(verb, o), fmt.Sprintf(verb, &o))
+	}
+	for _, out := range outs {
+		if strings.Contains(out, "PRIVATE") || strings.Contains(out, fmt.Sprintf("%x", der.Bytes[:16])) || !strings.Contains(out, "Key: <redacted") {
+			t.Errorf("Options shows as %s", out)
+		}
 	}
 }

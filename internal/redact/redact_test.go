@@ -1,35 +1,18 @@
-package steps
+package redact
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"encoding/base64"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/kubeca/rotate/pki/pkitest"
 )
 
-// testCredential is a self-signed certificate and its key, PEM.
+// testCredential is a certificate and its key, PEM.
 func testCredential(t *testing.T, cn string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	is := pkitest.NewCA(t, cn+" CA", pkitest.Options{}).IssueLeaf(t, pkitest.Leaf{CN: cn, Client: true})
+	return is.CertPEM, is.KeyPEM
 }
 
 // TestSummarizeDiffRedactsStructurally: whatever the shape of the file (a
@@ -158,7 +141,7 @@ users:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := summarizeDiff([]byte(tt.a), []byte(tt.b))
+			got := Diff([]byte(tt.a), []byte(tt.b))
 			for _, s := range tt.secrets {
 				if strings.Contains(got, s) {
 					t.Errorf("summary shows %q:\n%s", s, got)
@@ -182,7 +165,7 @@ func indent(s, by string) string {
 func TestRedactText(t *testing.T) {
 	_, key := testCredential(t, "x")
 	in := "apply: write /etc/kubernetes/pki/ca.key: " + string(key) + " then Authorization: Bearer tok-123 and " + b64(key) + " token=abc"
-	got := RedactText(in)
+	got := Text(in)
 	for _, s := range []string{"PRIVATE KEY", "tok-123", b64(key)[:24], "token=abc"} {
 		if strings.Contains(got, s) {
 			t.Errorf("RedactText shows %q: %s", s, got)
@@ -192,3 +175,22 @@ func TestRedactText(t *testing.T) {
 		t.Errorf("RedactText = %s", got)
 	}
 }
+
+func TestDiffRedacts(t *testing.T) {
+	a := "x: 1\n    client-key-data: QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\n"
+	b := "x: 2\n    client-key-data: WllYV1ZVVFNSUVBPTk1MS0pJSEdGRURDQkE=\n"
+	s := Diff([]byte(a), []byte(b))
+	if strings.Contains(s, "QUJD") || strings.Contains(s, "WllY") || !strings.Contains(s, "+x: 2") {
+		t.Fatalf("summary leaks or lacks the change: %s", s)
+	}
+}
+
+func TestDiffHidesPEM(t *testing.T) {
+	old := "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\nF4PmtgfsmayO+E9Fq==\n-----END EC PRIVATE KEY-----\n"
+	s := Diff([]byte(old), []byte(strings.Replace(old, "F4P", "G5Q", 1)))
+	if strings.Contains(s, "F4P") || strings.Contains(s, "G5Q") || strings.Contains(s, "PRIVATE") {
+		t.Fatalf("summary shows key material: %s", s)
+	}
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

@@ -1,4 +1,7 @@
-package steps
+// Package redact shows what may be shown of secrets-bearing text: the
+// change of a node file that `rotate plan --live` prints (Diff) and the
+// free text of errors that `rotate status` prints (Text).
+package redact
 
 import (
 	"bytes"
@@ -8,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"regexp"
 	"strings"
@@ -252,9 +256,46 @@ func parseDocs(b []byte) ([]*yaml.Node, error) {
 	return docs, nil
 }
 
-// RedactText hides PEM private keys, bearer tokens, secret-named fields
+// Text hides PEM private keys, bearer tokens, secret-named fields
 // and base64-encoded keys in free text, such as an error `rotate status`
 // shows.
-func RedactText(s string) string {
+func Text(s string) string {
 	return redactFields(pemKeyRE.ReplaceAllString(s, "<private key redacted>"))
+}
+
+// Diff describes a change of a file by its changed lines, after the
+// structural redaction of safeLines of both sides.
+func Diff(a, b []byte) string {
+	al, aok := safeLines(a)
+	bl, bok := safeLines(b)
+	if !aok || !bok {
+		// Certificates and keys: never show lines, not even parts.
+		return "replace PEM content (not shown)"
+	}
+	in := func(s []string, x string) bool {
+		for _, y := range s {
+			if y == x {
+				return true
+			}
+		}
+		return false
+	}
+	var out []string
+	for _, l := range bl {
+		if !in(al, l) {
+			out = append(out, "+"+strings.TrimSpace(l))
+		}
+	}
+	for _, l := range al {
+		if !in(bl, l) {
+			out = append(out, "-"+strings.TrimSpace(l))
+		}
+	}
+	if len(out) > 8 {
+		out = append(out[:8], fmt.Sprintf("(%d more changed lines)", len(out)-8))
+	}
+	if len(out) == 0 {
+		return "content replaced"
+	}
+	return strings.Join(out, " | ")
 }

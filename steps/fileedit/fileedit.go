@@ -1,4 +1,11 @@
-package steps
+// Package fileedit is the file-edit engine of node steps: a step lists
+// the files it changes as Edits (pure functions from the current content
+// to the wanted one), and the engine says whether they are in place
+// (InPlace), applies them with a backup of each file before its first
+// change (Apply), says what they would change (Describe, redacted), and
+// decides in which order a revert may put the backups back without
+// narrowing trust under a running component (PlanRestore).
+package fileedit
 
 import (
 	"bytes"
@@ -10,44 +17,41 @@ import (
 	"path"
 	"strings"
 
+	"github.com/kubeca/rotate/internal/redact"
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/pki"
 )
 
-// fileEdit is one file a step changes: fn maps the current content to the
-// wanted content. fn must be idempotent (fn(fn(x)) == fn(x)) so Check can
-// ask "is the edit already in place?" by applying it to what is there.
-type fileEdit struct {
-	path string
-	mode fs.FileMode // for a file that does not exist yet
-	// optional: a missing file is skipped instead of an error
-	optional bool
-	// symlink, when set, makes path a symbolic link to it (fn unused).
-	symlink string
-	// fn gets the current content (nil, false when missing) and returns the
-	// wanted content; remove=true deletes the file.
-	fn func(cur []byte, exists bool) (want []byte, remove bool, err error)
+// Edit is one file a step changes: Fn maps the current content to the
+// wanted content. Fn must be idempotent (Fn(Fn(x)) == Fn(x)) so a step's
+// Check can ask "is the edit already in place?" by applying it to what is
+// there.
+type Edit struct {
+	Path string
+	Mode fs.FileMode // for a file that does not exist yet
+	// Optional: a missing file is skipped instead of an error.
+	Optional bool
+	// Symlink, when set, makes Path a symbolic link to it (Fn unused).
+	// Content-wise the link is tracked by its target path.
+	Symlink string
+	// Fn gets the current content (nil, false when missing) and returns
+	// the wanted content; remove=true deletes the file.
+	Fn func(cur []byte, exists bool) (want []byte, remove bool, err error)
 }
 
-// setContent is an edit that makes the file hold exactly data.
-func setContent(path string, data []byte, mode fs.FileMode) fileEdit {
-	return fileEdit{path: path, mode: mode, fn: func([]byte, bool) ([]byte, bool, error) { return data, false, nil }}
+// SetContent is an edit that makes the file hold exactly data.
+func SetContent(path string, data []byte, mode fs.FileMode) Edit {
+	return Edit{Path: path, Mode: mode, Fn: func([]byte, bool) ([]byte, bool, error) { return data, false, nil }}
 }
 
-// removeFile is an edit that deletes the file.
-func removeFile(path string) fileEdit {
-	return fileEdit{path: path, optional: true, fn: func([]byte, bool) ([]byte, bool, error) { return nil, true, nil }}
+// Remove is an edit that deletes the file.
+func Remove(path string) Edit {
+	return Edit{Path: path, Optional: true, Fn: func([]byte, bool) ([]byte, bool, error) { return nil, true, nil }}
 }
 
-func (rt *Runtime) node(ctx context.Context, t Target) (nodes.Runner, error) {
-	if t.Node == "" {
-		return nil, errors.New("step needs a node target")
-	}
-	r, err := rt.Nodes.Node(ctx, t.Node)
-	if err != nil {
-		return nil, fmt.Errorf("connect to node %s: %w", t.Node, err)
-	}
-	return r, nil
+// Symlink is an edit that repoints link at target.
+func Symlink(link, target string) Edit {
+	return Edit{Path: link, Symlink: target}
 }
 
 func readOptional(ctx context.Context, r nodes.Runner, path string) ([]byte, bool, error) {
@@ -63,7 +67,7 @@ func readOptional(ctx context.Context, r nodes.Runner, path string) ([]byte, boo
 
 // editPlan is what an edit would do to a file right now.
 type editPlan struct {
-	edit         fileEdit
+	edit         Edit
 	cur, want    []byte
 	exists       bool
 	remove, noop bool
@@ -72,52 +76,52 @@ type editPlan struct {
 // mergeEdits composes edits of the same path (in order) into one, so that
 // a manifest whose flags and restart annotation both change is computed
 // and written once.
-func mergeEdits(edits []fileEdit) []fileEdit {
-	var out []fileEdit
+func mergeEdits(edits []Edit) []Edit {
+	var out []Edit
 	index := map[string]int{}
 	for _, e := range edits {
-		i, seen := index[e.path]
-		if !seen || e.symlink != "" || out[i].symlink != "" {
-			index[e.path] = len(out)
+		i, seen := index[e.Path]
+		if !seen || e.Symlink != "" || out[i].Symlink != "" {
+			index[e.Path] = len(out)
 			out = append(out, e)
 			continue
 		}
 		first, next := out[i], e
-		out[i].optional = first.optional && next.optional
-		out[i].fn = func(cur []byte, exists bool) ([]byte, bool, error) {
-			mid, remove, err := first.fn(cur, exists)
+		out[i].Optional = first.Optional && next.Optional
+		out[i].Fn = func(cur []byte, exists bool) ([]byte, bool, error) {
+			mid, remove, err := first.Fn(cur, exists)
 			if err != nil || remove {
 				return mid, remove, err
 			}
-			return next.fn(mid, true)
+			return next.Fn(mid, true)
 		}
 	}
 	return out
 }
 
-func planEdits(ctx context.Context, r nodes.Runner, edits []fileEdit) ([]editPlan, error) {
+func planEdits(ctx context.Context, r nodes.Runner, edits []Edit) ([]editPlan, error) {
 	edits = mergeEdits(edits)
 	out := make([]editPlan, 0, len(edits))
 	for _, e := range edits {
-		if e.symlink != "" {
-			st, err := r.Stat(ctx, e.path)
+		if e.Symlink != "" {
+			st, err := r.Stat(ctx, e.Path)
 			if err != nil {
-				return nil, fmt.Errorf("stat %s on %s: %w", e.path, r.Name(), err)
+				return nil, fmt.Errorf("stat %s on %s: %w", e.Path, r.Name(), err)
 			}
-			out = append(out, editPlan{edit: e, exists: st.Exists, noop: st.IsSymlink && st.LinkTarget == e.symlink})
+			out = append(out, editPlan{edit: e, exists: st.Exists, noop: st.IsSymlink && st.LinkTarget == e.Symlink})
 			continue
 		}
-		cur, exists, err := readOptional(ctx, r, e.path)
+		cur, exists, err := readOptional(ctx, r, e.Path)
 		if err != nil {
-			return nil, fmt.Errorf("read %s on %s: %w", e.path, r.Name(), err)
+			return nil, fmt.Errorf("read %s on %s: %w", e.Path, r.Name(), err)
 		}
-		if !exists && e.optional {
+		if !exists && e.Optional {
 			out = append(out, editPlan{edit: e, noop: true})
 			continue
 		}
-		want, remove, err := e.fn(cur, exists)
+		want, remove, err := e.Fn(cur, exists)
 		if err != nil {
-			return nil, fmt.Errorf("edit %s on %s: %w", e.path, r.Name(), err)
+			return nil, fmt.Errorf("edit %s on %s: %w", e.Path, r.Name(), err)
 		}
 		p := editPlan{edit: e, cur: cur, want: want, exists: exists, remove: remove}
 		p.noop = (remove && !exists) || (!remove && exists && bytes.Equal(cur, want))
@@ -126,8 +130,8 @@ func planEdits(ctx context.Context, r nodes.Runner, edits []fileEdit) ([]editPla
 	return out, nil
 }
 
-// editsInPlace reports whether every edit is already applied.
-func editsInPlace(ctx context.Context, r nodes.Runner, edits []fileEdit) (bool, error) {
+// InPlace reports whether every edit is already applied.
+func InPlace(ctx context.Context, r nodes.Runner, edits []Edit) (bool, error) {
 	ps, err := planEdits(ctx, r, edits)
 	if err != nil {
 		return false, err
@@ -140,9 +144,17 @@ func editsInPlace(ctx context.Context, r nodes.Runner, edits []fileEdit) (bool, 
 	return true, nil
 }
 
-// applyEdits backs up each file (first copy wins, scoped to this step) and
-// then writes it atomically, in order. It returns whether anything changed.
-func applyEdits(ctx context.Context, rt *Runtime, r nodes.Runner, edits []fileEdit) (bool, error) {
+// Backups is where Apply keeps each file's state from before its first
+// change: Store, and on the node Dir/ID (see nodes.BackupFile).
+type Backups struct {
+	Store nodes.BackupStore
+	Dir   string
+	ID    string // scopes the backups, e.g. to one step on one target
+}
+
+// Apply backs up each file (first copy wins, scoped to b.ID) and then
+// writes it atomically, in order. It returns whether anything changed.
+func Apply(ctx context.Context, r nodes.Runner, b Backups, edits []Edit) (bool, error) {
 	ps, err := planEdits(ctx, r, edits)
 	if err != nil {
 		return false, err
@@ -152,33 +164,34 @@ func applyEdits(ctx context.Context, rt *Runtime, r nodes.Runner, edits []fileEd
 		if p.noop {
 			continue
 		}
-		if _, err := nodes.BackupFile(ctx, r, rt.Store, rt.Config.Paths.BackupDir, rt.BackupID, p.edit.path); err != nil {
-			return changed, fmt.Errorf("back up %s on %s: %w", p.edit.path, r.Name(), err)
+		if _, err := nodes.BackupFile(ctx, r, b.Store, b.Dir, b.ID, p.edit.Path); err != nil {
+			return changed, fmt.Errorf("back up %s on %s: %w", p.edit.Path, r.Name(), err)
 		}
 		switch {
-		case p.edit.symlink != "":
-			err = r.Symlink(ctx, p.edit.symlink, p.edit.path)
+		case p.edit.Symlink != "":
+			err = r.Symlink(ctx, p.edit.Symlink, p.edit.Path)
 		case p.remove:
-			err = r.Remove(ctx, p.edit.path)
+			err = r.Remove(ctx, p.edit.Path)
 		default:
-			mode := p.edit.mode
+			mode := p.edit.Mode
 			if p.exists {
 				mode = 0 // keep the file's mode and owner
 			}
-			err = r.WriteFile(ctx, p.edit.path, p.want, mode)
+			err = r.WriteFile(ctx, p.edit.Path, p.want, mode)
 		}
 		if err != nil {
-			return changed, fmt.Errorf("write %s on %s: %w", p.edit.path, r.Name(), err)
+			return changed, fmt.Errorf("write %s on %s: %w", p.edit.Path, r.Name(), err)
 		}
 		changed = true
 	}
 	return changed, nil
 }
 
-// restoreStages is what a revert puts back, split around the restart
-// gates (see NodeEdit.Revert). Each stage is in restore order.
-type restoreStages struct {
-	early, late []nodes.Backup
+// RestoreStages is what a revert puts back, split around the restart
+// gates of the components the step restarted. Each stage is in restore
+// order.
+type RestoreStages struct {
+	Early, Late []nodes.Backup
 }
 
 // pendingRestore is one path whose backup differs from what is there.
@@ -187,7 +200,7 @@ type pendingRestore struct {
 	cur, want []byte // content now and once restored, read through links
 }
 
-// planRestore decides, from this step's backups of paths (in edit order)
+// PlanRestore decides, from a step's backups of paths (in edit order)
 // and the node's files, which restorations may happen while the
 // components the step restarted can still be running with the step's
 // configuration, and which must wait for their restart gates. The rule,
@@ -217,12 +230,14 @@ type pendingRestore struct {
 // The late ones go keys first: a key is recognised by the CA certificate
 // still in its file, so a revert killed between the two and run again
 // must find the key already restored. Otherwise, newest edit first.
-func planRestore(ctx context.Context, rt *Runtime, r nodes.Runner, paths []string) (restoreStages, error) {
+//
+// Manifests are the files under manifestsDir.
+func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, manifestsDir string, paths []string) (RestoreStages, error) {
 	var ps []pendingRestore
 	for i := len(paths) - 1; i >= 0; i-- {
-		p, err := pendingRestoreOf(ctx, rt, r, paths[i])
+		p, err := pendingRestoreOf(ctx, r, store, paths[i])
 		if err != nil {
-			return restoreStages{}, err
+			return RestoreStages{}, err
 		}
 		if p != nil {
 			ps = append(ps, *p)
@@ -235,7 +250,7 @@ func planRestore(ctx context.Context, rt *Runtime, r nodes.Runner, paths []strin
 		lost = append(lost, l...)
 		narrows[i] = !p.b.Exists || len(l) > 0
 	}
-	var st restoreStages
+	var st RestoreStages
 	var keys, manifests, rest []nodes.Backup
 	for i, p := range ps {
 		switch {
@@ -243,21 +258,21 @@ func planRestore(ctx context.Context, rt *Runtime, r nodes.Runner, paths []strin
 			rest = append(rest, p.b)
 		case keyOfAny(p.cur, lost):
 			keys = append(keys, p.b)
-		case strings.HasPrefix(p.b.Path, rt.Config.Paths.ManifestsDir+"/"):
+		case strings.HasPrefix(p.b.Path, manifestsDir+"/"):
 			manifests = append(manifests, p.b)
 		default:
-			st.early = append(st.early, p.b)
+			st.Early = append(st.Early, p.b)
 		}
 	}
-	st.early = append(st.early, manifests...)
-	st.late = append(keys, rest...)
+	st.Early = append(st.Early, manifests...)
+	st.Late = append(keys, rest...)
 	return st, nil
 }
 
 // pendingRestoreOf is the restoration of p, or nil when this step never
 // backed p up (it never changed it) or p is already as backed up.
-func pendingRestoreOf(ctx context.Context, rt *Runtime, r nodes.Runner, p string) (*pendingRestore, error) {
-	b, ok, err := rt.Store.LoadBackup(ctx, r.Name(), p)
+func pendingRestoreOf(ctx context.Context, r nodes.Runner, store nodes.BackupStore, p string) (*pendingRestore, error) {
+	b, ok, err := store.LoadBackup(ctx, r.Name(), p)
 	if err != nil {
 		return nil, fmt.Errorf("load backup of %s on %s: %w", p, r.Name(), err)
 	}
@@ -319,8 +334,8 @@ func keyOfAny(content []byte, cas []*x509.Certificate) bool {
 	return false
 }
 
-// restoreBackups puts back each backup, in order.
-func restoreBackups(ctx context.Context, r nodes.Runner, bs []nodes.Backup) error {
+// Restore puts back each backup, in order.
+func Restore(ctx context.Context, r nodes.Runner, bs []nodes.Backup) error {
 	for _, b := range bs {
 		if err := nodes.Restore(ctx, r, b); err != nil {
 			return err
@@ -329,16 +344,18 @@ func restoreBackups(ctx context.Context, r nodes.Runner, bs []nodes.Backup) erro
 	return nil
 }
 
-func editPaths(edits []fileEdit) []string {
+// Paths are the files edits change, each once, in edit order.
+func Paths(edits []Edit) []string {
 	var out []string
 	for _, e := range mergeEdits(edits) {
-		out = append(out, e.path)
+		out = append(out, e.Path)
 	}
 	return out
 }
 
-// describeEdits says what applyEdits would change, for `rotate plan`.
-func describeEdits(ctx context.Context, r nodes.Runner, edits []fileEdit) ([]string, error) {
+// Describe says what Apply would change, for `rotate plan --live`; a
+// file's change is shown redacted (redact.Diff).
+func Describe(ctx context.Context, r nodes.Runner, edits []Edit) ([]string, error) {
 	ps, err := planEdits(ctx, r, edits)
 	if err != nil {
 		return nil, err
@@ -347,15 +364,15 @@ func describeEdits(ctx context.Context, r nodes.Runner, edits []fileEdit) ([]str
 	for _, p := range ps {
 		switch {
 		case p.noop:
-			out = append(out, "unchanged "+p.edit.path)
-		case p.edit.symlink != "":
-			out = append(out, "point symlink "+p.edit.path+" at "+p.edit.symlink)
+			out = append(out, "unchanged "+p.edit.Path)
+		case p.edit.Symlink != "":
+			out = append(out, "point symlink "+p.edit.Path+" at "+p.edit.Symlink)
 		case p.remove:
-			out = append(out, "remove "+p.edit.path)
+			out = append(out, "remove "+p.edit.Path)
 		case !p.exists:
-			out = append(out, "create "+p.edit.path)
+			out = append(out, "create "+p.edit.Path)
 		default:
-			out = append(out, "update "+p.edit.path+": "+summarizeDiff(p.cur, p.want))
+			out = append(out, "update "+p.edit.Path+": "+redact.Diff(p.cur, p.want))
 		}
 	}
 	return out, nil
