@@ -28,7 +28,7 @@ import (
 
 	"github.com/kubeca/rotate/e2e/cluster"
 	"github.com/kubeca/rotate/e2e/clusterinfo"
-	"github.com/kubeca/rotate/e2e/csr"
+	"github.com/kubeca/rotate/kubecsr"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/e2e/verify"
 	"github.com/kubeca/rotate/internal/kubeconfig"
@@ -611,7 +611,7 @@ func (e *env) kubeadmCheckExpiration(t *testing.T, ctx context.Context, ca *pki.
 // CSR API and the real controller-manager signer, now on the new CA.
 func (e *env) csrThroughNewSigner(t *testing.T, ctx context.Context, ca *pki.CA) {
 	t.Helper()
-	is, err := csr.RequestKubeletClientCert(ctx, e.client(t), "e2e-csr-node", csr.Options{Timeout: 2 * time.Minute})
+	is, err := kubecsr.RequestKubeletClientCert(ctx, e.client(t), "e2e-csr-node", kubecsr.Options{Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Errorf("CSR through the real signer: %v", err)
 		return

@@ -1,9 +1,12 @@
-// Package csr requests a kubelet client certificate through the
-// Kubernetes CSR API (signer kubernetes.io/kube-apiserver-client-kubelet),
-// approves it and waits for the signer: the e2e suite checks with it that
-// the controller-manager signs with the new CA. rotate itself issues
-// certificates directly (package pki).
-package csr
+// Package kubecsr obtains kubelet certificates through the Kubernetes CSR
+// API the way the kubelet does — a client certificate from signer
+// kubernetes.io/kube-apiserver-client-kubelet, a serving certificate from
+// kubernetes.io/kubelet-serving — but with a key the caller prepared and
+// approving the request itself after the checks an approver makes. rotate
+// re-issues the certificates of kubelets that rotate their certificates
+// this way once the controller-manager signs with the new CA; the e2e
+// suite checks with it that the signer switched.
+package kubecsr
 
 import (
 	"context"
@@ -11,12 +14,15 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,7 +130,112 @@ func RequestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 	return is, nil
 }
 
+// request is one certificate request: whom it is for, from which signer,
+// and the approval message.
+type request struct {
+	node    string
+	signer  string
+	subject pkix.Name
+	dns     []string
+	ips     []net.IP
+	usage   certificatesv1.KeyUsage // client auth or server auth
+	message string
+}
+
+// KubeletServingSignerName is the signer of kubelet serving certificates.
+const KubeletServingSignerName = certificatesv1.KubeletServingSignerName
+
+// RequestKubeletServingCert obtains a serving certificate for the kubelet
+// of nodeName with the given subject alternative names through the CSR
+// API (signer kubernetes.io/kubelet-serving), as a kubelet with
+// serverTLSBootstrap: true asks for one, and approves it after the checks
+// kubeadm's documentation asks of an approver: subject system:node:NAME in
+// system:nodes, server-auth usage, and every name and address one the Node
+// reports for itself (status.addresses). Like RequestKubeletClientCert it
+// reuses a CSR of the same name made for the same key and names.
+func RequestKubeletServingCert(ctx context.Context, c kubernetes.Interface, nodeName string, dnsNames []string, ips []net.IP, opts Options) (*pki.Issued, error) {
+	if err := pki.ValidNodeName(nodeName); err != nil {
+		return nil, fmt.Errorf("request kubelet serving certificate: %w", err)
+	}
+	if c == nil {
+		return nil, fmt.Errorf("request kubelet serving certificate for node %s: nil client", nodeName)
+	}
+	if len(dnsNames)+len(ips) == 0 {
+		return nil, fmt.Errorf("request kubelet serving certificate for node %s: no subject alternative names", nodeName)
+	}
+	if err := nodeOwnsNames(ctx, c, nodeName, dnsNames, ips); err != nil {
+		return nil, fmt.Errorf("request kubelet serving certificate for node %s: %w", nodeName, err)
+	}
+	r := orRand(opts.Rand)
+	name := opts.Name
+	if name == "" {
+		var err error
+		if name, err = defaultCSRName(nodeName, r); err != nil {
+			return nil, fmt.Errorf("request kubelet serving certificate for node %s: %w", nodeName, err)
+		}
+	}
+	q := request{node: nodeName, signer: KubeletServingSignerName, subject: pki.KubeletSubject(nodeName),
+		dns: dnsNames, ips: ips, usage: certificatesv1.UsageServerAuth,
+		message: "approved by kubeca rotate to re-issue the kubelet serving certificate from the new cluster CA: the node's own names and addresses"}
+	is, err := do(ctx, c, q, name, opts, r)
+	if err != nil {
+		return nil, fmt.Errorf("request kubelet serving certificate for node %s (csr %s): %w", nodeName, name, err)
+	}
+	return is, nil
+}
+
+// ErrNotNodeName: a subject alternative name the Node does not report as
+// its own; an approver must not sign it.
+var ErrNotNodeName = errors.New("not a name or address of the node")
+
+// nodeOwnsNames checks every SAN against the Node's status.addresses.
+func nodeOwnsNames(ctx context.Context, c kubernetes.Interface, nodeName string, dnsNames []string, ips []net.IP) error {
+	n, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read Node: %w", err)
+	}
+	own := map[string]bool{}
+	for _, a := range n.Status.Addresses {
+		own[a.Address] = true
+		if ip := net.ParseIP(a.Address); ip != nil {
+			own[ip.String()] = true
+		}
+	}
+	for _, d := range dnsNames {
+		if !own[d] {
+			return fmt.Errorf("DNS name %q: %w", d, ErrNotNodeName)
+		}
+	}
+	for _, ip := range ips {
+		if !own[ip.String()] {
+			return fmt.Errorf("IP address %s: %w", ip, ErrNotNodeName)
+		}
+	}
+	return nil
+}
+
+func clientRequest(nodeName string) request {
+	return request{node: nodeName, signer: KubeletClientSignerName, subject: pki.KubeletSubject(nodeName),
+		usage:   certificatesv1.UsageClientAuth,
+		message: "approved by kubeca rotate to re-issue the kubelet client certificate from the new cluster CA"}
+}
+
+// usages are what the kubelet asks for: digital signature and the auth
+// usage, plus key encipherment for an RSA key.
+func (q request) usages(key crypto.Signer) []certificatesv1.KeyUsage {
+	if isRSA(key) {
+		return []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment, q.usage}
+	}
+	return []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, q.usage}
+}
+
 func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeName, name string, opts Options, r io.Reader) (*pki.Issued, error) {
+	return do(ctx, c, clientRequest(nodeName), name, opts, r)
+}
+
+// do creates (or reuses) the CSR name for q, approves it and waits for the
+// certificate, which must match the key and the subject.
+func do(ctx context.Context, c kubernetes.Interface, q request, name string, opts Options, r io.Reader) (*pki.Issued, error) {
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultCSRTimeout
@@ -143,13 +254,9 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 			return nil, fmt.Errorf("new key: %w", err)
 		}
 	}
-	reqPEM, err := kubeletCSRPEM(nodeName, key, r)
+	reqPEM, err := q.pem(key, r)
 	if err != nil {
 		return nil, err
-	}
-	usages := []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth}
-	if isRSA(key) {
-		usages = []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment, certificatesv1.UsageClientAuth}
 	}
 	csrs := c.CertificatesV1().CertificateSigningRequests()
 	obj := &certificatesv1.CertificateSigningRequest{
@@ -159,8 +266,8 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 		},
 		Spec: certificatesv1.CertificateSigningRequestSpec{
 			Request:           reqPEM,
-			SignerName:        KubeletClientSignerName,
-			Usages:            usages,
+			SignerName:        q.signer,
+			Usages:            q.usages(key),
 			ExpirationSeconds: opts.ExpirationSeconds,
 		},
 	}
@@ -171,7 +278,7 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 		if created, err = csrs.Get(ctx, name, metav1.GetOptions{}); err != nil {
 			return nil, fmt.Errorf("get existing csr: %w", ctxErr(ctx, timeout, err))
 		}
-		if err := compatible(created, nodeName, key); err != nil {
+		if err := q.compatible(created, key); err != nil {
 			return nil, err
 		}
 	default:
@@ -179,14 +286,14 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 	}
 	uid := created.UID
 
-	if err := approve(ctx, c, name, uid); err != nil {
+	if err := approve(ctx, c, name, uid, q.message); err != nil {
 		return nil, ctxErr(ctx, timeout, err)
 	}
 	certPEM, err := waitIssued(ctx, c, name, uid, poll)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w after %s: the csr is approved but has no certificate; is the kube-controller-manager signing %s? (%w)",
-				ErrCSRTimeout, timeout, KubeletClientSignerName, err)
+				ErrCSRTimeout, timeout, q.signer, err)
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("wait for certificate: %w", err)
@@ -200,7 +307,7 @@ func requestKubeletClientCert(ctx context.Context, c kubernetes.Interface, nodeN
 	if !pki.KeyMatches(certs[0], key) {
 		return nil, fmt.Errorf("issued certificate %s: %w", pki.Describe(certs[0]), pki.ErrKeyMismatch)
 	}
-	if want := pki.NodeUserPrefix + nodeName; certs[0].Subject.CommonName != want {
+	if want := q.subject.CommonName; certs[0].Subject.CommonName != want {
 		return nil, fmt.Errorf("issued certificate %s: want CN=%s", pki.Describe(certs[0]), want)
 	}
 	keyPEM, err := pki.EncodeKeyPEM(key)
@@ -232,18 +339,19 @@ func defaultCSRName(nodeName string, r io.Reader) (string, error) {
 	return prefix + node + "-" + hex.EncodeToString(b[:]), nil
 }
 
-// kubeletCSRPEM is the PKCS#10 request kubelet would send for nodeName.
-func kubeletCSRPEM(nodeName string, key crypto.Signer, r io.Reader) ([]byte, error) {
-	der, err := x509.CreateCertificateRequest(r, &x509.CertificateRequest{Subject: pki.KubeletSubject(nodeName)}, key)
+// pem is the PKCS#10 request the kubelet would send for q.
+func (q request) pem(key crypto.Signer, r io.Reader) ([]byte, error) {
+	der, err := x509.CreateCertificateRequest(r, &x509.CertificateRequest{Subject: q.subject, DNSNames: q.dns, IPAddresses: q.ips}, key)
 	if err != nil {
 		return nil, fmt.Errorf("create certificate request: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: blockCertRequest, Bytes: der}), nil
 }
 
-// compatible checks that an existing CSR was made for nodeName and key.
-func compatible(csr *certificatesv1.CertificateSigningRequest, nodeName string, key crypto.Signer) error {
-	if csr.Spec.SignerName != KubeletClientSignerName {
+// compatible checks that an existing CSR was made for q and key.
+func (q request) compatible(csr *certificatesv1.CertificateSigningRequest, key crypto.Signer) error {
+	nodeName := q.node
+	if csr.Spec.SignerName != q.signer {
 		return fmt.Errorf("%w: existing csr has signer %q", ErrCSRConflict, csr.Spec.SignerName)
 	}
 	b, _ := pem.Decode(csr.Spec.Request)
@@ -262,7 +370,28 @@ func compatible(csr *certificatesv1.CertificateSigningRequest, nodeName string, 
 	if !ok || !pub.Equal(key.Public()) {
 		return fmt.Errorf("%w: existing csr was made for a different public key", ErrCSRConflict)
 	}
+	if !sameStrings(req.DNSNames, q.dns) || !sameIPs(req.IPAddresses, q.ips) {
+		return fmt.Errorf("%w: existing csr has other subject alternative names", ErrCSRConflict)
+	}
 	return nil
+}
+
+func sameStrings(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+func sameIPs(a, b []net.IP) bool {
+	str := func(ips []net.IP) []string {
+		var out []string
+		for _, ip := range ips {
+			out = append(out, ip.String())
+		}
+		return out
+	}
+	return sameStrings(str(a), str(b))
 }
 
 // state classifies a CSR: issued certificate, terminal error, or pending.
@@ -288,7 +417,7 @@ func state(csr *certificatesv1.CertificateSigningRequest, uid types.UID) (cert [
 
 // approve adds the Approved condition unless present; denied or failed
 // requests are errors.
-func approve(ctx context.Context, c kubernetes.Interface, name string, uid types.UID) error {
+func approve(ctx context.Context, c kubernetes.Interface, name string, uid types.UID, message string) error {
 	csrs := c.CertificatesV1().CertificateSigningRequests()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := csrs.Get(ctx, name, metav1.GetOptions{})
@@ -303,7 +432,7 @@ func approve(ctx context.Context, c kubernetes.Interface, name string, uid types
 			Type:    certificatesv1.CertificateApproved,
 			Status:  "True",
 			Reason:  ApprovalReason,
-			Message: "approved by kubeca rotate to re-issue the kubelet client certificate from the new cluster pki.CA",
+			Message: message,
 		})
 		_, err = csrs.UpdateApproval(ctx, name, cur, metav1.UpdateOptions{})
 		return err

@@ -1,4 +1,4 @@
-package csr
+package kubecsr
 
 import (
 	"context"
@@ -8,12 +8,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -70,7 +72,7 @@ func startSigner(t *testing.T, c *fake.Clientset, ca *testCA, mode signerMode) {
 					Type: certificatesv1.CertificateFailed, Status: "True", Reason: "SignerValidationFailure", Message: "invalid usages"})
 			case signerSigns, signerWrongKey:
 				if mode == signerWrongKey {
-					other, err := kubeletCSRPEM(strings.TrimPrefix(csrSubject(csr), "system:node:"), ecKey(t), nil)
+					other, err := clientRequest(strings.TrimPrefix(csrSubject(csr), "system:node:")).pem(ecKey(t), nil)
 					if err != nil {
 						t.Error(err)
 						continue
@@ -110,10 +112,16 @@ func hasCondition(csr *certificatesv1.CertificateSigningRequest, typ certificate
 	return false
 }
 
-// signKubeletCSR checks the request as ValidateKubeletClientCSR does and signs it.
+// signKubeletCSR checks the request as the kube-apiserver-client-kubelet
+// or kubelet-serving signer does and signs it.
 func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) ([]byte, error) {
-	if csr.Spec.SignerName != certificatesv1.KubeAPIServerClientKubeletSignerName {
+	serving := csr.Spec.SignerName == certificatesv1.KubeletServingSignerName
+	if csr.Spec.SignerName != certificatesv1.KubeAPIServerClientKubeletSignerName && !serving {
 		return nil, errors.New("wrong signer " + csr.Spec.SignerName)
+	}
+	auth, ext := certificatesv1.UsageClientAuth, x509.ExtKeyUsageClientAuth
+	if serving {
+		auth, ext = certificatesv1.UsageServerAuth, x509.ExtKeyUsageServerAuth
 	}
 	b, _ := pem.Decode(csr.Spec.Request)
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
@@ -127,8 +135,8 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 		return nil, err
 	}
 	if !reflect.DeepEqual(req.Subject.Organization, []string{"system:nodes"}) || !strings.HasPrefix(req.Subject.CommonName, "system:node:") ||
-		len(req.DNSNames)+len(req.IPAddresses)+len(req.EmailAddresses)+len(req.URIs) > 0 {
-		return nil, errors.New("not a kubelet client request: " + req.Subject.String())
+		len(req.EmailAddresses)+len(req.URIs) > 0 || (!serving && len(req.DNSNames)+len(req.IPAddresses) > 0) {
+		return nil, errors.New("not a kubelet request: " + req.Subject.String())
 	}
 	usages := map[certificatesv1.KeyUsage]bool{}
 	for _, u := range csr.Spec.Usages {
@@ -136,11 +144,11 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 	}
 	ku := x509.KeyUsageDigitalSignature
 	switch {
-	case len(usages) == 2 && usages[certificatesv1.UsageDigitalSignature] && usages[certificatesv1.UsageClientAuth]:
-	case len(usages) == 3 && usages[certificatesv1.UsageDigitalSignature] && usages[certificatesv1.UsageClientAuth] && usages[certificatesv1.UsageKeyEncipherment]:
+	case len(usages) == 2 && usages[certificatesv1.UsageDigitalSignature] && usages[auth]:
+	case len(usages) == 3 && usages[certificatesv1.UsageDigitalSignature] && usages[auth] && usages[certificatesv1.UsageKeyEncipherment]:
 		ku |= x509.KeyUsageKeyEncipherment
 	default:
-		return nil, errors.New("usages do not match a kubelet client certificate")
+		return nil, errors.New("usages do not match a kubelet certificate")
 	}
 	notAfter := testNow.Add(365 * 24 * time.Hour)
 	if csr.Spec.ExpirationSeconds != nil {
@@ -149,7 +157,9 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 	cert, err := ca.TryIssue(&x509.Certificate{
 		Subject:     req.Subject,
 		KeyUsage:    ku,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage: []x509.ExtKeyUsage{ext},
+		DNSNames:    req.DNSNames,
+		IPAddresses: req.IPAddresses,
 		NotAfter:    notAfter,
 	}, req.PublicKey)
 	if err != nil {
@@ -161,7 +171,7 @@ func signKubeletCSR(csr *certificatesv1.CertificateSigningRequest, ca *testCA) (
 // existingCSR builds a CSR object as RequestKubeletClientCert would have.
 func existingCSR(t *testing.T, name, node string, key crypto.Signer) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
-	req, err := kubeletCSRPEM(node, key, nil)
+	req, err := clientRequest(node).pem(key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,5 +514,46 @@ func TestOptionsFormat(t *testing.T) {
 		if strings.Contains(out, "PRIVATE") || strings.Contains(out, fmt.Sprintf("%x", der.Bytes[:16])) || !strings.Contains(out, "Key: <redacted") {
 			t.Errorf("Options shows as %s", out)
 		}
+	}
+}
+
+// TestRequestKubeletServingCert: a serving certificate for the node's own
+// names, from the kubelet-serving signer; a name the Node does not report
+// is refused before any CSR exists; a second call reuses the CSR.
+func TestRequestKubeletServingCert(t *testing.T) {
+	ca := newTestCA(t, "kubernetes-2026")
+	key := ecKey(t)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: "10.0.0.21"}, {Type: corev1.NodeHostName, Address: "worker-1"}}}}
+	c := fake.NewSimpleClientset(node)
+	startSigner(t, c, ca, signerSigns)
+	ctx := context.Background()
+	opts := Options{Name: "rotate-20261130-worker-1-serving", Key: key, Timeout: 10 * time.Second, PollInterval: 10 * time.Millisecond}
+	is, err := RequestKubeletServingCert(ctx, c, "worker-1", []string{"worker-1"}, []net.IP{net.ParseIP("10.0.0.21")}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pki.IssuedBy(is.Cert, ca.Cert) || !pki.KeyMatches(is.Cert, key) {
+		t.Fatalf("issued %s", pki.Describe(is.Cert))
+	}
+	if !reflect.DeepEqual(is.Cert.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) || !reflect.DeepEqual(is.Cert.DNSNames, []string{"worker-1"}) ||
+		len(is.Cert.IPAddresses) != 1 || !is.Cert.IPAddresses[0].Equal(net.ParseIP("10.0.0.21")) {
+		t.Errorf("usages %v, names %v %v", is.Cert.ExtKeyUsage, is.Cert.DNSNames, is.Cert.IPAddresses)
+	}
+	obj, err := c.CertificatesV1().CertificateSigningRequests().Get(ctx, opts.Name, metav1.GetOptions{})
+	if err != nil || obj.Spec.SignerName != "kubernetes.io/kubelet-serving" {
+		t.Fatalf("csr %v, %v", obj, err)
+	}
+	again, err := RequestKubeletServingCert(ctx, c, "worker-1", []string{"worker-1"}, []net.IP{net.ParseIP("10.0.0.21")}, opts)
+	if err != nil || !again.Cert.Equal(is.Cert) {
+		t.Fatalf("second call: %v (same certificate: %v)", err, err == nil && again.Cert.Equal(is.Cert))
+	}
+	_, err = RequestKubeletServingCert(ctx, c, "worker-1", []string{"worker-1"}, []net.IP{net.ParseIP("10.0.0.99")},
+		Options{Name: "rotate-other", Key: key, Timeout: 5 * time.Second})
+	if !errors.Is(err, ErrNotNodeName) {
+		t.Fatalf("a foreign address: %v, want ErrNotNodeName", err)
+	}
+	if _, err := c.CertificatesV1().CertificateSigningRequests().Get(ctx, "rotate-other", metav1.GetOptions{}); err == nil {
+		t.Fatal("a CSR for a foreign address was created")
 	}
 }
