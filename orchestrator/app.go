@@ -397,9 +397,12 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 // against an in-memory store so that Describe sees the paths, bundles and
 // certificates a real run would use. Nothing leaves memory.
 func previewCAs(ctx context.Context, rt *steps.Runtime, mem *state.MemStore, plan *plans.Plan) error {
-	for _, ps := range plan.Phases[0].Steps {
-		switch ps.Step.(type) {
+	for _, ps := range plan.Steps() {
+		apply := ps.Step.Apply
+		switch st := ps.Step.(type) {
 		case steps.NewCAs, steps.PrepareCerts:
+		case steps.Previewer:
+			apply = st.Preview
 		default:
 			continue
 		}
@@ -407,7 +410,7 @@ func previewCAs(ctx context.Context, rt *steps.Runtime, mem *state.MemStore, pla
 			out := &steps.Outputs{}
 			r := *rt
 			r.Out = out
-			if err := ps.Step.Apply(ctx, &r, t); err != nil {
+			if err := apply(ctx, &r, t); err != nil {
 				return fmt.Errorf("%s on %s: %w", ps.Step.Name(), t, err)
 			}
 			cp := state.Checkpoint{Values: out.Values}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"time"
 )
@@ -156,6 +157,48 @@ func NewKubeletClientCert(nodeName string, ca *CA, opts ReissueOptions) (*Issued
 	is, err := sign(tmpl, key, ca, opts.Validity, opts.Now, r)
 	if err != nil {
 		return nil, fmt.Errorf("kubelet client certificate for node %s: %w", nodeName, err)
+	}
+	return is, nil
+}
+
+// NewKubeletServingCert issues, from ca, a kubelet serving certificate
+// for nodeName and the given names as the kubelet-serving signer would:
+// CN system:node:<nodeName>, O system:nodes, server auth, digital
+// signature (plus key encipherment for RSA keys), for opts.OldKey when
+// opts.KeepKey is set, else a new ECDSA P-256 key.
+func NewKubeletServingCert(nodeName string, dnsNames []string, ips []net.IP, ca *CA, opts ReissueOptions) (*Issued, error) {
+	if err := ValidNodeName(nodeName); err != nil {
+		return nil, fmt.Errorf("kubelet serving certificate: %w", err)
+	}
+	if len(dnsNames)+len(ips) == 0 {
+		return nil, fmt.Errorf("kubelet serving certificate for node %s: no names", nodeName)
+	}
+	if err := ca.usable(); err != nil {
+		return nil, fmt.Errorf("kubelet serving certificate for node %s: %w", nodeName, err)
+	}
+	r := orRand(opts.Rand)
+	key := opts.OldKey
+	if !opts.KeepKey || key == nil {
+		var err error
+		if key, err = GenerateKey(ECDSAP256, r); err != nil {
+			return nil, fmt.Errorf("kubelet serving certificate for node %s: new key: %w", nodeName, err)
+		}
+	}
+	usage := x509.KeyUsageDigitalSignature
+	if isRSA(key) {
+		usage |= x509.KeyUsageKeyEncipherment
+	}
+	tmpl := &x509.Certificate{
+		Subject:               KubeletSubject(nodeName),
+		KeyUsage:              usage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:              dnsNames,
+		IPAddresses:           ips,
+		BasicConstraintsValid: true,
+	}
+	is, err := sign(tmpl, key, ca, opts.Validity, opts.Now, r)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet serving certificate for node %s: %w", nodeName, err)
 	}
 	return is, nil
 }

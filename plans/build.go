@@ -105,7 +105,8 @@ func (c *Config) Plan(opts Options) *Plan {
 			[]PlannedStep{one(steps.WebhookCABundles{}, cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
 			one(&steps.RestartWorkloads{StepName: "workloads"}, cluster),
-			one(steps.SwitchIssuance(), cp)),
+			one(steps.SwitchIssuance(), cp),
+			one(steps.KubeletCSRs{}, cluster)),
 			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers"))...),
 		},
 		{Name: "cluster-info", Short: "cluster-info carries the new CA; bootstrap signatures recomputed", Steps: []PlannedStep{

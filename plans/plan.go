@@ -13,7 +13,7 @@ import (
 
 // Version is bumped whenever the phase or step list changes shape; a state
 // file records it and resume refuses a different one.
-const Version = 1
+const Version = 2
 
 // PlannedStep is one step with its targets.
 type PlannedStep struct {
@@ -38,6 +38,15 @@ type Phase struct {
 type Plan struct {
 	Version int
 	Phases  []Phase
+}
+
+// Steps lists every planned step, in plan order.
+func (p *Plan) Steps() []PlannedStep {
+	var out []PlannedStep
+	for _, ph := range p.Phases {
+		out = append(out, ph.Steps...)
+	}
+	return out
 }
 
 // StepKey names one step on one target in the state file.

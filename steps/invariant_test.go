@@ -104,7 +104,7 @@ func runModel(t *testing.T, cp, worker layout, kill bool) {
 
 	type applied struct {
 		key string
-		s   *steps.NodeEdit
+		s   nodeEditStep
 		t   steps.Target
 		rt  *steps.Runtime
 	}
@@ -209,12 +209,26 @@ func prepare(t *testing.T, st *steps.TestStore, runtime func(steps.Store, string
 		}
 		st.Commit(rt.Out)
 	}
+	// kubelet-csrs, signed directly: the certificates the kubelet steps
+	// write, without an API.
+	rt = runtime(st, "servers")
+	if err := (steps.KubeletCSRs{}).Preview(ctx, rt, steps.ClusterTarget); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(rt.Out)
+}
+
+// nodeEditStep is a step that edits node files (a NodeEdit, or one that
+// wraps it).
+type nodeEditStep interface {
+	steps.Step
+	steps.RevertGater
 }
 
 // nodeStep is one node-editing step of the plan on one target.
 type nodeStep struct {
 	key string // phase/step
-	s   *steps.NodeEdit
+	s   nodeEditStep
 	t   steps.Target
 }
 
@@ -229,9 +243,9 @@ func planNodeSteps(t *testing.T) []nodeStep {
 	kinds := map[string]bool{}
 	for _, ph := range plan.Phases {
 		for _, ps := range ph.Steps {
-			s, ok := ps.Step.(*steps.NodeEdit)
-			if !ok {
-				continue
+			s, ok := ps.Step.(nodeEditStep)
+			if !ok || len(ps.Targets) == 0 || ps.Targets[0].Node == "" {
+				continue // cluster steps change API objects, not node files
 			}
 			key := ph.Name + "/" + s.Name()
 			kinds[strings.TrimSuffix(strings.TrimSuffix(key, "-cp"), "-workers")] = true

@@ -33,6 +33,9 @@ type NodeEdit struct {
 	// this component's leader lease goes last (standbys first).
 	LeaderLast *Component
 	Short      string
+	// Notes, if set, adds lines to Describe (`rotate plan --live`) that no
+	// file edit says: what the step leaves alone, and why.
+	Notes func(ctx context.Context, rt *Runtime, t Target) ([]string, error)
 }
 
 func (s *NodeEdit) Name() string { return s.StepName }
@@ -213,6 +216,13 @@ func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]strin
 	}
 	if s.Kubelet {
 		out = append(out, "run `"+rt.Config.KubeletRestartCommand+"` and wait for Ready + lease renewal")
+	}
+	if s.Notes != nil {
+		notes, err := s.Notes(ctx, rt, t)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, notes...)
 	}
 	return out, nil
 }

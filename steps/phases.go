@@ -216,31 +216,6 @@ func SwitchIssuance() *NodeEdit {
 		}}
 }
 
-// KubeletClientCert gives the kubelet a client certificate from the new CA
-// — the step the manual page forgets, without which narrowing trust locks
-// every kubelet out. The file is written next to the current one and the
-// kubelet-client-current.pem link is repointed atomically.
-func KubeletClientCert(name string) *NodeEdit {
-	return &NodeEdit{StepName: name, Short: "kubelet client certificate from the new CA", Kubelet: true,
-		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
-			pemBytes, ok, err := rt.Store.Value(ctx, prepKey(t.Node, "kubelet-client.pem"))
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				return nil, fmt.Errorf("no prepared kubelet client certificate for %s", t.Node)
-			}
-			c := rt.Config
-			file := c.kubeletPKI("kubelet-client-" + rt.RunID + ".pem")
-			link := c.kubeletPKI(kubeletClientLink)
-			return []fileedit.Edit{
-				fileedit.SetContent(file, pemBytes, 0o600),
-				fileedit.Symlink(link, file),
-				kubeletConfEmbedded(c.kubeDir(kubeconfigKubelet), pemBytes),
-			}, nil
-		}}
-}
-
 // NarrowKCMRootCA makes the controller-manager publish only the new CA.
 func NarrowKCMRootCA() *NodeEdit {
 	return &NodeEdit{StepName: "kcm-root-ca-new", Short: "controller-manager publishes only the new CA",

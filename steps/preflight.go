@@ -352,15 +352,9 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			rt.Out.Put(prepKey(t.Node, kc.Name+".key"), is.KeyPEM)
 		}
 	}
-	kub, err := pki.NewKubeletClientCert(t.Node, cluster, pki.ReissueOptions{})
-	if err != nil {
-		return fmt.Errorf("issue kubelet client certificate for %s: %w", t.Node, err)
-	}
-	pemBytes, err := pki.KubeletPEM(kub)
-	if err != nil {
+	if err := rt.prepareKubelet(ctx, r, t, cluster); err != nil {
 		return err
 	}
-	rt.Out.Put(prepKey(t.Node, "kubelet-client.pem"), pemBytes)
 	rt.Out.Put(prepDoneKey(t.Node), []byte("1"))
 	return nil
 }

@@ -161,8 +161,14 @@ func kubeletClientFixture(t *testing.T) (*Runtime, *nodes.MemRunner) {
 		t.Fatal(err)
 	}
 	pemBytes, _ := pki.KubeletPEM(is)
-	st.values[prepKey("cp1", "kubelet-client.pem")] = pemBytes
-	r.SetFile("/var/lib/kubelet/pki/kubelet-client-2026.pem", []byte("old"), 0o600)
+	st.values[prepKey("cp1", prepKubeletClientPEM)] = pemBytes
+	st.values[kubeletFactsKey("cp1")] = []byte(`{"RotateCertificates":false}`)
+	old, err := rt.oldCA(ctx, CACluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.values[prepKey("cp1", prepKubeletOldPEM)] = oldKubeletPEM(t, old)
+	r.SetFile("/var/lib/kubelet/pki/kubelet-client-2026.pem", oldKubeletPEM(t, old), 0o600)
 	r.SetSymlink("/var/lib/kubelet/pki/kubelet-client-2026.pem", "/var/lib/kubelet/pki/kubelet-client-current.pem")
 	r.SetFile("/etc/kubernetes/kubelet.conf", []byte(`apiVersion: v1
 kind: Config
@@ -184,6 +190,60 @@ users:
     client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
 `), 0o600)
 	return rt, r
+}
+
+func oldKubeletPEM(t *testing.T, ca *pki.CA) []byte {
+	t.Helper()
+	is, err := pki.NewKubeletClientCert("cp1", ca, pki.ReissueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := pki.KubeletPEM(is)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A kubelet that renewed its own client certificate from the new CA
+// before the kubelet-client step ran has a new-CA certificate in the
+// step's backup; rollback must not leave it there (trust narrows back to
+// the old CA after this revert): it gets the prepared old-CA certificate.
+func TestKubeletClientRevertNeverLeavesANewCACertificate(t *testing.T) {
+	ctx := context.Background()
+	rt, r := kubeletClientFixture(t)
+	ca, _ := rt.newCA(ctx, CACluster)
+	renewed := oldKubeletPEM(t, ca) // from the new CA: the kubelet's own renewal
+	r.SetFile("/var/lib/kubelet/pki/kubelet-client-2026.pem", renewed, 0o600)
+	cp1 := Target{Node: "cp1", Role: RoleControlPlane}
+	s := KubeletClientCert("kubelet-client-cp")
+	if err := s.Apply(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Revert(ctx, rt, cp1); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := rt.readKubeletClientCert(ctx, r, "cp1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := pki.ParseKubeletPEM(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := rt.oldCA(ctx, CACluster)
+	if !pki.IssuedBy(c, old.Cert) {
+		t.Fatalf("after rollback the kubelet presents %s, not an old-CA certificate", pki.Describe(c))
+	}
+	restarts := 0
+	for _, cmd := range r.Commands() {
+		if cmd == "systemctl restart kubelet" {
+			restarts++
+		}
+	}
+	if restarts != 3 { // apply, revert, and the old-CA certificate's restart
+		t.Fatalf("kubelet restarted %d times, want 3: %v", restarts, r.Commands())
+	}
 }
 
 func TestKubeletClientCertRepointsLinkAndRestarts(t *testing.T) {

@@ -212,14 +212,30 @@ func (rt *Runtime) verifyKubeletClientCert(ctx context.Context, n string, newCA 
 	if err != nil {
 		return []finding{{checkKubeletClientCert(n), err.Error()}}
 	}
+	var out []finding
 	if c, _, err := pki.ParseKubeletPEM(raw); err == nil && !pki.IssuedBy(c, newCA) {
-		return []finding{{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(c))}}
+		out = append(out, finding{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(c))})
 	} else if err != nil {
 		if cs, perr := pki.ParseCertsPEM(raw); perr == nil && !pki.IssuedBy(cs[0], newCA) {
-			return []finding{{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(cs[0]))}}
+			out = append(out, finding{"", fmt.Sprintf("kubelet on %s presents %s, not from the new CA", n, pki.Describe(cs[0]))})
 		}
 	}
-	return nil
+	// A kubelet whose serving certificate comes from the CSR API serves
+	// one from the new CA (apiservers with --kubelet-certificate-authority
+	// verify it once trust narrows).
+	if f, err := rt.kubeletFactsOf(ctx, n); err == nil && len(f.ServingDNS)+len(f.ServingIPs) > 0 {
+		p := rt.Config.kubeletPKI(kubeletServingLink)
+		raw, err := r.ReadFile(ctx, p)
+		if err != nil {
+			return append(out, finding{"", fmt.Sprintf("kubelet serving certificate on %s: %v", n, err)})
+		}
+		if c, _, err := pki.ParseKubeletPEM(raw); err != nil {
+			out = append(out, finding{"", fmt.Sprintf("kubelet serving certificate %s on %s: %v", p, n, err)})
+		} else if !pki.IssuedBy(c, newCA) {
+			out = append(out, finding{"", fmt.Sprintf("kubelet on %s serves %s, not from the new CA", n, pki.Describe(c))})
+		}
+	}
+	return out
 }
 
 // readKubeletClientCert reads the client certificate the kubelet on n

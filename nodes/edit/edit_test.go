@@ -280,6 +280,26 @@ func TestKubeconfig(t *testing.T) {
 	}
 }
 
+func TestKubeletCertConfig(t *testing.T) {
+	tests := []struct {
+		cfg  string
+		want KubeletCerts
+		bad  bool
+	}{
+		{"kind: KubeletConfiguration\n", KubeletCerts{}, false},
+		{"kind: KubeletConfiguration\nrotateCertificates: true\nserverTLSBootstrap: true\n", KubeletCerts{RotateCertificates: true, ServerTLSBootstrap: true}, false},
+		{"kind: KubeletConfiguration\ntlsCertFile: /etc/kubelet/tls.crt\n", KubeletCerts{TLSCertFile: "/etc/kubelet/tls.crt"}, false},
+		{"kind: KubeletConfiguration\nserverTLSBootstrap: yes-please\n", KubeletCerts{}, true},
+		{"kind: Pod\n", KubeletCerts{}, true},
+	}
+	for _, tt := range tests {
+		got, err := KubeletCertConfig([]byte(tt.cfg))
+		if (err != nil) != tt.bad || (!tt.bad && got != tt.want) {
+			t.Errorf("KubeletCertConfig(%q) = %+v, %v; want %+v (error %v)", tt.cfg, got, err, tt.want, tt.bad)
+		}
+	}
+}
+
 func TestKubeletConfig(t *testing.T) {
 	for _, tc := range []struct{ name, in, get, want string }{
 		{"set", "apiVersion: kubelet.config.k8s.io/v1beta1\nauthentication:\n  x509:\n    clientCAFile: /a\nkind: KubeletConfiguration\n", "/a",

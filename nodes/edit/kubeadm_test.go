@@ -250,4 +250,10 @@ func TestKubeadmKubeletConfig(t *testing.T) {
 	if err != nil || !bytes.Equal(back, cfg) {
 		t.Errorf("revert is not byte-identical (%v)", err)
 	}
+	// kubeadm's kubelets rotate their client certificates and, unless the
+	// operator says so, serve a self-signed certificate.
+	kc, err := KubeletCertConfig(cfg)
+	if err != nil || !kc.RotateCertificates || kc.ServerTLSBootstrap || kc.TLSCertFile != "" {
+		t.Errorf("KubeletCertConfig = %+v, %v", kc, err)
+	}
 }

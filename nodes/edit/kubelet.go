@@ -60,3 +60,44 @@ func checkKind(root *yaml.Node, want string) error {
 	}
 	return nil
 }
+
+// KubeletCerts is how a kubelet gets its certificates, from its
+// KubeletConfiguration.
+type KubeletCerts struct {
+	// RotateCertificates: the kubelet renews its client certificate
+	// through the CSR API (kubeadm writes true; the API default is false).
+	RotateCertificates bool
+	// ServerTLSBootstrap: its serving certificate comes from the CSR API
+	// (signer kubelet-serving); otherwise it is self-signed or TLSCertFile.
+	ServerTLSBootstrap bool
+	// TLSCertFile is a serving certificate the operator manages.
+	TLSCertFile string
+}
+
+// KubeletCertConfig reads rotateCertificates, serverTLSBootstrap and
+// tlsCertFile of a KubeletConfiguration.
+func KubeletCertConfig(cfg []byte) (KubeletCerts, error) {
+	doc, _, err := parse(cfg, "kubelet config")
+	if err != nil {
+		return KubeletCerts{}, err
+	}
+	root := doc.Content[0]
+	if err := checkKind(root, "KubeletConfiguration"); err != nil {
+		return KubeletCerts{}, err
+	}
+	var kc KubeletCerts
+	for key, dst := range map[string]*bool{"rotateCertificates": &kc.RotateCertificates, "serverTLSBootstrap": &kc.ServerTLSBootstrap} {
+		v := get(root, key)
+		if v == nil {
+			continue
+		}
+		if v.Kind != yaml.ScalarNode || (v.Value != "true" && v.Value != "false") {
+			return KubeletCerts{}, fmt.Errorf("%s is %q, not a boolean", key, v.Value)
+		}
+		*dst = v.Value == "true"
+	}
+	if v := get(root, "tlsCertFile"); v != nil && v.Kind == yaml.ScalarNode {
+		kc.TLSCertFile = v.Value
+	}
+	return kc, nil
+}
