@@ -88,7 +88,8 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 		s.pool.Close()
 		return nil, err
 	}
-	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` during the run
+	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
+	snap.journal(ctx)
 	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
 	return s, nil
 }

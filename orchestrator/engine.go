@@ -107,7 +107,7 @@ func (e *Engine) Start(ctx context.Context, run state.Run, hold bool) error {
 	run.Hold = hold
 	run.CreatedAt = e.now()
 	run.UpdatedAt = run.CreatedAt
-	if err := e.commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Message: fmt.Sprintf("run %s started for cluster %s", run.ID, run.Cluster)}}}); err != nil {
+	if err := e.commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Kind: state.KindRun, Message: fmt.Sprintf("run %s started for cluster %s", run.ID, run.Cluster)}}}); err != nil {
 		return fmt.Errorf("record run: %w", err)
 	}
 	return e.drive(ctx, run)
@@ -292,7 +292,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rec.Error = ""
 	rec.StartedAt = e.now()
 	rec.FinishedAt = time.Time{}
-	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("info", rec, fmt.Sprintf("started (attempt %d)", rec.Attempts))}}); err != nil {
+	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("info", state.KindStep, rec, fmt.Sprintf("started (attempt %d)", rec.Attempts))}}); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", key, err)
 	}
 	e.printer.Step(st.Name(), t.String(), "running")
@@ -302,7 +302,8 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	defer cancel()
 	rt := e.stepRuntime(key)
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
-	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String())
+	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String(), "attempt", rec.Attempts)
+	changes := e.recordChanges(&rt)
 
 	skipped, tm, err := execute(sctx, st, &rt, t)
 	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
@@ -314,7 +315,8 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 		rec.Status = state.StepFailed
 		rec.Error = err.Error()
 		rec.FinishedAt = e.now()
-		if cerr := e.commit(context.WithoutCancel(ctx), state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("error", rec, err.Error())}}); cerr != nil {
+		evs := append(changes.stamped(rec), e.event("error", state.KindStep, rec, err.Error()))
+		if cerr := e.commit(context.WithoutCancel(ctx), state.Checkpoint{Steps: []state.StepRecord{rec}, Events: evs}); cerr != nil {
 			return fmt.Errorf("%w (and recording it failed: %v)", err, cerr)
 		}
 		e.printer.Step(st.Name(), t.String(), "FAILED: "+err.Error())
@@ -335,12 +337,21 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	if skipped {
 		msg = "already in place"
 	}
-	cp.Events = []state.Event{e.event("info", rec, msg)}
+	cp.Events = append(changes.stamped(rec), e.event("info", state.KindStep, rec, msg))
 	if err := e.commit(ctx, cp); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", key, err)
 	}
 	e.printer.Step(st.Name(), t.String(), fmt.Sprintf("%s (%s)", msg, e.now().Sub(start).Round(10*time.Millisecond)))
 	return nil
+}
+
+// recordChanges makes rt's node runners record what they change.
+func (e *Engine) recordChanges(rt *steps.Runtime) *changeLog {
+	l := newChangeLog(rt.Config, e.now)
+	if rt.Nodes != nil {
+		rt.Nodes = recordingNodes{inner: rt.Nodes, log: l}
+	}
+	return l
 }
 
 // stepRuntime is the runtime of one step on one target: its backups are
@@ -396,8 +407,8 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 	return done, tm, nil
 }
 
-func (e *Engine) event(level string, r state.StepRecord, msg string) state.Event {
-	return state.Event{Time: e.now(), Level: level, Phase: r.Phase, Step: r.Step, Target: r.Target, Message: msg}
+func (e *Engine) event(level, kind string, r state.StepRecord, msg string) state.Event {
+	return state.Event{Time: e.now(), Level: level, Kind: kind, Phase: r.Phase, Step: r.Step, Target: r.Target, Attempt: r.Attempts, Message: msg}
 }
 
 // Rollback reverts every step that was started, in reverse order of
@@ -441,13 +452,14 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	for i, r := range todo {
 		st, t, err := e.lookup(r)
 		if err != nil {
-			return e.rollbackFailed(ctx, m, err)
+			return e.rollbackFailed(ctx, m, err, nil)
 		}
 		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
 		sctx, cancel := context.WithTimeout(ctx, e.timeout(r.Phase))
 		rt := e.stepRuntime(r.Key)
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
+		changes := e.recordChanges(&rt)
 		err = st.Revert(sctx, &rt, t)
 		if err == nil {
 			if g, ok := st.(steps.RevertGater); ok {
@@ -457,11 +469,12 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			err = fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
-			return e.rollbackFailed(ctx, m, err)
+			return e.rollbackFailed(ctx, m, err, changes.stamped(r))
 		}
 		r.Status = state.StepReverted
 		r.RevertedAt = e.now()
-		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: []state.Event{e.event("info", r, "reverted")}}); err != nil {
+		evs := append(changes.stamped(r), e.event("info", state.KindRevert, r, "reverted"))
+		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: evs}); err != nil {
 			return fmt.Errorf("checkpoint revert of %s: %w", r.Key, err)
 		}
 	}
@@ -472,12 +485,13 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	return nil
 }
 
-func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error) error {
+func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error, changes []state.Event) error {
 	run, rerr := e.store.Run(ctx)
 	if rerr == nil {
 		run.LastError = err.Error()
 		run.UpdatedAt = e.now()
-		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "error", Message: "rollback: " + err.Error()}}})
+		evs := append(changes, state.Event{Time: e.now(), Level: "error", Kind: state.KindRevert, Message: "rollback: " + err.Error()})
+		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
 }

@@ -97,6 +97,7 @@ func TestHelpListsFlags(t *testing.T) {
 		"resume":   {"--state", "--insecure-ignore-host-keys"},
 		"rollback": {"--state"},
 		"status":   {"--state", "--output"},
+		"events":   {"--state", "--output"},
 	}
 	for _, c := range commands() {
 		if _, ok := want[c.name]; !ok {
