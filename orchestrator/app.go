@@ -83,6 +83,9 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	s := &session{store: store, cfg: cfg}
 	s.plan = cfg.Plan(plans.Options{Hold: hold})
 	s.pool = nodes.NewPool(NodeConfigs(cfg, c.InsecureIgnoreHostKeys))
+	if c.Log != nil {
+		s.pool.SetLogger(c.Log)
+	}
 	rt, err := runtimeFor(ctx, cfg, storeAdapter{s: store}, poolSource{s.pool})
 	if err != nil {
 		s.pool.Close()

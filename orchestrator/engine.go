@@ -142,6 +142,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 		return fmt.Errorf("%w: run %s is rolling back (%s); finish with `rotate rollback`", ErrNothingToResume, run.ID, run.LastError)
 	}
 	e.printer.Linef("resuming run %s of cluster %s at %s", run.ID, run.Cluster, describeState(run))
+	e.runLog().Info("resuming", "cluster", run.Cluster, "state", run.State, "phase", run.Phase)
 	return e.drive(ctx, run)
 }
 
@@ -235,14 +236,21 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 	}
 }
 
+// runLog is the engine's logger with the run's id.
+func (e *Engine) runLog() *slog.Logger { return e.log.With("run", e.rt.RunID) }
+
 // runPhase runs the phase's steps in order; targets of one step fan out.
 func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
+	log := e.runLog().With("phase", ph.Name)
+	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
+	start := time.Now()
 	for _, ps := range ph.Steps {
 		if err := e.runStep(ctx, ph, ps); err != nil {
 			return err
 		}
 	}
+	log.Info("phase done", "duration", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -260,6 +268,12 @@ func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedSt
 	total := len(targets)
 	var doneMu sync.Mutex
 	done := 0
+	log := e.runLog().With("phase", ph.Name, "step", name)
+	log.Debug("fan-out", "targets", total, "concurrency", ps.Concurrency)
+	start := time.Now()
+	defer func() {
+		log.Debug("fan-out over", "targets", total, "done", done, "duration", time.Since(start).Round(time.Millisecond))
+	}()
 	return FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		err := e.runTarget(ctx, ph, ps.Step, t)
 		doneMu.Lock()
@@ -304,6 +318,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
 	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String(), "attempt", rec.Attempts)
 	changes := e.recordChanges(&rt)
+	rt.Log.Info("step started")
 
 	skipped, tm, err := execute(sctx, st, &rt, t)
 	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
@@ -312,6 +327,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
 		}
 		err = fmt.Errorf("%s on %s: %w", st.Name(), t, err)
+		rt.Log.Warn("step failed", "duration", e.now().Sub(start).Round(time.Millisecond), "err", steps.RedactText(err.Error()))
 		rec.Status = state.StepFailed
 		rec.Error = err.Error()
 		rec.FinishedAt = e.now()
@@ -341,6 +357,8 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	if err := e.commit(ctx, cp); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", key, err)
 	}
+	rt.Log.Info("step done", "skipped", skipped, "apply", tm.apply.Round(time.Millisecond), "gate", tm.gate.Round(time.Millisecond),
+		"duration", e.now().Sub(start).Round(time.Millisecond))
 	e.printer.Step(st.Name(), t.String(), fmt.Sprintf("%s (%s)", msg, e.now().Sub(start).Round(10*time.Millisecond)))
 	return nil
 }
@@ -384,18 +402,25 @@ func backupID(run, key string) string {
 
 type timing struct{ apply, gate time.Duration }
 
-// execute is check → apply → gate.
+// execute is check → apply → gate, logged at debug level to rt.Log.
 func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, tm timing, err error) {
+	log := rt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	start := time.Now()
 	done, err := st.Check(ctx, rt, t)
 	if err != nil {
 		return false, tm, fmt.Errorf("check: %w", err)
 	}
+	log.Debug("checked", "in_place", done, "duration", time.Since(start).Round(time.Millisecond))
 	if !done {
+		as := time.Now()
 		if err := st.Apply(ctx, rt, t); err != nil {
 			tm.apply = time.Since(start)
 			return false, tm, fmt.Errorf("apply: %w", err)
 		}
+		log.Debug("applied", "duration", time.Since(as).Round(time.Millisecond))
 	}
 	tm.apply = time.Since(start)
 	gs := time.Now()
@@ -404,6 +429,7 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 	if err != nil {
 		return done, tm, fmt.Errorf("health gate: %w", err)
 	}
+	log.Debug("gate passed", "duration", tm.gate.Round(time.Millisecond))
 	return done, tm, nil
 }
 
@@ -460,6 +486,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
 		changes := e.recordChanges(&rt)
+		rs := time.Now()
 		err = st.Revert(sctx, &rt, t)
 		if err == nil {
 			if g, ok := st.(steps.RevertGater); ok {
@@ -471,6 +498,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 			err = fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
 			return e.rollbackFailed(ctx, m, err, changes.stamped(r))
 		}
+		rt.Log.Info("reverted", "duration", time.Since(rs).Round(time.Millisecond))
 		r.Status = state.StepReverted
 		r.RevertedAt = e.now()
 		evs := append(changes.stamped(r), e.event("info", state.KindRevert, r, "reverted"))

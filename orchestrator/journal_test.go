@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -93,12 +94,33 @@ func TestEventsJournal(t *testing.T) {
 	}}
 	snap := withSnapshot(store, p, plan, nil)
 	rt := steps.Runtime{Nodes: memNodes{"cp1": cp1}, Config: &steps.Config{Paths: steps.Paths{BackupDir: "/var/lib/rotate/backups"}}, RunID: "r1"}
-	e := New(Options{Store: snap, Plan: plan, Runtime: rt})
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e := New(Options{Store: snap, Plan: plan, Runtime: rt, Log: log})
 	if err := e.Start(ctx, state.Run{ID: "r1", Cluster: "lab"}, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Resume(ctx); err == nil {
 		t.Fatal("resume past the hold should fail in narrow")
+	}
+
+	// --verbose: structured logs with the run, phase, step, target,
+	// attempt and durations, and never a key (the failure quotes one).
+	for _, want := range []string{
+		"msg=\"phase started\" run=r1 phase=widen index=0",
+		"msg=fan-out run=r1 phase=widen step=ca-file targets=1 concurrency=1",
+		"msg=\"step started\" run=r1 phase=widen step=ca-file target=cp1 attempt=1",
+		"msg=checked run=r1 phase=widen step=ca-file target=cp1 attempt=1 in_place=false duration=",
+		"msg=\"gate passed\" run=r1 phase=widen step=ca-file target=cp1 attempt=1 duration=",
+		"msg=\"step done\" run=r1 phase=widen step=ca-file target=cp1 attempt=1 skipped=false apply=",
+		"msg=\"step failed\" run=r1 phase=narrow step=kubeconfig target=cp1 attempt=1 duration=",
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "PRIVATE KEY") {
+		t.Fatalf("logs show a key:\n%s", logs.String())
 	}
 
 	// While locked: the journal, equal to the store's log.
