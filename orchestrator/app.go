@@ -51,10 +51,14 @@ type session struct {
 	cfg    *plans.Config
 	plan   *plans.Plan
 	pool   *nodes.Pool
+	mirror *mirror
 	engine *Engine
 }
 
 func (s *session) close() {
+	if s.mirror != nil {
+		s.mirror.Close()
+	}
 	if s.pool != nil {
 		s.pool.Close()
 	}
@@ -91,9 +95,18 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 		s.pool.Close()
 		return nil, err
 	}
-	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
+	// Copies of the state on the control-plane nodes (mirror.go).
+	s.mirror = newMirror(poolSource{s.pool}, cfg.Steps.ControlPlane, MirrorPath(cfg.Steps.Paths.BackupDir, cfg.Steps.Cluster), store.Snapshot, c.Log)
+	ms := withMirror(store, s.mirror, append(append([]string(nil), cfg.Steps.ControlPlane...), cfg.Steps.Workers...))
+	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
+	snap.mirrorStatus = func() []MirrorNodeStatus {
+		if !s.mirror.Active() {
+			return nil
+		}
+		return s.mirror.Status()
+	}
 	snap.journal(ctx)
-	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
+	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror})
 	return s, nil
 }
 

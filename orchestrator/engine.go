@@ -47,6 +47,9 @@ type Options struct {
 	// AfterCommit, if set, is called after every checkpoint commit with
 	// its ordinal; the crash tests kill the process from here.
 	AfterCommit func(n int)
+	// Mirror keeps copies of the state on the control-plane nodes (see
+	// mirror.go); nil: none.
+	Mirror Mirror
 }
 
 // Engine runs one plan against one state store.
@@ -58,6 +61,7 @@ type Engine struct {
 	log     *slog.Logger
 	now     func() time.Time
 	after   func(int)
+	mirror  Mirror
 
 	mu      sync.Mutex // serializes commits and the counters below
 	commits int
@@ -66,7 +70,7 @@ type Engine struct {
 
 // New returns an engine; it does no I/O.
 func New(o Options) *Engine {
-	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit}
+	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit, mirror: o.Mirror}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -186,6 +190,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 		var args transitionArgs
 		switch cur {
 		case StateCompleted:
+			e.finishMirror(ctx)
 			e.printer.Linef("rotation of cluster %s completed", run.Cluster)
 			return nil
 		case StateNew:
@@ -214,6 +219,9 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				if ferr := e.fire(context.WithoutCancel(ctx), m, evFail, transitionArgs{phase: ph.Name, errText: err.Error()}); ferr != nil {
 					return fmt.Errorf("%w (and recording the failure failed: %v)", err, ferr)
 				}
+				if !errors.Is(err, errSyncFailed) {
+					e.syncBestEffort(context.WithoutCancel(ctx), "after the failure")
+				}
 				return &RunError{Phase: ph.Name, Err: err}
 			}
 			switch {
@@ -221,6 +229,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				if err := e.fire(ctx, m, evHold, transitionArgs{phase: ph.Name}); err != nil {
 					return err
 				}
+				e.syncBestEffort(ctx, "at the hold")
 				e.printer.Linef("held after phase %d/%d %s: review `rotate status`, then `rotate resume` to continue or `rotate rollback` to undo", ph.Index, e.plan.Last(), ph.Name)
 				return nil
 			case i == len(e.plan.Phases)-1:
@@ -243,6 +252,12 @@ func (e *Engine) runLog() *slog.Logger { return e.log.With("run", e.rt.RunID) }
 func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
 	log := e.runLog().With("phase", ph.Name)
+	if e.mirror != nil && ph.Name != e.plan.Phases[0].Name {
+		// Before any step of the phase: see mirror.go.
+		if err := e.mirror.Sync(ctx); err != nil {
+			return fmt.Errorf("before phase %s: %w", ph.Name, err)
+		}
+	}
 	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
 	start := time.Now()
 	for _, ps := range ph.Steps {
@@ -458,6 +473,12 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if e.mirror != nil && e.changedNodes(recs) {
+		// The copies say "rolling back" before anything is reverted.
+		if err := e.mirror.Sync(ctx); err != nil {
+			return e.rollbackFailed(ctx, m, fmt.Errorf("before reverting: %w", err), nil)
+		}
+	}
 	var todo []state.StepRecord
 	for _, r := range recs {
 		switch r.Status {
@@ -509,6 +530,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	if err := e.fire(ctx, m, evFinishRollback, transitionArgs{}); err != nil {
 		return err
 	}
+	e.finishMirror(ctx)
 	e.printer.Linef("rollback of run %s complete: cluster %s is back on its old CAs", run.ID, run.Cluster)
 	return nil
 }
@@ -522,6 +544,50 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
+}
+
+// changedNodes reports whether any step after the first phase was started:
+// before that, nothing on a node changed and no copy of the state exists.
+func (e *Engine) changedNodes(recs []state.StepRecord) bool {
+	for _, r := range recs {
+		if r.Phase != e.plan.Phases[0].Name && r.Status != state.StepPending {
+			return true
+		}
+	}
+	return false
+}
+
+// syncBestEffort copies the state to the control-plane nodes where the
+// run stops (hold, failure); a failure is logged and journaled, the
+// next run of rotate copies it again before it changes anything.
+func (e *Engine) syncBestEffort(ctx context.Context, when string) {
+	if e.mirror == nil || !e.mirror.Active() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := e.mirror.Sync(ctx); err != nil {
+		e.runLog().Warn("cannot copy the state to the control-plane nodes "+when, "err", err)
+		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Events: []state.Event{{Time: e.now(), Level: "warn", Kind: state.KindMirror,
+			Message: "state not copied to every control-plane node " + when + ": " + err.Error()}}})
+	}
+}
+
+// finishMirror removes the state's copies of a run that ended.
+func (e *Engine) finishMirror(ctx context.Context) {
+	if e.mirror == nil || !e.mirror.Active() {
+		return // no copy was made: the run never changed a node
+	}
+	run, err := e.store.Run(ctx)
+	if err == nil {
+		err = e.mirror.Finish(ctx, run)
+	}
+	ev := state.Event{Time: e.now(), Level: "info", Kind: state.KindMirror, Message: "state copies on the control-plane nodes removed (tombstones left)"}
+	if err != nil {
+		e.runLog().Warn("cannot remove the state copies; remove them by hand", "err", err)
+		ev.Level, ev.Message = "warn", "state copies not removed everywhere, remove them by hand: "+err.Error()
+	}
+	_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Events: []state.Event{ev}})
 }
 
 func (e *Engine) lookup(r state.StepRecord) (steps.Step, steps.Target, error) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
 )
 
 // `rotate status` during a run: the running process holds the state file's
@@ -31,6 +32,8 @@ type snapshotStore struct {
 	statePath string
 	plan      *plans.Plan
 	log       *slog.Logger
+	// mirrorStatus, when set, adds the state copies' status to the report.
+	mirrorStatus func() []MirrorNodeStatus
 
 	mu            sync.Mutex
 	warned        bool
@@ -109,6 +112,12 @@ func (s *snapshotStore) snapshot(ctx context.Context) {
 	rep, err := report(ctx, s.Store, s.plan)
 	if errors.Is(err, state.ErrNoRun) {
 		return // start records the inventory before the run
+	}
+	if err == nil && s.mirrorStatus != nil {
+		rep.Mirror = s.mirrorStatus()
+		for i := range rep.Mirror {
+			rep.Mirror[i].Error = steps.RedactText(rep.Mirror[i].Error)
+		}
 	}
 	var raw []byte
 	if err == nil {

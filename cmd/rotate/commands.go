@@ -356,6 +356,17 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 		}
 		fmt.Fprintln(w, "Resume with `rotate resume` to narrow trust (old-CA certificates stop working), or `rotate rollback`.")
 	}
+	for _, m := range rep.Mirror {
+		switch {
+		case m.Error != "":
+			fmt.Fprintf(w, "\nstate copy on %s (%s) lags: %s", m.Node, m.Path, m.Error)
+		case !m.WrittenAt.IsZero():
+			fmt.Fprintf(w, "\nstate copy on %s (%s) written %s", m.Node, m.Path, m.WrittenAt.Format(time.RFC3339))
+		}
+	}
+	if len(rep.Mirror) > 0 {
+		fmt.Fprintln(w)
+	}
 	if rep.JoinHash != "" {
 		fmt.Fprintf(w, "\nnew join hash: --discovery-token-ca-cert-hash %s\n", rep.JoinHash)
 	}
