@@ -32,6 +32,11 @@ const (
 // Common are the options every state-changing command shares.
 type Common struct {
 	StatePath string
+	// RecoverFrom, when set, rebuilds a missing state file from the copy
+	// on this control-plane node first (recover.go), reaching it with the
+	// inventory at InventoryPath.
+	RecoverFrom   string
+	InventoryPath string
 	// InsecureIgnoreHostKeys turns off SSH host key verification.
 	InsecureIgnoreHostKeys bool
 	Out                    io.Writer // operator progress
@@ -283,6 +288,11 @@ func resumeSession(ctx context.Context, c Common) (s *session, run state.Run, er
 
 // Resume continues a held or failed run.
 func Resume(ctx context.Context, c Common) error {
+	if c.RecoverFrom != "" {
+		if err := recoverFromNode(ctx, c); err != nil {
+			return err
+		}
+	}
 	s, _, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
@@ -297,6 +307,11 @@ func Resume(ctx context.Context, c Common) error {
 
 // Rollback reverts a run's completed steps in reverse order.
 func Rollback(ctx context.Context, c Common) error {
+	if c.RecoverFrom != "" {
+		if err := recoverFromNode(ctx, c); err != nil {
+			return err
+		}
+	}
 	s, _, err := resumeSession(ctx, c)
 	if err != nil {
 		return err

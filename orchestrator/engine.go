@@ -487,11 +487,16 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		}
 	}
 	// Partial steps (no DoneSeq) are the most recent: revert them first,
-	// then completed ones newest first.
+	// the later in the plan first (a run recovered from a state copy can
+	// have several, see recover.go), then completed ones newest first.
+	pos := e.planPositions()
 	sort.SliceStable(todo, func(i, j int) bool {
 		a, b := todo[i], todo[j]
 		if (a.DoneSeq == 0) != (b.DoneSeq == 0) {
 			return a.DoneSeq == 0
+		}
+		if a.DoneSeq == 0 {
+			return pos[a.Phase+"/"+a.Step] > pos[b.Phase+"/"+b.Step]
 		}
 		return a.DoneSeq > b.DoneSeq
 	})
@@ -544,6 +549,17 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
+}
+
+// planPositions numbers the plan's steps ("phase/step") in plan order.
+func (e *Engine) planPositions() map[string]int {
+	pos := map[string]int{}
+	for _, ph := range e.plan.Phases {
+		for _, ps := range ph.Steps {
+			pos[ph.Name+"/"+ps.Step.Name()] = len(pos)
+		}
+	}
+	return pos
 }
 
 // changedNodes reports whether any step after the first phase was started:

@@ -190,23 +190,43 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func cmdResume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flagSet("resume", "resume [--state rotate.db]", stdout)
-	var cf commonFlags
-	cf.register(fs, true)
-	if err := parse(fs, args); err != nil {
+	c, err := continueFlags("resume", args, stdout, stderr)
+	if err != nil {
 		return err
 	}
-	return orchestrator.Resume(ctx, cf.common(stdout, stderr))
+	return orchestrator.Resume(ctx, c)
 }
 
 func cmdRollback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flagSet("rollback", "rollback [--state rotate.db]", stdout)
-	var cf commonFlags
-	cf.register(fs, true)
-	if err := parse(fs, args); err != nil {
+	c, err := continueFlags("rollback", args, stdout, stderr)
+	if err != nil {
 		return err
 	}
-	return orchestrator.Rollback(ctx, cf.common(stdout, stderr))
+	return orchestrator.Rollback(ctx, c)
+}
+
+// continueFlags parses the flags of resume and rollback, which continue
+// the run of a state file or, with --recover-from, of a control-plane
+// node's copy of it.
+func continueFlags(name string, args []string, stdout, stderr io.Writer) (orchestrator.Common, error) {
+	fs := flagSet(name, name+" [--state rotate.db] [--recover-from NODE --inventory FILE]", stdout)
+	var cf commonFlags
+	var recoverFrom, inventory string
+	cf.register(fs, true)
+	fs.StringVar(&recoverFrom, "recover-from", "", "rebuild a lost state file from this control-plane node's copy first (needs --inventory; refuses an existing state file)")
+	fs.StringVarP(&inventory, "inventory", "i", "", "inventory to reach the nodes with (only with --recover-from: the state file records it)")
+	if err := parse(fs, args); err != nil {
+		return orchestrator.Common{}, err
+	}
+	switch {
+	case recoverFrom != "" && inventory == "":
+		return orchestrator.Common{}, usageError{fmt.Errorf("%s: --recover-from needs --inventory (the lost state file recorded it)", name)}
+	case recoverFrom == "" && inventory != "":
+		return orchestrator.Common{}, usageError{fmt.Errorf("%s: --inventory goes with --recover-from; otherwise the run's recorded inventory is used", name)}
+	}
+	c := cf.common(stdout, stderr)
+	c.RecoverFrom, c.InventoryPath = recoverFrom, inventory
+	return c, nil
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,5 +61,34 @@ func TestEventsCommand(t *testing.T) {
 	}
 	if r := rotate(t, dir, "events", "-o", "yaml"); r.code != 2 || !strings.Contains(r.stderr, "--output must be table or json") {
 		t.Errorf("events -o yaml: exit %d %q", r.code, r.stderr)
+	}
+}
+
+// TestRecoverFromUsage: --recover-from and --inventory go together, and
+// what recovery refuses exits 2 naming the file or node.
+func TestRecoverFromUsage(t *testing.T) {
+	dir, inv := env(t, "127.0.0.1:22")
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"resume", "--recover-from", "cp1"}, "resume: --recover-from needs --inventory"},
+		{[]string{"rollback", "--inventory", inv}, "rollback: --inventory goes with --recover-from"},
+		{[]string{"rollback", "--recover-from", "cp9", "--inventory", inv}, "cp9 is not a control-plane node of " + inv},
+	} {
+		if r := rotate(t, dir, tc.args...); r.code != 2 || !strings.Contains(r.stderr, tc.says) {
+			t.Errorf("%v: exit %d %q, want 2 saying %q", tc.args, r.code, r.stderr, tc.says)
+		}
+	}
+	p := filepath.Join(dir, "rotate.db")
+	if err := os.WriteFile(p, []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := rotate(t, dir, "resume", "--recover-from", "cp1", "--inventory", inv)
+	if r.code != 2 || !strings.Contains(r.stderr, "state file rotate.db exists; --recover-from only rebuilds a missing one") {
+		t.Errorf("recover over a state file: exit %d %q", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "kept" {
+		t.Errorf("recover changed the state file: %q", b)
 	}
 }
