@@ -104,12 +104,7 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	s.mirror = newMirror(poolSource{s.pool}, cfg.Steps.ControlPlane, MirrorPath(cfg.Steps.Paths.BackupDir, cfg.Steps.Cluster), store.Snapshot, c.Log)
 	ms := withMirror(store, s.mirror, append(append([]string(nil), cfg.Steps.ControlPlane...), cfg.Steps.Workers...))
 	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
-	snap.mirrorStatus = func() []MirrorNodeStatus {
-		if !s.mirror.Active() {
-			return nil
-		}
-		return s.mirror.Status()
-	}
+	snap.mirrorStatus = s.mirror.activeStatus
 	snap.journal(ctx)
 	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror})
 	return s, nil

@@ -126,9 +126,12 @@ func EventsJSON(evs []state.Event) ([]byte, error) {
 	if evs == nil {
 		evs = []state.Event{}
 	}
-	raw, err := json.MarshalIndent(evs, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // "preflight -> distribute" as written
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(evs); err != nil {
 		return nil, err
 	}
-	return append(raw, '\n'), nil
+	return b.Bytes(), nil
 }

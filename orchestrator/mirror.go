@@ -378,6 +378,15 @@ func (m *mirror) Status() []MirrorNodeStatus {
 	return out
 }
 
+// activeStatus is Status once copies are being kept, else nil (a run
+// still in preflight has none).
+func (m *mirror) activeStatus() []MirrorNodeStatus {
+	if !m.Active() {
+		return nil
+	}
+	return m.Status()
+}
+
 func (m *mirror) names() []string {
 	out := make([]string, len(m.nodes))
 	for i, n := range m.nodes {

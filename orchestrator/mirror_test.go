@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,6 +105,35 @@ func TestMirrorSyncPlacesCopies(t *testing.T) {
 	}
 	if st := m.Status(); len(st) != 3 || st[0].WrittenAt.IsZero() || st[0].Path != testMirror || st[0].Error != "" {
 		t.Fatalf("Status = %+v", st)
+	}
+}
+
+// TestMirrorInStatusSnapshot: `rotate status` during a run shows the
+// copies once they are kept, not while the run is in preflight.
+func TestMirrorInStatusSnapshot(t *testing.T) {
+	ctx := context.Background()
+	ns := mirrorNodes()
+	var c counter
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
+	defer m.Close()
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	snap := withSnapshot(withMirror(state.NewMemStore(), m, nil), p, testPlan(t.TempDir()), nil)
+	snap.mirrorStatus = m.activeStatus
+	run := state.Run{ID: "r1", State: "preflight"}
+	if err := snap.Commit(ctx, state.Checkpoint{Run: &run}); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _, _ := state.ReadSnapshot(p); strings.Contains(string(raw), `"mirror"`) {
+		t.Fatalf("snapshot in preflight shows copies:\n%s", raw)
+	}
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Commit(ctx, state.Checkpoint{Run: &run}); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _, _ := state.ReadSnapshot(p); !strings.Contains(string(raw), `"node": "cp3"`) || !strings.Contains(string(raw), `"writtenAt"`) {
+		t.Fatalf("snapshot lacks the copies:\n%s", raw)
 	}
 }
 
