@@ -342,7 +342,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
 		}
 		err = fmt.Errorf("%s on %s: %w", st.Name(), t, err)
-		rt.Log.Warn("step failed", "duration", e.now().Sub(start).Round(time.Millisecond), "err", steps.RedactText(err.Error()))
+		rt.Log.Info("step failed", "duration", e.now().Sub(start).Round(time.Millisecond), "err", steps.RedactText(err.Error()))
 		rec.Status = state.StepFailed
 		rec.Error = err.Error()
 		rec.FinishedAt = e.now()

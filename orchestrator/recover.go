@@ -173,13 +173,14 @@ func (rc *recovery) adopt(ctx context.Context, s state.Store) (string, error) {
 	}
 	phase, marked := rc.unknownSteps(plan, run, recs)
 	cp := state.Checkpoint{Steps: marked, Values: rc.values}
+	asOf := run.UpdatedAt
 	run.UpdatedAt = rc.now()
 	if rc.values != nil {
 		run.InventoryPath, run.InventoryDigest = string(rc.values[keyInventoryPath]), rc.invDigest
 	}
 	cp.Run = &run
 	msg := fmt.Sprintf("run %s of cluster %s recovered from node %s (%s, state %s as of %s): %d backup(s) taken back from the nodes' copies",
-		run.ID, run.Cluster, rc.node, rc.path, describeState(run), run.UpdatedAt.Format(time.RFC3339), taken)
+		run.ID, run.Cluster, rc.node, rc.path, describeState(run), asOf.Format(time.RFC3339), taken)
 	if len(marked) > 0 {
 		msg += fmt.Sprintf(", %d step target(s) of phase %s the copy has no record of marked started (resume checks them, rollback reverts them)", len(marked), phase)
 	}
