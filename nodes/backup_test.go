@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kubeca/rotate/nodes/sshdtest"
 )
@@ -231,5 +232,56 @@ func TestBackupStoreFirst(t *testing.T) {
 	content, _ := NodeBackupPaths(defaultBackupDir, b)
 	if got, ok := m.File(content); !ok || string(got) != "KEY" {
 		t.Errorf("node copy after retry = %q, %v", got, ok)
+	}
+}
+
+// TestBackupCopiesReadBack: what BackupFile left on a real node (a file, a
+// symlink, a missing path) reads back as the same backups, and a copy whose
+// content does not match its metadata is refused.
+func TestBackupCopiesReadBack(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	root := t.TempDir()
+	backupDir := filepath.Join(t.TempDir(), "rotate", "backups")
+	store := NewMemBackupStore()
+	file, link, gone := root+"/ca.crt", root+"/current.pem", root+"/ca-new.key"
+	must(t, os.WriteFile(file, []byte("old CA"), 0o640))
+	must(t, os.Symlink("ca.crt", link))
+	var want []Backup
+	for _, p := range []string{file, link, gone} {
+		b, err := BackupFile(ctx, c, store, backupDir, "run-1.step_a", p)
+		must(t, err)
+		want = append(want, b)
+	}
+	got, err := BackupCopies(ctx, c, backupDir, []string{"run-1.step_a", "run-1.step_b"})
+	must(t, err)
+	if len(got) != 1 || len(got["run-1.step_a"]) != 3 {
+		t.Fatalf("BackupCopies = %v", got)
+	}
+	for _, w := range want {
+		b, err := ReadBackupCopy(ctx, c, backupDir, "run-1.step_a", w.Path)
+		must(t, err)
+		if b.Exists != w.Exists || b.IsSymlink != w.IsSymlink || b.LinkTarget != w.LinkTarget || string(b.Content) != string(w.Content) ||
+			b.Mode != w.Mode || b.UID != w.UID || b.Digest != w.Digest || b.Node != "n" || b.RunID != w.RunID || !b.TakenAt.Equal(w.TakenAt.Truncate(time.Second)) {
+			t.Errorf("read back %+v, backed up %+v", b, w)
+		}
+	}
+	content, _ := NodeBackupPaths(backupDir, want[0])
+	must(t, os.WriteFile(content, []byte("tampered"), 0o600))
+	if _, err := ReadBackupCopy(ctx, c, backupDir, "run-1.step_a", file); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("tampered copy: %v", err)
+	}
+	// EnsurePrivateDir: 0700, and a symlink to a directory is refused.
+	d := filepath.Join(t.TempDir(), "a", "state")
+	must(t, EnsurePrivateDir(ctx, c, d))
+	if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v %v", d, fi.Mode(), err)
+	}
+	l := filepath.Join(t.TempDir(), "link")
+	must(t, os.Symlink(d, l))
+	if err := EnsurePrivateDir(ctx, c, l); err == nil {
+		t.Error("a symlink to a directory accepted")
 	}
 }

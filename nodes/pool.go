@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"sync"
 )
 
@@ -21,6 +22,7 @@ type Pool struct {
 	nodes  map[string]*poolNode
 	closed bool
 	dial   func(context.Context, Config) (*Client, error)
+	log    *slog.Logger
 }
 
 type poolNode struct {
@@ -31,7 +33,8 @@ type poolNode struct {
 // NewPool returns a pool for the given nodes. Nothing is dialed yet.
 // Invalid or duplicate configurations are reported by Get for that name.
 func NewPool(cfgs []Config) *Pool {
-	p := &Pool{cfgs: map[string]Config{}, bad: map[string]error{}, nodes: map[string]*poolNode{}, dial: Dial}
+	p := &Pool{cfgs: map[string]Config{}, bad: map[string]error{}, nodes: map[string]*poolNode{}}
+	p.dial = func(ctx context.Context, c Config) (*Client, error) { return dialLogged(ctx, c, p.logger()) }
 	for _, c := range cfgs {
 		if _, dup := p.cfgs[c.Name]; dup {
 			p.bad[c.Name] = fmt.Errorf("node %s is listed more than once", c.Name)
@@ -40,6 +43,20 @@ func NewPool(cfgs []Config) *Pool {
 		p.nodes[c.Name] = &poolNode{}
 	}
 	return p
+}
+
+// SetLogger makes the pool log connections, retries and re-dials (info)
+// and every node operation (debug) to l. Call it before the first Get.
+func (p *Pool) SetLogger(l *slog.Logger) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.log = l
+}
+
+func (p *Pool) logger() *slog.Logger {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log
 }
 
 // Get returns a Runner for the named node, connecting now if there is no
@@ -88,6 +105,9 @@ func (p *Pool) client(ctx context.Context, name string) (*Client, error) {
 		return n.c, nil
 	}
 	if n.c != nil {
+		if l := p.logger(); l != nil {
+			l.Info("connection lost, dialing again", "node", name)
+		}
 		n.c.Close()
 		n.c = nil
 	}

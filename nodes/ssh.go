@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -25,6 +26,7 @@ import (
 // session on the shared connection).
 type Client struct {
 	cfg  Config
+	log  *slog.Logger // debug: every operation, with node, op and duration
 	conn *ssh.Client
 	done chan struct{} // closed when the connection is gone
 	once sync.Once
@@ -38,6 +40,16 @@ var _ ExactWriter = (*Client)(nil)
 // times with exponential backoff. Host key and authentication failures
 // return at once.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	return dialLogged(ctx, cfg, nil)
+}
+
+// dialLogged is Dial, logging each attempt, retry and the connection to log (nil:
+// no logs). Nothing logged holds key material.
+func dialLogged(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("node", cfg.Name)
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -48,8 +60,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	backoff := cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
+		start := time.Now()
 		c, err := dialOnce(ctx, cfg, hk)
 		if err == nil {
+			c.log = log
+			log.Info("connected", "addr", cfg.addr(), "user", cfg.User, "attempt", attempt+1, "duration", time.Since(start).Round(time.Millisecond))
 			return c, nil
 		}
 		if ctx.Err() != nil || !transient(err) || attempt >= cfg.Retries {
@@ -58,6 +73,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			}
 			return nil, err
 		}
+		log.Info("connect failed, retrying", "addr", cfg.addr(), "attempt", attempt+1, "retry_in", backoff, "err", err)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -487,6 +503,22 @@ func (w *stderrSniffer) bytes() []byte {
 const maxStderr = 1 << 20
 
 func (c *Client) run(ctx context.Context, op, inner string, stdin []byte) (Result, error) {
+	start := time.Now()
+	res, err := c.runOnce(ctx, op, inner, stdin)
+	if c.log != nil && c.log.Enabled(ctx, slog.LevelDebug) {
+		attrs := []any{"op", op, "duration", time.Since(start).Round(time.Millisecond)}
+		if len(stdin) > 0 {
+			attrs = append(attrs, "stdin_bytes", len(stdin))
+		}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		c.log.Debug("node operation", attrs...)
+	}
+	return res, err
+}
+
+func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (Result, error) {
 	timeout := c.cfg.CommandTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		if d := time.Until(dl); timeout < 0 || d < timeout {

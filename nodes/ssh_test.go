@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,19 +146,34 @@ func TestTransientDialErrorsAreRetried(t *testing.T) {
 	cfg = p.via(t, s, cfg)
 	p.refuseFirst.Store(2) // closed during the handshake, like a flapping LB
 	cfg.Retries = 3
-	c := dial(t, cfg)
-	if _, err := c.Run(testCtx(t), "true", nil); err != nil {
+	var logs strings.Builder // the pool logs from this goroutine only
+	pool := NewPool([]Config{cfg})
+	pool.SetLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer pool.Close()
+	r, err := pool.Get(testCtx(t), cfg.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Run(testCtx(t), "true", nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := p.accepted.Load(); n != 3 {
 		t.Errorf("%d connection attempts, want 3", n)
+	}
+	// The retries and the connection are logged with the node, each
+	// operation at debug level.
+	for _, want := range []string{`msg="connect failed, retrying" node=n`, "attempt=1 retry_in=50ms", "attempt=2 retry_in=100ms",
+		"msg=connected node=n addr=" + cfg.Address, "attempt=3", `msg="node operation" node=n op="run command" duration=`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
 	}
 
 	// Nothing listening: refused, retried Retries times, then an error.
 	cfg.Port = freeClosedPort(t)
 	cfg.Retries = 2
 	start := time.Now()
-	_, err := Dial(testCtx(t), cfg)
+	_, err = Dial(testCtx(t), cfg)
 	if err == nil || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "after 3 attempts") {
 		t.Fatalf("err = %v, want connection refused after 3 attempts", err)
 	}

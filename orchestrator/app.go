@@ -30,6 +30,11 @@ const (
 // Common are the options every state-changing command shares.
 type Common struct {
 	StatePath string
+	// RecoverFrom, when set, rebuilds a missing state file from the copy
+	// on this control-plane node first (recover.go), reaching it with the
+	// inventory at InventoryPath.
+	RecoverFrom   string
+	InventoryPath string
 	// InsecureIgnoreHostKeys turns off SSH host key verification.
 	InsecureIgnoreHostKeys bool
 	Out                    io.Writer // operator progress
@@ -49,10 +54,14 @@ type session struct {
 	cfg    *plans.Config
 	plan   *plans.Plan
 	pool   *nodes.Pool
+	mirror *mirror
 	engine *Engine
 }
 
 func (s *session) close() {
+	if s.mirror != nil {
+		s.mirror.Close()
+	}
 	if s.pool != nil {
 		s.pool.Close()
 	}
@@ -81,13 +90,21 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	s := &session{store: store, cfg: cfg}
 	s.plan = cfg.Plan(plans.Options{Hold: hold})
 	s.pool = nodes.NewPool(NodeConfigs(cfg, c.InsecureIgnoreHostKeys))
+	if c.Log != nil {
+		s.pool.SetLogger(c.Log)
+	}
 	rt, err := runtimeFor(ctx, cfg, storeAdapter{s: store}, poolSource{s.pool})
 	if err != nil {
 		s.pool.Close()
 		return nil, err
 	}
-	snap := withSnapshot(store, c.StatePath, s.plan, c.Log) // for `rotate status` during the run
-	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log})
+	// Copies of the state on the control-plane nodes (mirror.go).
+	s.mirror = newMirror(poolSource{s.pool}, cfg.Steps.ControlPlane, MirrorPath(cfg.Steps.Paths.BackupDir, cfg.Steps.Cluster), store.Snapshot, c.Log)
+	ms := withMirror(store, s.mirror, append(append([]string(nil), cfg.Steps.ControlPlane...), cfg.Steps.Workers...))
+	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
+	snap.mirrorStatus = s.mirror.activeStatus
+	snap.journal(ctx)
+	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror})
 	return s, nil
 }
 
@@ -264,6 +281,11 @@ func resumeSession(ctx context.Context, c Common) (s *session, run state.Run, er
 
 // Resume continues a held or failed run.
 func Resume(ctx context.Context, c Common) error {
+	if c.RecoverFrom != "" {
+		if err := recoverFromNode(ctx, c); err != nil {
+			return err
+		}
+	}
 	s, _, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
@@ -278,6 +300,11 @@ func Resume(ctx context.Context, c Common) error {
 
 // Rollback reverts a run's completed steps in reverse order.
 func Rollback(ctx context.Context, c Common) error {
+	if c.RecoverFrom != "" {
+		if err := recoverFromNode(ctx, c); err != nil {
+			return err
+		}
+	}
 	s, _, err := resumeSession(ctx, c)
 	if err != nil {
 		return err

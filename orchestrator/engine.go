@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kubeca/rotate/internal/redact"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -47,6 +48,9 @@ type Options struct {
 	// AfterCommit, if set, is called after every checkpoint commit with
 	// its ordinal; the crash tests kill the process from here.
 	AfterCommit func(n int)
+	// Mirror keeps copies of the state on the control-plane nodes (see
+	// mirror.go); nil: none.
+	Mirror Mirror
 }
 
 // Engine runs one plan against one state store.
@@ -58,6 +62,7 @@ type Engine struct {
 	log     *slog.Logger
 	now     func() time.Time
 	after   func(int)
+	mirror  Mirror
 
 	mu      sync.Mutex // serializes commits and the counters below
 	commits int
@@ -66,7 +71,7 @@ type Engine struct {
 
 // New returns an engine; it does no I/O.
 func New(o Options) *Engine {
-	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit}
+	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit, mirror: o.Mirror}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -107,7 +112,7 @@ func (e *Engine) Start(ctx context.Context, run state.Run, hold bool) error {
 	run.Hold = hold
 	run.CreatedAt = e.now()
 	run.UpdatedAt = run.CreatedAt
-	if err := e.commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Message: fmt.Sprintf("run %s started for cluster %s", run.ID, run.Cluster)}}}); err != nil {
+	if err := e.commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Kind: state.KindRun, Message: fmt.Sprintf("run %s started for cluster %s", run.ID, run.Cluster)}}}); err != nil {
 		return fmt.Errorf("record run: %w", err)
 	}
 	return e.drive(ctx, run)
@@ -142,6 +147,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 		return fmt.Errorf("%w: run %s is rolling back (%s); finish with `rotate rollback`", ErrNothingToResume, run.ID, run.LastError)
 	}
 	e.printer.Linef("resuming run %s of cluster %s at %s", run.ID, run.Cluster, describeState(run))
+	e.runLog().Info("resuming", "cluster", run.Cluster, "state", run.State, "phase", run.Phase)
 	return e.drive(ctx, run)
 }
 
@@ -185,6 +191,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 		var args transitionArgs
 		switch cur {
 		case StateCompleted:
+			e.finishMirror(ctx)
 			e.printer.Linef("rotation of cluster %s completed", run.Cluster)
 			return nil
 		case StateNew:
@@ -213,6 +220,9 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				if ferr := e.fire(context.WithoutCancel(ctx), m, evFail, transitionArgs{phase: ph.Name, errText: err.Error()}); ferr != nil {
 					return fmt.Errorf("%w (and recording the failure failed: %v)", err, ferr)
 				}
+				if !errors.Is(err, errSyncFailed) {
+					e.syncBestEffort(context.WithoutCancel(ctx), "after the failure")
+				}
 				return &RunError{Phase: ph.Name, Err: err}
 			}
 			switch {
@@ -220,6 +230,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				if err := e.fire(ctx, m, evHold, transitionArgs{phase: ph.Name}); err != nil {
 					return err
 				}
+				e.syncBestEffort(ctx, "at the hold")
 				e.printer.Linef("held after phase %d/%d %s: review `rotate status`, then `rotate resume` to continue or `rotate rollback` to undo", ph.Index, e.plan.Last(), ph.Name)
 				return nil
 			case i == len(e.plan.Phases)-1:
@@ -235,14 +246,27 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 	}
 }
 
+// runLog is the engine's logger with the run's id.
+func (e *Engine) runLog() *slog.Logger { return e.log.With("run", e.rt.RunID) }
+
 // runPhase runs the phase's steps in order; targets of one step fan out.
 func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
+	log := e.runLog().With("phase", ph.Name)
+	if e.mirror != nil && ph.Name != e.plan.Phases[0].Name {
+		// Before any step of the phase: see mirror.go.
+		if err := e.mirror.Sync(ctx); err != nil {
+			return fmt.Errorf("before phase %s: %w", ph.Name, err)
+		}
+	}
+	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
+	start := time.Now()
 	for _, ps := range ph.Steps {
 		if err := e.runStep(ctx, ph, ps); err != nil {
 			return err
 		}
 	}
+	log.Info("phase done", "duration", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -260,6 +284,12 @@ func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedSt
 	total := len(targets)
 	var doneMu sync.Mutex
 	done := 0
+	log := e.runLog().With("phase", ph.Name, "step", name)
+	log.Debug("fan-out", "targets", total, "concurrency", ps.Concurrency)
+	start := time.Now()
+	defer func() {
+		log.Debug("fan-out over", "targets", total, "done", done, "duration", time.Since(start).Round(time.Millisecond))
+	}()
 	return FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		err := e.runTarget(ctx, ph, ps.Step, t)
 		doneMu.Lock()
@@ -292,7 +322,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rec.Error = ""
 	rec.StartedAt = e.now()
 	rec.FinishedAt = time.Time{}
-	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("info", rec, fmt.Sprintf("started (attempt %d)", rec.Attempts))}}); err != nil {
+	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("info", state.KindStep, rec, fmt.Sprintf("started (attempt %d)", rec.Attempts))}}); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", key, err)
 	}
 	e.printer.Step(st.Name(), t.String(), "running")
@@ -302,7 +332,9 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	defer cancel()
 	rt := e.stepRuntime(key)
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
-	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String())
+	rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", st.Name(), "target", t.String(), "attempt", rec.Attempts)
+	changes := e.recordChanges(&rt)
+	rt.Log.Info("step started")
 
 	skipped, tm, err := execute(sctx, st, &rt, t)
 	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
@@ -311,10 +343,12 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
 		}
 		err = fmt.Errorf("%s on %s: %w", st.Name(), t, err)
+		rt.Log.Info("step failed", "duration", e.now().Sub(start).Round(time.Millisecond), "err", redact.Text(err.Error()))
 		rec.Status = state.StepFailed
 		rec.Error = err.Error()
 		rec.FinishedAt = e.now()
-		if cerr := e.commit(context.WithoutCancel(ctx), state.Checkpoint{Steps: []state.StepRecord{rec}, Events: []state.Event{e.event("error", rec, err.Error())}}); cerr != nil {
+		evs := append(changes.stamped(rec), e.event("error", state.KindStep, rec, err.Error()))
+		if cerr := e.commit(context.WithoutCancel(ctx), state.Checkpoint{Steps: []state.StepRecord{rec}, Events: evs}); cerr != nil {
 			return fmt.Errorf("%w (and recording it failed: %v)", err, cerr)
 		}
 		e.printer.Step(st.Name(), t.String(), "FAILED: "+err.Error())
@@ -335,12 +369,23 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	if skipped {
 		msg = "already in place"
 	}
-	cp.Events = []state.Event{e.event("info", rec, msg)}
+	cp.Events = append(changes.stamped(rec), e.event("info", state.KindStep, rec, msg))
 	if err := e.commit(ctx, cp); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", key, err)
 	}
+	rt.Log.Info("step done", "skipped", skipped, "apply", tm.apply.Round(time.Millisecond), "gate", tm.gate.Round(time.Millisecond),
+		"duration", e.now().Sub(start).Round(time.Millisecond))
 	e.printer.Step(st.Name(), t.String(), fmt.Sprintf("%s (%s)", msg, e.now().Sub(start).Round(10*time.Millisecond)))
 	return nil
+}
+
+// recordChanges makes rt's node runners record what they change.
+func (e *Engine) recordChanges(rt *steps.Runtime) *changeLog {
+	l := newChangeLog(rt.Config, e.now)
+	if rt.Nodes != nil {
+		rt.Nodes = recordingNodes{inner: rt.Nodes, log: l}
+	}
+	return l
 }
 
 // stepRuntime is the runtime of one step on one target: its backups are
@@ -373,18 +418,25 @@ func backupID(run, key string) string {
 
 type timing struct{ apply, gate time.Duration }
 
-// execute is check → apply → gate.
+// execute is check → apply → gate, logged at debug level to rt.Log.
 func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, tm timing, err error) {
+	log := rt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	start := time.Now()
 	done, err := st.Check(ctx, rt, t)
 	if err != nil {
 		return false, tm, fmt.Errorf("check: %w", err)
 	}
+	log.Debug("checked", "in_place", done, "duration", time.Since(start).Round(time.Millisecond))
 	if !done {
+		as := time.Now()
 		if err := st.Apply(ctx, rt, t); err != nil {
 			tm.apply = time.Since(start)
 			return false, tm, fmt.Errorf("apply: %w", err)
 		}
+		log.Debug("applied", "duration", time.Since(as).Round(time.Millisecond))
 	}
 	tm.apply = time.Since(start)
 	gs := time.Now()
@@ -393,11 +445,12 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 	if err != nil {
 		return done, tm, fmt.Errorf("health gate: %w", err)
 	}
+	log.Debug("gate passed", "duration", tm.gate.Round(time.Millisecond))
 	return done, tm, nil
 }
 
-func (e *Engine) event(level string, r state.StepRecord, msg string) state.Event {
-	return state.Event{Time: e.now(), Level: level, Phase: r.Phase, Step: r.Step, Target: r.Target, Message: msg}
+func (e *Engine) event(level, kind string, r state.StepRecord, msg string) state.Event {
+	return state.Event{Time: e.now(), Level: level, Kind: kind, Phase: r.Phase, Step: r.Step, Target: r.Target, Attempt: r.Attempts, Message: msg}
 }
 
 // Rollback reverts every step that was started, in reverse order of
@@ -421,6 +474,12 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if e.mirror != nil && e.changedNodes(recs) {
+		// The copies say "rolling back" before anything is reverted.
+		if err := e.mirror.Sync(ctx); err != nil {
+			return e.rollbackFailed(ctx, m, fmt.Errorf("before reverting: %w", err), nil)
+		}
+	}
 	var todo []state.StepRecord
 	for _, r := range recs {
 		switch r.Status {
@@ -429,11 +488,16 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		}
 	}
 	// Partial steps (no DoneSeq) are the most recent: revert them first,
-	// then completed ones newest first.
+	// the later in the plan first (a run recovered from a state copy can
+	// have several, see recover.go), then completed ones newest first.
+	pos := e.planPositions()
 	sort.SliceStable(todo, func(i, j int) bool {
 		a, b := todo[i], todo[j]
 		if (a.DoneSeq == 0) != (b.DoneSeq == 0) {
 			return a.DoneSeq == 0
+		}
+		if a.DoneSeq == 0 {
+			return pos[a.Phase+"/"+a.Step] > pos[b.Phase+"/"+b.Step]
 		}
 		return a.DoneSeq > b.DoneSeq
 	})
@@ -441,13 +505,15 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	for i, r := range todo {
 		st, t, err := e.lookup(r)
 		if err != nil {
-			return e.rollbackFailed(ctx, m, err)
+			return e.rollbackFailed(ctx, m, err, nil)
 		}
 		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
 		sctx, cancel := context.WithTimeout(ctx, e.timeout(r.Phase))
 		rt := e.stepRuntime(r.Key)
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
+		changes := e.recordChanges(&rt)
+		rs := time.Now()
 		err = st.Revert(sctx, &rt, t)
 		if err == nil {
 			if g, ok := st.(steps.RevertGater); ok {
@@ -457,29 +523,88 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			err = fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
-			return e.rollbackFailed(ctx, m, err)
+			return e.rollbackFailed(ctx, m, err, changes.stamped(r))
 		}
+		rt.Log.Info("reverted", "duration", time.Since(rs).Round(time.Millisecond))
 		r.Status = state.StepReverted
 		r.RevertedAt = e.now()
-		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: []state.Event{e.event("info", r, "reverted")}}); err != nil {
+		evs := append(changes.stamped(r), e.event("info", state.KindRevert, r, "reverted"))
+		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: evs}); err != nil {
 			return fmt.Errorf("checkpoint revert of %s: %w", r.Key, err)
 		}
 	}
 	if err := e.fire(ctx, m, evFinishRollback, transitionArgs{}); err != nil {
 		return err
 	}
+	e.finishMirror(ctx)
 	e.printer.Linef("rollback of run %s complete: cluster %s is back on its old CAs", run.ID, run.Cluster)
 	return nil
 }
 
-func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error) error {
+func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error, changes []state.Event) error {
 	run, rerr := e.store.Run(ctx)
 	if rerr == nil {
 		run.LastError = err.Error()
 		run.UpdatedAt = e.now()
-		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "error", Message: "rollback: " + err.Error()}}})
+		evs := append(changes, state.Event{Time: e.now(), Level: "error", Kind: state.KindRevert, Message: "rollback: " + err.Error()})
+		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
+}
+
+// planPositions numbers the plan's steps ("phase/step") in plan order.
+func (e *Engine) planPositions() map[string]int {
+	pos := map[string]int{}
+	for _, ph := range e.plan.Phases {
+		for _, ps := range ph.Steps {
+			pos[ph.Name+"/"+ps.Step.Name()] = len(pos)
+		}
+	}
+	return pos
+}
+
+// changedNodes reports whether any step after the first phase was started:
+// before that, nothing on a node changed and no copy of the state exists.
+func (e *Engine) changedNodes(recs []state.StepRecord) bool {
+	for _, r := range recs {
+		if r.Phase != e.plan.Phases[0].Name && r.Status != state.StepPending {
+			return true
+		}
+	}
+	return false
+}
+
+// syncBestEffort copies the state to the control-plane nodes where the
+// run stops (hold, failure); a failure is logged and journaled, the
+// next run of rotate copies it again before it changes anything.
+func (e *Engine) syncBestEffort(ctx context.Context, when string) {
+	if e.mirror == nil || !e.mirror.Active() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := e.mirror.Sync(ctx); err != nil {
+		e.runLog().Warn("cannot copy the state to the control-plane nodes "+when, "err", err)
+		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Events: []state.Event{{Time: e.now(), Level: "warn", Kind: state.KindMirror,
+			Message: "state not copied to every control-plane node " + when + ": " + err.Error()}}})
+	}
+}
+
+// finishMirror removes the state's copies of a run that ended.
+func (e *Engine) finishMirror(ctx context.Context) {
+	if e.mirror == nil || !e.mirror.Active() {
+		return // no copy was made: the run never changed a node
+	}
+	run, err := e.store.Run(ctx)
+	if err == nil {
+		err = e.mirror.Finish(ctx, run)
+	}
+	ev := state.Event{Time: e.now(), Level: "info", Kind: state.KindMirror, Message: "state copies on the control-plane nodes removed (tombstones left)"}
+	if err != nil {
+		e.runLog().Warn("cannot remove the state copies; remove them by hand", "err", err)
+		ev.Level, ev.Message = "warn", "state copies not removed everywhere, remove them by hand: "+err.Error()
+	}
+	_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Events: []state.Event{ev}})
 }
 
 func (e *Engine) lookup(r state.StepRecord) (steps.Step, steps.Target, error) {

@@ -135,12 +135,23 @@ func helperMain(cmd, dir string) int {
 	}
 	defer s.Close()
 	killAt, _ := strconv.Atoi(os.Getenv("ROTATE_TEST_KILL_AFTER"))
-	e := New(Options{Store: s, Plan: testPlan(dir), AfterCommit: func(n int) {
+	o := Options{Store: s, Plan: testPlan(dir), AfterCommit: func(n int) {
 		if n == killAt {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
 		}
-	}})
+	}}
+	if raw := os.Getenv("ROTATE_TEST_MIRROR_NODE"); raw != "" {
+		// Node a (the control plane) keeps a copy of the state.
+		m, closeMirror, err := helperMirror(dir, raw, s)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 3
+		}
+		defer closeMirror()
+		o.Store, o.Mirror = withMirror(s, m, []string{"a", "b", "c"}), m
+	}
+	e := New(o)
 	switch cmd {
 	case "start":
 		err = e.Start(ctx, state.Run{ID: "test", Cluster: "world"}, true)

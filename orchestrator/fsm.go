@@ -96,11 +96,14 @@ func (e *Engine) persistTransition(ctx context.Context, ev *fsm.Event) error {
 			}
 		}
 	}
+	level := "info"
 	switch ev.Dst {
 	case StateCompleted, StateRolledBack:
 		run.FinishedAt = e.now()
+	case StateFailed:
+		level = "error"
 	}
-	return e.store.Commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: "info", Phase: run.Phase, Message: "state " + msg}}})
+	return e.store.Commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: level, Kind: state.KindState, Phase: run.Phase, Message: "state " + msg}}})
 }
 
 // fire moves the machine, treating "already there" as success.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kubeca/rotate/internal/redact"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 )
@@ -23,16 +24,22 @@ import (
 // beyond a failed non-blocking attempt.
 
 // snapshotStore is a running session's Store: Commit, then rewrite the
-// snapshot. A snapshot that cannot be written is logged once and never
-// fails the checkpoint.
+// snapshot and append the new events to the journal (see journal.go); a
+// saved backup's event goes to the journal too. A snapshot or journal that
+// cannot be written is logged once and never fails the checkpoint.
 type snapshotStore struct {
 	state.Store
 	statePath string
 	plan      *plans.Plan
 	log       *slog.Logger
+	// mirrorStatus, when set, adds the state copies' status to the report.
+	mirrorStatus func() []MirrorNodeStatus
 
-	mu     sync.Mutex
-	warned bool
+	mu            sync.Mutex
+	warned        bool
+	journalWarned bool
+	journalSeq    uint64 // last event in the journal; 0: not written yet
+	journalOK     bool   // the journal was rewritten by this process
 }
 
 func withSnapshot(s state.Store, statePath string, plan *plans.Plan, log *slog.Logger) *snapshotStore {
@@ -47,7 +54,56 @@ func (s *snapshotStore) Commit(ctx context.Context, cp state.Checkpoint) error {
 		return err
 	}
 	s.snapshot(context.WithoutCancel(ctx))
+	s.journal(context.WithoutCancel(ctx))
 	return nil
+}
+
+func (s *snapshotStore) SaveBackupIfAbsent(ctx context.Context, b state.Backup) (bool, error) {
+	saved, err := s.Store.SaveBackupIfAbsent(ctx, b)
+	if saved {
+		s.journal(context.WithoutCancel(ctx))
+	}
+	return saved, err
+}
+
+// journal brings the journal file up to the store: rewritten whole the
+// first time, then the events since the last call appended.
+func (s *snapshotStore) journal(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var evs []state.Event
+	var err error
+	if s.journalOK {
+		evs, err = s.Store.EventsAfter(ctx, s.journalSeq)
+	} else {
+		evs, err = s.Store.Events(ctx)
+	}
+	var lines []byte
+	if err == nil {
+		lines, err = journalLines(evs)
+	}
+	if err == nil {
+		switch {
+		case !s.journalOK:
+			err = state.ResetJournal(s.statePath, lines)
+		case len(lines) > 0:
+			err = state.AppendJournal(s.statePath, lines)
+		}
+	}
+	if err != nil {
+		// Rewrite it whole next time: an append may have been cut short.
+		s.journalOK = false
+		if !s.journalWarned {
+			s.journalWarned = true
+			s.log.Warn("cannot write the event journal; `rotate events` shows this run's events only once it stops",
+				"journal", state.JournalPath(s.statePath), "err", err)
+		}
+		return
+	}
+	s.journalOK = true
+	if len(evs) > 0 {
+		s.journalSeq = evs[len(evs)-1].Seq
+	}
 }
 
 func (s *snapshotStore) snapshot(ctx context.Context) {
@@ -56,6 +112,12 @@ func (s *snapshotStore) snapshot(ctx context.Context) {
 	rep, err := report(ctx, s.Store, s.plan)
 	if errors.Is(err, state.ErrNoRun) {
 		return // start records the inventory before the run
+	}
+	if err == nil && s.mirrorStatus != nil {
+		rep.Mirror = s.mirrorStatus()
+		for i := range rep.Mirror {
+			rep.Mirror[i].Error = redact.Text(rep.Mirror[i].Error)
+		}
 	}
 	var raw []byte
 	if err == nil {

@@ -19,13 +19,8 @@ const testKeyPEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkq\n-----END EC PR
 // byte for byte what `status -o json` prints, without key material.
 func TestStatusShowsSnapshotWhileLocked(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	p := filepath.Join(dir, "rotate.db")
-	store, err := state.Open(p, state.OpenOptions{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store, p := newStateFile(t)
+	dir := filepath.Dir(p)
 	plan := testPlan(t.TempDir()) // its journal elsewhere
 	snap := withSnapshot(store, p, plan, nil)
 	e := New(Options{Store: snap, Plan: plan})
@@ -65,8 +60,8 @@ func TestStatusShowsSnapshotWhileLocked(t *testing.T) {
 	if st, _ := os.Stat(state.SnapshotPath(p)); st.Mode().Perm() != 0o600 {
 		t.Fatalf("snapshot mode %04o", st.Mode().Perm())
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
-		t.Fatalf("left %v next to the state file, want it and its snapshot", ents)
+	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
+		t.Fatalf("left %v next to the state file, want it, its snapshot and its journal", ents)
 	}
 
 	// Without a snapshot, a locked file is still busy.
@@ -97,4 +92,17 @@ func TestSnapshotNeverHoldsKeys(t *testing.T) {
 	if bytes.Contains(raw, []byte("PRIVATE KEY")) || !bytes.Contains(raw, []byte(`"error": "apply: wrote \u003cprivate key redacted\u003e`)) {
 		t.Fatalf("snapshot:\n%s", raw)
 	}
+}
+
+// newStateFile creates a state file in a directory of its own, closed at
+// the end of the test.
+func newStateFile(t *testing.T) (*state.BoltStore, string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "rotate.db")
+	store, err := state.Open(p, state.OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store, p
 }

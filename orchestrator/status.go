@@ -22,6 +22,9 @@ type StatusReport struct {
 	JoinHash string             `json:"discoveryTokenCACertHash,omitempty"`
 	Backups  int                `json:"backups"`
 	Events   int                `json:"events"`
+	// Mirror is the state's copies on the control-plane nodes, as the
+	// running process knows them (only in the snapshot of a running run).
+	Mirror []MirrorNodeStatus `json:"mirror,omitempty"`
 }
 
 // PhaseStatus is one phase's progress.

@@ -331,19 +331,22 @@ func (s *BoltStore) Commit(ctx context.Context, cp Checkpoint) error {
 				return err
 			}
 		}
-		ev := bs[string(bucketEvents)]
-		for _, e := range cp.Events {
-			seq, err := ev.NextSequence()
-			if err != nil {
-				return err
-			}
-			e.Seq = seq
-			if err := putJSON(ev, seqKey(seq), e); err != nil {
-				return err
-			}
-		}
-		return nil
+		return appendEvents(bs[string(bucketEvents)], cp.Events)
 	})
+}
+
+func appendEvents(ev *bolt.Bucket, events []Event) error {
+	for _, e := range events {
+		seq, err := ev.NextSequence()
+		if err != nil {
+			return err
+		}
+		e.Seq = seq
+		if err := putJSON(ev, seqKey(seq), e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func seqKey(n uint64) []byte {
@@ -417,7 +420,14 @@ func (s *BoltStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, err
 			return nil // the first copy is the one that matters
 		}
 		saved = true
-		return putJSON(bk, k, b)
+		if err := putJSON(bk, k, b); err != nil {
+			return err
+		}
+		ev, err := s.bucket(tx, bucketEvents)
+		if err != nil {
+			return err
+		}
+		return appendEvents(ev, []Event{backupEvent(b)})
 	})
 	return saved, err
 }
@@ -477,6 +487,45 @@ func (s *BoltStore) Events(ctx context.Context) ([]Event, error) {
 		})
 	})
 	return out, err
+}
+
+func (s *BoltStore) EventsAfter(ctx context.Context, seq uint64) ([]Event, error) {
+	var out []Event
+	err := s.view(func(tx *bolt.Tx) error {
+		b, err := s.bucket(tx, bucketEvents)
+		if err != nil {
+			return err
+		}
+		c := b.Cursor()
+		for k, v := c.Seek(seqKey(seq + 1)); k != nil; k, v = c.Next() {
+			var e Event
+			if v == nil {
+				return Corrupt(s.path, fmt.Sprintf("it holds a nested bucket %q inside %q", k, bucketEvents))
+			}
+			if err := json.Unmarshal(v, &e); err != nil {
+				return s.undecodable(bucketEvents, k, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Snapshot is a consistent copy of the whole state file, taken in one read
+// transaction (bbolt's Tx.WriteTo) while checkpoints go on: what a node's
+// mirror of the state holds. It holds CA keys: handle it like the file.
+func (s *BoltStore) Snapshot(ctx context.Context) ([]byte, error) {
+	var buf bytes.Buffer
+	err := s.view(func(tx *bolt.Tx) error {
+		buf.Grow(int(tx.Size()))
+		_, err := tx.WriteTo(&buf)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot state file %s: %w", s.path, err)
+	}
+	return buf.Bytes(), nil
 }
 
 func (s *BoltStore) Counts(ctx context.Context) (Counts, error) {

@@ -80,11 +80,15 @@ func (m *MemStore) Commit(ctx context.Context, cp Checkpoint) error {
 	for _, ca := range cp.CAs {
 		m.cas[ca.Name] = mustJSON(ca)
 	}
-	for _, e := range cp.Events {
+	m.appendEvents(cp.Events)
+	return nil
+}
+
+func (m *MemStore) appendEvents(events []Event) {
+	for _, e := range events {
 		e.Seq = uint64(len(m.events) + 1)
 		m.events = append(m.events, mustJSON(e))
 	}
-	return nil
 }
 
 func (m *MemStore) Step(ctx context.Context, key string) (StepRecord, bool, error) {
@@ -132,6 +136,7 @@ func (m *MemStore) SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, erro
 		return false, nil
 	}
 	m.backups[k] = mustJSON(b)
+	m.appendEvents([]Event{backupEvent(b)})
 	return true, nil
 }
 
@@ -188,6 +193,14 @@ func (m *MemStore) Events(ctx context.Context) ([]Event, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+func (m *MemStore) EventsAfter(ctx context.Context, seq uint64) ([]Event, error) {
+	all, err := m.Events(ctx)
+	if err != nil || seq >= uint64(len(all)) {
+		return nil, err
+	}
+	return all[seq:], nil
 }
 
 func (m *MemStore) Counts(ctx context.Context) (Counts, error) {

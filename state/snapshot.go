@@ -31,10 +31,15 @@ func SnapshotPath(statePath string) string { return statePath + ".status.json" }
 // Data that contains a PEM private key is refused: a snapshot is read by
 // whoever watches the run.
 func WriteSnapshot(statePath string, data []byte) error {
+	return replaceSide(SnapshotPath(statePath), "snapshot", data)
+}
+
+// replaceSide atomically replaces the side file dst (a snapshot or the
+// journal) with data, refusing data with a PEM private key in it.
+func replaceSide(dst, what string, data []byte) error {
 	if bytes.Contains(data, []byte("PRIVATE KEY")) {
-		return errors.New("snapshot would contain a private key; not written")
+		return errors.New(what + " would contain a private key; not written")
 	}
-	dst := SnapshotPath(statePath)
 	tmp := dst + ".tmp" // one writer: the process holding the state file's lock
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -55,7 +60,7 @@ func WriteSnapshot(statePath string, data []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write snapshot %s: %w", dst, err)
+		return fmt.Errorf("write %s %s: %w", what, dst, err)
 	}
 	return nil
 }
@@ -65,34 +70,84 @@ func WriteSnapshot(statePath string, data []byte) error {
 // file, that group or others may write, or that is owned by another user
 // than the caller or root; a missing one is ErrNoSnapshot.
 func ReadSnapshot(statePath string) ([]byte, time.Time, error) {
-	p := SnapshotPath(statePath)
+	return readSide(SnapshotPath(statePath), "snapshot", maxSnapshot)
+}
+
+// readSide reads the side file p (a snapshot or the journal), with
+// ReadSnapshot's checks.
+func readSide(p, what string, max int) ([]byte, time.Time, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, time.Time{}, fmt.Errorf("%w: %s does not exist", ErrNoSnapshot, p)
 	}
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("snapshot %s: %w", p, err)
+		return nil, time.Time{}, fmt.Errorf("%s %s: %w", what, p, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("snapshot %s: %w", p, err)
+		return nil, time.Time{}, fmt.Errorf("%s %s: %w", what, p, err)
 	}
 	switch {
 	case !st.Mode().IsRegular():
-		return nil, time.Time{}, fmt.Errorf("snapshot %s is not a regular file", p)
+		return nil, time.Time{}, fmt.Errorf("%s %s is not a regular file", what, p)
 	case st.Mode().Perm()&0o022 != 0:
-		return nil, time.Time{}, fmt.Errorf("snapshot %s has mode %04o: others may write it, so it is not shown", p, st.Mode().Perm())
+		return nil, time.Time{}, fmt.Errorf("%s %s has mode %04o: others may write it, so it is not shown", what, p, st.Mode().Perm())
 	}
 	if owner, me := ownerUID(st), os.Geteuid(); owner >= 0 && owner != me && owner != 0 {
-		return nil, time.Time{}, fmt.Errorf("snapshot %s is owned by %s, not by %s or root, so it is not shown", p, userName(owner), userName(me))
+		return nil, time.Time{}, fmt.Errorf("%s %s is owned by %s, not by %s or root, so it is not shown", what, p, userName(owner), userName(me))
 	}
-	raw, err := io.ReadAll(io.LimitReader(f, maxSnapshot+1))
+	raw, err := io.ReadAll(io.LimitReader(f, int64(max)+1))
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("snapshot %s: %w", p, err)
+		return nil, time.Time{}, fmt.Errorf("%s %s: %w", what, p, err)
 	}
-	if len(raw) > maxSnapshot {
-		return nil, time.Time{}, fmt.Errorf("snapshot %s is larger than %d bytes", p, maxSnapshot)
+	if len(raw) > max {
+		return nil, time.Time{}, fmt.Errorf("%s %s is larger than %d bytes", what, p, max)
 	}
 	return raw, st.ModTime(), nil
+}
+
+// The journal is the event log of a running process, next to the state file
+// like the snapshot and for the same reason: `rotate events` reads it while
+// the run holds the state file's lock. The process rewrites it whole from
+// the store when it starts and then appends each checkpoint's events, one
+// JSON object per line; a reader ignores a last line still being written.
+
+// maxJournal bounds what ReadJournal reads.
+const maxJournal = 64 << 20
+
+// JournalPath is where the journal of the state file at statePath lives.
+func JournalPath(statePath string) string { return statePath + ".events.jsonl" }
+
+// ResetJournal replaces statePath's journal with data, atomically.
+func ResetJournal(statePath string, data []byte) error {
+	return replaceSide(JournalPath(statePath), "journal", data)
+}
+
+// AppendJournal appends data (whole lines) to statePath's journal in one
+// write. The journal must exist (ResetJournal makes it): a missing one, or
+// one that is a symlink, is an error.
+func AppendJournal(statePath string, data []byte) error {
+	p := JournalPath(statePath)
+	if bytes.Contains(data, []byte("PRIVATE KEY")) {
+		return errors.New("journal would contain a private key; not written")
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("append to journal %s: %w", p, err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("append to journal %s: %w", p, err)
+	}
+	return nil
+}
+
+// ReadJournal reads statePath's journal and when it was last written, with
+// ReadSnapshot's checks; a missing one is ErrNoSnapshot.
+func ReadJournal(statePath string) ([]byte, time.Time, error) {
+	return readSide(JournalPath(statePath), "journal", maxJournal)
 }

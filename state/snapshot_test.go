@@ -66,3 +66,32 @@ func TestSnapshotReadRefuses(t *testing.T) {
 		t.Errorf("symlink: %v", err)
 	}
 }
+
+// TestJournal: reset, append, read; a private key is never written and a
+// missing journal is not created by an append.
+func TestJournal(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "rotate.db")
+	if err := AppendJournal(p, []byte("{}\n")); err == nil {
+		t.Fatal("append created a journal")
+	}
+	if _, _, err := ReadJournal(p); !errors.Is(err, ErrNoSnapshot) {
+		t.Fatalf("no journal: %v", err)
+	}
+	if err := ResetJournal(p, []byte("{\"seq\":1}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := AppendJournal(p, []byte("{\"seq\":2}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := AppendJournal(p, []byte("-----BEGIN RSA PRIVATE KEY-----\n")); err == nil {
+		t.Fatal("appended a private key")
+	}
+	got, _, err := ReadJournal(p)
+	if err != nil || string(got) != "{\"seq\":1}\n{\"seq\":2}\n" {
+		t.Fatalf("ReadJournal = %q %v", got, err)
+	}
+	if st, _ := os.Stat(JournalPath(p)); st.Mode().Perm() != 0o600 {
+		t.Fatalf("journal mode %04o", st.Mode().Perm())
+	}
+}

@@ -10,6 +10,8 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -121,15 +123,62 @@ func (c CAMaterial) String() string { return "CAMaterial(" + c.Name + ")" }
 // GoString keeps %#v from dumping keys.
 func (c CAMaterial) GoString() string { return c.String() }
 
-// Event is one line of the append-only log.
+// Event is one line of the append-only log: `rotate events` prints it.
+// Node, Path and SHA256 say what a change or backup touched; SHA256 is the
+// fingerprint of the content written or backed up, never the content.
 type Event struct {
 	Seq     uint64    `json:"seq"`
 	Time    time.Time `json:"time"`
 	Level   string    `json:"level"`
+	Kind    string    `json:"kind,omitempty"` // see the Kind constants; "" in files of an older rotate
 	Phase   string    `json:"phase,omitempty"`
 	Step    string    `json:"step,omitempty"`
 	Target  string    `json:"target,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+	Node    string    `json:"node,omitempty"`
+	Path    string    `json:"path,omitempty"`
+	SHA256  string    `json:"sha256,omitempty"`
 	Message string    `json:"message"`
+}
+
+// Event kinds.
+const (
+	KindRun     = "run"     // a run started, resumed, was recovered
+	KindState   = "state"   // an FSM transition (phases, hold, failure, rollback)
+	KindStep    = "step"    // a step on a target started, finished or failed
+	KindChange  = "change"  // a file a step wrote, linked or removed on a node
+	KindBackup  = "backup"  // the "before" of a file or API object, saved
+	KindRevert  = "revert"  // a step reverted by rollback
+	KindMirror  = "mirror"  // the state's copies on the control-plane nodes
+	KindRecover = "recover" // the state rebuilt from a node's copy
+)
+
+// backupEvent is the log line of a saved backup.
+func backupEvent(b Backup) Event {
+	e := Event{Time: b.TakenAt, Level: "info", Kind: KindBackup, Node: b.Node, Path: b.Path}
+	e.Phase, e.Step, e.Target = splitScope(b.Scope)
+	switch {
+	case !b.Exists:
+		e.Message = "recorded that it did not exist"
+	case b.IsSymlink:
+		e.Message = "backed up symlink to " + b.LinkTarget
+	default:
+		e.SHA256 = b.Digest
+		e.Message = fmt.Sprintf("backed up %d bytes", len(b.Content))
+	}
+	return e
+}
+
+// splitScope splits a step key "phase/step@target".
+func splitScope(scope string) (phase, step, target string) {
+	phase, rest, ok := strings.Cut(scope, "/")
+	if !ok {
+		return "", "", ""
+	}
+	if i := strings.LastIndexByte(rest, '@'); i >= 0 {
+		return phase, rest[:i], rest[i+1:]
+	}
+	return phase, rest, ""
 }
 
 // Checkpoint is everything one transition writes, atomically.
@@ -151,6 +200,8 @@ type Store interface {
 	Steps(ctx context.Context) ([]StepRecord, error)
 	Value(ctx context.Context, key string) ([]byte, bool, error)
 
+	// SaveBackupIfAbsent stores b unless a backup of (scope, node, path)
+	// is stored, and logs a KindBackup event with it, in one transaction.
 	SaveBackupIfAbsent(ctx context.Context, b Backup) (bool, error)
 	Backup(ctx context.Context, scope, node, path string) (Backup, bool, error)
 	Backups(ctx context.Context) ([]Backup, error)
@@ -159,6 +210,8 @@ type Store interface {
 	CA(ctx context.Context, name string) (CAMaterial, bool, error)
 
 	Events(ctx context.Context) ([]Event, error)
+	// EventsAfter is the events with a sequence number above seq, in order.
+	EventsAfter(ctx context.Context, seq uint64) ([]Event, error)
 	// Counts counts backups and events without decoding them (status
 	// runs after every checkpoint).
 	Counts(ctx context.Context) (Counts, error)

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,8 +151,52 @@ func suite(t *testing.T, open func(t *testing.T) Store) {
 		if len(all) != 2 || all[1].Exists {
 			t.Fatalf("Backups = %+v", all)
 		}
-		if c, err := s.Counts(ctx); err != nil || c != (Counts{Backups: 2}) {
+		// Each saved backup is logged in its transaction; the refused
+		// second copy is not.
+		if c, err := s.Counts(ctx); err != nil || c != (Counts{Backups: 2, Events: 2}) {
 			t.Fatalf("Counts = %+v, %v", c, err)
+		}
+	})
+	t.Run("backups are logged with fingerprints, never content", func(t *testing.T) {
+		s := open(t)
+		b := Backup{Scope: "distribute/ca-files@cp1", Node: "cp1", Path: "/etc/kubernetes/pki/ca.key", Exists: true,
+			Content: []byte("-----BEGIN EC PRIVATE KEY-----"), Digest: "d1", TakenAt: time.Unix(10, 0).UTC()}
+		if _, err := s.SaveBackupIfAbsent(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		gone := Backup{Scope: "narrow-trust/ca@cp1", Node: "cp1", Path: "/etc/kubernetes/pki/ca-new.crt", TakenAt: time.Unix(11, 0).UTC()}
+		if _, err := s.SaveBackupIfAbsent(ctx, gone); err != nil {
+			t.Fatal(err)
+		}
+		evs, err := s.Events(ctx)
+		if err != nil || len(evs) != 2 {
+			t.Fatalf("Events = %+v %v", evs, err)
+		}
+		want := Event{Seq: 1, Time: b.TakenAt, Level: "info", Kind: KindBackup, Phase: "distribute", Step: "ca-files", Target: "cp1",
+			Node: "cp1", Path: b.Path, SHA256: "d1", Message: "backed up 30 bytes"}
+		if evs[0] != want {
+			t.Fatalf("backup event = %+v, want %+v", evs[0], want)
+		}
+		if evs[1].SHA256 != "" || evs[1].Message != "recorded that it did not exist" || evs[1].Phase != "narrow-trust" {
+			t.Fatalf("event of a missing file = %+v", evs[1])
+		}
+	})
+	t.Run("events after a sequence number", func(t *testing.T) {
+		s := open(t)
+		for _, m := range []string{"a", "b", "c"} {
+			if err := s.Commit(ctx, Checkpoint{Events: []Event{{Message: m}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for seq, want := range map[uint64]string{0: "abc", 1: "bc", 2: "c", 3: "", 9: ""} {
+			evs, err := s.EventsAfter(ctx, seq)
+			got := ""
+			for _, e := range evs {
+				got += e.Message
+			}
+			if err != nil || got != want {
+				t.Errorf("EventsAfter(%d) = %q %v, want %q", seq, got, err, want)
+			}
 		}
 	})
 	t.Run("steps listed", func(t *testing.T) {
@@ -319,5 +364,66 @@ func TestFileShrunkUnderOpenStore(t *testing.T) {
 	_, _, err = s.Value(ctx, "49")
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), p) {
 		t.Fatalf("Value on a shrunk file = %v, want ErrCorrupt naming it", err)
+	}
+}
+
+// TestBoltSnapshotInstalls: a snapshot taken while the store is open (and
+// written to afterwards) is a complete state file of that moment: Install
+// opens it with every check, and it holds what was committed before.
+func TestBoltSnapshotInstalls(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(filepath.Join(dir, "rotate.db"), OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Commit(ctx, Checkpoint{Run: &Run{ID: "r1", Cluster: "lab", State: "distribute"}, CAs: []CAMaterial{{Name: "cluster", NewKey: []byte("K")}}}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, Checkpoint{Run: &Run{ID: "r1", Cluster: "lab", State: "servers"}}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "recovered.db")
+	err = Install(p, snap, func(r *BoltStore) error {
+		run, err := r.Run(ctx)
+		if err != nil || run.State != "distribute" {
+			return fmt.Errorf("installed run = %+v %v", run, err)
+		}
+		if ca, ok, _ := r.CA(ctx, "cluster"); !ok || string(ca.NewKey) != "K" {
+			return fmt.Errorf("installed CA = %v %v", ca, ok)
+		}
+		return r.Commit(ctx, Checkpoint{Events: []Event{{Message: "recovered"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("installed file: %v %v", st, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("left %v, want the two state files", ents)
+	}
+	// Never over an existing file, and nothing left behind on failure.
+	before, _ := os.ReadFile(p)
+	if err := Install(p, snap, func(*BoltStore) error { return nil }); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("Install over a file = %v, want ErrExist", err)
+	}
+	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
+		t.Fatal("Install changed an existing file")
+	}
+	q := filepath.Join(dir, "refused.db")
+	if err := Install(q, snap, func(*BoltStore) error { return errors.New("cluster does not match") }); err == nil || !strings.Contains(err.Error(), "cluster does not match") {
+		t.Fatalf("Install with a refusing prepare = %v", err)
+	}
+	if err := Install(q, []byte("not a state file at all, just some bytes"), func(*BoltStore) error { return nil }); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Install of junk = %v, want ErrCorrupt", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("failed installs left %v", ents)
 	}
 }

@@ -103,7 +103,7 @@ func bundleIs(have string, want []byte) bool {
 // waitRootCAPublished waits until kube-root-ca.crt in every namespace and
 // every legacy service-account token Secret's ca.crt hold exactly want.
 func (rt *Runtime) waitRootCAPublished(ctx context.Context, want []byte) error {
-	return waitFor(ctx, "kube-root-ca.crt and token Secrets to be republished", func(ctx context.Context) (bool, string, error) {
+	return rt.waitFor(ctx, "kube-root-ca.crt and token Secrets to be republished", func(ctx context.Context) (bool, string, error) {
 		ok, why, err := rt.rootCAPublished(ctx, want)
 		return ok, why, err
 	})
@@ -355,7 +355,7 @@ func (rt *Runtime) rollWorkloads(ctx context.Context, ws []workload, value strin
 			defer func() { <-sem }()
 			err := rt.restartWorkload(ctx, w, value)
 			if err == nil {
-				err = waitFor(ctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
+				err = rt.waitFor(ctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
 					return rt.rolledOut(ctx, w, value)
 				})
 			}

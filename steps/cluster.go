@@ -42,7 +42,7 @@ func (s *waitStep) Check(ctx context.Context, rt *Runtime, t Target) (bool, erro
 }
 func (s *waitStep) Apply(ctx context.Context, rt *Runtime, t Target) error { return nil }
 func (s *waitStep) Gate(ctx context.Context, rt *Runtime, t Target) error {
-	if err := waitFor(ctx, s.short, func(ctx context.Context) (bool, string, error) { return s.cond(ctx, rt) }); err != nil {
+	if err := rt.waitFor(ctx, s.short, func(ctx context.Context) (bool, string, error) { return s.cond(ctx, rt) }); err != nil {
 		return err
 	}
 	if s.after != nil {
@@ -254,7 +254,7 @@ func (s *configMapDataStep) Gate(ctx context.Context, rt *Runtime, t Target) err
 	if s.gate == nil {
 		return nil
 	}
-	return waitFor(ctx, s.short, func(ctx context.Context) (bool, string, error) { return s.gate(ctx, rt) })
+	return rt.waitFor(ctx, s.short, func(ctx context.Context) (bool, string, error) { return s.gate(ctx, rt) })
 }
 
 func (s *configMapDataStep) Revert(ctx context.Context, rt *Runtime, t Target) error {

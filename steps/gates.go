@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubeca/rotate/internal/redact"
 	"github.com/kubeca/rotate/nodes"
 )
 
@@ -23,7 +25,17 @@ const pollInterval = 500 * time.Millisecond
 
 // waitFor polls cond until it reports done, the context ends, or cond
 // fails permanently. The last "not yet" reason is part of a timeout error.
-func waitFor(ctx context.Context, what string, cond func(ctx context.Context) (done bool, why string, err error)) error {
+// It logs, at debug level, each new reason to wait and how long the wait
+// took, with the step's attributes (rt.Log).
+func (rt *Runtime) waitFor(ctx context.Context, what string, cond func(ctx context.Context) (done bool, why string, err error)) error {
+	return waitLogged(ctx, rt.Log, what, cond)
+}
+
+func waitLogged(ctx context.Context, log *slog.Logger, what string, cond func(ctx context.Context) (done bool, why string, err error)) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
 	var last string
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -33,7 +45,11 @@ func waitFor(ctx context.Context, what string, cond func(ctx context.Context) (d
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		if done {
+			log.Debug("wait over", "for", what, "duration", time.Since(start).Round(time.Millisecond))
 			return nil
+		}
+		if why != last {
+			log.Debug("waiting", "for", what, "why", redact.Text(why), "waited", time.Since(start).Round(time.Millisecond))
 		}
 		last = why
 		select {
@@ -174,7 +190,7 @@ func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Compone
 		return err
 	}
 	manifest := rt.Config.Paths.ManifestsDir + "/" + c.Manifest
-	return waitFor(ctx, fmt.Sprintf("%s on %s to restart and become healthy", c.Name, t.Node), func(ctx context.Context) (bool, string, error) {
+	return rt.waitFor(ctx, fmt.Sprintf("%s on %s to restart and become healthy", c.Name, t.Node), func(ctx context.Context) (bool, string, error) {
 		ok, why, err := componentRestarted(ctx, r, c, manifest)
 		if err != nil || !ok {
 			return ok, why, err
@@ -194,7 +210,7 @@ func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Compone
 // credentials.
 func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 	var first *metav1.MicroTime
-	return waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
+	return rt.waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
 		lease, err := rt.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, "lease: " + err.Error(), nil

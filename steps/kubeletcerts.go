@@ -507,7 +507,7 @@ func (s *kubeletCertStep) Gate(ctx context.Context, rt *Runtime, t Target) error
 	if err != nil || len(f.ServingDNS)+len(f.ServingIPs) == 0 {
 		return err
 	}
-	return waitFor(ctx, "apiserver → kubelet "+t.Node+" with its new serving certificate", func(ctx context.Context) (bool, string, error) {
+	return rt.waitFor(ctx, "apiserver → kubelet "+t.Node+" with its new serving certificate", func(ctx context.Context) (bool, string, error) {
 		if err := rt.kubeletHealthz(ctx, t.Node); err != nil {
 			return false, err.Error(), nil
 		}

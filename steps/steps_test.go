@@ -1,7 +1,9 @@
 package steps
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -322,8 +324,14 @@ func TestBackupDirHonoured(t *testing.T) {
 func TestWaitForTimesOutWithReason(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err := waitFor(ctx, "thing", func(context.Context) (bool, string, error) { return false, "still busy", nil })
+	var logs bytes.Buffer
+	rt := &Runtime{Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("step", "s1")}
+	err := rt.waitFor(ctx, "thing", func(context.Context) (bool, string, error) { return false, "still busy", nil })
 	if err == nil || !strings.Contains(err.Error(), "still busy") || !strings.Contains(err.Error(), "thing") {
 		t.Fatalf("waitFor = %v", err)
+	}
+	// Logged once per reason, with the step's attributes.
+	if n := strings.Count(logs.String(), `msg=waiting step=s1 for=thing why="still busy"`); n != 1 {
+		t.Fatalf("waiting logged %d times:\n%s", n, logs.String())
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kubeca/rotate/orchestrator"
 	"github.com/kubeca/rotate/plans"
+	"github.com/kubeca/rotate/state"
 )
 
 var errHelp = errors.New("help requested")
@@ -31,6 +32,7 @@ func commands() []command {
 		{"resume", "continue a held or failed rotation from where it stopped", cmdResume},
 		{"rollback", "revert a rotation's completed steps in reverse order, back to the old CAs", cmdRollback},
 		{"status", "show the run, each phase's state and timing, and the failed step's error", cmdStatus},
+		{"events", "print the run's event log: steps, file changes and backups with SHA-256, failures, holds, rollbacks", cmdEvents},
 	}
 }
 
@@ -188,49 +190,56 @@ func cmdStart(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func cmdResume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flagSet("resume", "resume [--state rotate.db]", stdout)
-	var cf commonFlags
-	cf.register(fs, true)
-	if err := parse(fs, args); err != nil {
+	c, err := continueFlags("resume", args, stdout, stderr)
+	if err != nil {
 		return err
 	}
-	return orchestrator.Resume(ctx, cf.common(stdout, stderr))
+	return orchestrator.Resume(ctx, c)
 }
 
 func cmdRollback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flagSet("rollback", "rollback [--state rotate.db]", stdout)
-	var cf commonFlags
-	cf.register(fs, true)
-	if err := parse(fs, args); err != nil {
+	c, err := continueFlags("rollback", args, stdout, stderr)
+	if err != nil {
 		return err
 	}
-	return orchestrator.Rollback(ctx, cf.common(stdout, stderr))
+	return orchestrator.Rollback(ctx, c)
+}
+
+// continueFlags parses the flags of resume and rollback, which continue
+// the run of a state file or, with --recover-from, of a control-plane
+// node's copy of it.
+func continueFlags(name string, args []string, stdout, stderr io.Writer) (orchestrator.Common, error) {
+	fs := flagSet(name, name+" [--state rotate.db] [--recover-from NODE --inventory FILE]", stdout)
+	var cf commonFlags
+	var recoverFrom, inventory string
+	cf.register(fs, true)
+	fs.StringVar(&recoverFrom, "recover-from", "", "rebuild a lost state file from this control-plane node's copy first (needs --inventory; refuses an existing state file)")
+	fs.StringVarP(&inventory, "inventory", "i", "", "inventory to reach the nodes with (only with --recover-from: the state file records it)")
+	if err := parse(fs, args); err != nil {
+		return orchestrator.Common{}, err
+	}
+	switch {
+	case recoverFrom != "" && inventory == "":
+		return orchestrator.Common{}, usageError{fmt.Errorf("%s: --recover-from needs --inventory (the lost state file recorded it)", name)}
+	case recoverFrom == "" && inventory != "":
+		return orchestrator.Common{}, usageError{fmt.Errorf("%s: --inventory goes with --recover-from; otherwise the run's recorded inventory is used", name)}
+	}
+	c := cf.common(stdout, stderr)
+	c.RecoverFrom, c.InventoryPath = recoverFrom, inventory
+	return c, nil
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flagSet("status", "status [--state rotate.db] [-o table|json]", stdout)
-	var cf commonFlags
-	cf.register(fs, false)
-	var output string
-	fs.StringVarP(&output, "output", "o", "table", "output format: table or json")
-	if err := parse(fs, args); err != nil {
+	statePath, output, err := readerFlags("status", args, stdout)
+	if err != nil {
 		return err
 	}
-	if output != "table" && output != "json" {
-		return usageError{fmt.Errorf("status: --output must be table or json, got %q", output)}
-	}
-	v, err := orchestrator.ShowStatus(ctx, cf.state)
+	v, err := orchestrator.ShowStatus(ctx, statePath)
 	if err != nil {
 		return err
 	}
 	if v.Snapshot != "" {
-		note := fmt.Sprintf("%s is in use by a running rotate; showing its snapshot %s, written %s (%s ago)",
-			cf.state, v.Snapshot, v.SnapshotTime.Format(time.RFC3339), time.Since(v.SnapshotTime).Round(time.Second))
-		if output == "json" {
-			fmt.Fprintln(stderr, "rotate: "+note) // stdout stays the JSON alone
-		} else {
-			fmt.Fprintln(stdout, note+"\n")
-		}
+		noteInUse(stdout, stderr, output, statePath, "snapshot", v.Snapshot, v.SnapshotTime)
 	}
 	if output == "json" {
 		_, err := stdout.Write(v.JSON)
@@ -238,6 +247,93 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	printStatus(stdout, v.Report)
 	return nil
+}
+
+// readerFlags parses the flags of a command that only reads the state
+// file: --state and --output.
+func readerFlags(name string, args []string, stdout io.Writer) (statePath, output string, err error) {
+	fs := flagSet(name, name+" [--state rotate.db] [-o table|json]", stdout)
+	var cf commonFlags
+	cf.register(fs, false)
+	fs.StringVarP(&output, "output", "o", "table", "output format: table or json")
+	if err := parse(fs, args); err != nil {
+		return "", "", err
+	}
+	if output != "table" && output != "json" {
+		return "", "", usageError{fmt.Errorf("%s: --output must be table or json, got %q", name, output)}
+	}
+	return cf.state, output, nil
+}
+
+// noteInUse says that a running rotate holds the state file and which of
+// its side files (snapshot, journal) is shown instead; with JSON output
+// on stderr, so that stdout stays the JSON alone.
+func noteInUse(stdout, stderr io.Writer, output, statePath, what, file string, at time.Time) {
+	note := fmt.Sprintf("%s is in use by a running rotate; showing its %s %s, written %s (%s ago)",
+		statePath, what, file, at.Format(time.RFC3339), time.Since(at).Round(time.Second))
+	if output == "json" {
+		fmt.Fprintln(stderr, "rotate: "+note)
+	} else {
+		fmt.Fprintln(stdout, note+"\n")
+	}
+}
+
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	statePath, output, err := readerFlags("events", args, stdout)
+	if err != nil {
+		return err
+	}
+	v, err := orchestrator.ShowEvents(ctx, statePath)
+	if err != nil {
+		return err
+	}
+	if v.Journal != "" {
+		noteInUse(stdout, stderr, output, statePath, "journal", v.Journal, v.JournalTime)
+	}
+	if output == "json" {
+		raw, err := orchestrator.EventsJSON(v.Events)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(raw)
+		return err
+	}
+	printEvents(stdout, v.Events)
+	return nil
+}
+
+// printEvents prints one line per event: time, level, kind, the step on
+// its target and attempt, the node and path with the content's SHA-256
+// (first 16 hex digits), and the message.
+func printEvents(w io.Writer, evs []state.Event) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tLEVEL\tKIND\tSTEP\tWHAT")
+	for _, e := range evs {
+		where := "-"
+		if e.Phase != "" {
+			where = e.Phase
+			if e.Step != "" {
+				where += "/" + e.Step + "@" + e.Target
+			}
+			if e.Attempt > 0 {
+				where += fmt.Sprintf(" #%d", e.Attempt)
+			}
+		}
+		what := e.Message
+		if e.Path != "" {
+			obj := e.Node + ":" + e.Path
+			if e.SHA256 != "" {
+				obj += " sha256:" + e.SHA256[:min(16, len(e.SHA256))]
+			}
+			what = obj + "  " + what
+		}
+		kind := e.Kind
+		if kind == "" {
+			kind = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.Level, kind, where, strings.ReplaceAll(what, "\n", " "))
+	}
+	tw.Flush()
 }
 
 func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
@@ -279,6 +375,17 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 			fmt.Fprintf(w, "  attention: %s\n", a)
 		}
 		fmt.Fprintln(w, "Resume with `rotate resume` to narrow trust (old-CA certificates stop working), or `rotate rollback`.")
+	}
+	for _, m := range rep.Mirror {
+		switch {
+		case m.Error != "":
+			fmt.Fprintf(w, "\nstate copy on %s (%s) lags: %s", m.Node, m.Path, m.Error)
+		case !m.WrittenAt.IsZero():
+			fmt.Fprintf(w, "\nstate copy on %s (%s) written %s", m.Node, m.Path, m.WrittenAt.Format(time.RFC3339))
+		}
+	}
+	if len(rep.Mirror) > 0 {
+		fmt.Fprintln(w)
 	}
 	if rep.JoinHash != "" {
 		fmt.Fprintf(w, "\nnew join hash: --discovery-token-ca-cert-hash %s\n", rep.JoinHash)

@@ -69,6 +69,7 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.As(err, &ie),
 		errors.Is(err, orchestrator.ErrUnfinishedRun), errors.Is(err, orchestrator.ErrNothingToResume),
 		errors.Is(err, orchestrator.ErrPlanMismatch), errors.Is(err, state.ErrNoRun),
+		errors.Is(err, orchestrator.ErrCannotRecover),
 		errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
 		return exitUsage
 	default:

@@ -94,9 +94,10 @@ func TestHelpListsFlags(t *testing.T) {
 	want := map[string][]string{
 		"plan":     {"--inventory", "--live", "--no-hold"},
 		"start":    {"--inventory", "--state", "--no-hold", "--insecure-ignore-host-keys"},
-		"resume":   {"--state", "--insecure-ignore-host-keys"},
-		"rollback": {"--state"},
+		"resume":   {"--state", "--insecure-ignore-host-keys", "--recover-from", "--inventory", "--verbose"},
+		"rollback": {"--state", "--recover-from", "--inventory"},
 		"status":   {"--state", "--output"},
+		"events":   {"--state", "--output"},
 	}
 	for _, c := range commands() {
 		if _, ok := want[c.name]; !ok {

@@ -21,9 +21,11 @@ import (
 	"github.com/kubeca/rotate/state/statetest"
 )
 
-// stateCommands are every command that opens the state file.
+// stateCommands are every command that opens the state file; the first
+// four act on its records (events only prints the log, whatever the
+// records say).
 func stateCommands(inv string) [][]string {
-	return [][]string{{"status"}, {"status", "-o", "json"}, {"resume"}, {"rollback"}, {"start", "--inventory", inv}}
+	return [][]string{{"status"}, {"status", "-o", "json"}, {"resume"}, {"rollback"}, {"start", "--inventory", inv}, {"events"}, {"events", "-o", "json"}}
 }
 
 // refused runs the real binary and checks it exits 2 with a message that

@@ -50,3 +50,23 @@ func TestStatusShowsPreExisting(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusShowsStateCopies: during a run, each node's copy of the state
+// and a copy that lags are shown.
+func TestStatusShowsStateCopies(t *testing.T) {
+	at := time.Date(2026, 11, 27, 4, 18, 40, 0, time.UTC)
+	rep := &orchestrator.StatusReport{Run: state.Run{ID: "r1", Cluster: "c", State: "servers"}, Mirror: []orchestrator.MirrorNodeStatus{
+		{Node: "cp1", Path: "/var/lib/rotate/state/c.db", WrittenAt: at},
+		{Node: "cp2", Path: "/var/lib/rotate/state/c.db", WrittenAt: at, Error: "write /var/lib/rotate/state/c.db on cp2: exit status 69: no space left on device"},
+	}}
+	var out bytes.Buffer
+	printStatus(&out, rep)
+	for _, want := range []string{
+		"state copy on cp1 (/var/lib/rotate/state/c.db) written 2026-11-27T04:18:40Z",
+		"state copy on cp2 (/var/lib/rotate/state/c.db) lags: write /var/lib/rotate/state/c.db on cp2: exit status 69: no space left on device",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -119,6 +119,9 @@ func RestartKubelet(ctx context.Context, socket, healthz string, poll time.Durat
 	for {
 		code, err := get(ctx, client, healthz)
 		switch {
+		case err != nil && ctx.Err() != nil && last != "":
+			// The deadline cut this request short: the answer before it
+			// says why the kubelet is not healthy.
 		case err != nil:
 			last = err.Error()
 		case code == http.StatusOK:

@@ -1,0 +1,145 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+// changeLog is what one attempt of a step (or of its revert) changed on the
+// nodes: each file written, linked or removed, with the SHA-256 of what was
+// written, never the content. The engine commits it as KindChange events
+// with the attempt's outcome. rotate's own files on the nodes (backup
+// copies, kubelet markers, the state mirror) are journaled otherwise and
+// left out. A killed attempt's changes are not journaled: its backups are
+// (state logs each with the backup), and the next attempt finds its work
+// done.
+type changeLog struct {
+	own []string // path prefixes left out ("/var/lib/rotate/backups/")
+	now func() time.Time
+
+	mu     sync.Mutex
+	events []state.Event
+}
+
+func newChangeLog(cfg *steps.Config, now func() time.Time) *changeLog {
+	l := &changeLog{now: now}
+	if cfg != nil && cfg.Paths.BackupDir != "" {
+		for _, d := range rotateDirs(cfg.Paths.BackupDir) {
+			l.own = append(l.own, d+"/")
+		}
+	}
+	return l
+}
+
+// rotateDirs are rotate's own directories on a node: the backups, the
+// kubelet markers and the state mirror, all beside one another.
+func rotateDirs(backupDir string) []string {
+	root := path.Dir(backupDir)
+	return []string{backupDir, path.Join(root, "markers"), path.Join(root, "state")}
+}
+
+func (l *changeLog) add(node, p, sum, msg string) {
+	for _, o := range l.own {
+		if strings.HasPrefix(p, o) {
+			return
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, state.Event{Time: l.now(), Level: "info", Kind: state.KindChange, Node: node, Path: p, SHA256: sum, Message: msg})
+}
+
+// stamped is the changes, each stamped with the step record it belongs to.
+func (l *changeLog) stamped(r state.StepRecord) []state.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]state.Event, len(l.events))
+	for i, e := range l.events {
+		e.Phase, e.Step, e.Target, e.Attempt = r.Phase, r.Step, r.Target, r.Attempts
+		out[i] = e
+	}
+	return out
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// recordingNodes hands out runners that record their changes in log.
+type recordingNodes struct {
+	inner steps.NodeSource
+	log   *changeLog
+}
+
+func (n recordingNodes) Node(ctx context.Context, name string) (nodes.Runner, error) {
+	r, err := n.inner.Node(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	rr := &recordingRunner{Runner: r, log: n.log}
+	if ew, ok := r.(nodes.ExactWriter); ok {
+		return recordingExact{rr, ew}, nil // Restore's exact writes go through it
+	}
+	return rr, nil
+}
+
+// recordingRunner records every successful change it passes on.
+type recordingRunner struct {
+	nodes.Runner
+	log *changeLog
+}
+
+func (r *recordingRunner) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
+	if err := r.Runner.WriteFile(ctx, p, data, mode); err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("wrote %d bytes", len(data))
+	if mode != 0 {
+		msg += fmt.Sprintf(" (mode %04o)", uint32(mode.Perm()))
+	}
+	r.log.add(r.Name(), p, sha256Hex(data), msg)
+	return nil
+}
+
+func (r *recordingRunner) Symlink(ctx context.Context, target, link string) error {
+	if err := r.Runner.Symlink(ctx, target, link); err != nil {
+		return err
+	}
+	r.log.add(r.Name(), link, "", "pointed symlink at "+target)
+	return nil
+}
+
+func (r *recordingRunner) Remove(ctx context.Context, p string) error {
+	if err := r.Runner.Remove(ctx, p); err != nil {
+		return err
+	}
+	r.log.add(r.Name(), p, "", "removed")
+	return nil
+}
+
+// recordingExact is a recordingRunner over a runner that is an
+// nodes.ExactWriter too.
+type recordingExact struct {
+	*recordingRunner
+	ew nodes.ExactWriter
+}
+
+func (r recordingExact) WriteFileExact(ctx context.Context, p string, data []byte, mode fs.FileMode, uid, gid int) error {
+	if err := r.ew.WriteFileExact(ctx, p, data, mode, uid, gid); err != nil {
+		return err
+	}
+	r.log.add(r.Name(), p, sha256Hex(data), fmt.Sprintf("restored %d bytes (mode %04o, owner %d:%d)", len(data), uint32(mode.Perm()), uid, gid))
+	return nil
+}

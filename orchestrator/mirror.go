@@ -1,0 +1,483 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/state"
+	"github.com/kubeca/rotate/steps"
+)
+
+// The state mirror: a run must survive the machine rotate runs on. The
+// state file (with the new CA keys) would otherwise live only there, and a
+// machine lost mid-rotation would strand the cluster between CAs. So every
+// control-plane node keeps a copy of it, root-only:
+//
+//	<dir of paths.backupDir>/state/<cluster>.db   (0600, in a 0700 directory)
+//
+// (/var/lib/rotate/state/<cluster>.db by default, beside the backups and the
+// kubelet markers), a consistent bbolt snapshot written atomically
+// (nodes.Runner.WriteFile: temporary file, SHA-256 check, fsync, rename).
+// `rotate resume|rollback --recover-from NODE` rebuilds the state file from
+// it (recover.go).
+//
+// When the copies are written. A checkpoint happens per step per target
+// (about 150 a run) and the file holds every backup (megabytes), so it is
+// not copied to every node after every checkpoint. Instead:
+//
+//   - synchronously, on every control-plane node, before the first step of
+//     every phase after the first (the first one, preflight, only reads the
+//     cluster and makes the new CAs: so the copies hold the new CAs before
+//     any node file changes, and a recovered run never mints other CAs),
+//     and before a rollback reverts anything; a failure fails the run there,
+//     before anything changes;
+//   - synchronously before the change a backup guards, when the backup has
+//     no copy on a node (API objects: the node copies of file backups are
+//     written before the change by nodes.BackupFile);
+//   - best effort at the hold, after a failure and at the end;
+//   - in between, in the background: each checkpoint and backup wakes one
+//     uploader per node, which uploads the latest snapshot when it is idle
+//     (at most one upload in flight per node, never an older snapshot after
+//     a newer one); its failures are logged and shown by `rotate status`
+//     and never block or fail the run.
+//
+// Why a copy that lags the run is safe: it is never older than the start
+// of the phase in progress (the synchronous copy at the phase's start), so
+// what it lacks is work of that phase only, and
+//
+//   - every step is idempotent: resumed from the copy, a step done after it
+//     was taken runs again and its Check finds the work done;
+//   - the backups such steps took are on the nodes (nodes.BackupFile writes
+//     the node copy before the change) and recovery takes them back into
+//     the state, or in the copy (API objects, see above), so a step retried
+//     never records the changed file as its "before";
+//   - recovery marks every step of the phase in progress that the copy has
+//     no record of as started, so a rollback reverts it too (reverting what
+//     never ran changes nothing);
+//   - a rollback writes the copies before it reverts anything, so a copy
+//     never says "done" of a step that was reverted, except during that
+//     rollback, whose reverts are idempotent too.
+//
+// A run that completes or is rolled back writes a tombstone beside each
+// copy (<cluster>.db.finished: run id, state, time; no secrets) and removes
+// the copy, so a later --recover-from cannot resurrect it; recovery refuses
+// a run that any control-plane node's tombstone names.
+
+// MirrorPath is where a control-plane node keeps the mirror of the state
+// of a run on cluster with the given paths.backupDir.
+func MirrorPath(backupDir, cluster string) string {
+	return path.Join(path.Dir(backupDir), "state", mirrorName(cluster)+".db")
+}
+
+// tombstonePath is the mirror's tombstone.
+func tombstonePath(mirror string) string { return mirror + ".finished" }
+
+// mirrorName makes a cluster name a file name: everything but
+// [A-Za-z0-9._-] replaced, no leading dot.
+func mirrorName(cluster string) string {
+	b := []byte(cluster)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 || b[0] == '.' {
+		b = append([]byte("_"), b...)
+	}
+	return string(b)
+}
+
+// MirrorNodeStatus is one node's copy as `rotate status` shows it.
+type MirrorNodeStatus struct {
+	Node string `json:"node"`
+	Path string `json:"path"`
+	// WrittenAt is when the last copy was written (zero: none yet by this
+	// process); Error is the last upload's failure, if it failed.
+	WrittenAt time.Time `json:"writtenAt,omitempty"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// mirror keeps the copies of one state file on the control-plane nodes.
+type mirror struct {
+	src     steps.NodeSource
+	path    string
+	snap    func(ctx context.Context) ([]byte, error)
+	log     *slog.Logger
+	backoff time.Duration // after a failed background upload
+	nodes   []*mirrorNode
+
+	ctx    context.Context // of the background uploaders
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	gen      uint64 // bumped by every change to the state (mark)
+	active   bool   // background uploads on: a synchronous copy was asked for
+	finished bool   // the copies are gone: nothing uploads any more
+	apiDirty bool   // a backup without a node copy is not yet on every node
+
+	snapMu    sync.Mutex // one snapshot at a time, shared by the uploaders
+	snapGen   uint64
+	snapBytes []byte
+}
+
+type mirrorNode struct {
+	name string
+	kick chan struct{}
+	up   sync.Mutex // held during an upload
+
+	// under mirror.mu
+	gen     uint64 // generation of the last copy written
+	at      time.Time
+	err     string
+	failing bool
+}
+
+// newMirror starts one background uploader per node; Close stops them.
+// snap returns a consistent snapshot of the state file.
+func newMirror(src steps.NodeSource, controlPlane []string, mirrorPath string, snap func(ctx context.Context) ([]byte, error), log *slog.Logger) *mirror {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &mirror{src: src, path: mirrorPath, snap: snap, log: log.With("mirror", mirrorPath), backoff: 5 * time.Second}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	for _, n := range controlPlane {
+		mn := &mirrorNode{name: n, kick: make(chan struct{}, 1)}
+		m.nodes = append(m.nodes, mn)
+		m.wg.Add(1)
+		go m.uploader(mn)
+	}
+	return m
+}
+
+// Close stops the background uploads (one in flight is cancelled: the
+// node keeps its previous copy whole) and waits for them.
+func (m *mirror) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// mark records that the state changed; once copies are being kept, each
+// node's uploader is woken. It never blocks.
+func (m *mirror) mark() {
+	m.mu.Lock()
+	m.gen++
+	wake := m.active && !m.finished
+	m.mu.Unlock()
+	if wake {
+		for _, n := range m.nodes {
+			select {
+			case n.kick <- struct{}{}:
+			default: // already woken: it will upload the latest
+			}
+		}
+	}
+}
+
+func (m *mirror) uploader(n *mirrorNode) {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-n.kick:
+		}
+		err := m.upload(m.ctx, n)
+		if err != nil && m.ctx.Err() == nil {
+			// Do not hammer a node that is down: the next checkpoint
+			// after the pause wakes the uploader again.
+			select {
+			case <-m.ctx.Done():
+				return
+			case <-time.After(m.backoff):
+			}
+		}
+	}
+}
+
+// snapshot is the latest snapshot and the generation it holds at least.
+func (m *mirror) snapshot(ctx context.Context) (uint64, []byte, error) {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
+	m.mu.Lock()
+	gen := m.gen
+	m.mu.Unlock()
+	if m.snapBytes != nil && m.snapGen == gen {
+		return gen, m.snapBytes, nil
+	}
+	data, err := m.snap(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	m.snapGen, m.snapBytes = gen, data
+	return gen, data, nil
+}
+
+// upload writes the latest snapshot to n unless n has it already.
+func (m *mirror) upload(ctx context.Context, n *mirrorNode) error {
+	n.up.Lock()
+	defer n.up.Unlock()
+	m.mu.Lock()
+	done := m.finished
+	m.mu.Unlock()
+	if done {
+		return nil
+	}
+	gen, data, err := m.snapshot(ctx)
+	if err != nil {
+		return m.uploaded(n, 0, 0, err)
+	}
+	m.mu.Lock()
+	have := n.gen >= gen && !n.at.IsZero()
+	m.mu.Unlock()
+	if have {
+		return nil
+	}
+	start := time.Now()
+	err = m.write(ctx, n.name, data)
+	return m.uploaded(n, gen, time.Since(start), err)
+}
+
+func (m *mirror) write(ctx context.Context, node string, data []byte) error {
+	r, err := m.src.Node(ctx, node)
+	if err != nil {
+		return err
+	}
+	if err := nodes.EnsurePrivateDir(ctx, r, path.Dir(m.path)); err != nil {
+		return err
+	}
+	return r.WriteFile(ctx, m.path, data, 0o600)
+}
+
+// uploaded records an upload's outcome; a failure is logged when it starts
+// and when it ends, so that a node that is down does not flood stderr.
+func (m *mirror) uploaded(n *mirrorNode, gen uint64, took time.Duration, err error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		n.err = err.Error()
+		if !n.failing {
+			m.log.Warn("cannot copy the state to the node; the run goes on, its copy there lags", "node", n.name, "err", err)
+		}
+		n.failing = true
+		return err
+	}
+	if n.failing {
+		m.log.Warn("the state is copied to the node again", "node", n.name)
+	}
+	n.gen, n.at, n.err, n.failing = gen, time.Now(), "", false
+	m.log.Debug("state copied", "node", n.name, "generation", gen, "bytes", len(m.snapBytes), "duration", took.Round(time.Millisecond))
+	return nil
+}
+
+// Sync writes the latest state to every control-plane node and returns
+// once all have it, or the failures naming each node. From the first call
+// on, checkpoints are copied in the background too.
+func (m *mirror) Sync(ctx context.Context) error {
+	m.mu.Lock()
+	if m.finished {
+		m.mu.Unlock()
+		return nil
+	}
+	m.active = true
+	m.mu.Unlock()
+	start := time.Now()
+	err := eachNode(ctx, m.names(), func(ctx context.Context, name string) error {
+		return m.upload(ctx, m.node(name))
+	})
+	if err != nil {
+		return fmt.Errorf("%w: copy the state to %s: %w", errSyncFailed, m.path, err)
+	}
+	m.log.Info("state copied to every control-plane node", "nodes", len(m.nodes), "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// Active reports whether copies are being kept.
+func (m *mirror) Active() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.active && !m.finished
+}
+
+// backupSaved is called after a backup was stored (saved) or found stored
+// (!saved). A backup without a copy on a node must be on every node before
+// the change it guards: it is synced now, and again on the retry of a step
+// whose sync failed.
+func (m *mirror) backupSaved(ctx context.Context, saved, nodeCopy bool) error {
+	if saved {
+		m.mark()
+	}
+	if nodeCopy || !m.Active() {
+		return nil
+	}
+	m.mu.Lock()
+	if saved {
+		m.apiDirty = true
+	}
+	dirty := m.apiDirty
+	m.mu.Unlock()
+	if !dirty {
+		return nil
+	}
+	if err := m.Sync(ctx); err != nil {
+		return fmt.Errorf("a backup must reach the control-plane nodes before the change it guards: %w", err)
+	}
+	m.mu.Lock()
+	m.apiDirty = false
+	m.mu.Unlock()
+	return nil
+}
+
+// Finish ends the copies of a run that completed or was rolled back: no
+// more uploads, then on each node a tombstone naming the run and the copy
+// removed. It returns the nodes where that failed.
+func (m *mirror) Finish(ctx context.Context, run state.Run) error {
+	m.mu.Lock()
+	m.finished = true
+	m.mu.Unlock()
+	tomb := fmt.Sprintf("# rotate: the run below has ended; its state copy was removed\nrun=%s\ncluster=%s\nstate=%s\nfinished=%s\n",
+		run.ID, run.Cluster, run.State, run.FinishedAt.UTC().Format(time.RFC3339))
+	err := eachNode(ctx, m.names(), func(ctx context.Context, name string) error {
+		n := m.node(name)
+		n.up.Lock() // wait for an upload in flight
+		defer n.up.Unlock()
+		r, err := m.src.Node(ctx, name)
+		if err != nil {
+			return err
+		}
+		if err := nodes.EnsurePrivateDir(ctx, r, path.Dir(m.path)); err != nil {
+			return err
+		}
+		if err := r.WriteFile(ctx, tombstonePath(m.path), []byte(tomb), 0o600); err != nil {
+			return err
+		}
+		return r.Remove(ctx, m.path)
+	})
+	if err != nil {
+		return fmt.Errorf("remove the state copies %s: %w", m.path, err)
+	}
+	m.log.Info("state copies removed", "nodes", len(m.nodes))
+	return nil
+}
+
+// Status is each node's copy as this process knows it.
+func (m *mirror) Status() []MirrorNodeStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]MirrorNodeStatus, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		out = append(out, MirrorNodeStatus{Node: n.name, Path: m.path, WrittenAt: n.at, Error: n.err})
+	}
+	return out
+}
+
+// activeStatus is Status once copies are being kept, else nil (a run
+// still in preflight has none).
+func (m *mirror) activeStatus() []MirrorNodeStatus {
+	if !m.Active() {
+		return nil
+	}
+	return m.Status()
+}
+
+func (m *mirror) names() []string {
+	out := make([]string, len(m.nodes))
+	for i, n := range m.nodes {
+		out[i] = n.name
+	}
+	return out
+}
+
+func (m *mirror) node(name string) *mirrorNode {
+	for _, n := range m.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// tombstoneNames reports whether a tombstone's text names run id.
+func tombstoneNames(raw []byte, id string) bool {
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l == "run="+id {
+			return true
+		}
+	}
+	return false
+}
+
+// Mirror is what the engine asks of the state's copies (see mirror.go's
+// opening comment for when).
+type Mirror interface {
+	// Sync returns once every control-plane node has the latest state.
+	Sync(ctx context.Context) error
+	// Finish removes the copies of a run that ended, leaving tombstones.
+	Finish(ctx context.Context, run state.Run) error
+	// Active reports whether copies are being kept (Sync was asked for).
+	Active() bool
+}
+
+// errSyncFailed is wrapped by a run's failure to copy its state.
+var errSyncFailed = errors.New("state not copied to every control-plane node")
+
+var _ Mirror = (*mirror)(nil)
+
+// mirrorStore is the Store of a session that keeps copies: every
+// checkpoint and saved backup marks the state changed, and a backup
+// without a node copy (nodeCopies says which nodes have them: the
+// inventory's) reaches every copy before it returns.
+type mirrorStore struct {
+	state.Store
+	m          *mirror
+	nodeCopies map[string]bool
+}
+
+func withMirror(s state.Store, m *mirror, nodeNames []string) mirrorStore {
+	ms := mirrorStore{Store: s, m: m, nodeCopies: map[string]bool{}}
+	for _, n := range nodeNames {
+		ms.nodeCopies[n] = true
+	}
+	return ms
+}
+
+func (s mirrorStore) Commit(ctx context.Context, cp state.Checkpoint) error {
+	if err := s.Store.Commit(ctx, cp); err != nil {
+		return err
+	}
+	s.m.mark()
+	return nil
+}
+
+func (s mirrorStore) SaveBackupIfAbsent(ctx context.Context, b state.Backup) (bool, error) {
+	saved, err := s.Store.SaveBackupIfAbsent(ctx, b)
+	if err != nil {
+		return saved, err
+	}
+	return saved, s.m.backupSaved(ctx, saved, s.nodeCopies[b.Node])
+}
+
+// eachNode runs fn for every name in parallel and joins the errors, each
+// naming its node.
+func eachNode(ctx context.Context, names []string, fn func(ctx context.Context, name string) error) error {
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx, name); err != nil {
+				errs[i] = fmt.Errorf("node %s: %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
