@@ -40,6 +40,7 @@ func (c *Cluster) Info() clusterinfo.Cluster {
 			LogDir:           n.LogDir(),
 			NetNS:            n.NetNS,
 			SupervisorSocket: n.SupervisorSocket(),
+			ServingCSR:       n.ServingCSR,
 		})
 	}
 	return info

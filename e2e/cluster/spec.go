@@ -55,7 +55,10 @@ type Options struct {
 	NonRootNodes []string
 	// ServingCSRNodes run their kubelet with serverTLSBootstrap: true (the
 	// serving certificate comes from the CSR API; the harness approves it
-	// as an operator's approver would). Nil: the first worker; empty: none.
+	// as an operator's approver would). Nil: every node; empty: none. When
+	// every node does, the apiservers also verify the kubelets' serving
+	// certificates (--kubelet-certificate-authority), as a hardened
+	// cluster does.
 	ServingCSRNodes []string
 	// NoticeDelay is how long every node's static-pod supervisor waits
 	// after it sees a manifest change before it acts on it (0: at once,
@@ -94,11 +97,15 @@ type Spec struct {
 	Kubelet bool `json:"kubelet"`
 	// NoticeDelay is the supervisors' current manifest notice delay.
 	NoticeDelay time.Duration `json:"noticeDelay,omitempty"`
-	HostLink    string        `json:"hostLink"`
-	SwitchNS    string        `json:"switchNetns"`
-	LBNS        string        `json:"lbNetns"`
-	CgroupRoot  string        `json:"cgroupRoot,omitempty"`
-	Nodes       []Node        `json:"nodes"`
+	// VerifyKubelets: every kubelet's serving certificate comes from the
+	// CSR API (serverTLSBootstrap: true, cluster-wide) and the apiservers
+	// verify it (--kubelet-certificate-authority).
+	VerifyKubelets bool   `json:"verifyKubelets,omitempty"`
+	HostLink       string `json:"hostLink"`
+	SwitchNS       string `json:"switchNetns"`
+	LBNS           string `json:"lbNetns"`
+	CgroupRoot     string `json:"cgroupRoot,omitempty"`
+	Nodes          []Node `json:"nodes"`
 }
 
 // Node is one simulated machine.
@@ -289,8 +296,10 @@ func plan(opts Options) (Spec, error) {
 			nonRoot = append(nonRoot, fmt.Sprintf("worker%d", opts.Workers))
 		}
 	}
-	if serving == nil && opts.Workers >= 1 && !opts.NoKubelet {
-		serving = []string{"worker1"}
+	if serving == nil && !opts.NoKubelet {
+		for _, n := range s.Nodes {
+			serving = append(serving, n.Name)
+		}
 	}
 	for _, name := range nonRoot {
 		i := slices.IndexFunc(s.Nodes, func(n Node) bool { return n.Name == name })
@@ -309,6 +318,7 @@ func plan(opts Options) (Spec, error) {
 		}
 		s.Nodes[i].ServingCSR = true
 	}
+	s.VerifyKubelets = len(s.Nodes) > 0 && !slices.ContainsFunc(s.Nodes, func(n Node) bool { return !n.ServingCSR })
 	return s, nil
 }
 

@@ -48,6 +48,9 @@ type Node struct {
 	NetNS         string `json:"netns"`
 	// SupervisorSocket is the host path of the node supervisor's socket.
 	SupervisorSocket string `json:"supervisorSocket"`
+	// ServingCSR: the kubelet's serving certificate comes from the CSR API
+	// (serverTLSBootstrap: true).
+	ServingCSR bool `json:"servingCSR,omitempty"`
 }
 
 // Roles.

@@ -13,12 +13,15 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,10 +31,10 @@ import (
 
 	"github.com/kubeca/rotate/e2e/cluster"
 	"github.com/kubeca/rotate/e2e/clusterinfo"
-	"github.com/kubeca/rotate/kubecsr"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/e2e/verify"
 	"github.com/kubeca/rotate/internal/kubeconfig"
+	"github.com/kubeca/rotate/kubecsr"
 	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/state"
 )
@@ -279,6 +282,12 @@ func TestRotation(t *testing.T) {
 	}
 	e.kubeadmCheckExpiration(t, ctx, c1)
 	e.csrThroughNewSigner(t, ctx, c1)
+	// The kubelets rotate their certificates (kubeadm's rotateCertificates,
+	// the cluster's serverTLSBootstrap): their new ones came through the CSR
+	// API and the controller-manager's signer.
+	if err := verify.KubeletClientCertsFromCSRs(ctx, e.info, e.client(t)); err != nil {
+		t.Error(err)
+	}
 	e.probesClean(t, "after run 1")
 
 	// Slow mode from here on: a static pod is replaced only 5 s after its
@@ -316,8 +325,26 @@ func TestRotation(t *testing.T) {
 	if err := verify.Eventually(ctx, 3*time.Minute, func(ctx context.Context) error { return verify.NodesReady(ctx, e.client(t)) }); err != nil {
 		t.Fatalf("node %s did not come back: %v", w2.Name, err)
 	}
-	r = rotate(t, ctx, dir2, nil, nil, "resume")
-	mustSucceed(t, r, "resume after the node came back")
+	// And the operator's machine died with its state file: every
+	// control-plane node holds a copy (root-only), from which a new
+	// machine rebuilds the state and the run goes on.
+	mirrors := e.checkStateMirrors(t)
+	for _, f := range []string{"rotate.db", "rotate.db.status.json", "rotate.db.events.jsonl"} {
+		os.Remove(filepath.Join(dir2, f))
+	}
+	dir2 = filepath.Join(e.workdir, "run2-new-machine")
+	os.MkdirAll(dir2, 0o700)
+	r = rotate(t, ctx, dir2, nil, nil, "resume", "--recover-from", "cp2", "--inventory", inv)
+	mustSucceed(t, r, "resume --recover-from cp2 after the node came back")
+	if !strings.Contains(r.out, "recovered from node cp2") {
+		t.Errorf("recovery not reported:\n%s", tail(r.out, 20))
+	}
+	if ev := rotate(t, ctx, dir2, nil, nil, "events"); ev.code != 0 || !strings.Contains(ev.out, "recover") {
+		t.Errorf("the journal does not record the recovery (exit %d):\n%s", ev.code, tail(ev.out, 10))
+	}
+	if again := rotate(t, ctx, dir2, nil, nil, "resume", "--recover-from", "cp1", "--inventory", inv); again.code != 2 {
+		t.Errorf("recovery over an existing state file: exit %d, want 2\n%s", again.code, tail(again.out, 5))
+	}
 	c2, err := verify.ReadCA(e.cp1(), "ca")
 	if err != nil {
 		t.Fatal(err)
@@ -331,6 +358,20 @@ func TestRotation(t *testing.T) {
 	// Rollback from the completed run.
 	r = rotate(t, ctx, dir2, nil, nil, "rollback")
 	mustSucceed(t, r, "rollback of the completed run")
+	// The run has ended: its copies are gone, and no node resurrects it.
+	for _, m := range mirrors {
+		if _, err := os.Stat(m); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("state copy %s left after the run ended (%v)", m, err)
+		}
+		if _, err := os.Stat(m + ".finished"); err != nil {
+			t.Errorf("no tombstone next to %s: %v", m, err)
+		}
+	}
+	late := filepath.Join(e.workdir, "run2-late")
+	os.MkdirAll(late, 0o700)
+	if res := rotate(t, ctx, late, nil, nil, "resume", "--recover-from", "cp1", "--inventory", inv); res.code != 2 {
+		t.Errorf("recovery of an ended run: exit %d, want 2\n%s", res.code, tail(res.out, 5))
+	}
 	if strings.Contains(r.out, "note: the inventory's kubeconfig") {
 		t.Errorf("advice about the inventory kubeconfig after rolling back to the CA it trusts:\n%s", tail(r.out, 5))
 	}
@@ -361,6 +402,36 @@ func TestRotation(t *testing.T) {
 	}
 	credentialFailures(t, rep, "over the whole test")
 	e.probesCovered(t, rep, calls, w2.Name)
+}
+
+// checkStateMirrors checks every control-plane node holds the run's state
+// copy, root-only (0600 in a 0700 directory), and returns their host
+// paths.
+func (e *env) checkStateMirrors(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, n := range e.info.Nodes {
+		if n.Role != cluster.RoleControlPlane {
+			continue
+		}
+		p := filepath.Join(n.Dir, "var-lib-rotate", "state", e.info.Name+".db")
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("%s holds no state copy: %v", n.Name, err)
+		}
+		dir, err := os.Stat(filepath.Dir(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 || dir.Mode().Perm() != 0o700 {
+			t.Errorf("%s: state copy mode %v in a directory of mode %v, want 0600 in 0700", n.Name, st.Mode().Perm(), dir.Mode().Perm())
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+			t.Errorf("%s: state copy owned by uid %d, want root", n.Name, sys.Uid)
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // statusDuringRun runs `rotate status -o json` while another rotate holds
@@ -483,6 +554,7 @@ func (e *env) checkOnCA(t *testing.T, ctx context.Context, ca *pki.CA, other *pk
 		},
 		"apiservers serve from the CA":        func(ctx context.Context) error { return verify.ServingIssuer(ctx, e.info, ca.Cert) },
 		"kubelet client certificates":         func(context.Context) error { return verify.KubeletCertsIssuedBy(e.info, ca.Cert) },
+		"kubelet serving certificates":        func(ctx context.Context) error { return verify.KubeletServingIssuedBy(ctx, e.info, ca.Cert) },
 		"control-plane kubeconfigs":           func(context.Context) error { return verify.KubeconfigsIssuedBy(e.info, ca.Cert) },
 		"kube-root-ca.crt":                    func(ctx context.Context) error { return verify.RootCAIs(ctx, e.client(t), caPEM) },
 		"cluster-info":                        func(ctx context.Context) error { return verify.ClusterInfoIs(ctx, e.client(t), caPEM) },

@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -162,20 +163,7 @@ func ExpectClientStatus(ctx context.Context, info clusterinfo.Cluster, roots []*
 func KubeletCertsIssuedBy(info clusterinfo.Cluster, ca *x509.Certificate) error {
 	var problems []string
 	for _, n := range info.Nodes {
-		link := filepath.Join(n.VarLibKubelet, "pki", "kubelet-client-current.pem")
-		target, err := os.Readlink(link)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
-			continue
-		}
-		// The link is absolute as the node sees it.
-		host := filepath.Join(n.VarLibKubelet, strings.TrimPrefix(target, "/var/lib/kubelet"))
-		raw, err := os.ReadFile(host)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
-			continue
-		}
-		c, _, err := pki.ParseKubeletPEM(raw)
+		c, err := KubeletClientCert(n)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
 			continue
@@ -186,6 +174,86 @@ func KubeletCertsIssuedBy(info clusterinfo.Cluster, ca *x509.Certificate) error 
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("kubelet client certificates not from %s: %s", pki.Describe(ca), strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// KubeletClientCert is the client certificate n's kubelet presents (its
+// kubelet-client-current.pem).
+func KubeletClientCert(n clusterinfo.Node) (*x509.Certificate, error) {
+	link := filepath.Join(n.VarLibKubelet, "pki", "kubelet-client-current.pem")
+	target, err := os.Readlink(link)
+	if err != nil {
+		return nil, err
+	}
+	// The link is absolute as the node sees it.
+	raw, err := os.ReadFile(filepath.Join(n.VarLibKubelet, strings.TrimPrefix(target, "/var/lib/kubelet")))
+	if err != nil {
+		return nil, err
+	}
+	c, _, err := pki.ParseKubeletPEM(raw)
+	return c, err
+}
+
+// KubeletServingIssuedBy dials every kubelet whose serving certificate
+// comes from the CSR API and checks the certificate it serves.
+func KubeletServingIssuedBy(ctx context.Context, info clusterinfo.Cluster, ca *x509.Certificate) error {
+	var problems []string
+	seen := 0
+	for _, n := range info.Nodes {
+		if !n.ServingCSR {
+			continue
+		}
+		seen++
+		d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // the chain is checked below
+		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.Address, "10250"))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		leaf := conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		conn.Close()
+		if !pki.IssuedBy(leaf, ca) {
+			problems = append(problems, fmt.Sprintf("%s serves %s", n.Name, pki.Describe(leaf)))
+		}
+	}
+	if seen == 0 {
+		return errors.New("no kubelet gets its serving certificate through the CSR API")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("kubelet serving certificates not from %s: %s", pki.Describe(ca), strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// KubeletClientCertsFromCSRs checks that every kubelet presents a client
+// certificate that a CSR rotate made (label managed-by=kubeca-rotate)
+// was issued: the certificate came through the CSR API and the
+// controller-manager's signer, not from rotate's own signing.
+func KubeletClientCertsFromCSRs(ctx context.Context, info clusterinfo.Cluster, kc kubernetes.Interface) error {
+	list, err := kc.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=kubeca-rotate"})
+	if err != nil {
+		return err
+	}
+	issued := map[string]string{} // fingerprint -> CSR name
+	for _, csr := range list.Items {
+		if certs, err := pki.ParseCertsPEM(csr.Status.Certificate); err == nil {
+			issued[pki.Fingerprint(certs[0])] = csr.Name
+		}
+	}
+	var problems []string
+	for _, n := range info.Nodes {
+		c, err := KubeletClientCert(n)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
+			continue
+		}
+		if _, ok := issued[pki.Fingerprint(c)]; !ok {
+			problems = append(problems, fmt.Sprintf("%s presents %s, which no CSR of rotate's issued", n.Name, pki.Describe(c)))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("kubelet client certificates not from the CSR API: %s", strings.Join(problems, "; "))
 	}
 	return nil
 }
