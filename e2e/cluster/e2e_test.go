@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kubeca/rotate/e2e/cluster/supervisor"
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/pki"
 )
@@ -52,6 +54,7 @@ func testOptions(name, subnet string) Options {
 		Name:          name,
 		ControlPlanes: DefaultControlPlanes,
 		Workers:       DefaultWorkers,
+		SpareWorkers:  1,
 		Subnet:        subnet,
 		BinDir:        os.Getenv("ROTATE_E2E_BIN_DIR"),
 		Progress:      os.Stderr,
@@ -219,6 +222,36 @@ func TestCluster(t *testing.T) {
 			t.Errorf("through the load balancer: %v", err)
 		}
 	})
+
+	// A spare worker joins now, as a node added to a running cluster; the
+	// checks below treat it like every other node.
+	t.Run("join-spare-node", func(t *testing.T) {
+		spare := s.Nodes[len(s.Nodes)-1]
+		if !spare.Spare {
+			t.Fatalf("last node %s is not a spare", spare.Name)
+		}
+		inv, err := os.ReadFile(s.InventoryPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(inv), spare.Name) {
+			t.Fatalf("spare %s is in the inventory before it joined", spare.Name)
+		}
+		if _, err := cs.CoreV1().Nodes().Get(ctx, spare.Name, metav1.GetOptions{}); err == nil {
+			t.Fatalf("spare %s is a Node before it joined", spare.Name)
+		}
+		if err := c.JoinNode(ctx, spare.Name); err != nil {
+			t.Fatal(err)
+		}
+		info := c.Info()
+		if !slices.ContainsFunc(info.Nodes, func(n clusterinfo.Node) bool { return n.Name == spare.Name }) {
+			t.Errorf("joined %s missing from cluster.json", spare.Name)
+		}
+		if err := c.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s = c.Spec() // the joined node is a node like the others from here on
 
 	t.Run("leader-leases", func(t *testing.T) {
 		for _, name := range []string{"kube-controller-manager", "kube-scheduler"} {

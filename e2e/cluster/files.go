@@ -29,6 +29,9 @@ func (c *Cluster) Info() clusterinfo.Cluster {
 		NodeAgent:         s.Kubelet,
 	}
 	for _, n := range s.Nodes {
+		if n.Spare {
+			continue
+		}
 		info.Nodes = append(info.Nodes, clusterinfo.Node{
 			Name:             n.Name,
 			Role:             n.Role,
@@ -142,6 +145,9 @@ func (c *Cluster) Inventory() ([]byte, error) {
 	inv.Nodes.ControlPlane = []invNode{}
 	inv.Nodes.Workers = []invNode{}
 	for _, n := range s.Nodes {
+		if n.Spare {
+			continue // joins later, if at all: not the operator's inventory
+		}
 		in := invNode{Name: n.Name, Address: n.Address}
 		if n.User() != "root" {
 			in.User, in.Become = n.User(), true

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -193,7 +194,7 @@ func (c *Cluster) kubeletPatches(n Node) (string, error) {
 	return "patches:\n  directory: " + dir + "\n", nil
 }
 
-func (c *Cluster) writeJoinConfig(n Node, token, caHash string) error {
+func (c *Cluster) writeJoinConfig(n Node, token string, caHashes []string) error {
 	patches, err := c.kubeletPatches(n)
 	if err != nil {
 		return err
@@ -216,7 +217,7 @@ nodeRegistration:
   - name: node-ip
     value: "%[7]s"
   taints: []
-%[8]s`, n.Name, c.st.Spec.LBAddress, APIServerPort, token, caHash, criSocket, n.Address, patches)
+%[8]s`, n.Name, c.st.Spec.LBAddress, APIServerPort, token, strings.Join(caHashes, "\"\n    - \""), criSocket, n.Address, patches)
 	return os.WriteFile(n.KubeadmConfig(), []byte(cfg), 0o600)
 }
 
@@ -361,16 +362,33 @@ func caCertHash(caFile string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	block, _ := pem.Decode(raw)
-	if block == nil {
-		return "", fmt.Errorf("%s: no PEM", caFile)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	hs, err := caCertHashes(raw)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%s: %w", caFile, err)
 	}
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	return hs[0], nil
+}
+
+// caCertHashes are the discovery hashes of every certificate in PEM data.
+func caCertHashes(raw []byte) ([]string, error) {
+	var out []string
+	for {
+		var block *pem.Block
+		block, raw = pem.Decode(raw)
+		if block == nil {
+			break
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+		out = append(out, "sha256:"+hex.EncodeToString(sum[:]))
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	return out, nil
 }
 
 // kubeletCommand starts the kubelet the way kubeadm's systemd drop-in
@@ -498,7 +516,7 @@ func (c *Cluster) stageWorkers(ctx context.Context) error {
 	}
 	var workers []Node
 	for _, n := range c.st.Spec.Nodes {
-		if !n.ControlPlane() {
+		if !n.ControlPlane() && !n.Spare {
 			workers = append(workers, n)
 		}
 	}
@@ -508,7 +526,7 @@ func (c *Cluster) stageWorkers(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = c.joinWorker(ctx, n, token, hash)
+			errs[i] = c.joinWorker(ctx, n, token, []string{hash})
 		}()
 	}
 	wg.Wait()
@@ -520,8 +538,72 @@ func (c *Cluster) stageWorkers(ctx context.Context) error {
 	return nil
 }
 
-func (c *Cluster) joinWorker(ctx context.Context, n Node, token, hash string) error {
-	if err := c.writeJoinConfig(n, token, hash); err != nil {
+// JoinNode joins a spare worker (Options.SpareWorkers) now, as an operator
+// or autoscaler adding a node: kubeadm join with the bootstrap token,
+// discovery pinned to the CA(s) cluster-info publishes at this moment, the
+// kubelet's TLS bootstrap through the CSR API, its serving certificate
+// approved. It returns once the Node is Ready. The node is not added to
+// the inventory.
+func (c *Cluster) JoinNode(ctx context.Context, name string) error {
+	n, err := c.st.Spec.Node(name)
+	if err != nil {
+		return err
+	}
+	if !n.Spare {
+		return fmt.Errorf("node %s is not a spare worker", name)
+	}
+	token, err := c.bootstrapToken()
+	if err != nil {
+		return err
+	}
+	cs, err := c.Client()
+	if err != nil {
+		return err
+	}
+	cm, err := cs.CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read cluster-info: %w", err)
+	}
+	kc, err := clientcmd.Load([]byte(cm.Data["kubeconfig"]))
+	if err != nil {
+		return fmt.Errorf("cluster-info kubeconfig: %w", err)
+	}
+	var hashes []string
+	for _, cl := range kc.Clusters {
+		hs, err := caCertHashes(cl.CertificateAuthorityData)
+		if err != nil {
+			return fmt.Errorf("cluster-info CA: %w", err)
+		}
+		hashes = append(hashes, hs...)
+	}
+	if err := c.joinWorker(ctx, n, token, hashes); err != nil {
+		return fmt.Errorf("join %s: %w", name, err)
+	}
+	if err := c.record(func(st *state) {
+		for i := range st.Spec.Nodes {
+			if st.Spec.Nodes[i].Name == name {
+				st.Spec.Nodes[i].Spare = false
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if n.ServingCSR {
+		if err := c.ApproveServingCSRs(ctx, 2*time.Minute, name); err != nil {
+			return err
+		}
+	}
+	if err := c.writeClusterJSON(); err != nil {
+		return err
+	}
+	return waitFor(ctx, 2*time.Minute, "node "+name+" Ready", func() error {
+		node, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		return nodeReady(node, err)
+	})
+}
+
+func (c *Cluster) joinWorker(ctx context.Context, n Node, token string, hashes []string) error {
+	if err := c.writeJoinConfig(n, token, hashes); err != nil {
 		return err
 	}
 	// Like a fresh node with a kubelet unit: the agent restarts until the

@@ -142,7 +142,13 @@ func (c *Cluster) stageReady(ctx context.Context) error {
 		if err := c.markControlPlanes(ctx); err != nil {
 			return err
 		}
-		if err := c.ApproveServingCSRs(ctx, 2*time.Minute); err != nil {
+		var joined []string
+		for _, n := range c.st.Spec.Nodes {
+			if n.ServingCSR && !n.Spare {
+				joined = append(joined, n.Name)
+			}
+		}
+		if err := c.ApproveServingCSRs(ctx, 2*time.Minute, joined...); err != nil {
 			return err
 		}
 	}
@@ -157,11 +163,11 @@ func (c *Cluster) stageReady(ctx context.Context) error {
 // server-auth usages only, and the DNS/IP SANs are the node's own name and
 // address. It waits up to timeout for every such node to have an approved
 // CSR (the kubelet submits one when it starts without a serving
-// certificate).
-func (c *Cluster) ApproveServingCSRs(ctx context.Context, timeout time.Duration) error {
+// certificate). names selects the nodes.
+func (c *Cluster) ApproveServingCSRs(ctx context.Context, timeout time.Duration, names ...string) error {
 	want := map[string]Node{}
 	for _, n := range c.st.Spec.Nodes {
-		if n.ServingCSR {
+		if n.ServingCSR && slices.Contains(names, n.Name) {
 			want[n.Name] = n
 		}
 	}
@@ -346,7 +352,7 @@ func (c *Cluster) Conditions(ctx context.Context) []Condition {
 	}
 	if s.Kubelet {
 		for _, n := range s.Nodes {
-			if stopped[n.Name] {
+			if stopped[n.Name] || n.Spare {
 				continue
 			}
 			node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})

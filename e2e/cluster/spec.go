@@ -49,6 +49,11 @@ type Options struct {
 	// nodes run only sshd and the static pods (harness tests that need no
 	// Node objects).
 	NoKubelet bool
+	// SpareWorkers are machines ready to join (network, sshd, a kubelet
+	// waiting for kubeadm) that are neither joined at Up nor in the
+	// inventory: JoinNode joins one mid-run, like an autoscaler or an
+	// operator adding a node during a rotation.
+	SpareWorkers int
 	// NonRootNodes are reached over SSH as OperatorUser (passwordless
 	// sudo) on port AltSSHPort, like a hardened production node. Nil: the
 	// second control-plane node and the last worker; empty: none.
@@ -121,6 +126,9 @@ type Node struct {
 	SSHPort int    `json:"sshPort,omitempty"`
 	// ServingCSR: the kubelet has serverTLSBootstrap: true.
 	ServingCSR bool `json:"servingCSR,omitempty"`
+	// Spare: not joined yet (see Options.SpareWorkers); not in the
+	// inventory nor in cluster.json.
+	Spare bool `json:"spare,omitempty"`
 }
 
 // OperatorUser is the non-root SSH user of NonRootNodes; AltSSHPort their
@@ -287,6 +295,13 @@ func plan(opts Options) (Spec, error) {
 	for i := 1; i <= opts.Workers; i++ {
 		add(fmt.Sprintf("worker%d", i), RoleWorker, 100+i)
 	}
+	if opts.SpareWorkers < 0 || opts.Workers+opts.SpareWorkers > 150 {
+		return Spec{}, fmt.Errorf("spare workers: %d, want 0..%d", opts.SpareWorkers, 150-opts.Workers)
+	}
+	for i := opts.Workers + 1; i <= opts.Workers+opts.SpareWorkers; i++ {
+		add(fmt.Sprintf("worker%d", i), RoleWorker, 100+i)
+		s.Nodes[len(s.Nodes)-1].Spare = true
+	}
 	nonRoot, serving := opts.NonRootNodes, opts.ServingCSRNodes
 	if nonRoot == nil {
 		if opts.ControlPlanes >= 2 {
@@ -294,6 +309,9 @@ func plan(opts Options) (Spec, error) {
 		}
 		if opts.Workers >= 2 {
 			nonRoot = append(nonRoot, fmt.Sprintf("worker%d", opts.Workers))
+		}
+		if opts.SpareWorkers > 0 {
+			nonRoot = append(nonRoot, fmt.Sprintf("worker%d", opts.Workers+opts.SpareWorkers))
 		}
 	}
 	if serving == nil && !opts.NoKubelet {

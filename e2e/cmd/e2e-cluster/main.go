@@ -6,6 +6,7 @@
 //	e2e-cluster kill-node NAME [--graceful]
 //	e2e-cluster start-node NAME
 //	e2e-cluster set-notice-delay DURATION   slow mode: static pods replaced DURATION after their manifest changes
+//	e2e-cluster join-node NAME               join a spare worker (up --spare-workers N)
 package main
 
 import (
@@ -32,6 +33,7 @@ commands:
   kill-node   kill every process of one node (the cluster keeps serving)
   start-node  start a killed node again
   set-notice-delay DURATION  replace static pods only DURATION after their manifest changes (0: at once)
+  join-node   join a spare worker now (see up --spare-workers)
 
 Run "e2e-cluster <command> --help" for its flags.
 `
@@ -57,6 +59,8 @@ func main() {
 		err = startNode(ctx, args)
 	case "set-notice-delay":
 		err = setNoticeDelay(ctx, args)
+	case "join-node":
+		err = joinNode(ctx, args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -92,6 +96,7 @@ func up(ctx context.Context, args []string) error {
 	fs.StringVar(&o.Dir, "dir", "", "cluster dir (default "+cluster.DefaultRoot+"/NAME)")
 	fs.IntVar(&o.ControlPlanes, "control-planes", cluster.DefaultControlPlanes, "control-plane nodes")
 	fs.IntVar(&o.Workers, "workers", cluster.DefaultWorkers, "worker nodes")
+	fs.IntVar(&o.SpareWorkers, "spare-workers", 0, "workers ready to join later with join-node (not in the inventory)")
 	fs.StringVar(&o.Subnet, "subnet", cluster.DefaultSubnet, "node subnet (IPv4, /24 or larger); .1 host, .2 load balancer")
 	fs.StringVar(&o.BinDir, "bin-dir", "", "dir with the Kubernetes binaries and etcd (default: e2e/scripts/build-binaries.sh)")
 	fs.StringVar(&o.SourceDir, "source-dir", "", "root of the rotate module (default: found from the working dir)")
@@ -230,4 +235,23 @@ func setNoticeDelay(ctx context.Context, args []string) error {
 		return err
 	}
 	return c.SetNoticeDelay(ctx, d)
+}
+
+func joinNode(ctx context.Context, args []string) error {
+	fs := pflag.NewFlagSet("join-node", pflag.ContinueOnError)
+	dir := dirFlags(fs)
+	node, err := nodeArg(fs, args)
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Load(dir())
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := c.JoinNode(ctx, node); err != nil {
+		return err
+	}
+	fmt.Printf("node %s joined (%s)\n", node, time.Since(start).Round(time.Second))
+	return nil
 }
