@@ -140,6 +140,16 @@ func (rt *Runtime) loadBaseline(ctx context.Context) (baseline, error) {
 	return b, nil
 }
 
+// baselineFailure says why check already failed before the run ("" if it
+// passed, or if preflight recorded no baseline for it).
+func (rt *Runtime) baselineFailure(ctx context.Context, check string) (string, error) {
+	b, err := rt.loadBaseline(ctx)
+	if err != nil {
+		return "", err
+	}
+	return b[check], nil
+}
+
 // split sorts findings into regressions (the check passed at baseline, or
 // has no baseline) and pre-existing problems (it failed at baseline too).
 func (b baseline) split(found []finding) (regressions, preExisting []string) {

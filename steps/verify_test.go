@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -323,5 +324,40 @@ func TestBaselineRecordsEveryCheck(t *testing.T) {
 	}
 	if len(got) != 8 {
 		t.Errorf("baseline has %d checks, want 8: %v", len(got), got)
+	}
+}
+
+// TestServingGateHonoursBaseline: after a kubelet gets a serving
+// certificate from the new CA, its gate waits for the apiservers to reach
+// it, except where they did not reach it before the run either (firewalled
+// 10250): that wait could only time out, for a reason rotate did not cause.
+func TestServingGateHonoursBaseline(t *testing.T) {
+	tests := []struct {
+		name            string
+		before          map[string]error
+		wantErr, wantPr string
+	}{
+		{name: "unreachable before the run: not waited for", before: map[string]error{"w1": errProxy},
+			wantPr: "w1: not waiting for apiserver → kubelet with the new serving certificate: it already failed before the rotation (" + errProxy.Error() + ")"},
+		{name: "reachable before the run: a regression is waited on and fails",
+			wantErr: "apiserver → kubelet w1 with its new serving certificate: context deadline exceeded"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newVerifyFixture(t)
+			f.proxy = tt.before
+			f.preflight(t)
+			f.st.values[kubeletFactsKey("w1")] = []byte(`{"ServingDNS":["w1"]}`)
+			f.proxy = map[string]error{"w1": errProxy}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			err := KubeletClientCert("kubelet-client-workers").Gate(ctx, f.rt, Target{Node: "w1", Role: RoleWorker})
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("Gate = %v, want error %q", err, tt.wantErr)
+			}
+			if tt.wantPr != "" && !strings.Contains(strings.Join(f.progress, "\n"), tt.wantPr) {
+				t.Errorf("progress lacks %q:\n%s", tt.wantPr, strings.Join(f.progress, "\n"))
+			}
+		})
 	}
 }

@@ -17,8 +17,12 @@ import (
 type RootSnapshot map[string]string
 
 // SnapshotHostRoot reads /, /etc/kubernetes's parent dirs and /var/lib.
+// The mount points the harness itself created on the host (and removes
+// when its last cluster goes down) are left out: a run killed before its
+// Down leaves them to the next run, whose Down removes them.
 func SnapshotHostRoot() (RootSnapshot, error) {
 	out := RootSnapshot{}
+	own := readLines(filepath.Join(registryDir, "created-dirs"))
 	for _, dir := range []string{"/", "/usr", "/var", "/var/lib", "/etc/ssh"} {
 		ents, err := os.ReadDir(dir)
 		if err != nil {
@@ -26,7 +30,7 @@ func SnapshotHostRoot() (RootSnapshot, error) {
 		}
 		for _, e := range ents {
 			p := filepath.Join(dir, e.Name())
-			if p == "/tmp" || strings.HasPrefix(p, "/var/lib/rotate-e2e") || p == "/var/cache" {
+			if p == "/tmp" || strings.HasPrefix(p, "/var/lib/rotate-e2e") || p == "/var/cache" || slices.Contains(own, p) {
 				continue
 			}
 			desc := e.Type().String()
