@@ -39,9 +39,12 @@ unit: deps k8s-binaries
 	ROTATE_K8S_BIN=$(K8S_BIN) $(GO) test -count=1 ./...
 
 # The end-to-end suite on a real HA control plane in network namespaces.
+# The harness's own tests (e2e/cluster, their own clusters) run next to
+# the rotation suite (-p 2): clusters have their own names, subnets and
+# namespaces, and the host-level checks allow for another cluster.
 e2e: deps k8s-binaries build
 	@echo "e2e: full log in e2e.log, the rotation's probe report in e2e-probes.json"
-	@{ ROTATE_K8S_BIN=$(K8S_BIN) ROTATE_BIN_DIR=$(BIN) ROTATE_E2E_REPORT=$(CURDIR)/e2e-probes.json $(GO) test -p 1 -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/... 2>&1; echo $$? > e2e.rc; } \
+	@{ ROTATE_K8S_BIN=$(K8S_BIN) ROTATE_BIN_DIR=$(BIN) ROTATE_E2E_REPORT=$(CURDIR)/e2e-probes.json $(GO) test -p 2 -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/... 2>&1; echo $$? > e2e.rc; } \
 	  | tee e2e.log | grep --line-buffered -E '^(=== RUN|\s*--- |PASS|FAIL|ok |panic)|e2e:' || true
 	@rc=$$(cat e2e.rc); rm -f e2e.rc; if [ "$$rc" != 0 ]; then echo "e2e failed (exit $$rc); last lines of e2e.log:"; tail -n 150 e2e.log; exit $$rc; fi
 

@@ -26,6 +26,26 @@ import (
 // the last cluster to go down removes those dirs.
 const registryDir = "/run/rotate-e2e"
 
+// registryLock serializes changes to the host registry and the host-level
+// things it tracks (mount-point dirs, the operator user) between
+// processes: the harness's tests and the rotation suite bring clusters up
+// and down at the same time.
+const registryLock = "/run/rotate-e2e.lock"
+
+// withRegistryLock runs fn holding the host-wide registry lock.
+func withRegistryLock(fn func() error) error {
+	f, err := os.OpenFile(registryLock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", registryLock, err)
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN) //nolint:errcheck // closing releases it too
+	return fn()
+}
+
 func (c *Cluster) nsDir() string { return filepath.Join(c.st.Spec.Dir, "ns") }
 
 func (c *Cluster) setupMountNamespaces(ctx context.Context) error {
@@ -139,6 +159,14 @@ func writeNodeSudoers(n Node) error {
 // PAM; no home on the host: /home is each node's own) and records that
 // the harness created it, so the last cluster's Down removes it.
 func ensureOperatorUser() (uid, gid int, err error) {
+	err = withRegistryLock(func() error {
+		uid, gid, err = ensureOperatorUserLocked()
+		return err
+	})
+	return uid, gid, err
+}
+
+func ensureOperatorUserLocked() (uid, gid int, err error) {
 	if _, err := user.Lookup(OperatorUser); err != nil {
 		created := readLines(filepath.Join(registryDir, "created-users"))
 		if !slices.Contains(created, OperatorUser) {
@@ -169,6 +197,10 @@ func ensureOperatorUser() (uid, gid int, err error) {
 // ensureMountPoints creates missing host dirs the node mounts need, and
 // registers the cluster in the host registry.
 func (c *Cluster) ensureMountPoints() error {
+	return withRegistryLock(c.ensureMountPointsLocked)
+}
+
+func (c *Cluster) ensureMountPointsLocked() error {
 	if err := os.MkdirAll(filepath.Join(registryDir, "clusters"), 0o755); err != nil {
 		return err
 	}
@@ -212,6 +244,10 @@ func (c *Cluster) ensureMountPoints() error {
 // unregister removes this cluster from the host registry; the last cluster
 // out removes the mount-point dirs the harness created (if empty).
 func (c *Cluster) unregister() error {
+	return withRegistryLock(c.unregisterLocked)
+}
+
+func (c *Cluster) unregisterLocked() error {
 	if c.st.Registered == "" {
 		return nil
 	}

@@ -152,8 +152,12 @@ var (
 // then in slow mode (every static pod replaced only 5 s after its manifest
 // changes, the old process serving meanwhile, like a busy kubelet):
 //  2. start --no-hold, a worker unreachable over SSH mid-run (clean
-//     failure naming it), resume after it returns → completed; end state
-//     checked; rollback of the completed run → run 1's CA;
+//     failure naming it), the operator's machine lost, resume from a
+//     control-plane node's state copy after the worker returns →
+//     completed; end state checked; rollback of the completed run → run
+//     1's CA;
+//
+// and back in normal mode:
 //  3. start, killed after the signer switch, rollback → run 1's CA.
 //
 // The probes run throughout and must record zero x509/401/403 errors —
@@ -383,6 +387,12 @@ func TestRotation(t *testing.T) {
 	e.probesClean(t, "after rollback of run 2")
 
 	// Run 3: killed after the signer switch, rolled back from there -------
+	// Back to normal mode: run 2's rollback of a completed run is the
+	// slow-mode proof of the revert order; run 3 proves a rollback from
+	// the middle of phase 9 and needs no slow restarts for that.
+	if err := e.c.SetNoticeDelay(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
 	dir3 := filepath.Join(e.workdir, "run3")
 	os.MkdirAll(dir3, 0o700)
 	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv)
