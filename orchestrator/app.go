@@ -372,6 +372,9 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 	cp := len(cfg.Steps.ControlPlane)
 	fmt.Fprintf(o.Out, "control plane: %s\n", nodeNames(cfg.Nodes[:cp]))
 	fmt.Fprintf(o.Out, "workers: %s (batch %d)\n", nodeNames(cfg.Nodes[cp:]), cfg.WorkerBatch)
+	for _, l := range cfg.TopologyLines() {
+		fmt.Fprintln(o.Out, l)
+	}
 	for _, ph := range plan.Phases {
 		hold := ""
 		if ph.HoldAfter {

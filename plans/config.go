@@ -140,18 +140,19 @@ func derefOr[T any](own, glob *T, def T) T {
 }
 
 type nodeField struct {
-	field string
-	spec  NodeSpec
+	field  string
+	spec   NodeSpec
+	worker bool
 }
 
 // nodeFields is every node with its field path, control plane first.
 func nodeFields(ns NodesSpec) []nodeField {
 	var out []nodeField
 	for i, n := range ns.ControlPlane {
-		out = append(out, nodeField{fmt.Sprintf("nodes.controlPlane[%d]", i), n})
+		out = append(out, nodeField{fmt.Sprintf("nodes.controlPlane[%d]", i), n, false})
 	}
 	for i, n := range ns.Workers {
-		out = append(out, nodeField{fmt.Sprintf("nodes.workers[%d]", i), n})
+		out = append(out, nodeField{fmt.Sprintf("nodes.workers[%d]", i), n, true})
 	}
 	return out
 }
@@ -183,7 +184,7 @@ func (inv *Inventory) stepsConfig() steps.Config {
 			KubernetesDir: path.Clean(p.KubernetesDir), PKIDir: path.Clean(p.PKIDir), ManifestsDir: path.Clean(p.ManifestsDir),
 			KubeletConfig: path.Clean(p.KubeletConfig), KubeletPKIDir: path.Clean(p.KubeletPKIDir), BackupDir: path.Clean(p.BackupDir),
 		},
-		APIServerPort:         6443,
+		APIServerPort:         derefOr(inv.Nodes.APIServerPort, nil, DefaultAPIServerPort),
 		KubeletRestartCommand: inv.Kubelet.RestartCommand,
 		Workloads: steps.Workloads{
 			Namespaces: inv.Rollout.Workloads.Namespaces, ExcludeNamespaces: inv.Rollout.Workloads.ExcludeNamespaces,
@@ -202,6 +203,7 @@ func (inv *Inventory) stepsConfig() steps.Config {
 		c.Workers = append(c.Workers, n.Name)
 		c.Addresses[n.Name] = n.Address
 	}
+	inv.resolveTopology(&c)
 	if g := inv.NewCA.Generate; g != nil {
 		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName}
 	}

@@ -84,11 +84,23 @@ type NodeSpec struct {
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
 	SSHSpec `yaml:",inline"`
+	// APIServer is where rotate reaches this control-plane node's
+	// apiserver, when that is not Address on nodes.apiServerPort.
+	APIServer *APIServerSpec `yaml:"apiServer"`
 }
 
 type NodesSpec struct {
 	ControlPlane []NodeSpec `yaml:"controlPlane"`
 	Workers      []NodeSpec `yaml:"workers"`
+	// Topology and nodes that come and go (see topology.go).
+	APIServerPort *int `yaml:"apiServerPort"`
+}
+
+// APIServerSpec is one apiserver's endpoint, apart from the node's SSH
+// address: its host must be in the apiserver's serving certificate.
+type APIServerSpec struct {
+	Address string `yaml:"address"`
+	Port    *int   `yaml:"port"`
 }
 
 type PathsSpec struct {
@@ -497,4 +509,5 @@ func (inv *Inventory) applyDefaults() {
 	if inv.Hold == nil {
 		inv.Hold = boolPtr(true)
 	}
+	inv.applyTopologyDefaults()
 }

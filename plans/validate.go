@@ -67,6 +67,7 @@ func (v *validator) validate() {
 	v.kubelet()
 	v.newCA()
 	v.rollout()
+	v.topology()
 }
 
 func (v *validator) header() {

@@ -106,7 +106,7 @@ func (ClusterHealthy) Name() string { return "cluster-healthy" }
 func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	var problems []string
 	for _, n := range rt.Config.ControlPlane {
-		if ok, why, err := rt.apiServerReady(ctx, rt.Config.Address(n)); err != nil || !ok {
+		if ok, why, err := rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(n)); err != nil || !ok {
 			problems = append(problems, fmt.Sprintf("apiserver on %s not ready: %s%v", n, why, errOrNil(err)))
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -176,7 +177,7 @@ func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
 // verifyAPIServer is check 1 on control-plane node n: its apiserver serves
 // a certificate from the new CA and accepts a client certificate from it.
 func (rt *Runtime) verifyAPIServer(ctx context.Context, n string, in verifyInputs) []finding {
-	addr := rt.Config.Address(n)
+	addr := rt.Config.APIServerEndpoint(n)
 	leaf, err := rt.servingCert(ctx, addr)
 	if err != nil {
 		return []finding{{checkAPIServer(n), fmt.Sprintf("apiserver %s: %v", n, err)}}
@@ -323,17 +324,19 @@ func (rt *Runtime) verifyHealth(ctx context.Context, bundle []byte) ([]finding, 
 	return out, nil
 }
 
-// getWithCert calls /api on one apiserver presenting only cert.
-func (rt *Runtime) getWithCert(ctx context.Context, addr string, cert tls.Certificate) error {
-	cfg := rt.Trust.TLSConfig()
+// getWithCert calls /api on one apiserver (its endpoint, host:port)
+// presenting only cert.
+func (rt *Runtime) getWithCert(ctx context.Context, endpoint string, cert tls.Certificate) error {
+	host, _, _ := net.SplitHostPort(endpoint)
+	cfg := rt.Trust.TLSConfigFor(host)
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
-	return rt.getAPI(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, addr)
+	return rt.getAPI(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, endpoint)
 }
 
-// getAPI calls /api on one apiserver through c and wants 200: the server
-// accepted the client's credentials.
-func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, addr string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+joinHostPort(addr, rt.Config.APIServerPort)+"/api", nil)
+// getAPI calls /api on one apiserver (its endpoint, host:port) through c
+// and wants 200: the server accepted the client's credentials.
+func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, endpoint string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+endpoint+"/api", nil)
 	if err != nil {
 		return err
 	}
