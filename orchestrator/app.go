@@ -375,6 +375,15 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 	for _, l := range cfg.TopologyLines() {
 		fmt.Fprintln(o.Out, l)
 	}
+	if rt != nil {
+		un, err := steps.UnlistedNodes(ctx, rt)
+		if err != nil {
+			return fmt.Errorf("live plan: %w", err)
+		}
+		for _, u := range un {
+			fmt.Fprintf(o.Out, "warning: %s\n", u)
+		}
+	}
 	for _, ph := range plan.Phases {
 		hold := ""
 		if ph.HoldAfter {

@@ -94,6 +94,9 @@ type NodesSpec struct {
 	Workers      []NodeSpec `yaml:"workers"`
 	// Topology and nodes that come and go (see topology.go).
 	APIServerPort *int `yaml:"apiServerPort"`
+	// Unlisted is what a Node in the cluster but not in the inventory
+	// does to preflight: UnlistedWarn (default) or UnlistedFail.
+	Unlisted string `yaml:"unlisted"`
 }
 
 // APIServerSpec is one apiserver's endpoint, apart from the node's SSH

@@ -16,9 +16,19 @@ import (
 // DefaultAPIServerPort is nodes.apiServerPort unless the inventory sets it.
 const DefaultAPIServerPort = 6443
 
+// nodes.unlisted: what preflight does about a Node that is in the cluster
+// but not in the inventory.
+const (
+	UnlistedWarn = "warn" // report it with what to do, go on
+	UnlistedFail = "fail" // refuse to start
+)
+
 func (inv *Inventory) applyTopologyDefaults() {
 	if inv.Nodes.APIServerPort == nil {
 		inv.Nodes.APIServerPort = intPtr(DefaultAPIServerPort)
+	}
+	if inv.Nodes.Unlisted == "" {
+		inv.Nodes.Unlisted = UnlistedWarn
 	}
 }
 
@@ -26,6 +36,9 @@ func (inv *Inventory) applyTopologyDefaults() {
 func (v *validator) topology() {
 	if p := v.inv.Nodes.APIServerPort; p != nil && !validPort(*p) {
 		v.add("nodes.apiServerPort", "%d is not a TCP port (1-65535)", *p)
+	}
+	if u := v.inv.Nodes.Unlisted; u != "" && u != UnlistedWarn && u != UnlistedFail {
+		v.add("nodes.unlisted", "%q is not one of %s, %s", u, UnlistedWarn, UnlistedFail)
 	}
 	for _, n := range nodeFields(v.inv.Nodes) {
 		a := n.spec.APIServer
@@ -52,6 +65,7 @@ func validPort(p int) bool { return p >= 1 && p <= 65535 }
 // its apiServer address (default: the node's address) and port (default:
 // nodes.apiServerPort).
 func (inv *Inventory) resolveTopology(c *steps.Config) {
+	c.UnlistedNodes = inv.Nodes.Unlisted
 	c.APIServers = map[string]string{}
 	for _, n := range inv.Nodes.ControlPlane {
 		c.APIServers[n.Name] = inv.apiServerEndpoint(n)

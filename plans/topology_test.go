@@ -47,6 +47,9 @@ func TestTopologyValidation(t *testing.T) {
 		{"bad default port", nodesTop("  apiServerPort: 65536\n"), "nodes.apiServerPort: 65536 is not a TCP port (1-65535)"},
 		{"apiServer on a worker", worker("      apiServer: {port: 6443}\n"),
 			"nodes.workers[0].apiServer: only control-plane nodes run an apiserver rotate checks; remove apiServer from this worker"},
+		{"unlisted warn", nodesTop("  unlisted: warn\n"), ""},
+		{"unlisted fail", nodesTop("  unlisted: fail\n"), ""},
+		{"unlisted other", nodesTop("  unlisted: ignore\n"), `nodes.unlisted: "ignore" is not one of warn, fail`},
 		{"unknown apiServer field", cp("      apiServer:\n        host: x\n"), `nodes.controlPlane[0].apiServer.host: unknown field "host"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -84,5 +87,21 @@ func TestAPIServerEndpointsResolve(t *testing.T) {
 	}
 	if c.Steps.Address("cp3") != "10.0.0.3" {
 		t.Errorf("the SSH address changed: %s", c.Steps.Address("cp3"))
+	}
+}
+
+func TestUnlistedResolves(t *testing.T) {
+	dir, valid := fixtureDir(t)
+	for _, tc := range []struct{ text, want string }{
+		{valid, "warn"},
+		{strings.Replace(valid, "nodes:\n", "nodes:\n  unlisted: fail\n", 1), "fail"},
+	} {
+		inv, err := Load(write(t, dir, tc.text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := inv.Config().Steps.UnlistedNodes; got != tc.want {
+			t.Errorf("UnlistedNodes = %q, want %q", got, tc.want)
+		}
 	}
 }

@@ -52,6 +52,10 @@ type Config struct {
 	// (host:port), apart from its SSH address. A configuration recorded
 	// without it reaches Address on APIServerPort.
 	APIServers map[string]string
+	// UnlistedNodes is what preflight does about a Node in the cluster
+	// that is not in the run: "fail" refuses, anything else ("warn", or a
+	// configuration recorded without it) reports it and goes on.
+	UnlistedNodes string
 }
 
 // Timeout is the per-step, per-target deadline for a phase.
