@@ -149,6 +149,10 @@ func Start(ctx context.Context, o StartOptions) error {
 		store.Close()
 		return unfinishedError(old)
 	}
+	if err := discoverWorkers(ctx, inv); err != nil {
+		store.Close()
+		return err
+	}
 	cfg := inv.Config()
 	hold := cfg.Hold && !o.NoHold
 	s, err := openSession(ctx, o.Common, store, cfg, hold)
@@ -173,6 +177,21 @@ func Start(ctx context.Context, o StartOptions) error {
 	}
 	s.adviseIfCompleted(ctx)
 	return nil
+}
+
+// discoverWorkers adds the workers nodes.discoverWorkers finds in the
+// cluster to inv, once, before its Config is used (and, by start,
+// recorded).
+func discoverWorkers(ctx context.Context, inv *plans.Inventory) error {
+	if !inv.Discovers() {
+		return nil
+	}
+	cfg := inv.Config()
+	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, nil)
+	if err != nil {
+		return err
+	}
+	return inv.DiscoverWorkers(ctx, kube)
 }
 
 // inventoryValues is what a run records of its inventory: the file as
@@ -334,6 +353,11 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 	inv, err := plans.Load(o.InventoryPath)
 	if err != nil {
 		return err
+	}
+	if o.Live {
+		if err := discoverWorkers(ctx, inv); err != nil {
+			return err
+		}
 	}
 	cfg := inv.Config()
 	plan := cfg.Plan(plans.Options{Hold: cfg.Hold && !o.NoHold})

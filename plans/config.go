@@ -44,6 +44,11 @@ type Config struct {
 	// Hold is the inventory's hold setting.
 	Hold  bool         `json:"hold"`
 	Steps steps.Config `json:"steps"`
+	// DiscoverWorkers is the inventory's nodes.discoverWorkers, and
+	// DiscoveredWorkers the workers it found when the run started (they
+	// are in Nodes and Steps.Workers like the listed ones).
+	DiscoverWorkers   *DiscoverSpec `json:"discoverWorkers,omitempty"`
+	DiscoveredWorkers []string      `json:"discoveredWorkers,omitempty"`
 }
 
 // Config is the inventory resolved when Load, Parse or ParseStructure
@@ -160,13 +165,15 @@ func nodeFields(ns NodesSpec) []nodeField {
 // resolve turns a validated, defaulted inventory into its Config.
 func (inv *Inventory) resolve() *Config {
 	c := &Config{
-		Version:       ConfigVersion,
-		InventoryPath: inv.abs,
-		Kubeconfig:    inv.localPath(inv.Kubernetes.Kubeconfig),
-		Context:       inv.Kubernetes.Context,
-		WorkerBatch:   inv.WorkerBatch(),
-		Hold:          inv.Hold == nil || *inv.Hold,
-		Steps:         inv.stepsConfig(),
+		Version:           ConfigVersion,
+		InventoryPath:     inv.abs,
+		Kubeconfig:        inv.localPath(inv.Kubernetes.Kubeconfig),
+		Context:           inv.Kubernetes.Context,
+		WorkerBatch:       inv.WorkerBatch(),
+		Hold:              inv.Hold == nil || *inv.Hold,
+		Steps:             inv.stepsConfig(),
+		DiscoverWorkers:   inv.Nodes.DiscoverWorkers,
+		DiscoveredWorkers: inv.discovered,
 	}
 	for _, n := range nodeFields(inv.Nodes) {
 		c.Nodes = append(c.Nodes, inv.mergeSSH(n.spec))

@@ -57,6 +57,8 @@ type Inventory struct {
 	homeErr error
 	// config is the inventory resolved, once it validated.
 	config *Config
+	// discovered names the workers DiscoverWorkers added.
+	discovered []string
 }
 
 type ClusterSpec struct {
@@ -97,6 +99,8 @@ type NodesSpec struct {
 	// Unlisted is what a Node in the cluster but not in the inventory
 	// does to preflight: UnlistedWarn (default) or UnlistedFail.
 	Unlisted string `yaml:"unlisted"`
+	// DiscoverWorkers finds workers in the API (see discover.go).
+	DiscoverWorkers *DiscoverSpec `yaml:"discoverWorkers"`
 }
 
 // APIServerSpec is one apiserver's endpoint, apart from the node's SSH
@@ -513,4 +517,5 @@ func (inv *Inventory) applyDefaults() {
 		inv.Hold = boolPtr(true)
 	}
 	inv.applyTopologyDefaults()
+	inv.applyDiscoverDefaults()
 }

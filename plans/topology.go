@@ -91,5 +91,13 @@ func (c *Config) TopologyLines() []string {
 	for _, n := range c.Steps.ControlPlane {
 		eps = append(eps, n+" "+c.Steps.APIServerEndpoint(n))
 	}
-	return []string{fmt.Sprintf("apiservers: %s", strings.Join(eps, ", "))}
+	lines := []string{fmt.Sprintf("apiservers: %s", strings.Join(eps, ", "))}
+	if d := c.DiscoverWorkers; d != nil {
+		found := "found when the run starts"
+		if len(c.DiscoveredWorkers) > 0 {
+			found = "found: " + strings.Join(c.DiscoveredWorkers, ", ")
+		}
+		lines = append(lines, fmt.Sprintf("workers discovered from the API: Nodes matching %q, SSH address %q (%s)", d.Selector, d.Address, found))
+	}
+	return lines
 }

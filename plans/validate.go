@@ -68,6 +68,7 @@ func (v *validator) validate() {
 	v.newCA()
 	v.rollout()
 	v.topology()
+	v.discover()
 }
 
 func (v *validator) header() {
