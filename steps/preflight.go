@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -117,10 +118,11 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	// A Node the run does not rotate is reported (nodes.unlisted: warn)
-	// or refused (fail); its readiness is its own business then: recorded
-	// in the baseline, so verify counts it as pre-existing.
+	// or refused (fail); its readiness is its own business then (verify
+	// reports such Nodes apart, HoldReport.Unlisted).
 	unlisted := map[string]bool{}
-	for _, n := range rt.Config.unlisted(list.Items) {
+	names := rt.Config.unlisted(list.Items)
+	for _, n := range names {
 		unlisted[n] = true
 		if rt.Config.UnlistedNodes == UnlistedFail {
 			problems = append(problems, unlistedAdvice(n)+" (nodes.unlisted: fail)")
@@ -134,10 +136,9 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		n := &list.Items[i]
 		seen[n.Name] = true
 		switch {
+		case unlisted[n.Name]:
 		case nodeReady(n):
 			b.record(checkNodeReady(n.Name), nil)
-		case unlisted[n.Name]:
-			b.record(checkNodeReady(n.Name), fmt.Errorf("node %s (not in the inventory) is not Ready", n.Name))
 		default:
 			problems = append(problems, fmt.Sprintf("node %s is not Ready", n.Name))
 		}
@@ -165,6 +166,8 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	for _, a := range apis {
 		b.record(checkAPIService(a.name), nil)
 	}
+	raw, _ := json.Marshal(names)
+	rt.Out.Put(keyUnlistedAtStart, raw)
 	return b.put(rt, keyBaselineCluster)
 }
 

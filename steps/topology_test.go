@@ -3,16 +3,20 @@ package steps
 import (
 	"context"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
 )
 
 func TestAPIServerEndpoint(t *testing.T) {
@@ -152,12 +156,13 @@ func TestUnlistedNodesInPreflight(t *testing.T) {
 			if err != nil {
 				t.Fatalf("verify counts the unlisted node: %v", err)
 			}
-			wantPre := []string(nil)
-			if !tc.ready {
-				wantPre = []string{"node w9 is not Ready (already failing before the rotation)"}
+			if len(rep.PreExisting) != 0 {
+				t.Fatalf("pre-existing %q", rep.PreExisting)
 			}
-			if !slices.Equal(rep.PreExisting, wantPre) {
-				t.Fatalf("pre-existing %q, want %q", rep.PreExisting, wantPre)
+			want := []UnlistedNode{{Name: "w9", AtStart: true, Ready: tc.ready, Issuer: IssuerUnknown,
+				Source: "no issued kubelet client CSR for system:node:w9 in the certificates API; rotate does not reach the node over SSH to read it"}}
+			if !reflect.DeepEqual(rep.Unlisted, want) {
+				t.Fatalf("hold report's unlisted nodes %+v, want %+v", rep.Unlisted, want)
 			}
 		})
 	}
@@ -192,5 +197,136 @@ func TestUnlistedNodesForThePlan(t *testing.T) {
 	}
 	if len(got) != 2 || !strings.HasPrefix(got[0], "node a-late-one is in the cluster but not in the inventory") || !strings.HasPrefix(got[1], "node w9 ") {
 		t.Fatalf("unlisted: %q", got)
+	}
+}
+
+// kubeletCSR is an issued kubelet client CSR of node, signed by ca.
+func kubeletCSR(t *testing.T, name, node string, ca *pki.CA, signer string, notBefore time.Time) *certificatesv1.CertificateSigningRequest {
+	t.Helper()
+	is, err := pki.NewKubeletClientCert(node, ca, pki.ReissueOptions{Now: notBefore})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:   certificatesv1.CertificateSigningRequestSpec{SignerName: signer, Username: "system:bootstrap:abcdef"},
+		Status: certificatesv1.CertificateSigningRequestStatus{Certificate: is.CertPEM}}
+}
+
+// A Node that joins after start: verify lists it with its kubelet client
+// certificate's issuer, and the first step of narrow-trust refuses to
+// narrow while its certificate is from the old CA or unknown, unless its
+// lock-out is accepted on the Node.
+func TestJoinedNodeBeforeNarrowing(t *testing.T) {
+	const client = certificatesv1.KubeAPIServerClientKubeletSignerName
+	t0 := time.Now().Add(-time.Hour)
+	for _, tc := range []struct {
+		name     string
+		csrs     func(old, new *pki.CA) []runtime.Object
+		annotate bool
+		issuer   string
+		source   string // a part of it
+		refused  bool
+	}{
+		{"no CSR left", nil, false, IssuerUnknown, "no issued kubelet client CSR for system:node:j1", true},
+		{"old CA", func(old, _ *pki.CA) []runtime.Object {
+			return []runtime.Object{kubeletCSR(t, "csr-old", "j1", old, client, t0)}
+		}, false, IssuerOld, "CSR csr-old, ", true},
+		{"old, then renewed from the new CA", func(old, nw *pki.CA) []runtime.Object {
+			return []runtime.Object{kubeletCSR(t, "csr-new", "j1", nw, client, t0.Add(time.Minute)), kubeletCSR(t, "csr-old", "j1", old, client, t0)}
+		}, false, IssuerNew, "CSR csr-new, ", false},
+		{"another node's and another signer's are not its", func(old, nw *pki.CA) []runtime.Object {
+			return []runtime.Object{kubeletCSR(t, "csr-w1", "w1", nw, client, t0), kubeletCSR(t, "csr-serving", "j1", nw, certificatesv1.KubeletServingSignerName, t0),
+				kubeletCSR(t, "csr-old", "j1", old, client, t0.Add(-time.Minute))}
+		}, false, IssuerOld, "CSR csr-old, ", true},
+		{"a CA of neither", func(_, _ *pki.CA) []runtime.Object {
+			other, err := pki.NewCA(pki.CAOptions{CommonName: "other"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []runtime.Object{kubeletCSR(t, "csr-x", "j1", other, client, t0)}
+		}, false, IssuerUnknown, "signed by neither CA of the run", true},
+		{"old CA, lock-out accepted", func(old, _ *pki.CA) []runtime.Object {
+			return []runtime.Object{kubeletCSR(t, "csr-old", "j1", old, client, t0)}
+		}, true, IssuerOld, "CSR csr-old, ", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newVerifyFixture(t)
+			f.preflight(t)
+			ctx := context.Background()
+			old, err := pki.LoadCA(f.st.cas[CACluster].OldCert, f.st.cas[CACluster].OldKey, time.Now(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nw, err := f.rt.newCA(ctx, CACluster)
+			if err != nil {
+				t.Fatal(err)
+			}
+			j1 := readyNode("j1", true)
+			if tc.annotate {
+				j1.Annotations = map[string]string{AcceptLockoutAnnotation: "true"}
+			}
+			if _, err := f.rt.Kube.CoreV1().Nodes().Create(ctx, j1, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.csrs != nil {
+				for _, o := range tc.csrs(old, nw) {
+					if _, err := f.rt.Kube.CertificatesV1().CertificateSigningRequests().Create(ctx, o.(*certificatesv1.CertificateSigningRequest), metav1.CreateOptions{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+
+			rep, err := f.verify(t)
+			if err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if len(rep.Unlisted) != 1 {
+				t.Fatalf("hold report's unlisted nodes: %+v", rep.Unlisted)
+			}
+			u := rep.Unlisted[0]
+			if u.Name != "j1" || u.AtStart || !u.Ready || u.Issuer != tc.issuer || !strings.Contains(u.Source, tc.source) || u.Accepted != tc.annotate {
+				t.Fatalf("unlisted %+v, want j1 joined during the run, Ready, issuer %s from %q", u, tc.issuer, tc.source)
+			}
+			inAttention := slices.ContainsFunc(rep.Attention, func(a string) bool {
+				return strings.HasPrefix(a, "node j1 is not in the run (joined during the run, Ready)")
+			})
+			if inAttention != tc.refused {
+				t.Fatalf("in the hold's attention list: %v, want %v: %q", inAttention, tc.refused, rep.Attention)
+			}
+
+			f.progress = nil
+			err = NoKubeletLockedOut{}.Apply(ctx, f.rt, ClusterTarget)
+			if !tc.refused {
+				if err != nil {
+					t.Fatalf("guard: %v", err)
+				}
+				if len(f.progress) != 1 || !strings.HasPrefix(f.progress[0], "node j1 is not in the run") {
+					t.Fatalf("guard said %q", f.progress)
+				}
+				return
+			}
+			for _, want := range []string{
+				"refusing to narrow trust:\n  - node j1 is not in the run (joined during the run, Ready); its kubelet client certificate: " + tc.issuer,
+				"once trust narrows its kubelet is refused by every apiserver and the node goes NotReady",
+				"kubeadm join with --discovery-token-ca-cert-hash " + DiscoveryTokenCAHash(nw.Cert),
+				"kubectl drain j1; kubectl delete node j1",
+				"kubectl annotate node j1 rotate.kubeca.io/accept-lockout=true",
+			} {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("guard = %v\nwant it to say %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+// Without Nodes outside the run the guard passes silently, and it is the
+// first step of narrow-trust: nothing has narrowed when it refuses.
+func TestNoKubeletLockedOutWithoutUnlistedNodes(t *testing.T) {
+	f := newVerifyFixture(t)
+	f.preflight(t)
+	f.progress = nil
+	if err := (NoKubeletLockedOut{}).Apply(context.Background(), f.rt, ClusterTarget); err != nil || len(f.progress) != 0 {
+		t.Fatalf("guard = %v, said %q", err, f.progress)
 	}
 }

@@ -37,6 +37,11 @@ type HoldReport struct {
 	// preflight's baseline, before the run changed anything: warnings, not
 	// caused by the rotation and not verified by it.
 	PreExisting []string `json:"preExisting,omitempty"`
+	// Unlisted is every Node the run does not rotate (not in its node
+	// list: unlisted at start, or joined since), with the issuer of its
+	// kubelet's client certificate; those not from the new CA are in
+	// Attention too, and narrow-trust refuses them (see topology.go).
+	Unlisted []UnlistedNode `json:"unlisted,omitempty"`
 }
 
 // Verify proves the cluster runs on the new CAs while still trusting both,
@@ -107,6 +112,16 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 
 	// Attention list for the hold.
+	if rep.Unlisted, err = rt.unlistedNodes(ctx); err != nil {
+		return err
+	}
+	for _, u := range rep.Unlisted {
+		if u.lockedOut() && !u.Accepted {
+			rep.Attention = append(rep.Attention, lockoutAdvice(u, in.newCA))
+		} else {
+			rt.Printf("%s", u)
+		}
+	}
 	att, err := rt.oldOnlyBundles(ctx)
 	if err != nil {
 		return err
@@ -306,8 +321,12 @@ func (rt *Runtime) verifyHealth(ctx context.Context, bundle []byte) ([]finding, 
 		return nil, err
 	}
 	var out []finding
+	unlisted := map[string]bool{}
+	for _, n := range rt.Config.unlisted(nodes.Items) {
+		unlisted[n] = true // reported apart, HoldReport.Unlisted
+	}
 	for i := range nodes.Items {
-		if !nodeReady(&nodes.Items[i]) {
+		if !unlisted[nodes.Items[i].Name] && !nodeReady(&nodes.Items[i]) {
 			out = append(out, finding{checkNodeReady(nodes.Items[i].Name), "node " + nodes.Items[i].Name + " is not Ready"})
 		}
 	}
