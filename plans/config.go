@@ -123,6 +123,13 @@ func (inv *Inventory) mergeSSH(n NodeSpec) nodes.Config {
 	c.Become = derefOr(n.Become, g.Become, false)
 	c.IdentityFile = inv.localPath(c.IdentityFile)
 	c.KnownHostsFile = inv.localPath(c.KnownHostsFile)
+	j := g.JumpHost
+	if n.JumpHost != nil {
+		j = n.JumpHost
+	}
+	if j != nil {
+		c.JumpHost = &nodes.JumpHost{Address: j.Address, Port: derefOr(j.Port, nil, 0), User: j.User, IdentityFile: inv.localPath(j.IdentityFile)}
+	}
 	return c
 }
 

@@ -80,6 +80,19 @@ type SSHSpec struct {
 	KnownHostsFile string        `yaml:"knownHostsFile"`
 	DialTimeout    time.Duration `yaml:"dialTimeout"`
 	CommandTimeout time.Duration `yaml:"commandTimeout"`
+	// JumpHost is an SSH bastion the node is reached through (OpenSSH's
+	// ProxyJump); a node's replaces the global one.
+	JumpHost *JumpHostSpec `yaml:"jumpHost"`
+}
+
+// JumpHostSpec is ssh.jumpHost or a node's jumpHost. User and
+// identityFile default to the node's, port to 22; its host key is
+// verified against the node's knownHostsFile like the node's own.
+type JumpHostSpec struct {
+	Address      string `yaml:"address"`
+	Port         *int   `yaml:"port"`
+	User         string `yaml:"user"`
+	IdentityFile string `yaml:"identityFile"`
 }
 
 type NodeSpec struct {

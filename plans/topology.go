@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/steps"
 )
 
@@ -92,6 +93,19 @@ func (c *Config) TopologyLines() []string {
 		eps = append(eps, n+" "+c.Steps.APIServerEndpoint(n))
 	}
 	lines := []string{fmt.Sprintf("apiservers: %s", strings.Join(eps, ", "))}
+	var jumps []string
+	for _, n := range c.Nodes {
+		if j := n.JumpHost; j != nil {
+			port := j.Port
+			if port == 0 {
+				port = nodes.DefaultPort
+			}
+			jumps = append(jumps, n.Name+" via "+net.JoinHostPort(j.Address, strconv.Itoa(port)))
+		}
+	}
+	if len(jumps) > 0 {
+		lines = append(lines, "ssh through jump hosts: "+strings.Join(jumps, ", "))
+	}
 	if d := c.DiscoverWorkers; d != nil {
 		found := "found when the run starts"
 		if len(c.DiscoveredWorkers) > 0 {

@@ -113,6 +113,20 @@ func (v *validator) sshValues(field string, s SSHSpec) {
 			v.add(field+"."+d.key, "must be positive, got %s", d.d)
 		}
 	}
+	if j := s.JumpHost; j != nil {
+		switch {
+		case j.Address == "":
+			v.add(field+".jumpHost.address", "required")
+		case !validHost(j.Address):
+			v.add(field+".jumpHost.address", "%q is neither an IP address nor a valid DNS name", j.Address)
+		}
+		if j.Port != nil && !validPort(*j.Port) {
+			v.add(field+".jumpHost.port", "%d is not a TCP port (1-65535)", *j.Port)
+		}
+		if j.IdentityFile != "" {
+			v.localFile(field+".jumpHost.identityFile", j.IdentityFile, "")
+		}
+	}
 }
 
 func (v *validator) nodes() {
