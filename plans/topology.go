@@ -20,8 +20,8 @@ const DefaultAPIServerPort = 6443
 // nodes.unlisted: what preflight does about a Node that is in the cluster
 // but not in the inventory.
 const (
-	UnlistedWarn = "warn" // report it with what to do, go on
-	UnlistedFail = "fail" // refuse to start
+	UnlistedWarn = "warn"             // report it with what to do, go on
+	UnlistedFail = steps.UnlistedFail // refuse to start
 )
 
 func (inv *Inventory) applyTopologyDefaults() {

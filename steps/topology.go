@@ -27,7 +27,8 @@ const UnlistedFail = "fail"
 func unlistedAdvice(n string) string {
 	return fmt.Sprintf("node %s is in the cluster but not in the inventory: rotate does not touch it, and once trust narrows (phase 12) "+
 		"its kubelet, holding a client certificate from the old CA, is locked out and the node goes NotReady; "+
-		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain %s; kubectl delete node %s)", n, n, n)
+		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain %s; kubectl delete node %s); "+
+		"narrow-trust stops before narrowing while it has one", n, n, n)
 }
 
 // unlisted is the names of the Nodes in list that the run does not

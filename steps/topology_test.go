@@ -114,7 +114,8 @@ func readyNode(name string, ready bool) *corev1.Node {
 func TestUnlistedNodesInPreflight(t *testing.T) {
 	const advice = "node w9 is in the cluster but not in the inventory: rotate does not touch it, and once trust narrows (phase 12) " +
 		"its kubelet, holding a client certificate from the old CA, is locked out and the node goes NotReady; " +
-		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain w9; kubectl delete node w9)"
+		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain w9; kubectl delete node w9); " +
+		"narrow-trust stops before narrowing while it has one"
 	for _, tc := range []struct {
 		name, mode string
 		ready      bool
