@@ -41,6 +41,16 @@ type Config struct {
 	// throw-away test clusters; the CLI exposes it under a name that says so.
 	InsecureIgnoreHostKey bool
 
+	// JumpHost, when set, is an SSH server the node is reached through
+	// (OpenSSH's ProxyJump): rotate logs in to it, then opens a
+	// direct-tcpip channel to Address:Port. Both hosts' keys are verified
+	// against KnownHostsFile.
+	JumpHost *JumpHost
+
+	// jumpFor, on the Config of a jump host's own connection, is the node
+	// it leads to (errors name both).
+	jumpFor string
+
 	// DialTimeout bounds one TCP connect plus SSH handshake (default 10s).
 	DialTimeout time.Duration
 	// CommandTimeout bounds every command (default 2m); the remote command
@@ -57,6 +67,15 @@ type Config struct {
 	// Authentication and host key errors are never retried.
 	Retries      int
 	RetryBackoff time.Duration
+}
+
+// JumpHost is an SSH bastion in front of a node. Zero values take the
+// node's: User, IdentityFile (and its agent use); Port defaults to 22.
+type JumpHost struct {
+	Address      string
+	Port         int
+	User         string
+	IdentityFile string
 }
 
 // Defaults for Config's zero values.
@@ -96,6 +115,19 @@ func (c Config) WithDefaults() Config {
 	if c.UseAgent && c.AgentSocket == "" {
 		c.AgentSocket = os.Getenv("SSH_AUTH_SOCK")
 	}
+	if c.JumpHost != nil {
+		j := *c.JumpHost
+		if j.Port == 0 {
+			j.Port = DefaultPort
+		}
+		if j.User == "" {
+			j.User = c.User
+		}
+		if j.IdentityFile == "" {
+			j.IdentityFile = c.IdentityFile
+		}
+		c.JumpHost = &j
+	}
 	if c.KnownHostsFile == "" && !c.InsecureIgnoreHostKey {
 		if home, err := os.UserHomeDir(); err == nil {
 			c.KnownHostsFile = filepath.Join(home, ".ssh", "known_hosts")
@@ -119,6 +151,14 @@ func (c Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d out of range", c.Port))
 	}
+	if j := c.JumpHost; j != nil {
+		if j.Address == "" || strings.ContainsAny(j.Address, " /") {
+			errs = append(errs, fmt.Errorf("jump host address %q is not a host name or IP address", j.Address))
+		}
+		if j.Port < 1 || j.Port > 65535 {
+			errs = append(errs, fmt.Errorf("jump host port %d out of range", j.Port))
+		}
+	}
 	if c.IdentityFile == "" && !c.UseAgent {
 		errs = append(errs, errors.New("no authentication: set an identity file or use the ssh agent"))
 	}
@@ -132,6 +172,27 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node %s: invalid ssh config: %w", c.Name, err)
 	}
 	return nil
+}
+
+// jump is the Config of the connection to the node's jump host (nil:
+// none), with the node's verification and timeouts (defaults applied).
+func (c Config) jump() *Config {
+	if c.JumpHost == nil {
+		return nil
+	}
+	j := c
+	j.Address, j.Port, j.User, j.IdentityFile = c.JumpHost.Address, c.JumpHost.Port, c.JumpHost.User, c.JumpHost.IdentityFile
+	j.JumpHost, j.jumpFor = nil, c.Name
+	return &j
+}
+
+// label names the host in errors: "node cp1", or "jump host
+// bastion:22 of node cp1".
+func (c Config) label() string {
+	if c.jumpFor != "" {
+		return fmt.Sprintf("jump host %s of node %s", c.addr(), c.jumpFor)
+	}
+	return "node " + c.Name
 }
 
 // become reports whether commands go through sudo.

@@ -28,6 +28,7 @@ type Client struct {
 	cfg  Config
 	log  *slog.Logger // debug: every operation, with node, op and duration
 	conn *ssh.Client
+	jump *ssh.Client   // the jump host's connection conn runs through, if any
 	done chan struct{} // closed when the connection is gone
 	once sync.Once
 }
@@ -128,15 +129,58 @@ func (e *authError) Unwrap() error { return e.err }
 func dialOnce(ctx context.Context, cfg Config, hk *hostKeys) (*Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(dctx, "tcp", cfg.addr())
-	if err != nil {
-		return nil, fmt.Errorf("connect to node %s (%s): %w", cfg.Name, cfg.addr(), err)
+	var jump *ssh.Client
+	var raw net.Conn
+	if jc := cfg.jump(); jc != nil {
+		var err error
+		if jump, err = handshake(ctx, dctx, *jc, hk, nil); err != nil {
+			return nil, err
+		}
+		if raw, err = jump.DialContext(dctx, "tcp", cfg.addr()); err != nil {
+			jump.Close()
+			return nil, fmt.Errorf("connect to node %s (%s) through %s: %w", cfg.Name, cfg.addr(), jc.label(), err)
+		}
 	}
-	// The handshake honours the same deadline and ctx.
+	conn, err := handshake(ctx, dctx, cfg, hk, raw)
+	if err != nil {
+		if jump != nil {
+			jump.Close()
+		}
+		return nil, err
+	}
+	c := &Client{cfg: cfg, conn: conn, jump: jump, done: make(chan struct{})}
+	go func() {
+		_ = c.conn.Wait()
+		if c.jump != nil {
+			c.jump.Close()
+		}
+		c.markDone()
+	}()
+	if cfg.KeepAlive > 0 {
+		go c.keepAlive(cfg.KeepAlive)
+	}
+	return c, nil
+}
+
+// handshake logs in to the host cfg names over raw (nil: a TCP connection
+// it dials), verifying its host key, within dctx.
+func handshake(ctx, dctx context.Context, cfg Config, hk *hostKeys, raw net.Conn) (*ssh.Client, error) {
+	if raw == nil {
+		var d net.Dialer
+		var err error
+		if raw, err = d.DialContext(dctx, "tcp", cfg.addr()); err != nil {
+			return nil, fmt.Errorf("connect to %s (%s): %w", cfg.label(), cfg.addr(), err)
+		}
+	}
+	// The handshake honours the same deadline and ctx. A channel through
+	// a jump host has no deadlines: it is closed instead.
 	deadline, _ := dctx.Deadline()
 	_ = raw.SetDeadline(deadline)
-	stop := context.AfterFunc(dctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(dctx, func() {
+		if raw.SetDeadline(time.Unix(1, 0)) != nil {
+			raw.Close()
+		}
+	})
 	defer stop()
 
 	auth, closeAgent, err := authMethods(cfg)
@@ -163,26 +207,18 @@ func dialOnce(ctx context.Context, cfg Config, hk *hostKeys) (*Client, error) {
 			return nil, hkErr
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("connect to node %s (%s): %w", cfg.Name, cfg.addr(), ctx.Err())
+			return nil, fmt.Errorf("connect to %s (%s): %w", cfg.label(), cfg.addr(), ctx.Err())
 		}
 		if strings.Contains(err.Error(), "unable to authenticate") {
-			return nil, &authError{fmt.Errorf("authenticate as %s to node %s (%s): %w", cfg.User, cfg.Name, cfg.addr(), err)}
+			return nil, &authError{fmt.Errorf("authenticate as %s to %s (%s): %w", cfg.User, cfg.label(), cfg.addr(), err)}
 		}
 		if dctx.Err() != nil {
-			return nil, fmt.Errorf("ssh handshake with node %s (%s): timed out after %s: %w", cfg.Name, cfg.addr(), cfg.DialTimeout, context.DeadlineExceeded)
+			return nil, fmt.Errorf("ssh handshake with %s (%s): timed out after %s: %w", cfg.label(), cfg.addr(), cfg.DialTimeout, context.DeadlineExceeded)
 		}
-		return nil, fmt.Errorf("ssh handshake with node %s (%s): %w", cfg.Name, cfg.addr(), err)
+		return nil, fmt.Errorf("ssh handshake with %s (%s): %w", cfg.label(), cfg.addr(), err)
 	}
 	_ = raw.SetDeadline(time.Time{})
-	c := &Client{cfg: cfg, conn: ssh.NewClient(conn, chans, reqs), done: make(chan struct{})}
-	go func() {
-		_ = c.conn.Wait()
-		c.markDone()
-	}()
-	if cfg.KeepAlive > 0 {
-		go c.keepAlive(cfg.KeepAlive)
-	}
-	return c, nil
+	return ssh.NewClient(conn, chans, reqs), nil
 }
 
 func (c *Client) markDone() { c.once.Do(func() { close(c.done) }) }
@@ -240,6 +276,9 @@ func (c *Client) Config() Config { return c.cfg }
 // Close closes the connection.
 func (c *Client) Close() error {
 	err := c.conn.Close()
+	if c.jump != nil {
+		c.jump.Close()
+	}
 	c.markDone()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
@@ -253,7 +292,7 @@ func authMethods(cfg Config) ([]ssh.AuthMethod, func(), error) {
 	if cfg.UseAgent {
 		ac, err := net.Dial("unix", cfg.AgentSocket)
 		if err != nil {
-			return nil, nil, &authError{fmt.Errorf("node %s: connect to ssh agent %s: %w", cfg.Name, cfg.AgentSocket, err)}
+			return nil, nil, &authError{fmt.Errorf("%s: connect to ssh agent %s: %w", cfg.label(), cfg.AgentSocket, err)}
 		}
 		closeAgent = func() { ac.Close() }
 		signers = append(signers, agent.NewClient(ac).Signers)
@@ -262,17 +301,17 @@ func authMethods(cfg Config) ([]ssh.AuthMethod, func(), error) {
 		pem, err := os.ReadFile(cfg.IdentityFile)
 		if err != nil {
 			closeAgent()
-			return nil, nil, &authError{fmt.Errorf("node %s: read identity file: %w", cfg.Name, err)}
+			return nil, nil, &authError{fmt.Errorf("%s: read identity file: %w", cfg.label(), err)}
 		}
 		s, err := ssh.ParsePrivateKey(pem)
 		if err != nil {
 			closeAgent()
 			var pm *ssh.PassphraseMissingError
 			if errors.As(err, &pm) {
-				return nil, nil, &authError{fmt.Errorf("node %s: identity file %s is passphrase-protected; load it into ssh-agent and use the agent", cfg.Name, cfg.IdentityFile)}
+				return nil, nil, &authError{fmt.Errorf("%s: identity file %s is passphrase-protected; load it into ssh-agent and use the agent", cfg.label(), cfg.IdentityFile)}
 			}
 			// The parse error never echoes key material.
-			return nil, nil, &authError{fmt.Errorf("node %s: parse identity file %s: %w", cfg.Name, cfg.IdentityFile, err)}
+			return nil, nil, &authError{fmt.Errorf("%s: parse identity file %s: %w", cfg.label(), cfg.IdentityFile, err)}
 		}
 		signers = append(signers, func() ([]ssh.Signer, error) { return []ssh.Signer{s}, nil })
 	}
@@ -367,20 +406,20 @@ func (h *hostKeys) check(cfg Config, hostname string, remote net.Addr, key ssh.P
 	var re *knownhosts.RevokedError
 	switch {
 	case errors.As(err, &re):
-		return fmt.Errorf("host key of node %s (%s) is revoked in %s:%d: %s; refusing to connect: %w",
-			cfg.Name, cfg.addr(), re.Revoked.Filename, re.Revoked.Line, fp, ErrHostKey)
+		return fmt.Errorf("host key of %s (%s) is revoked in %s:%d: %s; refusing to connect: %w",
+			cfg.label(), cfg.addr(), re.Revoked.Filename, re.Revoked.Line, fp, ErrHostKey)
 	case errors.As(err, &ke) && len(ke.Want) == 0:
-		return fmt.Errorf("unknown host key for node %s (%s): %s; verify it out of band and add it to known_hosts %s (line: %s): %w",
-			cfg.Name, cfg.addr(), fp, h.file, knownhosts.Line([]string{knownhosts.Normalize(cfg.addr())}, key), ErrHostKey)
+		return fmt.Errorf("unknown host key for %s (%s): %s; verify it out of band and add it to known_hosts %s (line: %s): %w",
+			cfg.label(), cfg.addr(), fp, h.file, knownhosts.Line([]string{knownhosts.Normalize(cfg.addr())}, key), ErrHostKey)
 	case errors.As(err, &ke):
 		var want []string
 		for _, w := range ke.Want {
 			want = append(want, fmt.Sprintf("%s %s (%s:%d)", w.Key.Type(), ssh.FingerprintSHA256(w.Key), w.Filename, w.Line))
 		}
-		return fmt.Errorf("host key mismatch for node %s (%s): server presented %s, known_hosts has %s — possible man-in-the-middle; refusing to connect: %w",
-			cfg.Name, cfg.addr(), fp, strings.Join(want, ", "), ErrHostKey)
+		return fmt.Errorf("host key mismatch for %s (%s): server presented %s, known_hosts has %s — possible man-in-the-middle; refusing to connect: %w",
+			cfg.label(), cfg.addr(), fp, strings.Join(want, ", "), ErrHostKey)
 	default:
-		return fmt.Errorf("verify host key of node %s (%s) %s: %w: %w", cfg.Name, cfg.addr(), fp, err, ErrHostKey)
+		return fmt.Errorf("verify host key of %s (%s) %s: %w: %w", cfg.label(), cfg.addr(), fp, err, ErrHostKey)
 	}
 }
 

@@ -149,6 +149,10 @@ func Start(ctx context.Context, o StartOptions) error {
 		store.Close()
 		return unfinishedError(old)
 	}
+	if err := discoverWorkers(ctx, inv); err != nil {
+		store.Close()
+		return err
+	}
 	cfg := inv.Config()
 	hold := cfg.Hold && !o.NoHold
 	s, err := openSession(ctx, o.Common, store, cfg, hold)
@@ -173,6 +177,21 @@ func Start(ctx context.Context, o StartOptions) error {
 	}
 	s.adviseIfCompleted(ctx)
 	return nil
+}
+
+// discoverWorkers adds the workers nodes.discoverWorkers finds in the
+// cluster to inv, once, before its Config is used (and, by start,
+// recorded).
+func discoverWorkers(ctx context.Context, inv *plans.Inventory) error {
+	if !inv.Discovers() {
+		return nil
+	}
+	cfg := inv.Config()
+	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, nil)
+	if err != nil {
+		return err
+	}
+	return inv.DiscoverWorkers(ctx, kube)
 }
 
 // inventoryValues is what a run records of its inventory: the file as
@@ -335,6 +354,11 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 	if err != nil {
 		return err
 	}
+	if o.Live {
+		if err := discoverWorkers(ctx, inv); err != nil {
+			return err
+		}
+	}
 	cfg := inv.Config()
 	plan := cfg.Plan(plans.Options{Hold: cfg.Hold && !o.NoHold})
 	var rt *steps.Runtime
@@ -372,6 +396,18 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 	cp := len(cfg.Steps.ControlPlane)
 	fmt.Fprintf(o.Out, "control plane: %s\n", nodeNames(cfg.Nodes[:cp]))
 	fmt.Fprintf(o.Out, "workers: %s (batch %d)\n", nodeNames(cfg.Nodes[cp:]), cfg.WorkerBatch)
+	for _, l := range cfg.TopologyLines() {
+		fmt.Fprintln(o.Out, l)
+	}
+	if rt != nil {
+		un, err := steps.UnlistedNodes(ctx, rt)
+		if err != nil {
+			return fmt.Errorf("live plan: %w", err)
+		}
+		for _, u := range un {
+			fmt.Fprintf(o.Out, "warning: %s\n", u)
+		}
+	}
 	for _, ph := range plan.Phases {
 		hold := ""
 		if ph.HoldAfter {

@@ -117,6 +117,7 @@ func (c *Config) Plan(opts Options) *Plan {
 		}},
 		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: append(append(
 			[]PlannedStep{
+				one(steps.NoKubeletLockedOut{}, cluster),
 				one(steps.NarrowKCMRootCA(), cp),
 				one(steps.RootCANarrowed(), cluster),
 				one(steps.ControlPlaneCanonical(), cp),

@@ -44,6 +44,11 @@ type Config struct {
 	// Hold is the inventory's hold setting.
 	Hold  bool         `json:"hold"`
 	Steps steps.Config `json:"steps"`
+	// DiscoverWorkers is the inventory's nodes.discoverWorkers, and
+	// DiscoveredWorkers the workers it found when the run started (they
+	// are in Nodes and Steps.Workers like the listed ones).
+	DiscoverWorkers   *DiscoverSpec `json:"discoverWorkers,omitempty"`
+	DiscoveredWorkers []string      `json:"discoveredWorkers,omitempty"`
 }
 
 // Config is the inventory resolved when Load, Parse or ParseStructure
@@ -118,6 +123,13 @@ func (inv *Inventory) mergeSSH(n NodeSpec) nodes.Config {
 	c.Become = derefOr(n.Become, g.Become, false)
 	c.IdentityFile = inv.localPath(c.IdentityFile)
 	c.KnownHostsFile = inv.localPath(c.KnownHostsFile)
+	j := g.JumpHost
+	if n.JumpHost != nil {
+		j = n.JumpHost
+	}
+	if j != nil {
+		c.JumpHost = &nodes.JumpHost{Address: j.Address, Port: derefOr(j.Port, nil, 0), User: j.User, IdentityFile: inv.localPath(j.IdentityFile)}
+	}
 	return c
 }
 
@@ -140,18 +152,19 @@ func derefOr[T any](own, glob *T, def T) T {
 }
 
 type nodeField struct {
-	field string
-	spec  NodeSpec
+	field  string
+	spec   NodeSpec
+	worker bool
 }
 
 // nodeFields is every node with its field path, control plane first.
 func nodeFields(ns NodesSpec) []nodeField {
 	var out []nodeField
 	for i, n := range ns.ControlPlane {
-		out = append(out, nodeField{fmt.Sprintf("nodes.controlPlane[%d]", i), n})
+		out = append(out, nodeField{fmt.Sprintf("nodes.controlPlane[%d]", i), n, false})
 	}
 	for i, n := range ns.Workers {
-		out = append(out, nodeField{fmt.Sprintf("nodes.workers[%d]", i), n})
+		out = append(out, nodeField{fmt.Sprintf("nodes.workers[%d]", i), n, true})
 	}
 	return out
 }
@@ -159,13 +172,15 @@ func nodeFields(ns NodesSpec) []nodeField {
 // resolve turns a validated, defaulted inventory into its Config.
 func (inv *Inventory) resolve() *Config {
 	c := &Config{
-		Version:       ConfigVersion,
-		InventoryPath: inv.abs,
-		Kubeconfig:    inv.localPath(inv.Kubernetes.Kubeconfig),
-		Context:       inv.Kubernetes.Context,
-		WorkerBatch:   inv.WorkerBatch(),
-		Hold:          inv.Hold == nil || *inv.Hold,
-		Steps:         inv.stepsConfig(),
+		Version:           ConfigVersion,
+		InventoryPath:     inv.abs,
+		Kubeconfig:        inv.localPath(inv.Kubernetes.Kubeconfig),
+		Context:           inv.Kubernetes.Context,
+		WorkerBatch:       inv.WorkerBatch(),
+		Hold:              inv.Hold == nil || *inv.Hold,
+		Steps:             inv.stepsConfig(),
+		DiscoverWorkers:   inv.Nodes.DiscoverWorkers,
+		DiscoveredWorkers: inv.discovered,
 	}
 	for _, n := range nodeFields(inv.Nodes) {
 		c.Nodes = append(c.Nodes, inv.mergeSSH(n.spec))
@@ -183,7 +198,7 @@ func (inv *Inventory) stepsConfig() steps.Config {
 			KubernetesDir: path.Clean(p.KubernetesDir), PKIDir: path.Clean(p.PKIDir), ManifestsDir: path.Clean(p.ManifestsDir),
 			KubeletConfig: path.Clean(p.KubeletConfig), KubeletPKIDir: path.Clean(p.KubeletPKIDir), BackupDir: path.Clean(p.BackupDir),
 		},
-		APIServerPort:         6443,
+		APIServerPort:         derefOr(inv.Nodes.APIServerPort, nil, DefaultAPIServerPort),
 		KubeletRestartCommand: inv.Kubelet.RestartCommand,
 		Workloads: steps.Workloads{
 			Namespaces: inv.Rollout.Workloads.Namespaces, ExcludeNamespaces: inv.Rollout.Workloads.ExcludeNamespaces,
@@ -202,6 +217,7 @@ func (inv *Inventory) stepsConfig() steps.Config {
 		c.Workers = append(c.Workers, n.Name)
 		c.Addresses[n.Name] = n.Address
 	}
+	inv.resolveTopology(&c)
 	if g := inv.NewCA.Generate; g != nil {
 		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName}
 	}

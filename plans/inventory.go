@@ -57,6 +57,8 @@ type Inventory struct {
 	homeErr error
 	// config is the inventory resolved, once it validated.
 	config *Config
+	// discovered names the workers DiscoverWorkers added.
+	discovered []string
 }
 
 type ClusterSpec struct {
@@ -78,17 +80,47 @@ type SSHSpec struct {
 	KnownHostsFile string        `yaml:"knownHostsFile"`
 	DialTimeout    time.Duration `yaml:"dialTimeout"`
 	CommandTimeout time.Duration `yaml:"commandTimeout"`
+	// JumpHost is an SSH bastion the node is reached through (OpenSSH's
+	// ProxyJump); a node's replaces the global one.
+	JumpHost *JumpHostSpec `yaml:"jumpHost"`
+}
+
+// JumpHostSpec is ssh.jumpHost or a node's jumpHost. User and
+// identityFile default to the node's, port to 22; its host key is
+// verified against the node's knownHostsFile like the node's own.
+type JumpHostSpec struct {
+	Address      string `yaml:"address"`
+	Port         *int   `yaml:"port"`
+	User         string `yaml:"user"`
+	IdentityFile string `yaml:"identityFile"`
 }
 
 type NodeSpec struct {
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
 	SSHSpec `yaml:",inline"`
+	// APIServer is where rotate reaches this control-plane node's
+	// apiserver, when that is not Address on nodes.apiServerPort.
+	APIServer *APIServerSpec `yaml:"apiServer"`
 }
 
 type NodesSpec struct {
 	ControlPlane []NodeSpec `yaml:"controlPlane"`
 	Workers      []NodeSpec `yaml:"workers"`
+	// Topology and nodes that come and go (see topology.go).
+	APIServerPort *int `yaml:"apiServerPort"`
+	// Unlisted is what a Node in the cluster but not in the inventory
+	// does to preflight: UnlistedWarn (default) or UnlistedFail.
+	Unlisted string `yaml:"unlisted"`
+	// DiscoverWorkers finds workers in the API (see discover.go).
+	DiscoverWorkers *DiscoverSpec `yaml:"discoverWorkers"`
+}
+
+// APIServerSpec is one apiserver's endpoint, apart from the node's SSH
+// address: its host must be in the apiserver's serving certificate.
+type APIServerSpec struct {
+	Address string `yaml:"address"`
+	Port    *int   `yaml:"port"`
 }
 
 type PathsSpec struct {
@@ -497,4 +529,6 @@ func (inv *Inventory) applyDefaults() {
 	if inv.Hold == nil {
 		inv.Hold = boolPtr(true)
 	}
+	inv.applyTopologyDefaults()
+	inv.applyDiscoverDefaults()
 }

@@ -67,6 +67,8 @@ func (v *validator) validate() {
 	v.kubelet()
 	v.newCA()
 	v.rollout()
+	v.topology()
+	v.discover()
 }
 
 func (v *validator) header() {
@@ -109,6 +111,20 @@ func (v *validator) sshValues(field string, s SSHSpec) {
 	}{{"dialTimeout", s.DialTimeout}, {"commandTimeout", s.CommandTimeout}} {
 		if d.d < 0 {
 			v.add(field+"."+d.key, "must be positive, got %s", d.d)
+		}
+	}
+	if j := s.JumpHost; j != nil {
+		switch {
+		case j.Address == "":
+			v.add(field+".jumpHost.address", "required")
+		case !validHost(j.Address):
+			v.add(field+".jumpHost.address", "%q is neither an IP address nor a valid DNS name", j.Address)
+		}
+		if j.Port != nil && !validPort(*j.Port) {
+			v.add(field+".jumpHost.port", "%d is not a TCP port (1-65535)", *j.Port)
+		}
+		if j.IdentityFile != "" {
+			v.localFile(field+".jumpHost.identityFile", j.IdentityFile, "")
 		}
 	}
 }

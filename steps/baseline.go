@@ -97,7 +97,7 @@ func (rt *Runtime) recordNodeBaseline(ctx context.Context, t Target, r nodes.Run
 
 // apiServerReachable is check 1 as it can be made before the rotation.
 func (rt *Runtime) apiServerReachable(ctx context.Context, node string) error {
-	addr := rt.Config.Address(node)
+	addr := rt.Config.APIServerEndpoint(node)
 	if _, err := rt.servingCert(ctx, addr); err != nil {
 		return fmt.Errorf("apiserver %s: %w", node, err)
 	}

@@ -388,10 +388,12 @@ func DiscoveryTokenCAHash(c *x509.Certificate) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-// servingIssuer dials addr and returns the server's leaf certificate.
-func (rt *Runtime) servingCert(ctx context.Context, addr string) (*x509.Certificate, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: rt.Trust.TLSConfig()}
-	conn, err := d.DialContext(ctx, "tcp", joinHostPort(addr, rt.Config.APIServerPort))
+// servingCert dials an apiserver's endpoint (host:port, see
+// Config.APIServerEndpoint) and returns its leaf certificate.
+func (rt *Runtime) servingCert(ctx context.Context, endpoint string) (*x509.Certificate, error) {
+	host, _, _ := net.SplitHostPort(endpoint)
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: rt.Trust.TLSConfigFor(host)}
+	conn, err := d.DialContext(ctx, "tcp", endpoint)
 	if err != nil {
 		return nil, err
 	}

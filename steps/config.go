@@ -39,7 +39,7 @@ type Config struct {
 	ControlPlane          []string // node names, in rolling order
 	Workers               []string
 	Addresses             map[string]string // node name -> address
-	APIServerPort         int               // 6443
+	APIServerPort         int               // 6443; see APIServers
 	Paths                 Paths
 	KubeletRestartCommand string
 	NewCA                 NewCASpec
@@ -48,6 +48,14 @@ type Config struct {
 	WorkloadConcurrency   int
 	DefaultTimeout        time.Duration
 	PhaseTimeouts         map[string]time.Duration
+	// APIServers is each control-plane node's apiserver endpoint
+	// (host:port), apart from its SSH address. A configuration recorded
+	// without it reaches Address on APIServerPort.
+	APIServers map[string]string
+	// UnlistedNodes is what preflight does about a Node in the cluster
+	// that is not in the run: "fail" refuses, anything else ("warn", or a
+	// configuration recorded without it) reports it and goes on.
+	UnlistedNodes string
 }
 
 // Timeout is the per-step, per-target deadline for a phase.
@@ -66,3 +74,12 @@ func (c *Config) Timeout(phase string) time.Duration {
 
 // Address is the node's address from the inventory.
 func (c *Config) Address(node string) string { return c.Addresses[node] }
+
+// APIServerEndpoint is host:port of the apiserver on control-plane node
+// node: every gate, check and probe that talks to one apiserver dials it.
+func (c *Config) APIServerEndpoint(node string) string {
+	if ep := c.APIServers[node]; ep != "" {
+		return ep
+	}
+	return joinHostPort(c.Address(node), c.APIServerPort)
+}

@@ -108,9 +108,10 @@ func localHealthy(ctx context.Context, r nodes.Runner, port int) (bool, string, 
 	return true, "", nil
 }
 
-// apiServerReady asks https://addr:6443/readyz.
-func (rt *Runtime) apiServerReady(ctx context.Context, addr string) (bool, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+joinHostPort(addr, rt.Config.APIServerPort)+"/readyz", nil)
+// apiServerReady asks https://<endpoint>/readyz of one apiserver (see
+// Config.APIServerEndpoint).
+func (rt *Runtime) apiServerReady(ctx context.Context, endpoint string) (bool, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+endpoint+"/readyz", nil)
 	if err != nil {
 		return false, "", err
 	}
@@ -196,7 +197,7 @@ func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Compone
 			return ok, why, err
 		}
 		if c == APIServer {
-			return rt.apiServerReady(ctx, rt.Config.Address(t.Node))
+			return rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(t.Node))
 		}
 		if c.HealthPort != 0 {
 			return localHealthy(ctx, r, c.HealthPort)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -96,9 +97,11 @@ func (rt *Runtime) sameClusterCA(ctx context.Context, t Target, caPEM []byte) er
 	return nil
 }
 
-// ClusterHealthy checks every apiserver is ready, every node is Ready and
-// in the inventory, and every APIService is Available, and records the
-// last two as the cluster's baseline of verify's checks (see baseline).
+// ClusterHealthy checks every apiserver is ready, every inventory node is
+// a Ready Node, and every APIService is Available, and records the last
+// two as the cluster's baseline of verify's checks (see baseline). A Node
+// not in the inventory is reported with what to do, or refused with
+// nodes.unlisted: fail (see topology.go).
 type ClusterHealthy struct{ readOnly }
 
 func (ClusterHealthy) Name() string { return "cluster-healthy" }
@@ -106,7 +109,7 @@ func (ClusterHealthy) Name() string { return "cluster-healthy" }
 func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	var problems []string
 	for _, n := range rt.Config.ControlPlane {
-		if ok, why, err := rt.apiServerReady(ctx, rt.Config.Address(n)); err != nil || !ok {
+		if ok, why, err := rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(n)); err != nil || !ok {
 			problems = append(problems, fmt.Sprintf("apiserver on %s not ready: %s%v", n, why, errOrNil(err)))
 		}
 	}
@@ -114,22 +117,33 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return fmt.Errorf("list nodes: %w", err)
 	}
-	inv := map[string]bool{}
-	for _, n := range rt.Config.nodeNames() {
-		inv[n] = true
+	// A Node the run does not rotate is reported (nodes.unlisted: warn)
+	// or refused (fail); its readiness is its own business then (verify
+	// reports such Nodes apart, HoldReport.Unlisted).
+	unlisted := map[string]bool{}
+	names := rt.Config.unlisted(list.Items)
+	for _, n := range names {
+		unlisted[n] = true
+		if rt.Config.UnlistedNodes == UnlistedFail {
+			problems = append(problems, unlistedAdvice(n)+" (nodes.unlisted: fail)")
+		} else {
+			rt.Printf("warning: %s", unlistedAdvice(n))
+		}
 	}
+	b := baseline{}
 	seen := map[string]bool{}
 	for i := range list.Items {
 		n := &list.Items[i]
 		seen[n.Name] = true
-		if !inv[n.Name] {
-			problems = append(problems, fmt.Sprintf("node %s is not in the inventory: its kubelet would be locked out when trust narrows; add it", n.Name))
-		}
-		if !nodeReady(n) {
+		switch {
+		case unlisted[n.Name]:
+		case nodeReady(n):
+			b.record(checkNodeReady(n.Name), nil)
+		default:
 			problems = append(problems, fmt.Sprintf("node %s is not Ready", n.Name))
 		}
 	}
-	for n := range inv {
+	for _, n := range rt.Config.nodeNames() {
 		if !seen[n] {
 			problems = append(problems, fmt.Sprintf("inventory node %s is not a Node in the cluster", n))
 		}
@@ -147,15 +161,13 @@ func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		sort.Strings(problems)
 		return fmt.Errorf("cluster is not healthy enough to start a rotation:\n  - %s", strings.Join(problems, "\n  - "))
 	}
-	// Everything passed (it is required above); recorded so that the
-	// baseline names every check verify makes.
-	b := baseline{}
-	for i := range list.Items {
-		b.record(checkNodeReady(list.Items[i].Name), nil)
-	}
+	// Everything else passed (it is required above); recorded so that
+	// the baseline names every check verify makes.
 	for _, a := range apis {
 		b.record(checkAPIService(a.name), nil)
 	}
+	raw, _ := json.Marshal(names)
+	rt.Out.Put(keyUnlistedAtStart, raw)
 	return b.put(rt, keyBaselineCluster)
 }
 

@@ -90,10 +90,17 @@ func (t *Trust) material(ctx context.Context) (*x509.CertPool, []tls.Certificate
 // TLSConfig verifies servers against the live pool. InsecureSkipVerify only
 // turns off Go's built-in check so that VerifyConnection can run the same
 // verification (chain and host name) against a pool that changes during
-// the run; a failure there fails the handshake.
-func (t *Trust) TLSConfig() *tls.Config {
+// the run; a failure there fails the handshake. The host name checked is
+// the one sent as SNI, which TLS never sends for an IP address: a server
+// dialed by IP is checked with TLSConfigFor.
+func (t *Trust) TLSConfig() *tls.Config { return t.TLSConfigFor("") }
+
+// TLSConfigFor is TLSConfig for a server that must present a certificate
+// for name (a DNS name or an IP address; "": the SNI name, if any).
+func (t *Trust) TLSConfigFor(name string) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS12,
+		ServerName:         name,
 		InsecureSkipVerify: true, // verified in VerifyConnection, see above
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
@@ -104,8 +111,12 @@ func (t *Trust) TLSConfig() *tls.Config {
 			for _, c := range cs.PeerCertificates[1:] {
 				inter.AddCert(c)
 			}
+			host := name
+			if host == "" {
+				host = cs.ServerName
+			}
 			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-				DNSName: cs.ServerName, Roots: pool, Intermediates: inter,
+				DNSName: host, Roots: pool, Intermediates: inter,
 				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 			})
 			return err
@@ -127,18 +138,38 @@ func (t *Trust) HTTPClient() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: t.transport()}
 }
 
+// transport dials servers itself, so that each is checked for the host
+// it was dialed by (or TLSClientConfig.ServerName, when set) even when
+// that is an IP address; through a proxy (Proxy set) the tunnel's TLS
+// uses TLSClientConfig, checked for its SNI name.
 func (t *Trust) transport() *http.Transport {
-	return &http.Transport{
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
 		TLSClientConfig:     t.TLSConfig(),
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         d.DialContext,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
 	}
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		name := tr.TLSClientConfig.ServerName
+		if name == "" {
+			name, _, _ = net.SplitHostPort(addr)
+		}
+		ctx, cancel := context.WithTimeout(ctx, d.Timeout+tr.TLSHandshakeTimeout)
+		defer cancel()
+		return (&tls.Dialer{NetDialer: d, Config: t.TLSConfigFor(name)}).DialContext(ctx, network, addr)
+	}
+	return tr
 }
 
 // KubeClient builds the API client rotate uses: the kubeconfig's server
-// and credentials, with TLS handled by the Trust.
+// and credentials, with TLS handled by the Trust. The server may be any
+// of the apiservers or a load balancer in front of them (nothing rotate
+// does assumes it is one control-plane node: each apiserver's own checks
+// dial its endpoint, Config.APIServerEndpoint); the kubeconfig's
+// tls-server-name (a load balancer's address outside the serving
+// certificate) and proxy-url are kept.
 func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
 	kt, err := kubeconfig.LoadTLS(kubeconfigPath, context)
 	if err != nil {
@@ -158,8 +189,14 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
 	}
 	rc := rest.CopyConfig(cfg)
+	tr := trust.transport()
+	tr.TLSClientConfig.ServerName = cfg.TLSClientConfig.ServerName
+	if cfg.Proxy != nil {
+		tr.Proxy = cfg.Proxy
+	}
 	rc.TLSClientConfig = rest.TLSClientConfig{}
-	rc.Transport = trust.transport()
+	rc.Proxy = nil
+	rc.Transport = tr
 	rc.QPS, rc.Burst = 50, 100
 	rc.Timeout = 30 * time.Second
 	cs, err := kubernetes.NewForConfig(rc)

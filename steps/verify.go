@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -36,6 +37,11 @@ type HoldReport struct {
 	// preflight's baseline, before the run changed anything: warnings, not
 	// caused by the rotation and not verified by it.
 	PreExisting []string `json:"preExisting,omitempty"`
+	// Unlisted is every Node the run does not rotate (not in its node
+	// list: unlisted at start, or joined since), with the issuer of its
+	// kubelet's client certificate; those not from the new CA are in
+	// Attention too, and narrow-trust refuses them (see topology.go).
+	Unlisted []UnlistedNode `json:"unlisted,omitempty"`
 }
 
 // Verify proves the cluster runs on the new CAs while still trusting both,
@@ -106,6 +112,16 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 
 	// Attention list for the hold.
+	if rep.Unlisted, err = rt.unlistedNodes(ctx); err != nil {
+		return err
+	}
+	for _, u := range rep.Unlisted {
+		if u.lockedOut() && !u.Accepted {
+			rep.Attention = append(rep.Attention, lockoutAdvice(u, in.newCA))
+		} else {
+			rt.Printf("%s", u)
+		}
+	}
 	att, err := rt.oldOnlyBundles(ctx)
 	if err != nil {
 		return err
@@ -176,7 +192,7 @@ func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
 // verifyAPIServer is check 1 on control-plane node n: its apiserver serves
 // a certificate from the new CA and accepts a client certificate from it.
 func (rt *Runtime) verifyAPIServer(ctx context.Context, n string, in verifyInputs) []finding {
-	addr := rt.Config.Address(n)
+	addr := rt.Config.APIServerEndpoint(n)
 	leaf, err := rt.servingCert(ctx, addr)
 	if err != nil {
 		return []finding{{checkAPIServer(n), fmt.Sprintf("apiserver %s: %v", n, err)}}
@@ -305,8 +321,12 @@ func (rt *Runtime) verifyHealth(ctx context.Context, bundle []byte) ([]finding, 
 		return nil, err
 	}
 	var out []finding
+	unlisted := map[string]bool{}
+	for _, n := range rt.Config.unlisted(nodes.Items) {
+		unlisted[n] = true // reported apart, HoldReport.Unlisted
+	}
 	for i := range nodes.Items {
-		if !nodeReady(&nodes.Items[i]) {
+		if !unlisted[nodes.Items[i].Name] && !nodeReady(&nodes.Items[i]) {
 			out = append(out, finding{checkNodeReady(nodes.Items[i].Name), "node " + nodes.Items[i].Name + " is not Ready"})
 		}
 	}
@@ -323,17 +343,19 @@ func (rt *Runtime) verifyHealth(ctx context.Context, bundle []byte) ([]finding, 
 	return out, nil
 }
 
-// getWithCert calls /api on one apiserver presenting only cert.
-func (rt *Runtime) getWithCert(ctx context.Context, addr string, cert tls.Certificate) error {
-	cfg := rt.Trust.TLSConfig()
+// getWithCert calls /api on one apiserver (its endpoint, host:port)
+// presenting only cert.
+func (rt *Runtime) getWithCert(ctx context.Context, endpoint string, cert tls.Certificate) error {
+	host, _, _ := net.SplitHostPort(endpoint)
+	cfg := rt.Trust.TLSConfigFor(host)
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
-	return rt.getAPI(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, addr)
+	return rt.getAPI(ctx, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, endpoint)
 }
 
-// getAPI calls /api on one apiserver through c and wants 200: the server
-// accepted the client's credentials.
-func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, addr string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+joinHostPort(addr, rt.Config.APIServerPort)+"/api", nil)
+// getAPI calls /api on one apiserver (its endpoint, host:port) through c
+// and wants 200: the server accepted the client's credentials.
+func (rt *Runtime) getAPI(ctx context.Context, c *http.Client, endpoint string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+endpoint+"/api", nil)
 	if err != nil {
 		return err
 	}

@@ -87,8 +87,10 @@ type inventory struct {
 		CommandTimeout string `yaml:"commandTimeout"`
 	} `yaml:"ssh"`
 	Nodes struct {
-		ControlPlane []invNode `yaml:"controlPlane"`
-		Workers      []invNode `yaml:"workers"`
+		ControlPlane  []invNode `yaml:"controlPlane"`
+		Workers       []invNode `yaml:"workers"`
+		APIServerPort int       `yaml:"apiServerPort"`
+		Unlisted      string    `yaml:"unlisted"`
 	} `yaml:"nodes"`
 	Paths struct {
 		KubernetesDir string `yaml:"kubernetesDir"`
@@ -161,6 +163,8 @@ func (c *Cluster) Inventory() ([]byte, error) {
 			inv.Nodes.Workers = append(inv.Nodes.Workers, in)
 		}
 	}
+	inv.Nodes.APIServerPort = 6443
+	inv.Nodes.Unlisted = "warn"
 	inv.Paths.KubernetesDir = "/etc/kubernetes"
 	inv.Paths.PKIDir = "/etc/kubernetes/pki"
 	inv.Paths.ManifestsDir = "/etc/kubernetes/manifests"

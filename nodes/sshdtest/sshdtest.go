@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,22 @@ type Options struct {
 	// ExtraConfig lines go first in sshd_config (sshd keeps the first
 	// value of a keyword, so they override the defaults).
 	ExtraConfig []string
+	// Hosts are names only this server resolves (name -> IP address): it
+	// runs in its own mount namespace with an /etc/hosts that adds them,
+	// as a jump host resolves the private names of the nodes behind it.
+	// See CanIsolateHosts.
+	Hosts map[string]string
+}
+
+// CanIsolateHosts reports whether Options.Hosts works here: unshare(1)
+// can make a mount namespace and bind-mount over /etc/hosts (root with
+// CAP_SYS_ADMIN, as on the test machine; not in every container).
+func CanIsolateHosts() error {
+	out, err := exec.Command("unshare", "-m", "sh", "-c", "mount --bind /etc/hosts /etc/hosts").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("unshare -m with a bind mount: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // RequireSSHD fails the test unless it can run sshd: the binary is
@@ -175,7 +192,7 @@ func Start(t testing.TB, opts Options) *Server {
 		if err := os.WriteFile(cfgFile, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.start(t, cfgFile); err != nil {
+		if err := s.start(t, cfgFile, opts.Hosts); err != nil {
 			lastErr = err
 			continue
 		}
@@ -188,9 +205,29 @@ func Start(t testing.TB, opts Options) *Server {
 	return nil
 }
 
-func (s *Server) start(t testing.TB, cfgFile string) error {
+func (s *Server) start(t testing.TB, cfgFile string, hosts map[string]string) error {
 	s.logs = &syncBuffer{}
 	cmd := exec.Command(SSHD, "-D", "-e", "-f", cfgFile)
+	if len(hosts) > 0 {
+		// unshare and sh exec in turn: the pid stays sshd's.
+		etc, err := os.ReadFile("/etc/hosts")
+		if err != nil {
+			return err
+		}
+		names := make([]string, 0, len(hosts))
+		for n := range hosts {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			etc = append(etc, []byte("\n"+hosts[n]+" "+n+"\n")...)
+		}
+		f := filepath.Join(filepath.Dir(cfgFile), "hosts")
+		if err := os.WriteFile(f, etc, 0o644); err != nil {
+			return err
+		}
+		cmd = exec.Command("unshare", "-m", "sh", "-c", `mount --bind "$1" /etc/hosts && exec "$2" -D -e -f "$3"`, "sh", f, SSHD, cfgFile)
+	}
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
