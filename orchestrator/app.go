@@ -391,6 +391,11 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 				mode += ", " + o.String()
 			}
 			fmt.Fprintf(o.Out, "  step %s on %s (%s)\n", ps.Step.Name(), strings.Join(ts, ", "), mode)
+			if x, ok := ps.Step.(steps.Explainer); ok && rt == nil {
+				for _, l := range x.Explain(&cfg.Steps) {
+					fmt.Fprintf(o.Out, "      - %s\n", l)
+				}
+			}
 			d, ok := ps.Step.(steps.Describer)
 			if rt == nil || !ok {
 				continue
