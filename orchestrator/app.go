@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,10 @@ const (
 	keyInventoryRaw    = "inventory/raw"
 	keyInventoryPath   = "inventory/path"
 	keyInventoryConfig = "inventory/config"
+	// keyLockStatus is the cluster lock as this run last took or released
+	// it (LockStatus, JSON), for `rotate status` when the cluster is not
+	// read.
+	keyLockStatus = "lock/status"
 )
 
 // Common are the options every state-changing command shares.
@@ -37,8 +42,10 @@ type Common struct {
 	InventoryPath string
 	// InsecureIgnoreHostKeys turns off SSH host key verification.
 	InsecureIgnoreHostKeys bool
-	Out                    io.Writer // operator progress
-	Log                    *slog.Logger
+	// BreakLock takes the cluster lock (lock.go) over from another run.
+	BreakLock bool
+	Out       io.Writer // operator progress
+	Log       *slog.Logger
 }
 
 // StartOptions configure `rotate start`.
@@ -165,14 +172,37 @@ func Start(ctx context.Context, o StartOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := s.engine.commit(ctx, state.Checkpoint{Values: values}); err != nil {
-		return fmt.Errorf("record inventory: %w", err)
-	}
-	if err := s.engine.Start(ctx, run, hold); err != nil {
+	err = s.locked(ctx, o.Common, run.ID, func(ctx context.Context) error {
+		if err := s.engine.commit(ctx, state.Checkpoint{Values: values}); err != nil {
+			return fmt.Errorf("record inventory: %w", err)
+		}
+		return s.engine.Start(ctx, run, hold)
+	})
+	if err != nil {
 		return err
 	}
 	s.adviseIfCompleted(ctx)
 	return nil
+}
+
+// locked runs fn holding the cluster lock for run id (lock.go): released
+// when the run is over afterwards, kept while it is held or failed.
+func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ctx context.Context) error) error {
+	o := LockOptions{Holder: holderFor(runID, c.StatePath), BreakLock: c.BreakLock, Log: c.Log, Out: s.engine.printer.Linef,
+		Record: func(ctx context.Context, st LockStatus) error {
+			raw, err := json.Marshal(st)
+			if err != nil {
+				return err
+			}
+			return s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyLockStatus: raw}})
+		}}
+	return withLock(ctx, s.engine.rt.Kube, o, func(ctx context.Context) (string, error) {
+		if err := fn(ctx); err != nil {
+			return "", err
+		}
+		r, err := s.store.Run(ctx)
+		return r.State, err
+	})
 }
 
 // inventoryValues is what a run records of its inventory: the file as
@@ -286,12 +316,12 @@ func Resume(ctx context.Context, c Common) error {
 			return err
 		}
 	}
-	s, _, err := resumeSession(ctx, c)
+	s, run, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	if err := s.engine.Resume(ctx); err != nil {
+	if err := s.locked(ctx, c, run.ID, s.engine.Resume); err != nil {
 		return err
 	}
 	s.adviseIfCompleted(ctx)
@@ -305,12 +335,12 @@ func Rollback(ctx context.Context, c Common) error {
 			return err
 		}
 	}
-	s, _, err := resumeSession(ctx, c)
+	s, run, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	if err := s.engine.Rollback(ctx); err != nil {
+	if err := s.locked(ctx, c, run.ID, s.engine.Rollback); err != nil {
 		return err
 	}
 	s.adviseKubeconfig(ctx, false)
