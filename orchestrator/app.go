@@ -186,8 +186,13 @@ func Start(ctx context.Context, o StartOptions) error {
 }
 
 // locked runs fn holding the cluster lock for run id (lock.go): released
-// when the run is over afterwards, kept while it is held or failed.
+// when the run is over afterwards, kept while it is held or failed. A run
+// already over (resume or rollback of a finished run, which the engine
+// refuses) does not take it.
 func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ctx context.Context) error) error {
+	if r, err := s.store.Run(ctx); err == nil && runEnded(r.State) {
+		return fn(ctx)
+	}
 	o := LockOptions{Holder: holderFor(runID, c.StatePath), BreakLock: c.BreakLock, Log: c.Log, Out: s.engine.printer.Linef,
 		Record: func(ctx context.Context, st LockStatus) error {
 			raw, err := json.Marshal(st)
@@ -197,10 +202,11 @@ func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ct
 			return s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyLockStatus: raw}})
 		}}
 	return withLock(ctx, s.engine.rt.Kube, o, func(ctx context.Context) (string, error) {
-		if err := fn(ctx); err != nil {
-			return "", err
+		err := fn(ctx)
+		r, rerr := s.store.Run(ctx)
+		if err == nil {
+			err = rerr
 		}
-		r, err := s.store.Run(ctx)
 		return r.State, err
 	})
 }

@@ -338,7 +338,8 @@ type LockOptions struct {
 
 // withLock runs fn holding the cluster lock: taken first, renewed while fn
 // runs, released when fn returns a state in which the run is over
-// (runEnded). fn's context ends when the lock is taken over.
+// (runEnded), with or without an error. fn's context ends when the lock is
+// taken over.
 func withLock(ctx context.Context, kube kubernetes.Interface, o LockOptions, fn func(ctx context.Context) (state string, err error)) error {
 	l, prev, err := AcquireLock(ctx, kube, o.Holder, o.BreakLock, o.Now)
 	if err != nil {
@@ -366,14 +367,16 @@ func withLock(ctx context.Context, kube kubernetes.Interface, o LockOptions, fn 
 	if cause := context.Cause(rctx); errors.Is(cause, errLockLost) {
 		return fmt.Errorf("%w; this run stopped (its state file still records where it is)", cause)
 	}
-	if err != nil || !runEnded(st) {
+	if !runEnded(st) {
 		return err
 	}
-	if err := l.Release(ctx); err != nil {
-		return fmt.Errorf("run %s is %s, but %w (delete it with kubectl -n %s delete lease %s)", o.Holder.RunID, st, err, LockNamespace, LockName)
+	if rerr := l.Release(ctx); rerr != nil {
+		return errors.Join(err, fmt.Errorf("run %s is %s, but %w (delete it with kubectl -n %s delete lease %s)", o.Holder.RunID, st, rerr, LockNamespace, LockName))
 	}
 	if o.Record != nil {
-		return o.Record(ctx, leaseStatus(nil))
+		if rerr := o.Record(ctx, leaseStatus(nil)); rerr != nil {
+			return errors.Join(err, rerr)
+		}
 	}
-	return nil
+	return err
 }

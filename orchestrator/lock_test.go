@@ -156,6 +156,9 @@ func TestWithLockReleasesWhenTheRunEnds(t *testing.T) {
 		{name: "held", state: StateHeld, wantHeld: true},
 		{name: "failed", state: StateFailed, err: errors.New("step failed"), wantHeld: true},
 		{name: "rollback failed", state: StateRollingBack, err: errors.New("revert failed"), wantHeld: true},
+		// An error after the run ended (say, the kubeconfig check) still
+		// releases the lock of a run that is over.
+		{name: "completed, then an error", state: StateCompleted, err: errors.New("after the end")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -343,7 +343,9 @@ func TestResumeFromAnotherDirectory(t *testing.T) {
 			t.Fatalf("rollback: exit %d, stderr %q", r.code, r.stderr)
 		}
 	}
-	// The rollback ended the run, and released the cluster lock.
+	// The rollback ended the run, and released the cluster lock; resuming
+	// the ended run (refused) does not take it again.
+	rotate(t, other, "resume", "--state", statePath)
 	if r := rotate(t, other, "status", "--state", statePath); !strings.Contains(r.stdout, "\ncluster lock: lease kube-system/rotate-lock not held\n") {
 		t.Errorf("status after rollback does not show the lock released:\n%s%s", r.stdout, r.stderr)
 	}
