@@ -76,8 +76,8 @@ type LockStatus struct {
 	// Held is false when no run holds the lock.
 	Held bool `json:"held"`
 	LockHolder
-	AcquiredAt time.Time `json:"acquiredAt,omitempty"`
-	RenewedAt  time.Time `json:"renewedAt,omitempty"`
+	AcquiredAt time.Time `json:"acquiredAt,omitzero"`
+	RenewedAt  time.Time `json:"renewedAt,omitzero"`
 	// Source is where status read it: lockFromCluster or lockRecorded.
 	Source string `json:"source,omitempty"`
 	// Error is why the lock could not be read from the cluster ("" when

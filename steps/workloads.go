@@ -526,9 +526,9 @@ type workloadBaseline struct {
 	Findings []workloadFinding `json:"findings,omitempty"`
 }
 
-// loadWorkloadBaseline reads preflight's record; none (a run whose
-// preflight recorded none) is an empty baseline: every workload is then
-// waited for unless it cannot roll at all.
+// loadWorkloadBaseline reads preflight's record. None (a run whose
+// preflight predates it) leaves Unavailable nil: a workload not all
+// available at the restart then counts as unavailable before the run.
 func (rt *Runtime) loadWorkloadBaseline(ctx context.Context) (workloadBaseline, error) {
 	var b workloadBaseline
 	raw, ok, err := rt.Store.Value(ctx, keyBaselineWorkloads)

@@ -382,3 +382,41 @@ func TestRestartWorkloadsRevertReRolls(t *testing.T) {
 		t.Errorf("progress does not name apps/opted-out: %q", progress)
 	}
 }
+
+// classify after preflight: whether a workload is waited for, and whether
+// not finishing in time is a regression, depends on the baseline.
+func TestClassifyAgainstBaseline(t *testing.T) {
+	healthy := observed{workload{"Deployment", "apps", "web"}, deploymentView(wlDeployment("web", nil))}
+	down := observed{workload{"Deployment", "apps", "web"}, deploymentView(wlDeployment("web", func(d *appsv1.Deployment) {
+		d.Status.AvailableReplicas = 0
+	}))}
+	before := map[string]string{"Deployment apps/web": "0/3 available"}
+	tests := []struct {
+		name     string
+		o        observed
+		baseline map[string]string // nil: none recorded
+		want     decision
+		why      string // the finding's, "" for none
+	}{
+		{name: "healthy before and now", o: healthy, baseline: map[string]string{}, want: decision{restart: true, wait: true, healthyBefore: true}},
+		{name: "healthy before, down now: waited for, a regression if late", o: down, baseline: map[string]string{}, want: decision{restart: true, wait: true, healthyBefore: true}},
+		{name: "down before and now: not waited for", o: down, baseline: before, want: decision{restart: true}, why: whyUnavailable},
+		{name: "down before, recovered: waited for, not a regression", o: healthy, baseline: before, want: decision{restart: true, wait: true}},
+		{name: "no baseline recorded, down now: counts as down before", o: down, want: decision{restart: true}, why: whyUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, f := classifier{unavailableBefore: tt.baseline}.classify(tt.o)
+			if d != tt.want {
+				t.Errorf("decision = %+v, want %+v", d, tt.want)
+			}
+			why := ""
+			if f != nil {
+				why = f.Why
+			}
+			if why != tt.why {
+				t.Errorf("finding %q, want %q", why, tt.why)
+			}
+		})
+	}
+}
