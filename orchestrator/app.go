@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,10 @@ const (
 	keyInventoryRaw    = "inventory/raw"
 	keyInventoryPath   = "inventory/path"
 	keyInventoryConfig = "inventory/config"
+	// keyLockStatus is the cluster lock as this run last took or released
+	// it (LockStatus, JSON), for `rotate status` when the cluster is not
+	// read.
+	keyLockStatus = "lock/status"
 )
 
 // Common are the options every state-changing command shares.
@@ -37,8 +42,10 @@ type Common struct {
 	InventoryPath string
 	// InsecureIgnoreHostKeys turns off SSH host key verification.
 	InsecureIgnoreHostKeys bool
-	Out                    io.Writer // operator progress
-	Log                    *slog.Logger
+	// BreakLock takes the cluster lock (lock.go) over from another run.
+	BreakLock bool
+	Out       io.Writer // operator progress
+	Log       *slog.Logger
 }
 
 // StartOptions configure `rotate start`.
@@ -169,10 +176,13 @@ func Start(ctx context.Context, o StartOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := s.engine.commit(ctx, state.Checkpoint{Values: values}); err != nil {
-		return fmt.Errorf("record inventory: %w", err)
-	}
-	if err := s.engine.Start(ctx, run, hold); err != nil {
+	err = s.locked(ctx, o.Common, run.ID, func(ctx context.Context) error {
+		if err := s.engine.commit(ctx, state.Checkpoint{Values: values}); err != nil {
+			return fmt.Errorf("record inventory: %w", err)
+		}
+		return s.engine.Start(ctx, run, hold)
+	})
+	if err != nil {
 		return err
 	}
 	s.adviseIfCompleted(ctx)
@@ -192,6 +202,32 @@ func discoverWorkers(ctx context.Context, inv *plans.Inventory) error {
 		return err
 	}
 	return inv.DiscoverWorkers(ctx, kube)
+}
+
+// locked runs fn holding the cluster lock for run id (lock.go): released
+// when the run is over afterwards, kept while it is held or failed. A run
+// already over (resume or rollback of a finished run, which the engine
+// refuses) does not take it.
+func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ctx context.Context) error) error {
+	if r, err := s.store.Run(ctx); err == nil && runEnded(r.State) {
+		return fn(ctx)
+	}
+	o := LockOptions{Holder: holderFor(runID, c.StatePath), BreakLock: c.BreakLock, Log: c.Log, Out: s.engine.printer.Linef,
+		Record: func(ctx context.Context, st LockStatus) error {
+			raw, err := json.Marshal(st)
+			if err != nil {
+				return err
+			}
+			return s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyLockStatus: raw}})
+		}}
+	return withLock(ctx, s.engine.rt.Kube, o, func(ctx context.Context) (string, error) {
+		err := fn(ctx)
+		r, rerr := s.store.Run(ctx)
+		if err == nil {
+			err = rerr
+		}
+		return r.State, err
+	})
 }
 
 // inventoryValues is what a run records of its inventory: the file as
@@ -305,12 +341,12 @@ func Resume(ctx context.Context, c Common) error {
 			return err
 		}
 	}
-	s, _, err := resumeSession(ctx, c)
+	s, run, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	if err := s.engine.Resume(ctx); err != nil {
+	if err := s.locked(ctx, c, run.ID, s.engine.Resume); err != nil {
 		return err
 	}
 	s.adviseIfCompleted(ctx)
@@ -324,12 +360,12 @@ func Rollback(ctx context.Context, c Common) error {
 			return err
 		}
 	}
-	s, _, err := resumeSession(ctx, c)
+	s, run, err := resumeSession(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	if err := s.engine.Rollback(ctx); err != nil {
+	if err := s.locked(ctx, c, run.ID, s.engine.Rollback); err != nil {
 		return err
 	}
 	s.adviseKubeconfig(ctx, false)
@@ -427,6 +463,11 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 				mode += ", " + o.String()
 			}
 			fmt.Fprintf(o.Out, "  step %s on %s (%s)\n", ps.Step.Name(), strings.Join(ts, ", "), mode)
+			if x, ok := ps.Step.(steps.Explainer); ok && rt == nil {
+				for _, l := range x.Explain(&cfg.Steps) {
+					fmt.Fprintf(o.Out, "      - %s\n", l)
+				}
+			}
 			d, ok := ps.Step.(steps.Describer)
 			if rt == nil || !ok {
 				continue

@@ -270,8 +270,13 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	return nil
 }
 
-func (e *Engine) timeout(phase string) time.Duration {
-	return e.rt.Config.Timeout(phase)
+// stepContext bounds one step on one target by its phase's timeout,
+// except a step that bounds each of its waits itself (steps.SelfTimed).
+func (e *Engine) stepContext(ctx context.Context, phase string, st steps.Step) (context.Context, context.CancelFunc) {
+	if _, ok := st.(steps.SelfTimed); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, e.rt.Config.Timeout(phase))
 }
 
 func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedStep) error {
@@ -328,7 +333,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	e.printer.Step(st.Name(), t.String(), "running")
 	start := e.now()
 
-	sctx, cancel := context.WithTimeout(ctx, e.timeout(ph.Name))
+	sctx, cancel := e.stepContext(ctx, ph.Name, st)
 	defer cancel()
 	rt := e.stepRuntime(key)
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
@@ -340,7 +345,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
 	if err != nil {
 		if sctx.Err() != nil && ctx.Err() == nil {
-			err = fmt.Errorf("%w (timed out after %s)", err, e.timeout(ph.Name))
+			err = fmt.Errorf("%w (timed out after %s)", err, e.rt.Config.Timeout(ph.Name))
 		}
 		err = fmt.Errorf("%s on %s: %w", st.Name(), t, err)
 		rt.Log.Info("step failed", "duration", e.now().Sub(start).Round(time.Millisecond), "err", redact.Text(err.Error()))
@@ -508,7 +513,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 			return e.rollbackFailed(ctx, m, err, nil)
 		}
 		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
-		sctx, cancel := context.WithTimeout(ctx, e.timeout(r.Phase))
+		sctx, cancel := e.stepContext(ctx, r.Phase, st)
 		rt := e.stepRuntime(r.Key)
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")

@@ -25,6 +25,9 @@ type StatusReport struct {
 	// Mirror is the state's copies on the control-plane nodes, as the
 	// running process knows them (only in the snapshot of a running run).
 	Mirror []MirrorNodeStatus `json:"mirror,omitempty"`
+	// Lock is the cluster lock (lock.go): read from the cluster when
+	// status can reach it, else as this run last took or released it.
+	Lock *LockStatus `json:"lock,omitempty"`
 }
 
 // PhaseStatus is one phase's progress.
@@ -65,7 +68,44 @@ func Status(ctx context.Context, statePath string) (rep *StatusReport, err error
 			return nil, state.Corrupt(statePath, err.Error())
 		}
 	}
-	return report(ctx, store, plan)
+	rep, err = report(ctx, store, plan)
+	if err != nil {
+		return nil, err
+	}
+	rep.Lock = liveLock(ctx, store, rep.Lock)
+	return rep, nil
+}
+
+// lockReadTimeout bounds status's read of the cluster lock.
+const lockReadTimeout = 5 * time.Second
+
+// liveLock is the cluster lock read from the cluster of the run in store,
+// or recorded (nil: none) with the reason it could not be read.
+func liveLock(ctx context.Context, store state.Store, recorded *LockStatus) *LockStatus {
+	failed := func(err error) *LockStatus {
+		l := LockStatus{Lease: LockNamespace + "/" + LockName, Source: lockRecorded}
+		if recorded != nil {
+			l = *recorded
+		}
+		l.Error = "not read from the cluster: " + redact.Text(err.Error())
+		return &l
+	}
+	cfg, err := recordedConfig(ctx, store)
+	if err != nil {
+		return failed(err)
+	}
+	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, storeAdapter{s: store})
+	if err != nil {
+		return failed(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, lockReadTimeout)
+	defer cancel()
+	l, err := ReadLock(ctx, kube)
+	if err != nil {
+		return failed(err)
+	}
+	l.Source = lockFromCluster
+	return &l
 }
 
 // corruptOnPanic, deferred, turns a panic while reading a state file's
@@ -136,6 +176,13 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 			rep.Hold = &h
 		}
 	}
+	if v, ok, _ := store.Value(ctx, keyLockStatus); ok {
+		var l LockStatus
+		if json.Unmarshal(v, &l) == nil {
+			l.Source = lockRecorded
+			rep.Lock = &l
+		}
+	}
 	if v, ok, _ := store.Value(ctx, "report/discovery-hash"); ok {
 		rep.JoinHash = string(v)
 	}
@@ -157,7 +204,7 @@ func redactReport(rep *StatusReport) {
 		rep.Failed[i].Error = redact.Text(rep.Failed[i].Error)
 	}
 	if h := rep.Hold; h != nil {
-		for _, l := range [][]string{h.Verified, h.Attention, h.PreExisting} {
+		for _, l := range [][]string{h.Verified, h.Attention, h.PreExisting, h.Workloads} {
 			for i := range l {
 				l[i] = redact.Text(l[i])
 			}

@@ -72,6 +72,7 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "preflight", Short: "reach every node, check health, prepare the new CAs and certificates", Steps: []PlannedStep{
 			fan(steps.NodesReachable{}, all, wide),
 			one(steps.ClusterHealthy{}, cluster),
+			one(steps.WorkloadsBaseline{}, cluster),
 			one(steps.NewCAs{}, cluster),
 			fan(steps.PrepareCerts{}, all, wide),
 		}},
@@ -85,7 +86,7 @@ func (c *Config) Plan(opts Options) *Plan {
 			one(steps.RootCAPublished(), cluster),
 		}},
 		{Name: "in-cluster-clients", Short: "restart in-cluster clients so they load the bundle", Steps: []PlannedStep{
-			one(&steps.RestartWorkloads{StepName: "system-workloads", InCluster: true}, cluster),
+			one(steps.InClusterClientsRestart(), cluster),
 		}},
 		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: []PlannedStep{
 			one(steps.ExtensionAuthSnapshot(), cluster),
@@ -104,7 +105,7 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: append(append(append(
 			[]PlannedStep{one(steps.WebhookCABundles{}, cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
-			one(&steps.RestartWorkloads{StepName: "workloads"}, cluster),
+			one(steps.WorkloadsRestart(), cluster),
 			one(steps.SwitchIssuance(), cp),
 			one(steps.KubeletCSRs{}, cluster)),
 			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers"))...),

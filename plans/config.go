@@ -202,7 +202,8 @@ func (inv *Inventory) stepsConfig() steps.Config {
 		KubeletRestartCommand: inv.Kubelet.RestartCommand,
 		Workloads: steps.Workloads{
 			Namespaces: inv.Rollout.Workloads.Namespaces, ExcludeNamespaces: inv.Rollout.Workloads.ExcludeNamespaces,
-			Kinds: inv.Rollout.Workloads.Kinds,
+			Kinds: inv.Rollout.Workloads.Kinds, SkipSelector: inv.Rollout.Workloads.SkipSelector,
+			Timeout: inv.Rollout.Workloads.Timeout, Timeouts: inv.Rollout.Workloads.Timeouts,
 		},
 		InClusterNamespaces: inv.Rollout.InClusterClients.Namespaces,
 		WorkloadConcurrency: inv.Rollout.WorkloadConcurrency,

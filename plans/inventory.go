@@ -168,6 +168,14 @@ type WorkloadSpec struct {
 	Namespaces        []string `yaml:"namespaces"`
 	ExcludeNamespaces []string `yaml:"excludeNamespaces"`
 	Kinds             []string `yaml:"kinds"`
+	// SkipSelector is a label selector: matching workloads are never
+	// restarted (listed at the hold instead), like the annotation
+	// rotate.kubeca.io/skip: "true" on one object.
+	SkipSelector string `yaml:"skipSelector"`
+	// Timeout bounds the wait for each workload's rollout, from its own
+	// restart; Timeouts overrides it for "<namespace>/<name>".
+	Timeout  time.Duration            `yaml:"timeout"`
+	Timeouts map[string]time.Duration `yaml:"timeouts"`
 }
 
 type InClusterSpec struct {
@@ -519,6 +527,9 @@ func (inv *Inventory) applyDefaults() {
 	}
 	if len(r.Workloads.Kinds) == 0 {
 		r.Workloads.Kinds = []string{"Deployment", "DaemonSet", "StatefulSet"}
+	}
+	if r.Workloads.Timeout == 0 {
+		r.Workloads.Timeout = 5 * time.Minute
 	}
 	if r.InClusterClients.Namespaces == nil {
 		r.InClusterClients.Namespaces = []string{"kube-system"}

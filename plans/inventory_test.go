@@ -77,6 +77,9 @@ func TestLoadValidAppliesDefaults(t *testing.T) {
 	if cfg := inv.Config(); cfg.Steps.Paths.BackupDir != DefaultBackupDir || cfg.Kubeconfig != filepath.Join(dir, "admin.conf") || cfg.InventoryPath != filepath.Join(dir, "inv.yaml") {
 		t.Fatalf("config = %+v", cfg)
 	}
+	if w := inv.Config().Steps.Workloads; w.Timeout != 5*time.Minute || w.SkipSelector != "" {
+		t.Fatalf("workload defaults = %+v", w)
+	}
 	if len(inv.Digest) != 64 {
 		t.Fatalf("digest %q", inv.Digest)
 	}
@@ -169,6 +172,11 @@ func TestInventoryErrors(t *testing.T) {
 		{"wrong type", edit("port: 2222", "port: many"), []string{"nodes.workers[0].port (line 17): cannot use string"}, 1},
 		{"bad algorithm", valid + "newCA:\n  generate:\n    algorithm: DSA\n", []string{`newCA.generate.algorithm (line 20): "DSA" is not one of`}, 1},
 		{"unknown phase timeout", valid + "rollout:\n  timeouts:\n    phases:\n      nope: 1m\n", []string{`rollout.timeouts.phases.nope (line 21): unknown phase "nope"`}, 1},
+		{"bad workload settings", valid + "rollout:\n  workloads:\n    skipSelector: \"tier in (a\"\n    timeout: -1m\n    timeouts:\n      nonamespace: 1m\n      apps/zero: 0s\n", []string{
+			"rollout.workloads.skipSelector (line 20): not a label selector",
+			"rollout.workloads.timeout (line 21): must be positive, got -1m0s",
+			`rollout.workloads.timeouts["apps/zero"] (line 22): must be positive, got 0s`,
+			`rollout.workloads.timeouts["nonamespace"] (line 22): key must be <namespace>/<name> of a workload, got "nonamespace"`}, 4},
 		{"both batch settings", valid + "rollout:\n  workerBatchSize: 2\n  workerBatchPercent: 50\n", []string{"set either workerBatchSize or workerBatchPercent"}, 1},
 		{"backupDir /", valid + "paths:\n  backupDir: /\n", []string{"paths.backupDir (line 19): must be a directory below /"}, 1},
 		{"duplicate top-level key", valid + "cluster:\n  name: again\n", []string{`cluster (line 18): duplicate key "cluster" (first at line 3)`}, 1},

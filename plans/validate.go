@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/kubeca/rotate/nodes"
 )
@@ -329,15 +330,26 @@ func (v *validator) rollout() {
 			v.add(fmt.Sprintf("rollout.workloads.kinds[%d]", i), "%q is not Deployment, DaemonSet or StatefulSet", k)
 		}
 	}
+	if sel := r.Workloads.SkipSelector; sel != "" {
+		if _, err := labels.Parse(sel); err != nil {
+			v.add("rollout.workloads.skipSelector", "not a label selector: %v", err)
+		}
+	}
+	if r.Workloads.Timeout < 0 {
+		v.add("rollout.workloads.timeout", "must be positive, got %s", r.Workloads.Timeout)
+	}
+	for _, name := range sortedKeys(r.Workloads.Timeouts) {
+		field := fmt.Sprintf("rollout.workloads.timeouts[%q]", name)
+		if ns, n, ok := strings.Cut(name, "/"); !ok || ns == "" || n == "" || strings.Contains(n, "/") {
+			v.add(field, "key must be <namespace>/<name> of a workload, got %q", name)
+		} else if d := r.Workloads.Timeouts[name]; d <= 0 {
+			v.add(field, "must be positive, got %s", d)
+		}
+	}
 	if r.Timeouts.Default < 0 {
 		v.add("rollout.timeouts.default", "must be positive, got %s", r.Timeouts.Default)
 	}
-	names := make([]string, 0, len(r.Timeouts.Phases))
-	for name := range r.Timeouts.Phases {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range sortedKeys(r.Timeouts.Phases) {
 		field := "rollout.timeouts.phases." + name
 		if d := r.Timeouts.Phases[name]; !knownPhases[name] {
 			v.add(field, "unknown phase %q (see `rotate plan` for phase names)", name)
@@ -392,4 +404,14 @@ func canonicalHost(s string) string {
 		return ip.String()
 	}
 	return strings.ToLower(s)
+}
+
+// sortedKeys are m's keys in order, so problems come out in a stable order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

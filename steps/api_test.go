@@ -88,7 +88,7 @@ var (
 	stsDone = appsv1.StatefulSetStatus{ObservedGeneration: 1, UpdatedReplicas: 3, ReadyReplicas: 3, CurrentRevision: "r1", UpdateRevision: "r1"}
 )
 
-func wlNames(ws []workload) []string {
+func wlNames(ws []observed) []string {
 	var out []string
 	for _, w := range ws {
 		out = append(out, w.String())
@@ -313,14 +313,23 @@ func TestRollWorkloads(t *testing.T) {
 	}
 	web, agent, db := workload{"Deployment", "a", "web"}, workload{"DaemonSet", "a", "agent"}, workload{"StatefulSet", "b", "db"}
 	gone := workload{"Deployment", "a", "gone"}
+	stuckDB := func(t *testing.T, c *fake.Clientset) {
+		stuck := statefulSet("b", "db", "", ptr32(3), 1, appsv1.StatefulSetStatus{ObservedGeneration: 1, UpdatedReplicas: 1, ReadyReplicas: 3, CurrentRevision: "r1", UpdateRevision: "r2"})
+		if err := c.Tracker().Update(appsv1.SchemeGroupVersion.WithResource("statefulsets"), stuck, "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
-		name    string
-		ws      []workload
-		limit   int
-		timeout time.Duration
-		setup   func(t *testing.T, c *fake.Clientset)
-		wantErr string     // the whole error, "" for none
-		rolled  []workload // reported rolled out
+		name          string
+		ws            []workload
+		limit         int
+		timeout       time.Duration // each workload's
+		healthyBefore bool
+		setup         func(t *testing.T, c *fake.Clientset)
+		wantErr       string     // the whole error, "" for none
+		rolled        []workload // reported rolled out
+		late          []string   // whyTimedOut findings, as shown
+		regressed     []string
 	}{
 		{name: "all done", ws: []workload{web, agent, db}, limit: 2, timeout: 10 * time.Second,
 			rolled: []workload{agent, web, db}},
@@ -332,16 +341,18 @@ func TestRollWorkloads(t *testing.T) {
 			setup:   func(t *testing.T, c *fake.Clientset) { failOn(c, "patch", "daemonsets") },
 			wantErr: "1 of 3 rollouts failed:\n  - restart DaemonSet a/agent: boom",
 			rolled:  []workload{web, db}},
-		{name: "patch fails and a rollout times out", ws: []workload{web, agent, db}, limit: 3, timeout: 200 * time.Millisecond,
+		{name: "timeout of a workload unavailable before the run is a finding", ws: []workload{web, db}, limit: 2, timeout: 300 * time.Millisecond,
+			setup:  stuckDB,
+			rolled: []workload{web},
+			late:   []string{"StatefulSet b/db: not all available before the run, restarted, rollout not finished within 300ms (last: 1/3 updated, 3 ready): check it before narrowing trust: kubectl -n b rollout status statefulset/db"}},
+		{name: "timeout of a healthy workload is a regression, beside a failed patch", ws: []workload{web, agent, db}, limit: 3, timeout: 300 * time.Millisecond, healthyBefore: true,
 			setup: func(t *testing.T, c *fake.Clientset) {
 				failOn(c, "patch", "daemonsets")
-				stuck := statefulSet("b", "db", "", ptr32(3), 1, appsv1.StatefulSetStatus{ObservedGeneration: 1, UpdatedReplicas: 1, ReadyReplicas: 3, CurrentRevision: "r1", UpdateRevision: "r2"})
-				if err := c.Tracker().Update(appsv1.SchemeGroupVersion.WithResource("statefulsets"), stuck, "b"); err != nil {
-					t.Fatal(err)
-				}
+				stuckDB(t, c)
 			},
-			wantErr: "2 of 3 rollouts failed:\n  - restart DaemonSet a/agent: boom\n  - rollout of StatefulSet b/db: context deadline exceeded (last: 1/3 updated, 3 ready)",
-			rolled:  []workload{web}},
+			wantErr:   "1 of 3 rollouts failed:\n  - restart DaemonSet a/agent: boom",
+			rolled:    []workload{web},
+			regressed: []string{"StatefulSet b/db within 300ms (last: 1/3 updated, 3 ready)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,23 +367,45 @@ func TestRollWorkloads(t *testing.T) {
 				defer mu.Unlock()
 				lines = append(lines, msg)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
+			var tasks []rollTask
+			for _, w := range tt.ws {
+				tasks = append(tasks, rollTask{observed{workload: w}, decision{restart: true, wait: true, healthyBefore: tt.healthyBefore}, tt.timeout})
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := rt.rollWorkloads(ctx, tt.ws, "v1", tt.limit)
+			late, regressed, err := rt.rollWorkloads(ctx, tasks, "v1", tt.limit)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("rollWorkloads: %v", err)
 			case tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr):
 				t.Fatalf("err = %v, want %q", err, tt.wantErr)
 			}
-			// One progress line per success, counting up to len(ws).
+			shown := func(fs []workloadFinding) []string {
+				var out []string
+				for _, f := range fs {
+					out = append(out, f.String())
+				}
+				return out
+			}
+			if got := shown(late); !reflect.DeepEqual(got, tt.late) {
+				t.Errorf("late = %q, want %q", got, tt.late)
+			}
+			var gotRegressed []string
+			for _, f := range regressed {
+				gotRegressed = append(gotRegressed, f.workload().String()+" "+f.Detail)
+			}
+			if !reflect.DeepEqual(gotRegressed, tt.regressed) {
+				t.Errorf("regressed = %q, want %q", gotRegressed, tt.regressed)
+			}
+			// One progress line per finished workload, counting up to len(ws).
 			var rolled []string
 			for i, l := range lines {
-				name, count, ok := strings.Cut(strings.TrimPrefix(l, "rolled out "), " (")
-				if !ok || count != fmt.Sprintf("%d/%d)", i+1, len(tt.ws)) {
-					t.Errorf("progress line %q, want \"rolled out <workload> (%d/%d)\"", l, i+1, len(tt.ws))
+				if !strings.HasSuffix(l, fmt.Sprintf(" (%d/%d)", i+1, len(tt.ws))) {
+					t.Errorf("progress line %q, want it to end (%d/%d)", l, i+1, len(tt.ws))
 				}
-				rolled = append(rolled, name)
+				if name, ok := strings.CutPrefix(l, "rolled out "); ok {
+					rolled = append(rolled, strings.TrimSuffix(name, fmt.Sprintf(" (%d/%d)", i+1, len(tt.ws))))
+				}
 			}
 			var want []string
 			for _, w := range tt.rolled {

@@ -31,6 +31,13 @@ type Workloads struct {
 	Namespaces        []string // empty: all
 	ExcludeNamespaces []string
 	Kinds             []string // Deployment, DaemonSet, StatefulSet
+	// SkipSelector is a label selector (labels.Parse syntax): workloads
+	// whose labels match are never restarted; "" for none.
+	SkipSelector string
+	// Timeout is how long a restart waits for each workload's rollout; 0
+	// means 5 minutes. Timeouts overrides it per "<namespace>/<name>".
+	Timeout  time.Duration
+	Timeouts map[string]time.Duration
 }
 
 // Config is everything the real phases need from the inventory.

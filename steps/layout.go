@@ -12,7 +12,6 @@ const (
 	fileCABundle        = "rotate-ca-bundle.crt"
 	fileFPCABundle      = "rotate-front-proxy-ca-bundle.crt"
 	restartAnnotation   = "rotate.kubeca.io/restart"
-	workloadAnnotation  = "rotate.kubeca.io/restartedAt"
 	kubeletClientLink   = "kubelet-client-current.pem"
 	kubeconfigAdmin     = "admin.conf"
 	kubeconfigKCM       = "controller-manager.conf"

@@ -161,3 +161,18 @@ func (rt *Runtime) now() time.Time {
 	}
 	return time.Now()
 }
+
+// SelfTimed is implemented by steps that bound each of their waits
+// themselves (a workload restart: each workload its own timeout). The
+// engine does not apply the phase timeout to them, which bounds one step on
+// one target and would cut short a step that is still making progress.
+type SelfTimed interface {
+	SelfTimed()
+}
+
+// Explainer is implemented by steps whose handling depends on settings or
+// on what they find in ways their name does not say. `rotate plan` prints
+// Explain under the step, static or live.
+type Explainer interface {
+	Explain(c *Config) []string
+}

@@ -42,6 +42,10 @@ type HoldReport struct {
 	// kubelet's client certificate; those not from the new CA are in
 	// Attention too, and narrow-trust refuses them (see topology.go).
 	Unlisted []UnlistedNode `json:"unlisted,omitempty"`
+	// Workloads lists the workloads the restart steps did not restart, did
+	// not wait for, or saw not finish rolling out in time, each with what
+	// to do before trust narrows (see workloads.go).
+	Workloads []string `json:"workloads,omitempty"`
 }
 
 // Verify proves the cluster runs on the new CAs while still trusting both,
@@ -133,6 +137,9 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 	rep.Attention = append(rep.Attention, podNotes...)
 	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) still trust and present the old CA: give them the new CA data and new client certificates before resuming")
+	if rep.Workloads, err = rt.workloadHoldLines(ctx); err != nil {
+		return err
+	}
 	raw, _ := json.Marshal(rep)
 	rt.Out.Put(KeyHoldReport, raw)
 	for _, p := range rep.PreExisting {
@@ -140,6 +147,9 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 	for _, a := range rep.Attention {
 		rt.Printf("attention: %s", a)
+	}
+	for _, w := range rep.Workloads {
+		rt.Printf("workload: %s", w)
 	}
 	return nil
 }

@@ -90,9 +90,10 @@ func parse(fs *pflag.FlagSet, args []string) error {
 }
 
 type commonFlags struct {
-	state    string
-	insecure bool
-	verbose  bool
+	state     string
+	insecure  bool
+	verbose   bool
+	breakLock bool
 }
 
 func (c *commonFlags) register(fs *pflag.FlagSet, ssh bool) {
@@ -100,6 +101,7 @@ func (c *commonFlags) register(fs *pflag.FlagSet, ssh bool) {
 	if ssh {
 		fs.BoolVar(&c.insecure, "insecure-ignore-host-keys", false, "DANGEROUS: do not verify SSH host keys (throw-away test clusters only)")
 		fs.BoolVarP(&c.verbose, "verbose", "v", false, "structured debug logs on stderr")
+		fs.BoolVar(&c.breakLock, "break-lock", false, "DANGEROUS: take the cluster lock (Lease kube-system/"+orchestrator.LockName+") over from another rotate run, even one on hold; only when that run is abandoned")
 	}
 }
 
@@ -112,7 +114,7 @@ func (c *commonFlags) common(stdout, stderr io.Writer) orchestrator.Common {
 		fmt.Fprintln(stderr, "rotate: WARNING: SSH host keys are NOT verified (--insecure-ignore-host-keys)")
 	}
 	return orchestrator.Common{
-		StatePath: c.state, InsecureIgnoreHostKeys: c.insecure, Out: stdout,
+		StatePath: c.state, InsecureIgnoreHostKeys: c.insecure, BreakLock: c.breakLock, Out: stdout,
 		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 	}
 }
@@ -374,6 +376,9 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 		for _, a := range rep.Hold.Attention {
 			fmt.Fprintf(w, "  attention: %s\n", a)
 		}
+		for _, l := range rep.Hold.Workloads {
+			fmt.Fprintf(w, "  workload: %s\n", l)
+		}
 		fmt.Fprintln(w, "Resume with `rotate resume` to narrow trust (old-CA certificates stop working), or `rotate rollback`.")
 	}
 	for _, m := range rep.Mirror {
@@ -389,6 +394,9 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 	}
 	if rep.JoinHash != "" {
 		fmt.Fprintf(w, "\nnew join hash: --discovery-token-ca-cert-hash %s\n", rep.JoinHash)
+	}
+	if rep.Lock != nil {
+		fmt.Fprintf(w, "\ncluster lock: %s\n", rep.Lock)
 	}
 	switch r.State {
 	case orchestrator.StateFailed:

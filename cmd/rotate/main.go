@@ -23,7 +23,7 @@ const (
 	exitOK     = 0
 	exitFailed = 1 // the run failed; `rotate resume` retries
 	exitUsage  = 2 // bad flags, bad inventory, a state file rotate cannot use
-	exitBusy   = 3 // another rotate holds the state file
+	exitBusy   = 3 // another rotate holds the state file, or another run the cluster lock
 )
 
 func main() {
@@ -59,7 +59,7 @@ func exitCode(err error) int {
 	var ie *plans.InventoryError
 	var re *orchestrator.RunError
 	switch {
-	case errors.Is(err, state.ErrBusy):
+	case errors.Is(err, state.ErrBusy), errors.Is(err, orchestrator.ErrLocked):
 		return exitBusy
 	case errors.Is(err, state.ErrCorrupt), errors.Is(err, state.ErrOwner),
 		errors.Is(err, state.ErrPermissions), errors.Is(err, state.ErrSchema):

@@ -115,9 +115,12 @@ type inventory struct {
 		WorkerBatchSize     int `yaml:"workerBatchSize"`
 		WorkloadConcurrency int `yaml:"workloadConcurrency"`
 		Workloads           struct {
-			Namespaces        []string `yaml:"namespaces"`
-			ExcludeNamespaces []string `yaml:"excludeNamespaces"`
-			Kinds             []string `yaml:"kinds"`
+			Namespaces        []string          `yaml:"namespaces"`
+			ExcludeNamespaces []string          `yaml:"excludeNamespaces"`
+			Kinds             []string          `yaml:"kinds"`
+			SkipSelector      string            `yaml:"skipSelector"`
+			Timeout           string            `yaml:"timeout"`
+			Timeouts          map[string]string `yaml:"timeouts"`
 		} `yaml:"workloads"`
 		InClusterClients struct {
 			Namespaces []string `yaml:"namespaces"`
@@ -183,6 +186,8 @@ func (c *Cluster) Inventory() ([]byte, error) {
 	r.Workloads.Namespaces = []string{}
 	r.Workloads.ExcludeNamespaces = []string{}
 	r.Workloads.Kinds = []string{"Deployment", "DaemonSet", "StatefulSet"}
+	r.Workloads.Timeout = "5m" // each workload's rollout
+	r.Workloads.Timeouts = map[string]string{}
 	r.InClusterClients.Namespaces = []string{"kube-system"}
 	// Per-step default; phase names are rotate's and are left out here, so
 	// the inventory never names a phase rotate does not know.
