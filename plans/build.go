@@ -123,6 +123,7 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.ExtensionAuthNarrowed(), cluster),
 			},
 			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
+			one(steps.CCMNarrow(), cp),
 			fan(steps.Cleanup(), all, wide),
 			one(steps.DiscoveryHash{}, cluster)),
 		},

@@ -85,7 +85,7 @@ func TestNoTrustNarrowedUnderARunningComponent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, worker := tc.layout(t)
-			runModel(t, cp, worker, tc.kill)
+			runModel(t, withCCM(cp), worker, tc.kill)
 		})
 	}
 }
@@ -254,8 +254,8 @@ func planNodeSteps(t *testing.T) []nodeStep {
 			}
 		}
 	}
-	if len(kinds) < 13 {
-		t.Fatalf("the plan has %d kinds of node step; the tests were written for the thirteen from distribute to cleanup", len(kinds))
+	if len(kinds) < 14 {
+		t.Fatalf("the plan has %d kinds of node step; the tests were written for the fourteen from distribute to cleanup", len(kinds))
 	}
 	return out
 }
