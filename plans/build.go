@@ -102,7 +102,7 @@ func (c *Config) Plan(opts Options) *Plan {
 			one(steps.CCMTrustBoth(), cp),
 		}},
 		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: append(append(append(
-			[]PlannedStep{one(steps.WebhookCABundles{}, cluster)},
+			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
 			one(&steps.RestartWorkloads{StepName: "workloads"}, cluster),
 			one(steps.SwitchIssuance(), cp),
@@ -121,6 +121,7 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.RootCANarrowed(), cluster),
 				one(steps.ControlPlaneCanonical(), cp),
 				one(steps.ExtensionAuthNarrowed(), cluster),
+				one(steps.WebhookCABundlesNarrowed(), cluster),
 			},
 			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
 			one(steps.CCMNarrow(), cp),

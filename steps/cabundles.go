@@ -81,20 +81,45 @@ func (rt *Runtime) caBundleRefs(ctx context.Context) ([]caBundleRef, error) {
 // widenedBundle returns the bundle with new added wherever old is in it,
 // and whether that changes it.
 func widenedBundle(b64 string, pairs []CAPair) (string, bool, error) {
+	return editBundle(b64, pairs, func(bundle []byte, p CAPair) ([]byte, error) {
+		if !bundleHas(string(bundle), p.OldCert) || bundleHas(string(bundle), p.NewCert) {
+			return bundle, nil
+		}
+		nc, err := pki.ParseCertsPEM(p.NewCert)
+		if err != nil {
+			return nil, err
+		}
+		return pki.BundleAdd(bundle, nc...)
+	})
+}
+
+// narrowedBundle returns the bundle without the old CA wherever its
+// successor is in it too, and whether that changes it. A bundle that holds
+// the old CA alone is left as it is: its server has not moved to the new
+// CA, and taking the old one out would lock the apiserver out of it.
+func narrowedBundle(b64 string, pairs []CAPair) (string, bool, error) {
+	return editBundle(b64, pairs, func(bundle []byte, p CAPair) ([]byte, error) {
+		if !bundleHas(string(bundle), p.OldCert) || !bundleHas(string(bundle), p.NewCert) {
+			return bundle, nil
+		}
+		oc, err := pki.ParseCertsPEM(p.OldCert)
+		if err != nil {
+			return nil, err
+		}
+		return pki.BundleRemove(bundle, oc...)
+	})
+}
+
+// editBundle applies fn for each pair to the base64 bundle b64 and
+// returns the result, and whether it differs.
+func editBundle(b64 string, pairs []CAPair, fn func(bundle []byte, p CAPair) ([]byte, error)) (string, bool, error) {
 	raw, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
 		return "", false, err
 	}
 	out := raw
 	for _, p := range pairs {
-		if !bundleHas(string(out), p.OldCert) || bundleHas(string(out), p.NewCert) {
-			continue
-		}
-		nc, err := pki.ParseCertsPEM(p.NewCert)
-		if err != nil {
-			return "", false, err
-		}
-		if out, err = pki.BundleAdd(out, nc...); err != nil {
+		if out, err = fn(out, p); err != nil {
 			return "", false, err
 		}
 	}
@@ -104,19 +129,48 @@ func widenedBundle(b64 string, pairs []CAPair) (string, bool, error) {
 	return base64.StdEncoding.EncodeToString(out), true, nil
 }
 
-// WebhookCABundles adds the new CA to every caBundle (webhooks,
-// APIServices, CRD conversion) that holds the old one, so servers whose
-// certificates a user re-issues from the new CA stay trusted.
-type WebhookCABundles struct{}
+// caBundleStep rewrites every caBundle (admission webhooks, APIServices,
+// CRD conversion) that change alters, backing each value up first under
+// backup+id; Revert puts the backed-up values back.
+type caBundleStep struct {
+	name    string
+	backup  string
+	change  func(b64 string, pairs []CAPair) (string, bool, error)
+	done    string // progress line for one caBundle, before its id
+	plan    string // Describe line for one caBundle, before its id
+	nothing string // when no caBundle needs the change
+	// oldOnly: Apply also names each caBundle that still trusts only an
+	// old CA (what narrowing leaves as it is).
+	oldOnly bool
+}
 
-func (WebhookCABundles) Name() string { return "webhook-cabundles" }
+// WebhookCABundles adds the new CA to every caBundle that holds the old
+// one, so servers whose certificates a user re-issues from the new CA stay
+// trusted.
+func WebhookCABundles() Step {
+	return &caBundleStep{name: "webhook-cabundles", backup: "cabundle/", change: widenedBundle,
+		done: "extended caBundle of ", plan: "add the new CA to the caBundle of ",
+		nothing: "no caBundle holds the old CAs"}
+}
 
-func (WebhookCABundles) pending(ctx context.Context, rt *Runtime) ([]caBundleRef, []string, error) {
+// WebhookCABundlesNarrowed takes the old CA out of every caBundle that
+// holds the new one too, once the control plane has dropped the old CAs.
+// A caBundle that trusts only the old CA is left (see narrowedBundle) and
+// named in the progress; verify's hold report lists it, and the servers
+// still presenting old-CA certificates, beforehand.
+func WebhookCABundlesNarrowed() Step {
+	return &caBundleStep{name: "webhook-cabundles-narrowed", backup: "cabundle-narrowed/", change: narrowedBundle,
+		done: "narrowed caBundle of ", plan: "remove the old CA from the caBundle of ",
+		nothing: "no caBundle holds both the old and the new CAs", oldOnly: true}
+}
+
+func (s *caBundleStep) Name() string { return s.name }
+
+func (s *caBundleStep) pending(ctx context.Context, rt *Runtime) ([]caBundleRef, []string, error) {
 	cas, err := rt.runCAs(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	cl, fp := cas.cluster, cas.frontProxy
 	refs, err := rt.caBundleRefs(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -124,7 +178,7 @@ func (WebhookCABundles) pending(ctx context.Context, rt *Runtime) ([]caBundleRef
 	var todo []caBundleRef
 	var values []string
 	for _, r := range refs {
-		v, changed, err := widenedBundle(r.value, []CAPair{cl, fp})
+		v, changed, err := s.change(r.value, []CAPair{cas.cluster, cas.frontProxy})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s caBundle: %w", r.id(), err)
 		}
@@ -136,27 +190,37 @@ func (WebhookCABundles) pending(ctx context.Context, rt *Runtime) ([]caBundleRef
 	return todo, values, nil
 }
 
-func (s WebhookCABundles) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
+func (s *caBundleStep) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
 	todo, _, err := s.pending(ctx, rt)
 	return len(todo) == 0, err
 }
 
-func (s WebhookCABundles) Apply(ctx context.Context, rt *Runtime, t Target) error {
+func (s *caBundleStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	todo, values, err := s.pending(ctx, rt)
 	if err != nil {
 		return err
 	}
 	if len(todo) == 0 {
-		rt.Printf("no caBundle holds the old CAs: nothing to do")
+		rt.Printf("%s: nothing to do", s.nothing)
 	}
 	for i, r := range todo {
-		if err := rt.backupAPIData(ctx, "cabundle/"+r.id(), r.value); err != nil {
+		if err := rt.backupAPIData(ctx, s.backup+r.id(), r.value); err != nil {
 			return err
 		}
 		if err := rt.setCABundle(ctx, r, values[i]); err != nil {
 			return err
 		}
-		rt.Printf("extended caBundle of %s", r.id())
+		rt.Printf("%s%s", s.done, r.id())
+	}
+	if !s.oldOnly {
+		return nil
+	}
+	left, err := rt.oldOnlyBundles(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range left {
+		rt.Printf("left as is: %s; the old CA is gone from the control plane, so re-issue its server's certificate from the new CA and put the new CA in it", l)
 	}
 	return nil
 }
@@ -177,16 +241,16 @@ func (rt *Runtime) setCABundle(ctx context.Context, r caBundleRef, value string)
 	return nil
 }
 
-func (WebhookCABundles) Gate(context.Context, *Runtime, Target) error { return nil }
+func (s *caBundleStep) Gate(context.Context, *Runtime, Target) error { return nil }
 
-func (WebhookCABundles) Revert(ctx context.Context, rt *Runtime, t Target) error {
+func (s *caBundleStep) Revert(ctx context.Context, rt *Runtime, t Target) error {
 	refs, err := rt.caBundleRefs(ctx)
 	if err != nil {
 		return err
 	}
 	for _, r := range refs {
 		var old string
-		ok, err := rt.loadAPIBackup(ctx, "cabundle/"+r.id(), &old)
+		ok, err := rt.loadAPIBackup(ctx, s.backup+r.id(), &old)
 		if err != nil {
 			return err
 		}
@@ -199,17 +263,17 @@ func (WebhookCABundles) Revert(ctx context.Context, rt *Runtime, t Target) error
 	return nil
 }
 
-func (s WebhookCABundles) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
+func (s *caBundleStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
 	todo, _, err := s.pending(ctx, rt)
 	if err != nil {
 		return nil, err
 	}
 	if len(todo) == 0 {
-		return []string{"no caBundle holds the old CAs: nothing to change"}, nil
+		return []string{s.nothing + ": nothing to change"}, nil
 	}
 	var out []string
 	for _, r := range todo {
-		out = append(out, "add the new CA to the caBundle of "+r.id())
+		out = append(out, s.plan+r.id())
 	}
 	return out, nil
 }
