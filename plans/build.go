@@ -95,8 +95,9 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "scheduler-trust", Short: "schedulers trust old+new", Steps: []PlannedStep{
 			one(steps.SchedulerTrustBoth(), cp),
 		}},
-		{Name: "kubeconfigs", Short: "control-plane kubeconfigs: bundle and client certificates from the new CA", Steps: []PlannedStep{
+		{Name: "kubeconfigs", Short: "control-plane and extra kubeconfigs: bundle and client certificates from the new CA", Steps: []PlannedStep{
 			one(steps.Kubeconfigs(), cp),
+			fan(steps.ExtraKubeconfigs(), all, wide),
 		}},
 		{Name: "cloud-controller-manager", Short: "cloud-controller-manager trusts old+new, where present", Steps: []PlannedStep{
 			one(steps.CCMTrustBoth(), cp),
@@ -125,6 +126,7 @@ func (c *Config) Plan(opts Options) *Plan {
 			},
 			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
 			one(steps.CCMNarrow(), cp),
+			fan(steps.ExtraKubeconfigsNarrowed(), all, wide),
 			fan(steps.Cleanup(), all, wide),
 			one(steps.DiscoveryHash{}, cluster)),
 		},

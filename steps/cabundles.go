@@ -81,16 +81,7 @@ func (rt *Runtime) caBundleRefs(ctx context.Context) ([]caBundleRef, error) {
 // widenedBundle returns the bundle with new added wherever old is in it,
 // and whether that changes it.
 func widenedBundle(b64 string, pairs []CAPair) (string, bool, error) {
-	return editBundle(b64, pairs, func(bundle []byte, p CAPair) ([]byte, error) {
-		if !bundleHas(string(bundle), p.OldCert) || bundleHas(string(bundle), p.NewCert) {
-			return bundle, nil
-		}
-		nc, err := pki.ParseCertsPEM(p.NewCert)
-		if err != nil {
-			return nil, err
-		}
-		return pki.BundleAdd(bundle, nc...)
-	})
+	return editBundle(b64, pairs, widenPEM)
 }
 
 // narrowedBundle returns the bundle without the old CA wherever its
@@ -98,16 +89,31 @@ func widenedBundle(b64 string, pairs []CAPair) (string, bool, error) {
 // the old CA alone is left as it is: its server has not moved to the new
 // CA, and taking the old one out would lock the apiserver out of it.
 func narrowedBundle(b64 string, pairs []CAPair) (string, bool, error) {
-	return editBundle(b64, pairs, func(bundle []byte, p CAPair) ([]byte, error) {
-		if !bundleHas(string(bundle), p.OldCert) || !bundleHas(string(bundle), p.NewCert) {
-			return bundle, nil
-		}
-		oc, err := pki.ParseCertsPEM(p.OldCert)
-		if err != nil {
-			return nil, err
-		}
-		return pki.BundleRemove(bundle, oc...)
-	})
+	return editBundle(b64, pairs, narrowPEM)
+}
+
+// widenPEM adds p's new CA to a PEM bundle that holds its old CA.
+func widenPEM(bundle []byte, p CAPair) ([]byte, error) {
+	if !bundleHas(string(bundle), p.OldCert) || bundleHas(string(bundle), p.NewCert) {
+		return bundle, nil
+	}
+	nc, err := pki.ParseCertsPEM(p.NewCert)
+	if err != nil {
+		return nil, err
+	}
+	return pki.BundleAdd(bundle, nc...)
+}
+
+// narrowPEM takes p's old CA out of a PEM bundle that holds its new CA too.
+func narrowPEM(bundle []byte, p CAPair) ([]byte, error) {
+	if !bundleHas(string(bundle), p.OldCert) || !bundleHas(string(bundle), p.NewCert) {
+		return bundle, nil
+	}
+	oc, err := pki.ParseCertsPEM(p.OldCert)
+	if err != nil {
+		return nil, err
+	}
+	return pki.BundleRemove(bundle, oc...)
 }
 
 // editBundle applies fn for each pair to the base64 bundle b64 and

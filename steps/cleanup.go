@@ -52,7 +52,8 @@ func (s *cleanupStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]st
 
 // rotateFileUsers reads every static pod manifest on t (those rotate
 // edits and every other file in the manifests dir), the kubelet's config
-// and kubeadm's kubeconfigs (a certificate-authority path), and lists each line that names one of rotate's files, as
+// and kubeadm's and the extra kubeconfigs (a certificate-authority
+// path), and lists each line that names one of rotate's files, as
 // "<file> names <rotate file> (<line>)".
 func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, error) {
 	r, err := rt.node(ctx, t)
@@ -70,6 +71,7 @@ func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, err
 	for _, kc := range edit.ControlPlaneKubeconfigs {
 		candidates = append(candidates, c.kubeDir(kc.Name))
 	}
+	candidates = append(candidates, c.ExtraKubeconfigs[t.Node]...)
 	for _, p := range candidates {
 		if !seen[p] {
 			seen[p] = true

@@ -48,6 +48,9 @@ type Config struct {
 	WorkloadConcurrency   int
 	DefaultTimeout        time.Duration
 	PhaseTimeouts         map[string]time.Duration
+	// ExtraKubeconfigs are kubeconfigs besides kubeadm's, by node (see
+	// extrakubeconfigs.go).
+	ExtraKubeconfigs map[string][]string
 }
 
 // Timeout is the per-step, per-target deadline for a phase.

@@ -25,15 +25,7 @@ func TestOldCACarriers(t *testing.T) {
 	ctx := context.Background()
 	rt, _, st := testRuntime(t)
 	cl, fp := st.cas[CACluster], st.cas[CAFrontProxy]
-	c0, err := pki.LoadCA(cl.OldCert, cl.OldKey, time.Now(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := pki.Reissue(&x509.Certificate{Subject: pkix.Name{CommonName: "etcd-client"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, c0, pki.ReissueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leaf := clientCert(t, oldTestCA(t, st, CACluster), "etcd-client")
 	both := string(cl.OldCert) + string(cl.NewCert)
 	secret := func(ns, name string, typ corev1.SecretType, data map[string][]byte) *corev1.Secret {
 		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Type: typ, Data: data}
@@ -92,4 +84,26 @@ func TestVerifyListsOldCACarriers(t *testing.T) {
 	if !strings.Contains(strings.Join(rep.Attention, "\n"), line) {
 		t.Errorf("attention lacks %q:\n%s", line, strings.Join(rep.Attention, "\n"))
 	}
+}
+
+// oldTestCA is the old CA name of the test store, with its key.
+func oldTestCA(t *testing.T, st *fakeStore, name string) *pki.CA {
+	t.Helper()
+	p := st.cas[name]
+	ca, err := pki.LoadCA(p.OldCert, p.OldKey, time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// clientCert is a client certificate for cn (in groups orgs) from ca.
+func clientCert(t *testing.T, ca *pki.CA, cn string, orgs ...string) *pki.Issued {
+	t.Helper()
+	is, err := pki.Reissue(&x509.Certificate{Subject: pkix.Name{CommonName: cn, Organization: orgs},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, pki.ReissueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return is
 }

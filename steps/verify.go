@@ -121,7 +121,7 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	rep.Attention = append(rep.Attention, carriers...)
-	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) still trust and present the old CA: give them the new CA data and new client certificates before resuming")
+	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) not listed in the inventory's extraKubeconfigs still trust and present the old CA: give them the new CA data and new client certificates before resuming")
 	raw, _ := json.Marshal(rep)
 	rt.Out.Put(KeyHoldReport, raw)
 	for _, p := range rep.PreExisting {
