@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net"
+	"net/url"
 	"strconv"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +23,47 @@ type caBundleRef struct {
 	// webhook index for webhook configurations, -1 otherwise
 	index int
 	value string // base64 as stored
+	// server is where the apiserver sends the requests this caBundle
+	// verifies: the service (namespace/name:port) or the URL's host:port.
+	server serverRef
+}
+
+// serverRef is a webhook or aggregated API server.
+type serverRef struct {
+	namespace, name string // a Service
+	port            int64
+	hostPort        string // a URL's host:port instead
+}
+
+func (s serverRef) String() string {
+	if s.hostPort != "" {
+		return s.hostPort
+	}
+	return fmt.Sprintf("service %s/%s:%d", s.namespace, s.name, s.port)
+}
+
+// serverOf reads a clientConfig (or an APIService spec): its service
+// (port 443 when unset) or its url.
+func serverOf(m map[string]any) serverRef {
+	if svc, ok, _ := unstructured.NestedMap(m, "service"); ok {
+		r := serverRef{port: 443}
+		r.namespace, _, _ = unstructured.NestedString(svc, "namespace")
+		r.name, _, _ = unstructured.NestedString(svc, "name")
+		if p, ok, _ := unstructured.NestedInt64(svc, "port"); ok {
+			r.port = p
+		}
+		return r
+	}
+	if raw, ok, _ := unstructured.NestedString(m, "url"); ok {
+		if u, err := url.Parse(raw); err == nil {
+			port := u.Port()
+			if port == "" {
+				port = "443"
+			}
+			return serverRef{hostPort: net.JoinHostPort(u.Hostname(), port)}
+		}
+	}
+	return serverRef{}
 }
 
 func (r caBundleRef) id() string {
@@ -45,7 +88,8 @@ func (rt *Runtime) caBundleRefs(ctx context.Context) ([]caBundleRef, error) {
 	}
 	for _, u := range items {
 		if v, ok, _ := unstructured.NestedString(u.Object, "spec", "caBundle"); ok && v != "" {
-			refs = append(refs, caBundleRef{gvr: gvrAPIService, kind: "APIService", name: u.GetName(), index: -1, value: v})
+			spec, _, _ := unstructured.NestedMap(u.Object, "spec")
+			refs = append(refs, caBundleRef{gvr: gvrAPIService, kind: "APIService", name: u.GetName(), index: -1, value: v, server: serverOf(spec)})
 		}
 	}
 	for _, w := range []struct {
@@ -61,7 +105,8 @@ func (rt *Runtime) caBundleRefs(ctx context.Context) ([]caBundleRef, error) {
 			for i, h := range hooks {
 				m, _ := h.(map[string]any)
 				if v, ok, _ := unstructured.NestedString(m, "clientConfig", "caBundle"); ok && v != "" {
-					refs = append(refs, caBundleRef{gvr: w.gvr, kind: w.kind, name: u.GetName(), index: i, value: v})
+					cc, _, _ := unstructured.NestedMap(m, "clientConfig")
+					refs = append(refs, caBundleRef{gvr: w.gvr, kind: w.kind, name: u.GetName(), index: i, value: v, server: serverOf(cc)})
 				}
 			}
 		}
@@ -72,7 +117,8 @@ func (rt *Runtime) caBundleRefs(ctx context.Context) ([]caBundleRef, error) {
 	}
 	for _, u := range items {
 		if v, ok, _ := unstructured.NestedString(u.Object, "spec", "conversion", "webhook", "clientConfig", "caBundle"); ok && v != "" {
-			refs = append(refs, caBundleRef{gvr: gvrCRD, kind: "CustomResourceDefinition", name: u.GetName(), index: -1, value: v})
+			cc, _, _ := unstructured.NestedMap(u.Object, "spec", "conversion", "webhook", "clientConfig")
+			refs = append(refs, caBundleRef{gvr: gvrCRD, kind: "CustomResourceDefinition", name: u.GetName(), index: -1, value: v, server: serverOf(cc)})
 		}
 	}
 	return refs, nil

@@ -33,21 +33,9 @@ var rotateManagedConfigMaps = map[string]bool{
 // controller-manager's token controller rewrites their ca.crt, and
 // root-ca-published/root-ca-narrowed wait for it.
 func (rt *Runtime) oldCACarriers(ctx context.Context) ([]string, error) {
-	cas, err := rt.runCAs(ctx)
+	olds, err := rt.oldCAs(ctx)
 	if err != nil {
 		return nil, err
-	}
-	var olds []oldCA
-	for _, p := range []CAPair{cas.cluster, cas.frontProxy} {
-		o, err := pki.ParseCertsPEM(p.OldCert)
-		if err != nil {
-			return nil, fmt.Errorf("old %s CA: %w", p.Name, err)
-		}
-		n, err := pki.ParseCertsPEM(p.NewCert)
-		if err != nil {
-			return nil, fmt.Errorf("new %s CA: %w", p.Name, err)
-		}
-		olds = append(olds, oldCA{name: p.Name, old: o, new: n})
 	}
 	var out []string
 	scan := func(kind, ns, name, key string, data []byte) {
@@ -83,6 +71,27 @@ func (rt *Runtime) oldCACarriers(ctx context.Context) ([]string, error) {
 		}
 	}
 	sort.Strings(out)
+	return out, nil
+}
+
+// oldCAs are the run's cluster and front-proxy CAs, parsed.
+func (rt *Runtime) oldCAs(ctx context.Context) ([]oldCA, error) {
+	cas, err := rt.runCAs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []oldCA
+	for _, p := range []CAPair{cas.cluster, cas.frontProxy} {
+		o, err := pki.ParseCertsPEM(p.OldCert)
+		if err != nil {
+			return nil, fmt.Errorf("old %s CA: %w", p.Name, err)
+		}
+		n, err := pki.ParseCertsPEM(p.NewCert)
+		if err != nil {
+			return nil, fmt.Errorf("new %s CA: %w", p.Name, err)
+		}
+		out = append(out, oldCA{name: p.Name, old: o, new: n})
+	}
 	return out, nil
 }
 

@@ -116,6 +116,11 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	rep.Attention = append(rep.Attention, podNotes...)
+	servers, err := rt.oldCAServers(ctx)
+	if err != nil {
+		return err
+	}
+	rep.Attention = append(rep.Attention, servers...)
 	carriers, err := rt.oldCACarriers(ctx)
 	if err != nil {
 		return err
