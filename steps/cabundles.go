@@ -191,9 +191,10 @@ type caBundleStep struct {
 	done    string // progress line for one caBundle, before its id
 	plan    string // Describe line for one caBundle, before its id
 	nothing string // when no caBundle needs the change
-	// oldOnly: Apply also names each caBundle that still trusts only an
-	// old CA (what narrowing leaves as it is).
-	oldOnly bool
+	// narrowing: the old CA stays in a caBundle whose server still
+	// presents a chain from it (dialed as verify does, see servers.go),
+	// and Apply names it and each caBundle that trusts only an old CA.
+	narrowing bool
 }
 
 // WebhookCABundles adds the new CA to every caBundle that holds the old
@@ -207,52 +208,75 @@ func WebhookCABundles() Step {
 
 // WebhookCABundlesNarrowed takes the old CA out of every caBundle that
 // holds the new one too, once the control plane has dropped the old CAs.
-// A caBundle that trusts only the old CA is left (see narrowedBundle) and
-// named in the progress; verify's hold report lists it, and the servers
-// still presenting old-CA certificates, beforehand.
+// A caBundle that trusts only the old CA is left (see narrowedBundle), and
+// so is one whose server, dialed as verify dials it (servers.go), still
+// presents a chain from the old CA; both are named in the progress, and
+// verify's hold report lists them beforehand.
 func WebhookCABundlesNarrowed() Step {
 	return &caBundleStep{name: "webhook-cabundles-narrowed", backup: "cabundle-narrowed/", change: narrowedBundle,
 		done: "narrowed caBundle of ", plan: "remove the old CA from the caBundle of ",
-		nothing: "no caBundle holds both the old and the new CAs", oldOnly: true}
+		nothing: "no caBundle holds both the old and the new CAs", narrowing: true}
 }
 
 func (s *caBundleStep) Name() string { return s.name }
 
-func (s *caBundleStep) pending(ctx context.Context, rt *Runtime) ([]caBundleRef, []string, error) {
+// pending is every caBundle the step changes, its new value, and (when
+// narrowing) what it leaves because the server still presents an old-CA
+// chain.
+func (s *caBundleStep) pending(ctx context.Context, rt *Runtime) (todo []caBundleRef, values, kept []string, err error) {
 	cas, err := rt.runCAs(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	refs, err := rt.caBundleRefs(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	var todo []caBundleRef
-	var values []string
+	var olds []oldCA
+	if s.narrowing {
+		if olds, err = rt.oldCAs(ctx); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	probed := map[serverRef]string{} // server → finding, when an old CA issued its chain
 	for _, r := range refs {
 		v, changed, err := s.change(r.value, []CAPair{cas.cluster, cas.frontProxy})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s caBundle: %w", r.id(), err)
+			return nil, nil, nil, fmt.Errorf("%s caBundle: %w", r.id(), err)
 		}
-		if changed {
-			todo = append(todo, r)
-			values = append(values, v)
+		if !changed {
+			continue
 		}
+		if s.narrowing && r.server != (serverRef{}) {
+			f, ok := probed[r.server]
+			if !ok {
+				if line, old := rt.probeServer(ctx, rt.probeNode(), r.server, olds); old {
+					f = line
+				}
+				probed[r.server] = f
+			}
+			if f != "" {
+				kept = append(kept, fmt.Sprintf("%s: %s %s", r.id(), r.server, f))
+				continue
+			}
+		}
+		todo = append(todo, r)
+		values = append(values, v)
 	}
-	return todo, values, nil
+	return todo, values, kept, nil
 }
 
 func (s *caBundleStep) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
-	todo, _, err := s.pending(ctx, rt)
+	todo, _, _, err := s.pending(ctx, rt)
 	return len(todo) == 0, err
 }
 
 func (s *caBundleStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
-	todo, values, err := s.pending(ctx, rt)
+	todo, values, kept, err := s.pending(ctx, rt)
 	if err != nil {
 		return err
 	}
-	if len(todo) == 0 {
+	if len(todo) == 0 && len(kept) == 0 {
 		rt.Printf("%s: nothing to do", s.nothing)
 	}
 	for i, r := range todo {
@@ -264,8 +288,11 @@ func (s *caBundleStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		}
 		rt.Printf("%s%s", s.done, r.id())
 	}
-	if !s.oldOnly {
+	if !s.narrowing {
 		return nil
+	}
+	for _, k := range kept {
+		rt.Printf("kept the old CA in %s", k)
 	}
 	left, err := rt.oldOnlyBundles(ctx)
 	if err != nil {
@@ -316,16 +343,19 @@ func (s *caBundleStep) Revert(ctx context.Context, rt *Runtime, t Target) error 
 }
 
 func (s *caBundleStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
-	todo, _, err := s.pending(ctx, rt)
+	todo, _, kept, err := s.pending(ctx, rt)
 	if err != nil {
 		return nil, err
 	}
-	if len(todo) == 0 {
+	if len(todo) == 0 && len(kept) == 0 {
 		return []string{s.nothing + ": nothing to change"}, nil
 	}
 	var out []string
 	for _, r := range todo {
 		out = append(out, s.plan+r.id())
+	}
+	for _, k := range kept {
+		out = append(out, "keep the old CA in "+k)
 	}
 	return out, nil
 }

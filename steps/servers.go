@@ -42,10 +42,7 @@ func (rt *Runtime) oldCAServers(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	via := ""
-	if len(rt.Config.ControlPlane) > 0 {
-		via = rt.Config.ControlPlane[0]
-	}
+	via := rt.probeNode()
 	seen := map[serverRef]string{} // server → its finding ("" for none)
 	var out []string
 	for _, r := range refs {
@@ -54,7 +51,7 @@ func (rt *Runtime) oldCAServers(ctx context.Context) ([]string, error) {
 		}
 		finding, ok := seen[r.server]
 		if !ok {
-			finding = rt.probeServer(ctx, via, r.server, olds)
+			finding, _ = rt.probeServer(ctx, via, r.server, olds)
 			seen[r.server] = finding
 		}
 		if finding != "" {
@@ -66,17 +63,18 @@ func (rt *Runtime) oldCAServers(ctx context.Context) ([]string, error) {
 }
 
 // probeServer dials s from node via and says what an old CA has to do
-// with its certificate chain ("" for nothing).
-func (rt *Runtime) probeServer(ctx context.Context, via string, s serverRef, olds []oldCA) string {
+// with its certificate chain ("" for nothing); old reports that an old CA
+// issued part of the chain.
+func (rt *Runtime) probeServer(ctx context.Context, via string, s serverRef, olds []oldCA) (finding string, old bool) {
 	addr, sni := s.hostPort, ""
 	if addr == "" {
 		svc, err := rt.Kube.CoreV1().Services(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
 		if err != nil {
-			return fmt.Sprintf("not checked: %v", err)
+			return fmt.Sprintf("not checked: %v", err), false
 		}
 		ip := svc.Spec.ClusterIP
 		if ip == "" || ip == "None" {
-			return "not checked: the Service has no cluster IP"
+			return "not checked: the Service has no cluster IP", false
 		}
 		addr, sni = net.JoinHostPort(ip, strconv.FormatInt(s.port, 10)), s.name+"."+s.namespace+".svc"
 	} else if h, _, err := net.SplitHostPort(addr); err == nil && net.ParseIP(h) == nil {
@@ -84,16 +82,16 @@ func (rt *Runtime) probeServer(ctx context.Context, via string, s serverRef, old
 	}
 	chain, err := rt.serverChain(ctx, via, addr, sni)
 	if err != nil {
-		return fmt.Sprintf("not checked: %v", err)
+		return fmt.Sprintf("not checked: %v", err), false
 	}
 	for _, ca := range olds {
 		for _, c := range chain {
 			if issuedByAny(c, ca.old) {
-				return fmt.Sprintf("presents %s, issued by the old %s CA: re-issue it from the new CA (and put the new CA in this caBundle) before resuming", pki.Describe(chain[0]), ca.name)
+				return fmt.Sprintf("presents %s, issued by the old %s CA: re-issue it from the new CA (and put the new CA in this caBundle) before resuming", pki.Describe(chain[0]), ca.name), true
 			}
 		}
 	}
-	return ""
+	return "", false
 }
 
 // serverChain is the certificate chain the TLS server at addr presents to
@@ -123,4 +121,13 @@ func (rt *Runtime) serverChain(ctx context.Context, via, addr, sni string) ([]*x
 		return nil, fmt.Errorf("%s presents no certificate", addr)
 	}
 	return chain, nil
+}
+
+// probeNode is the node servers are dialed from: the first control-plane
+// node ("" for none).
+func (rt *Runtime) probeNode() string {
+	if len(rt.Config.ControlPlane) == 0 {
+		return ""
+	}
+	return rt.Config.ControlPlane[0]
 }

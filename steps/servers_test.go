@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"net"
 	"reflect"
 	"strings"
@@ -156,9 +157,51 @@ func TestOldCAServers(t *testing.T) {
 		}
 	}
 
+	// Narrowing after widening keeps the old CA where the server still
+	// presents a chain from it, and drops it elsewhere.
+	var progress []string
+	rt.Progress = func(m string) { progress = append(progress, m) }
+	if err := WebhookCABundles().Apply(ctx, rt, ClusterTarget); err != nil {
+		t.Fatal(err)
+	}
+	narrow := WebhookCABundlesNarrowed()
+	if err := narrow.Apply(ctx, rt, ClusterTarget); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := narrow.Check(ctx, rt, ClusterTarget); err != nil || !done {
+		t.Errorf("Check after narrowing = %v, %v", done, err)
+	}
+	refs, err := rt.caBundleRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holdsOld := map[string]bool{}
+	for _, r := range refs {
+		holdsOld[r.id()] = bundleHas(string(mustB64(t, r.value)), st.cas[CACluster].OldCert)
+	}
+	wantOld := map[string]bool{"APIService/v1beta1.metrics.k8s.io": false,
+		"ValidatingWebhookConfiguration/policy/webhooks[0]": true, "ValidatingWebhookConfiguration/policy/webhooks[1]": true,
+		"ValidatingWebhookConfiguration/policy/webhooks[2]": true, "ValidatingWebhookConfiguration/policy/webhooks[3]": false,
+		"ValidatingWebhookConfiguration/policy/webhooks[4]": false}
+	if !reflect.DeepEqual(holdsOld, wantOld) {
+		t.Errorf("old CA still in the caBundle: %v\nwant %v", holdsOld, wantOld)
+	}
+	if p := strings.Join(progress, "\n"); !strings.Contains(p, "kept the old CA in ValidatingWebhookConfiguration/policy/webhooks[0]: service security/policy:443 presents ") {
+		t.Errorf("narrowing does not say what it kept:\n%s", p)
+	}
+
 	rt.NodeDial = nil
 	got, err = rt.oldCAServers(ctx)
 	if err != nil || len(got) != 6 || !strings.Contains(got[1], "not checked: no node to dial 10.96.0.50:443 from") {
 		t.Errorf("without a node dialer: %q, %v", got, err)
 	}
+}
+
+func mustB64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
