@@ -128,6 +128,9 @@ func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps
 	sc := cfg.Steps // each runtime its own copy
 	rt := steps.Runtime{Nodes: ns, Kube: kube, Dynamic: dyn, Trust: trust, Config: &sc}
 	rt.AdminCert = trust.AdminCert()
+	if ps, ok := ns.(poolSource); ok {
+		rt.NodeDial = ps.p.DialNode // verify dials webhook servers from a control-plane node
+	}
 	return rt, nil
 }
 

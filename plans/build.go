@@ -96,14 +96,15 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "scheduler-trust", Short: "schedulers trust old+new", Steps: []PlannedStep{
 			one(steps.SchedulerTrustBoth(), cp),
 		}},
-		{Name: "kubeconfigs", Short: "control-plane kubeconfigs: bundle and client certificates from the new CA", Steps: []PlannedStep{
+		{Name: "kubeconfigs", Short: "control-plane and extra kubeconfigs: bundle and client certificates from the new CA", Steps: []PlannedStep{
 			one(steps.Kubeconfigs(), cp),
+			fan(steps.ExtraKubeconfigs(), all, wide),
 		}},
 		{Name: "cloud-controller-manager", Short: "cloud-controller-manager trusts old+new, where present", Steps: []PlannedStep{
 			one(steps.CCMTrustBoth(), cp),
 		}},
 		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: append(append(append(
-			[]PlannedStep{one(steps.WebhookCABundles{}, cluster)},
+			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
 			one(steps.WorkloadsRestart(), cluster),
 			one(steps.SwitchIssuance(), cp),
@@ -123,8 +124,11 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.RootCANarrowed(), cluster),
 				one(steps.ControlPlaneCanonical(), cp),
 				one(steps.ExtensionAuthNarrowed(), cluster),
+				one(steps.WebhookCABundlesNarrowed(), cluster),
 			},
 			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
+			one(steps.CCMNarrow(), cp),
+			fan(steps.ExtraKubeconfigsNarrowed(), all, wide),
 			fan(steps.Cleanup(), all, wide),
 			one(steps.DiscoveryHash{}, cluster)),
 		},

@@ -213,10 +213,12 @@ func (inv *Inventory) stepsConfig() steps.Config {
 	for _, n := range inv.Nodes.ControlPlane {
 		c.ControlPlane = append(c.ControlPlane, n.Name)
 		c.Addresses[n.Name] = n.Address
+		addExtraKubeconfigs(&c, n.Name, inv.ExtraKubeconfigs.ControlPlane, n.ExtraKubeconfigs)
 	}
 	for _, n := range inv.Nodes.Workers {
 		c.Workers = append(c.Workers, n.Name)
 		c.Addresses[n.Name] = n.Address
+		addExtraKubeconfigs(&c, n.Name, inv.ExtraKubeconfigs.Workers, n.ExtraKubeconfigs)
 	}
 	inv.resolveTopology(&c)
 	if g := inv.NewCA.Generate; g != nil {
@@ -229,4 +231,23 @@ func (inv *Inventory) stepsConfig() steps.Config {
 		}
 	}
 	return c
+}
+
+// addExtraKubeconfigs records node's extra kubeconfigs: its role's, then
+// its own, each path cleaned and listed once.
+func addExtraKubeconfigs(c *steps.Config, node string, lists ...[]string) {
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, p := range l {
+			p = path.Clean(p)
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			if c.ExtraKubeconfigs == nil {
+				c.ExtraKubeconfigs = map[string][]string{}
+			}
+			c.ExtraKubeconfigs[node] = append(c.ExtraKubeconfigs[node], p)
+		}
+	}
 }

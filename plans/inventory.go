@@ -43,6 +43,10 @@ type Inventory struct {
 	NewCA      NewCASpec      `yaml:"newCA"`
 	Rollout    RolloutSpec    `yaml:"rollout"`
 	Hold       *bool          `yaml:"hold"`
+	// ExtraKubeconfigs are kubeconfigs on the nodes besides kubeadm's
+	// (other tools', operators'), per role; a node's own list adds to its
+	// role's.
+	ExtraKubeconfigs ExtraKubeconfigsSpec `yaml:"extraKubeconfigs"`
 
 	// Set by Load, not read from YAML.
 	Path   string `yaml:"-"` // as given
@@ -102,6 +106,14 @@ type NodeSpec struct {
 	// APIServer is where rotate reaches this control-plane node's
 	// apiserver, when that is not Address on nodes.apiServerPort.
 	APIServer *APIServerSpec `yaml:"apiServer"`
+	// ExtraKubeconfigs are this node's, besides its role's.
+	ExtraKubeconfigs []string `yaml:"extraKubeconfigs"`
+}
+
+// ExtraKubeconfigsSpec lists kubeconfig files on the nodes, by role.
+type ExtraKubeconfigsSpec struct {
+	ControlPlane []string `yaml:"controlPlane"`
+	Workers      []string `yaml:"workers"`
 }
 
 type NodesSpec struct {

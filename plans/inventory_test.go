@@ -149,6 +149,12 @@ func TestInventoryErrors(t *testing.T) {
 			`nodes.controlPlane[0].address (line 13): "10.000.0.1" is neither an IP address`}, 1},
 		{"duplicate DNS name in another case", valid + "    - name: w2\n      address: W1.Example.com\n      port: 2222\n", []string{
 			`nodes.workers[1].address (line 19): duplicate SSH endpoint w1.example.com:2222 (also nodes.workers[0])`}, 1},
+		{"extra kubeconfigs", valid + "extraKubeconfigs:\n  controlPlane: [/etc/kubernetes/monitoring.conf, relative.conf, /etc/kubernetes/monitoring.conf]\n  workers: [/etc/kubernetes//kubelet.conf]\n", []string{
+			`extraKubeconfigs.controlPlane[1] (line 19): must be an absolute path on the node, got "relative.conf"`,
+			`extraKubeconfigs.controlPlane[2] (line 19): duplicate path /etc/kubernetes/monitoring.conf (also extraKubeconfigs.controlPlane[0])`,
+			`extraKubeconfigs.workers[0] (line 20): /etc/kubernetes//kubelet.conf is kubeadm's: rotate updates it anyway`}, 3},
+		{"a node's extra kubeconfigs", edit("      port: 2222\n", "      port: 2222\n      extraKubeconfigs: [~/.kube/config]\n"), []string{
+			`nodes.workers[0].extraKubeconfigs[0] (line 18): must be an absolute path on the node, got "~/.kube/config"`}, 1},
 		{"bad port", edit("port: 2222", "port: 70000"), []string{"nodes.workers[0].port (line 17): 70000 is not a TCP port"}, 1},
 		{"node port 0", edit("port: 2222", "port: 0"), []string{"nodes.workers[0].port (line 17): 0 is not a TCP port (1-65535)"}, 1},
 		{"global port 0", edit("  knownHostsFile: known_hosts", "  knownHostsFile: known_hosts\n  port: 0"), []string{
@@ -375,7 +381,8 @@ func TestPathsResolveAgainstTheInventory(t *testing.T) {
 
 func TestConfigRoundTrip(t *testing.T) {
 	dir, valid := fixtureDir(t)
-	inv, err := Load(write(t, dir, valid+"rollout:\n  workloads:\n    namespaces: []\n  timeouts:\n    phases:\n      servers: 15m\n"))
+	inv, err := Load(write(t, dir, strings.Replace(valid, "      port: 2222\n", "      port: 2222\n      extraKubeconfigs: [/root/.kube/config, /etc/kubernetes/ci.conf]\n", 1)+
+		"rollout:\n  workloads:\n    namespaces: []\n  timeouts:\n    phases:\n      servers: 15m\nextraKubeconfigs:\n  workers: [/etc/kubernetes/ci.conf/]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,6 +393,9 @@ func TestConfigRoundTrip(t *testing.T) {
 	got, err := UnmarshalConfig(b)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if w := []string{"/etc/kubernetes/ci.conf", "/root/.kube/config"}; !reflect.DeepEqual(got.Steps.ExtraKubeconfigs["w1"], w) || len(got.Steps.ExtraKubeconfigs) != 1 {
+		t.Errorf("extra kubeconfigs = %v; want w1: %q (the role's first, each once)", got.Steps.ExtraKubeconfigs, w)
 	}
 	if !reflect.DeepEqual(got, inv.Config()) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, inv.Config())

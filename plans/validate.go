@@ -70,6 +70,7 @@ func (v *validator) validate() {
 	v.rollout()
 	v.topology()
 	v.discover()
+	v.extraKubeconfigs()
 }
 
 func (v *validator) header() {
@@ -414,4 +415,36 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// extraKubeconfigs checks every extra kubeconfig path, the role lists and
+// each node's own: absolute, and none of the kubeconfigs rotate already
+// handles as kubeadm's.
+func (v *validator) extraKubeconfigs() {
+	kdir := path.Clean(v.inv.Paths.KubernetesDir)
+	kubeadms := map[string]bool{}
+	for _, n := range []string{"admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"} {
+		kubeadms[path.Join(kdir, n)] = true
+	}
+	check := func(field string, list []string) {
+		seen := map[string]string{}
+		for i, p := range list {
+			f := fmt.Sprintf("%s[%d]", field, i)
+			switch {
+			case !strings.HasPrefix(p, "/"):
+				v.add(f, "must be an absolute path on the node, got %q", p)
+			case kubeadms[path.Clean(p)]:
+				v.add(f, "%s is kubeadm's: rotate updates it anyway; list only other kubeconfigs here", p)
+			case seen[path.Clean(p)] != "":
+				v.add(f, "duplicate path %s (also %s)", p, seen[path.Clean(p)])
+			default:
+				seen[path.Clean(p)] = f
+			}
+		}
+	}
+	check("extraKubeconfigs.controlPlane", v.inv.ExtraKubeconfigs.ControlPlane)
+	check("extraKubeconfigs.workers", v.inv.ExtraKubeconfigs.Workers)
+	for _, n := range nodeFields(v.inv.Nodes) {
+		check(n.field+".extraKubeconfigs", n.spec.ExtraKubeconfigs)
+	}
 }

@@ -63,6 +63,9 @@ type Config struct {
 	// that is not in the run: "fail" refuses, anything else ("warn", or a
 	// configuration recorded without it) reports it and goes on.
 	UnlistedNodes string
+	// ExtraKubeconfigs are kubeconfigs besides kubeadm's, by node (see
+	// extrakubeconfigs.go).
+	ExtraKubeconfigs map[string][]string
 }
 
 // Timeout is the per-step, per-target deadline for a phase.

@@ -85,7 +85,7 @@ func TestNoTrustNarrowedUnderARunningComponent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, worker := tc.layout(t)
-			runModel(t, cp, worker, tc.kill)
+			runModel(t, withCCM(cp), worker, tc.kill)
 		})
 	}
 }
@@ -185,6 +185,7 @@ var (
 func modelRuntime(ns steps.MemNodes, gates steps.Gates) func(store steps.Store, backupID string) *steps.Runtime {
 	cfg := steps.TestConfig([]string{cpNode}, []string{workerNode})
 	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new"}
+	cfg.ExtraKubeconfigs = map[string][]string{cpNode: {extraCP}, workerNode: {extraWorker}}
 	return func(store steps.Store, backupID string) *steps.Runtime {
 		return &steps.Runtime{RunID: "20260101-000000-model", BackupID: backupID, Store: store,
 			Nodes: ns, Out: &steps.Outputs{}, Config: cfg, Gates: gates}
@@ -254,8 +255,8 @@ func planNodeSteps(t *testing.T) []nodeStep {
 			}
 		}
 	}
-	if len(kinds) < 13 {
-		t.Fatalf("the plan has %d kinds of node step; the tests were written for the thirteen from distribute to cleanup", len(kinds))
+	if len(kinds) < 16 {
+		t.Fatalf("the plan has %d kinds of node step; the tests were written for the sixteen from distribute to cleanup", len(kinds))
 	}
 	return out
 }
@@ -685,7 +686,22 @@ func kubeadmLayout(t *testing.T) (cp, worker layout) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cp, workerOf(cp)
+	return withExtraKubeconfigs(cp, workerOf(cp))
+}
+
+// The extra kubeconfigs of the model (steps.Config.ExtraKubeconfigs):
+// copies of admin.conf, a tool's on the control-plane node and an
+// operator's on the worker.
+const (
+	extraCP     = "/etc/kubernetes/monitoring.conf"
+	extraWorker = "/root/.kube/config"
+)
+
+func withExtraKubeconfigs(cp, worker layout) (layout, layout) {
+	admin := cp["/etc/kubernetes/admin.conf"].data
+	cp[extraCP] = fileSpec{data: admin, mode: 0o640, uid: 0, gid: 1001}
+	worker[extraWorker] = fileSpec{data: admin, mode: 0o600}
+	return cp, worker
 }
 
 func workerOf(cp layout) layout {
@@ -779,7 +795,7 @@ func handWrittenLayout(t *testing.T) (cp, worker layout) {
 	cp[manifests+"/kube-scheduler.yaml"] = staticPod("kube-scheduler",
 		"--authentication-kubeconfig=/etc/kubernetes/scheduler.conf", "--authorization-kubeconfig=/etc/kubernetes/scheduler.conf",
 		"--bind-address=127.0.0.1", k+"scheduler.conf", "--leader-elect=true")
-	return cp, workerOf(cp)
+	return withExtraKubeconfigs(cp, workerOf(cp))
 }
 
 // kubeconfigTmpl is kubeadm's kubeconfig: CA data, user name, and the

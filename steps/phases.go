@@ -143,26 +143,11 @@ func Kubeconfigs() *NodeEdit {
 }
 
 // CCMTrustBoth points a cloud-controller-manager static pod, where one
-// exists, at the bundle; elsewhere it records that there is none.
-func CCMTrustBoth() *NodeEdit {
-	ccm := Component{Name: "cloud-controller-manager", Manifest: "cloud-controller-manager.yaml", HealthPort: 10258}
-	s := &NodeEdit{StepName: "ccm-trust-both", Short: "cloud-controller-manager trusts old+new (if present)"}
-	s.Edits = func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
-		r, err := rt.node(ctx, t)
-		if err != nil {
-			return nil, err
-		}
-		st, err := r.Stat(ctx, rt.Config.manifest(ccm))
-		if err != nil {
-			return nil, err
-		}
-		if !st.Exists {
-			rt.Printf("no cloud-controller-manager manifest on %s: nothing to do", t.Node)
-			return nil, nil
-		}
-		return []fileedit.Edit{setFlags(rt, ccm, map[string]string{"root-ca-file": rt.Config.pki(fileCABundle)}), bumpManifest(rt, ccm)}, nil
-	}
-	return s
+// exists, at the bundle; elsewhere it records that there is none (see
+// ccm.go; CCMNarrow undoes it when trust narrows).
+func CCMTrustBoth() Step {
+	return newCCMStep("ccm-trust-both", "cloud-controller-manager trusts old+new (if present)",
+		func(c *Config) string { return c.pki(fileCABundle) })
 }
 
 // KubeletTrustBoth makes the kubelet accept client certificates of both
@@ -282,17 +267,18 @@ func KubeletNarrow(name string) *NodeEdit {
 		}}
 }
 
-// Cleanup removes the files rotate added.
-func Cleanup() *NodeEdit {
-	return &NodeEdit{StepName: "cleanup", Short: "remove rotate's temporary CA files",
+// Cleanup removes the files rotate added, once nothing on the node names
+// them any more (see cleanup.go).
+func Cleanup() Step {
+	return &cleanupStep{&NodeEdit{StepName: "cleanup", Short: "remove rotate's temporary CA files",
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
 			var edits []fileedit.Edit
-			for _, f := range []string{fileNewCACert, fileNewCAKey, fileNewFPCACert, fileNewFPCAKey, fileCABundle, fileFPCABundle} {
+			for _, f := range rotateFiles {
 				edits = append(edits, fileedit.Remove(c.pki(f)))
 			}
 			return edits, nil
-		}}
+		}}}
 }
 
 // kubeletConfEmbedded replaces an embedded client certificate in

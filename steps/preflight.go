@@ -367,6 +367,9 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err := rt.prepareKubelet(ctx, r, t, cluster); err != nil {
 		return err
 	}
+	if err := rt.prepareExtraKubeconfigs(ctx, r, t, cluster); err != nil {
+		return err
+	}
 	rt.Out.Put(prepDoneKey(t.Node), []byte("1"))
 	return nil
 }

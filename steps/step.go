@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -122,6 +123,10 @@ type Runtime struct {
 	// proxy (/api/v1/nodes/<node>/proxy<path>). Nil is that real call; tests
 	// set it because client-go's fake clientset has no REST client.
 	NodeProxy func(ctx context.Context, node, path string) error
+	// NodeDial opens a TCP connection to addr from node (an SSH
+	// direct-tcpip channel; see nodes.TCPDialer). Nil: no server is
+	// dialed, and verify says so.
+	NodeDial func(ctx context.Context, node, addr string) (net.Conn, error)
 }
 
 // Outputs collects what a step produces; the orchestrator commits it in the

@@ -136,7 +136,17 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	rep.Attention = append(rep.Attention, podNotes...)
-	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) still trust and present the old CA: give them the new CA data and new client certificates before resuming")
+	servers, err := rt.oldCAServers(ctx)
+	if err != nil {
+		return err
+	}
+	rep.Attention = append(rep.Attention, servers...)
+	carriers, err := rt.oldCACarriers(ctx)
+	if err != nil {
+		return err
+	}
+	rep.Attention = append(rep.Attention, carriers...)
+	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) not listed in the inventory's extraKubeconfigs still trust and present the old CA: give them the new CA data and new client certificates before resuming")
 	if rep.Workloads, err = rt.workloadHoldLines(ctx); err != nil {
 		return err
 	}

@@ -103,6 +103,10 @@ type inventory struct {
 	Kubelet struct {
 		RestartCommand string `yaml:"restartCommand"`
 	} `yaml:"kubelet"`
+	ExtraKubeconfigs struct {
+		ControlPlane []string `yaml:"controlPlane"`
+		Workers      []string `yaml:"workers"`
+	} `yaml:"extraKubeconfigs"`
 	NewCA struct {
 		Generate struct {
 			Algorithm            string `yaml:"algorithm"`
@@ -175,6 +179,10 @@ func (c *Cluster) Inventory() ([]byte, error) {
 	inv.Paths.KubeletPKIDir = "/var/lib/kubelet/pki"
 	inv.Paths.BackupDir = "/var/lib/rotate/backups"
 	inv.Kubelet.RestartCommand = filepath.Join(s.HarnessBin, "e2e-node") + " restart-kubelet"
+	// None by default; a test that puts kubeconfigs on the nodes lists
+	// them in its copy of the inventory.
+	inv.ExtraKubeconfigs.ControlPlane = []string{}
+	inv.ExtraKubeconfigs.Workers = []string{}
 	g := &inv.NewCA.Generate
 	g.Algorithm = "ECDSA-P256"
 	g.Validity = "87600h"

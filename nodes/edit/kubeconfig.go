@@ -217,8 +217,13 @@ func (c ClientCert) String() string {
 // GoString keeps %#v from dumping the key.
 func (c ClientCert) GoString() string { return c.String() }
 
+// ErrNoClientCert is wrapped by KubeconfigClientCert for a user that
+// authenticates otherwise (a token, exec or auth-provider credentials).
+var ErrNoClientCert = errors.New("no client certificate")
+
 // KubeconfigClientCert returns a user's client certificate and key (see
-// ClientCert). user "" means the current context's user.
+// ClientCert). user "" means the current context's user; one without a
+// client certificate gives an error wrapping ErrNoClientCert.
 func KubeconfigClientCert(kc []byte, user string) (ClientCert, error) {
 	doc, _, err := parse(kc, "kubeconfig")
 	if err != nil {
@@ -244,7 +249,7 @@ func KubeconfigClientCert(kc []byte, user string) (ClientCert, error) {
 		c.KeyFile = v.Value
 	}
 	if c.CertPEM == nil && c.CertFile == "" {
-		return ClientCert{}, fmt.Errorf("user %q has no client certificate", name)
+		return ClientCert{}, fmt.Errorf("user %q has %w", name, ErrNoClientCert)
 	}
 	return c, nil
 }
@@ -335,4 +340,77 @@ func ScanControlPlaneKubeconfigs(read func(name string) ([]byte, error)) []Scann
 		out = append(out, ScannedKubeconfig{Name: kc.Name, Raw: raw, Client: cc})
 	}
 	return out
+}
+
+// MapKubeconfigCAData rewrites the certificate-authority-data of every
+// cluster entry that embeds one: fn gets the cluster's name and its CA
+// PEM and returns the PEM wanted there (the same bytes to leave it). An
+// entry that references a CA file, or has no CA, is not passed to fn. It
+// returns how many entries embed CA data; when fn changes none, the input
+// is returned unchanged.
+func MapKubeconfigCAData(kc []byte, fn func(cluster string, caPEM []byte) ([]byte, error)) ([]byte, int, error) {
+	doc, st, err := parse(kc, "kubeconfig")
+	if err != nil {
+		return nil, 0, err
+	}
+	l := get(doc.Content[0], "clusters")
+	if l == nil || l.Kind != yaml.SequenceNode {
+		return nil, 0, fmt.Errorf("kubeconfig has no clusters")
+	}
+	embedded, changed := 0, false
+	for _, e := range l.Content {
+		cl, name := get(e, "cluster"), ""
+		if n := get(e, "name"); n != nil {
+			name = n.Value
+		}
+		v := get(cl, "certificate-authority-data")
+		if cl == nil || v == nil || v.Value == "" {
+			continue
+		}
+		embedded++
+		cur, err := decodeData(v, "certificate-authority-data", name)
+		if err != nil {
+			return nil, 0, err
+		}
+		want, err := fn(name, cur)
+		if err != nil {
+			return nil, 0, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		if bytes.Equal(want, cur) {
+			continue
+		}
+		if err := checkCertsPEM(want, "CA"); err != nil {
+			return nil, 0, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		c, err := setScalar(cl, "certificate-authority-data", base64.StdEncoding.EncodeToString(want))
+		if err != nil {
+			return nil, 0, err
+		}
+		changed = changed || c
+	}
+	out, err := finish(kc, doc, st, changed)
+	return out, embedded, err
+}
+
+// KubeconfigUsers returns the names of the kubeconfig's users, in file
+// order.
+func KubeconfigUsers(kc []byte) ([]string, error) {
+	doc, _, err := parse(kc, "kubeconfig")
+	if err != nil {
+		return nil, err
+	}
+	l := get(doc.Content[0], "users")
+	if l == nil {
+		return nil, nil
+	}
+	if l.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf("kubeconfig users is not a list")
+	}
+	var out []string
+	for _, e := range l.Content {
+		if n := get(e, "name"); n != nil && n.Value != "" {
+			out = append(out, n.Value)
+		}
+	}
+	return out, nil
 }

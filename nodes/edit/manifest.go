@@ -239,3 +239,28 @@ func SetPodAnnotation(manifest []byte, key, value string) ([]byte, error) {
 	}
 	return finish(manifest, doc, st, changed)
 }
+
+// ContainerCommand returns the named container's command (nil when the
+// manifest gives none and the image's entrypoint runs).
+func ContainerCommand(manifest []byte, containerName string) ([]string, error) {
+	doc, _, err := parse(manifest, "manifest")
+	if err != nil {
+		return nil, err
+	}
+	c, err := container(doc, containerName)
+	if err != nil {
+		return nil, err
+	}
+	s := get(c, "command")
+	if s == nil {
+		return nil, nil
+	}
+	if s.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf("container %s: command is not a list", containerName)
+	}
+	out := make([]string, 0, len(s.Content))
+	for _, it := range s.Content {
+		out = append(out, it.Value)
+	}
+	return out, nil
+}
