@@ -538,6 +538,17 @@ func (c *Cluster) stageWorkers(ctx context.Context) error {
 	return nil
 }
 
+// Spares are the names of the spare workers not joined yet, in order.
+func (c *Cluster) Spares() []string {
+	var out []string
+	for _, n := range c.st.Spec.Nodes {
+		if n.Spare {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
 // JoinNode joins a spare worker (Options.SpareWorkers) now, as an operator
 // or autoscaler adding a node: kubeadm join with the bootstrap token,
 // discovery pinned to the CA(s) cluster-info publishes at this moment, the

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -55,7 +56,7 @@ func setup(t *testing.T, ctx context.Context) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cluster.Up(ctx, cluster.Options{Name: "rot", ControlPlanes: 3, Workers: 2, Subnet: "10.213.48.0/24",
+	c, err := cluster.Up(ctx, cluster.Options{Name: "rot", ControlPlanes: 3, Workers: 2, SpareWorkers: 1, Subnet: "10.213.48.0/24",
 		BinDir: os.Getenv("ROTATE_K8S_BIN"), HarnessBinDir: os.Getenv("ROTATE_BIN_DIR"), Progress: testWriter{t}, ReplaceStale: true})
 	if err != nil {
 		t.Fatalf("cluster up: %v", err)
@@ -211,6 +212,9 @@ func TestRotation(t *testing.T) {
 	// must list it as pre-existing.
 	unreachable := e.info.Nodes[len(e.info.Nodes)-1]
 	e.setKubeletUnreachable(t, unreachable, true)
+	// Workloads a restart cannot roll, and a Secret other tools keep the
+	// old CA in: listed at the hold, never waited on.
+	e.createStubbornWorkloads(t, ctx, c0)
 	t0 := time.Now()
 	r := rotate(t, ctx, dir, killMidFanOut, nil, "start", "--inventory", inv)
 	if !r.killed {
@@ -240,16 +244,41 @@ func TestRotation(t *testing.T) {
 	}
 	st := rotate(t, ctx, dir, nil, nil, "status")
 	mustSucceed(t, st, "status")
-	for _, want := range []string{"state held", "HELD before narrowing trust", "attention: ", "pre-existing: apiserver → kubelet " + unreachable.Name} {
+	for _, want := range []string{"state held", "HELD before narrowing trust", "attention: ", "pre-existing: apiserver → kubelet " + unreachable.Name,
+		"workload: " + stubbornPaused + ": paused, not restarted",
+		"workload: " + stubbornOnDelete + ": updateStrategy OnDelete, not restarted",
+		"workload: " + stubbornNeverReady + ": not all pods available before the run",
+		"attention: " + stubbornSecret + " key ca.crt holds the old cluster CA",
+		"cluster lock: lease kube-system/rotate-lock held by rotate run "} {
 		if !strings.Contains(st.out, want) {
 			t.Errorf("status at the hold lacks %q:\n%s", want, st.out)
 		}
+	}
+	// A second operator with another state file is refused while the run
+	// holds the cluster.
+	other := filepath.Join(e.workdir, "run1-other-operator")
+	os.MkdirAll(other, 0o700)
+	if o := rotate(t, ctx, other, nil, nil, "start", "--inventory", inv); o.code != 3 || !strings.Contains(o.out, "locked by another rotate run") {
+		t.Errorf("a second start while run 1 holds: exit %d, want 3 and the lock's holder\n%s", o.code, tail(o.out, 10))
+	}
+	// A node joins while the run holds (an autoscaler, a late kubeadm
+	// join): its kubelet bootstraps from cluster-info, which carries the new
+	// CA by now; rotate names it before narrowing and lets it through.
+	spare := e.c.Spares()[0]
+	if err := e.c.JoinNode(ctx, spare); err != nil {
+		t.Fatalf("join %s at the hold: %v", spare, err)
 	}
 	e.setKubeletUnreachable(t, unreachable, false)
 	e.probesClean(t, "at the hold")
 	r = rotate(t, ctx, dir, nil, nil, "resume")
 	mustSucceed(t, r, "resume past the hold")
 	wall := time.Since(t0)
+	if want := "node " + spare + " is not in the run (joined during the run, Ready); its kubelet client certificate: new CA"; !strings.Contains(r.out, want) || !strings.Contains(r.out, "keeps working once trust narrows") {
+		t.Errorf("resume past the hold did not name the node that joined (%q):\n%s", want, tail(r.out, 60))
+	}
+	if _, err := e.client(t).CoordinationV1().Leases("kube-system").Get(ctx, "rotate-lock", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the cluster lock after run 1 completed: %v, want it released (NotFound)", err)
+	}
 	if !strings.Contains(r.out, "--discovery-token-ca-cert-hash sha256:") {
 		t.Errorf("no join hash printed:\n%s", tail(r.out, 10))
 	}
@@ -293,6 +322,21 @@ func TestRotation(t *testing.T) {
 		t.Error(err)
 	}
 	e.probesClean(t, "after run 1")
+	// The joined node kept working through narrowing, on the new CA only;
+	// the operator adds it to the inventory for the next runs.
+	e.info = e.c.Info()
+	if err := verify.KubeletCertsIssuedBy(e.only(t, spare), c1.Cert); err != nil {
+		t.Errorf("node %s joined at the hold: %v", spare, err)
+	}
+	if err := verify.NodesReady(ctx, e.client(t)); err != nil {
+		t.Errorf("after run 1 with %s joined: %v", spare, err)
+	}
+	inv = filepath.Join(e.workdir, "inventory-with-"+spare+".yaml")
+	if raw, err := e.c.Inventory(); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(inv, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	// Slow mode from here on: a static pod is replaced only 5 s after its
 	// manifest changed; meanwhile the old process keeps serving with what
@@ -307,7 +351,7 @@ func TestRotation(t *testing.T) {
 	// run returns the cluster to run 1's CA.
 	dir2 := filepath.Join(e.workdir, "run2")
 	os.MkdirAll(dir2, 0o700)
-	w2 := e.info.Nodes[len(e.info.Nodes)-1]
+	w2 := unreachable
 	cut := false
 	r = rotate(t, ctx, dir2, nil, func(line string) {
 		if !cut && strings.Contains(line, "==> phase 9/12 servers") {
@@ -412,6 +456,22 @@ func TestRotation(t *testing.T) {
 	}
 	credentialFailures(t, rep, "over the whole test")
 	e.probesCovered(t, rep, calls, w2.Name)
+}
+
+// only is the cluster with only node name (for checks of one node).
+func (e *env) only(t *testing.T, name string) clusterinfo.Cluster {
+	t.Helper()
+	c := e.info
+	c.Nodes = nil
+	for _, n := range e.info.Nodes {
+		if n.Name == name {
+			c.Nodes = append(c.Nodes, n)
+		}
+	}
+	if len(c.Nodes) != 1 {
+		t.Fatalf("no node %s in cluster.json", name)
+	}
+	return c
 }
 
 // checkStateMirrors checks every control-plane node holds the run's state
