@@ -154,8 +154,9 @@ var (
 // changes, the old process serving meanwhile, like a busy kubelet):
 //  2. start --no-hold, a worker unreachable over SSH mid-run (clean
 //     failure naming it), the operator's machine lost, resume from a
-//     control-plane node's state copy after the worker returns →
-//     completed; end state checked; rollback of the completed run → run
+//     control-plane node's state copy after the worker returns, that
+//     machine killed after the signer switch and lost too, resume from
+//     another node's copy → completed; end state checked; rollback of the completed run → run
 //     1's CA;
 //
 // and back in normal mode:
@@ -382,10 +383,25 @@ func TestRotation(t *testing.T) {
 	}
 	dir2 = filepath.Join(e.workdir, "run2-new-machine")
 	os.MkdirAll(dir2, 0o700)
-	r = rotate(t, ctx, dir2, nil, nil, "resume", "--recover-from", "cp2", "--inventory", inv)
-	mustSucceed(t, r, "resume --recover-from cp2 after the node came back")
+	// The new machine dies too, killed mid-run after the signer switch,
+	// with its state file: a third one recovers from another node's copy,
+	// which may lag the last checkpoint (steps are idempotent).
+	r = rotate(t, ctx, dir2, killAfterSwitch, nil, "resume", "--recover-from", "cp2", "--inventory", inv)
+	if !r.killed {
+		t.Fatalf("resume --recover-from cp2 was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
+	}
 	if !strings.Contains(r.out, "recovered from node cp2") {
 		t.Errorf("recovery not reported:\n%s", tail(r.out, 20))
+	}
+	for _, f := range []string{"rotate.db", "rotate.db.status.json", "rotate.db.events.jsonl"} {
+		os.Remove(filepath.Join(dir2, f))
+	}
+	dir2 = filepath.Join(e.workdir, "run2-third-machine")
+	os.MkdirAll(dir2, 0o700)
+	r = rotate(t, ctx, dir2, nil, nil, "resume", "--recover-from", "cp3", "--inventory", inv)
+	mustSucceed(t, r, "resume --recover-from cp3 after the second machine died")
+	if !strings.Contains(r.out, "recovered from node cp3") {
+		t.Errorf("second recovery not reported:\n%s", tail(r.out, 20))
 	}
 	if ev := rotate(t, ctx, dir2, nil, nil, "events"); ev.code != 0 || !strings.Contains(ev.out, "recover") {
 		t.Errorf("the journal does not record the recovery (exit %d):\n%s", ev.code, tail(ev.out, 10))
