@@ -107,6 +107,7 @@ func (c *Config) Plan(opts Options) *Plan {
 			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
 			one(steps.WorkloadsRestart(), cluster),
+			one(steps.NoKubeletCutOff{}, cluster),
 			one(steps.SwitchIssuance(), cp),
 			one(steps.KubeletCSRs{}, cluster)),
 			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers"))...),

@@ -25,10 +25,50 @@ const UnlistedFail = "fail"
 
 // unlistedAdvice is what to do about unlisted node n, and why.
 func unlistedAdvice(n string) string {
-	return fmt.Sprintf("node %s is in the cluster but not in the inventory: rotate does not touch it, and once trust narrows (phase 12) "+
-		"its kubelet, holding a client certificate from the old CA, is locked out and the node goes NotReady; "+
+	return fmt.Sprintf("node %s is in the cluster but not in the inventory: rotate does not touch it, so once the apiservers serve "+
+		"certificates from the new CA (switch-issuance, phase 9) its kubelet, given no bundle, cannot verify them, and once trust "+
+		"narrows (phase 12) its old-CA client certificate is refused: the node goes NotReady; "+
 		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain %s; kubectl delete node %s); "+
-		"narrow-trust stops before narrowing while it has one", n, n, n)
+		"the run stops before switching issuance while it is there (kubectl annotate node %s %s=true lets it go on without it)", n, n, n, n, AcceptLockoutAnnotation)
+}
+
+// NoKubeletCutOff comes right before switch-issuance: it refuses to
+// switch while a Node outside the run is in the cluster and the operator
+// has not accepted its lock-out. rotate gave such a node's kubelet no
+// bundle: it trusts only the CA its kubelet.conf was written with (the old
+// one: cluster-info carries the new CA only from phase 10, and kubeadm
+// join fails before then), so it cannot verify the apiservers once they
+// serve certificates from the new CA.
+type NoKubeletCutOff struct{ readOnly }
+
+func (NoKubeletCutOff) Name() string { return "no-kubelet-cut-off" }
+
+// Explain says what the guard stops on, in the static plan.
+func (NoKubeletCutOff) Explain(*Config) []string {
+	return []string{"read only: stops the run before the apiservers serve from the new CA while a Node outside the run is in the cluster " +
+		"(rotate gave its kubelet no bundle), unless the Node is annotated " + AcceptLockoutAnnotation + "=true"}
+}
+
+func (NoKubeletCutOff) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	un, err := rt.unlistedNodes(ctx)
+	if err != nil {
+		return err
+	}
+	var refused []string
+	for _, u := range un {
+		if u.Accepted {
+			rt.Printf("%s: its lock-out is accepted (%s=true); switching issuance anyway", u, AcceptLockoutAnnotation)
+			continue
+		}
+		refused = append(refused, fmt.Sprintf("%s: rotate gave its kubelet no bundle, so once the apiservers serve certificates from the new CA "+
+			"(switch-issuance, next) it cannot verify them and the node goes NotReady. Drain and delete it (kubectl drain %s; kubectl delete node %s) "+
+			"and join it again after the run; or roll back and start again with it in the inventory; "+
+			"or accept the lock-out (kubectl annotate node %s %s=true); then rotate resume", u, u.Name, u.Name, u.Name, AcceptLockoutAnnotation))
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("refusing to switch issuance to the new CA:\n  - %s", strings.Join(refused, "\n  - "))
+	}
+	return nil
 }
 
 // unlisted is the names of the Nodes in list that the run does not

@@ -112,10 +112,11 @@ func readyNode(name string, ready bool) *corev1.Node {
 // what to do (warn, the default) or refused (fail); its readiness does not
 // fail preflight or, later, verify.
 func TestUnlistedNodesInPreflight(t *testing.T) {
-	const advice = "node w9 is in the cluster but not in the inventory: rotate does not touch it, and once trust narrows (phase 12) " +
-		"its kubelet, holding a client certificate from the old CA, is locked out and the node goes NotReady; " +
+	const advice = "node w9 is in the cluster but not in the inventory: rotate does not touch it, so once the apiservers serve " +
+		"certificates from the new CA (switch-issuance, phase 9) its kubelet, given no bundle, cannot verify them, and once trust " +
+		"narrows (phase 12) its old-CA client certificate is refused: the node goes NotReady; " +
 		"add it to the inventory (nodes.workers or nodes.discoverWorkers), or drain and delete it (kubectl drain w9; kubectl delete node w9); " +
-		"narrow-trust stops before narrowing while it has one"
+		"the run stops before switching issuance while it is there (kubectl annotate node w9 rotate.kubeca.io/accept-lockout=true lets it go on without it)"
 	for _, tc := range []struct {
 		name, mode string
 		ready      bool
@@ -329,5 +330,62 @@ func TestNoKubeletLockedOutWithoutUnlistedNodes(t *testing.T) {
 	f.progress = nil
 	if err := (NoKubeletLockedOut{}).Apply(context.Background(), f.rt, ClusterTarget); err != nil || len(f.progress) != 0 {
 		t.Fatalf("guard = %v, said %q", err, f.progress)
+	}
+}
+
+// Before the apiservers serve from the new CA, every Node outside the run
+// stops the run (its kubelet was given no bundle), whatever its client
+// certificate, unless the operator accepted its lock-out; without such
+// Nodes the guard passes silently.
+func TestNoKubeletCutOff(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		node      *corev1.Node // nil: none outside the run
+		accept    bool
+		wantErr   []string
+		wantPrint string
+	}{
+		{name: "no node outside the run"},
+		{name: "a node that joined during the run", node: readyNode("j1", true), wantErr: []string{
+			"refusing to switch issuance to the new CA:\n  - node j1 is not in the run (joined during the run, Ready)",
+			"rotate gave its kubelet no bundle, so once the apiservers serve certificates from the new CA (switch-issuance, next) it cannot verify them",
+			"kubectl drain j1; kubectl delete node j1",
+			"kubectl annotate node j1 rotate.kubeca.io/accept-lockout=true",
+		}},
+		{name: "not Ready, still refused", node: readyNode("j1", false), wantErr: []string{"node j1 is not in the run (joined during the run, not Ready)"}},
+		{name: "lock-out accepted", node: readyNode("j1", true), accept: true,
+			wantPrint: "node j1 is not in the run (joined during the run, Ready); its kubelet client certificate: unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newVerifyFixture(t)
+			f.preflight(t)
+			ctx := context.Background()
+			if tc.node != nil {
+				if tc.accept {
+					tc.node.Annotations = map[string]string{AcceptLockoutAnnotation: "true"}
+				}
+				if _, err := f.rt.Kube.CoreV1().Nodes().Create(ctx, tc.node, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.progress = nil
+			err := NoKubeletCutOff{}.Apply(ctx, f.rt, ClusterTarget)
+			if len(tc.wantErr) == 0 && err != nil {
+				t.Fatalf("guard: %v", err)
+			}
+			for _, want := range tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("guard = %v\nwant it to say %q", err, want)
+				}
+			}
+			switch {
+			case tc.wantPrint != "":
+				if len(f.progress) != 1 || !strings.HasPrefix(f.progress[0], tc.wantPrint) || !strings.Contains(f.progress[0], "switching issuance anyway") {
+					t.Fatalf("guard said %q, want %q ... switching issuance anyway", f.progress, tc.wantPrint)
+				}
+			case len(f.progress) != 0:
+				t.Fatalf("guard said %q", f.progress)
+			}
+		})
 	}
 }
