@@ -18,6 +18,7 @@ var _ TCPDialer = (*Client)(nil)
 
 // DialTCP connects to addr (host:port) from the node.
 func (c *Client) DialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	c.trips.Trip(ctx, c.cfg.Name)
 	conn, err := c.conn.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", addr, c.cfg.Name, err)

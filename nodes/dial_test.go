@@ -14,21 +14,7 @@ import (
 // naming the node and address for a closed port.
 func TestDialTCP(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("hello from the node's network\n"))
-			c.Close()
-		}
-	}()
+	ln := serveTCP(t, "hello from the node's network\n")
 	_, cfg := startNode(t, "cp-1", sshdtest.Options{})
 	c := dial(t, cfg)
 	p := NewPool([]Config{cfg})

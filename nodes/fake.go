@@ -26,6 +26,10 @@ type MemRunner struct {
 	// "run", "read", "stat", "write", "symlink", "remove" and path the path
 	// (for "run", the command). A non-nil error is returned as is.
 	Fail func(op, path string) error
+	// Trips, when set, counts one round trip per operation, as *Client
+	// counts its sessions (nothing for a path refused before it would
+	// leave the machine).
+	Trips *RoundTrips
 
 	name  string
 	mu    sync.Mutex
@@ -173,15 +177,20 @@ func (m *MemRunner) begin(ctx context.Context, op, p string) error {
 		m.cmds = append(m.cmds, p)
 	}
 	m.mu.Unlock()
+	var pathErr error
+	if op != "run" {
+		pathErr = checkPath(p)
+	}
+	if pathErr == nil {
+		m.Trips.Trip(ctx, m.name)
+	}
 	if m.Fail != nil {
 		if err := m.Fail(op, p); err != nil {
 			return err
 		}
 	}
-	if op != "run" {
-		if err := checkPath(p); err != nil {
-			return fmt.Errorf("%s %s on %s: %w", op, p, m.name, err)
-		}
+	if pathErr != nil {
+		return fmt.Errorf("%s %s on %s: %w", op, p, m.name, pathErr)
 	}
 	return nil
 }

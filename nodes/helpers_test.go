@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -166,3 +167,44 @@ func sha256hex(b []byte) string {
 type ctxT = context.Context
 
 func (p *proxy) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port())) }
+
+// runUntilRedialed runs `true` on r after its connection was cut until a
+// call succeeds (on a new connection), failing t on any error but
+// ErrConnectionLost; it returns how many calls failed so.
+func runUntilRedialed(t *testing.T, ctx context.Context, r Runner) int64 {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	var lost int64
+	for {
+		_, err := r.Run(ctx, "true", nil)
+		if err == nil {
+			return lost
+		}
+		if !errors.Is(err, ErrConnectionLost) || time.Now().After(deadline) {
+			t.Fatalf("after cut: %v", err)
+		}
+		lost++
+	}
+}
+
+// serveTCP listens on 127.0.0.1 (closed in t.Cleanup), writes reply to
+// each connection and closes it.
+func serveTCP(t *testing.T, reply string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte(reply))
+			c.Close()
+		}
+	}()
+	return ln
+}

@@ -23,6 +23,7 @@ type Pool struct {
 	closed bool
 	dial   func(context.Context, Config) (*Client, error)
 	log    *slog.Logger
+	trips  *RoundTrips
 }
 
 type poolNode struct {
@@ -33,8 +34,8 @@ type poolNode struct {
 // NewPool returns a pool for the given nodes. Nothing is dialed yet.
 // Invalid or duplicate configurations are reported by Get for that name.
 func NewPool(cfgs []Config) *Pool {
-	p := &Pool{cfgs: map[string]Config{}, bad: map[string]error{}, nodes: map[string]*poolNode{}}
-	p.dial = func(ctx context.Context, c Config) (*Client, error) { return dialLogged(ctx, c, p.logger()) }
+	p := &Pool{cfgs: map[string]Config{}, bad: map[string]error{}, nodes: map[string]*poolNode{}, trips: NewRoundTrips()}
+	p.dial = func(ctx context.Context, c Config) (*Client, error) { return dialLogged(ctx, c, p.logger(), p.trips) }
 	for _, c := range cfgs {
 		if _, dup := p.cfgs[c.Name]; dup {
 			p.bad[c.Name] = fmt.Errorf("node %s is listed more than once", c.Name)
@@ -52,6 +53,10 @@ func (p *Pool) SetLogger(l *slog.Logger) {
 	defer p.mu.Unlock()
 	p.log = l
 }
+
+// RoundTrips is the pool's count of round trips and dials to each node
+// (roundtrips.go), across re-dials.
+func (p *Pool) RoundTrips() *RoundTrips { return p.trips }
 
 func (p *Pool) logger() *slog.Logger {
 	p.mu.Lock()

@@ -159,16 +159,7 @@ func TestPoolReusesAndRedials(t *testing.T) {
 	p.Cut()
 	// The in-flight view of the old connection is gone; the same Runner
 	// re-dials on its next call.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, err := r.Run(ctx, "true", nil)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ErrConnectionLost) || time.Now().After(deadline) {
-			t.Fatalf("after cut: %v", err)
-		}
-	}
+	runUntilRedialed(t, ctx, r)
 	if n := p.accepted.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}

@@ -31,6 +31,9 @@ type Client struct {
 	jump *ssh.Client   // the jump host's connection conn runs through, if any
 	done chan struct{} // closed when the connection is gone
 	once sync.Once
+	// trips counts the round trips to the node (roundtrips.go); nil:
+	// not counted.
+	trips *RoundTrips
 }
 
 var _ Runner = (*Client)(nil)
@@ -41,12 +44,13 @@ var _ ExactWriter = (*Client)(nil)
 // times with exponential backoff. Host key and authentication failures
 // return at once.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
-	return dialLogged(ctx, cfg, nil)
+	return dialLogged(ctx, cfg, nil, nil)
 }
 
 // dialLogged is Dial, logging each attempt, retry and the connection to log (nil:
-// no logs). Nothing logged holds key material.
-func dialLogged(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
+// no logs), counting each attempt and then the client's round trips in
+// trips (nil: not counted). Nothing logged holds key material.
+func dialLogged(ctx context.Context, cfg Config, log *slog.Logger, trips *RoundTrips) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -62,9 +66,10 @@ func dialLogged(ctx context.Context, cfg Config, log *slog.Logger) (*Client, err
 	backoff := cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
+		trips.Dial(cfg.Name)
 		c, err := dialOnce(ctx, cfg, hk)
 		if err == nil {
-			c.log = log
+			c.log, c.trips = log, trips
 			log.Info("connected", "addr", cfg.addr(), "user", cfg.User, "attempt", attempt+1, "duration", time.Since(start).Round(time.Millisecond))
 			return c, nil
 		}
@@ -455,10 +460,11 @@ func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
 }
 
 // kill sends TERM to a remote command started by run, from a new session.
-func (c *Client) kill(pid int) {
+func (c *Client) kill(ctx context.Context, pid int) {
 	if pid <= 1 {
 		return
 	}
+	c.trips.Trip(ctx, c.cfg.Name)
 	s, err := c.conn.NewSession()
 	if err != nil {
 		return
@@ -585,6 +591,7 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 	)
 	stderr := &stderrSniffer{rest: &capBuffer{max: maxStderr}}
 	ch := make(chan outcome, 1)
+	c.trips.Trip(ctx, c.cfg.Name)
 	go func() {
 		s, err := c.conn.NewSession()
 		if err != nil {
@@ -609,7 +616,7 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 		// TERM reaches timeout(1) (through sudo, which relays it), which
 		// kills the command's whole process group. Should the kill not get
 		// through, timeout(1) ends the command on its own shortly after.
-		c.kill(stderr.remotePid())
+		c.kill(ctx, stderr.remotePid())
 		mu.Lock()
 		if sess != nil {
 			sess.Close()

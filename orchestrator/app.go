@@ -111,7 +111,8 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
 	snap.mirrorStatus = s.mirror.activeStatus
 	snap.journal(ctx)
-	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror})
+	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror,
+		RoundTrips: s.pool.RoundTrips()})
 	return s, nil
 }
 

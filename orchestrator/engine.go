@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kubeca/rotate/internal/redact"
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -51,6 +52,10 @@ type Options struct {
 	// Mirror keeps copies of the state on the control-plane nodes (see
 	// mirror.go); nil: none.
 	Mirror Mirror
+	// RoundTrips is the count of SSH round trips the run's node runners
+	// keep (the pool's); every checkpoint records it (roundtrips.go). nil:
+	// not counted.
+	RoundTrips *nodes.RoundTrips
 }
 
 // Engine runs one plan against one state store.
@@ -63,6 +68,7 @@ type Engine struct {
 	now     func() time.Time
 	after   func(int)
 	mirror  Mirror
+	trips   *tripLedger
 
 	mu      sync.Mutex // serializes commits and the counters below
 	commits int
@@ -71,7 +77,8 @@ type Engine struct {
 
 // New returns an engine; it does no I/O.
 func New(o Options) *Engine {
-	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit, mirror: o.Mirror}
+	e := &Engine{store: o.Store, plan: o.Plan, rt: o.Runtime, printer: o.Printer, log: o.Log, now: o.Now, after: o.AfterCommit, mirror: o.Mirror,
+		trips: &tripLedger{live: o.RoundTrips}}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -87,6 +94,9 @@ func New(o Options) *Engine {
 func (e *Engine) commit(ctx context.Context, cp state.Checkpoint) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if err := e.trips.stamp(ctx, e.store, &cp); err != nil {
+		return err
+	}
 	if err := e.store.Commit(ctx, cp); err != nil {
 		return err
 	}
@@ -193,6 +203,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 		case StateCompleted:
 			e.finishMirror(ctx)
 			e.printer.Linef("rotation of cluster %s completed", run.Cluster)
+			e.printTrips()
 			return nil
 		case StateNew:
 			next = enterEvent(e.plan.Phases[0].Name)
@@ -232,6 +243,7 @@ func (e *Engine) drive(ctx context.Context, run state.Run) error {
 				}
 				e.syncBestEffort(ctx, "at the hold")
 				e.printer.Linef("held after phase %d/%d %s: review `rotate status`, then `rotate resume` to continue or `rotate rollback` to undo", ph.Index, e.plan.Last(), ph.Name)
+				e.printTrips()
 				return nil
 			case i == len(e.plan.Phases)-1:
 				next = evComplete
@@ -284,7 +296,7 @@ func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedSt
 	targets := ps.Targets
 	if o := steps.OrderingOf(ps.Step); o != nil {
 		rt := e.stepRuntime(plans.StepKey(ph.Name, name, steps.ClusterTarget))
-		targets = o.Order(ctx, &rt, targets)
+		targets = o.Order(tripLabel(ctx, ph.Name, name, false), &rt, targets)
 	}
 	total := len(targets)
 	var doneMu sync.Mutex
@@ -333,7 +345,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	e.printer.Step(st.Name(), t.String(), "running")
 	start := e.now()
 
-	sctx, cancel := e.stepContext(ctx, ph.Name, st)
+	sctx, cancel := e.stepContext(tripLabel(ctx, ph.Name, st.Name(), false), ph.Name, st)
 	defer cancel()
 	rt := e.stepRuntime(key)
 	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), t.String(), msg) }
@@ -513,7 +525,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 			return e.rollbackFailed(ctx, m, err, nil)
 		}
 		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
-		sctx, cancel := e.stepContext(ctx, r.Phase, st)
+		sctx, cancel := e.stepContext(tripLabel(ctx, r.Phase, r.Step, true), r.Phase, st)
 		rt := e.stepRuntime(r.Key)
 		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
 		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
@@ -543,7 +555,15 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	}
 	e.finishMirror(ctx)
 	e.printer.Linef("rollback of run %s complete: cluster %s is back on its old CAs", run.ID, run.Cluster)
+	e.printTrips()
 	return nil
+}
+
+// printTrips prints the run's SSH round trips per node (none: nothing).
+func (e *Engine) printTrips() {
+	if l := e.trips.summary(); l != "" {
+		e.printer.Linef("%s", l)
+	}
 }
 
 func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() string }, err error, changes []state.Event) error {

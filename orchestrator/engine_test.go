@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -67,13 +68,37 @@ func worldOf(journal []string) map[string]bool {
 }
 
 func (s worldStep) Check(ctx context.Context, rt *steps.Runtime, t steps.Target) (bool, error) {
+	if err := s.trip(ctx, rt, t); err != nil {
+		return false, err
+	}
 	return s.inEffect(s.name + "@" + t.String())
+}
+
+// trip makes one round trip to t's node when the runtime has nodes (the
+// round-trip tests give it counting in-memory nodes), journaled first as
+// "trip NODE" so the test knows every trip made.
+func (s worldStep) trip(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
+	if rt.Nodes == nil || t.Node == "" {
+		return nil
+	}
+	if err := s.journal("trip " + t.Node); err != nil {
+		return err
+	}
+	r, err := rt.Nodes.Node(ctx, t.Node)
+	if err != nil {
+		return err
+	}
+	_, err = r.Stat(ctx, "/world")
+	return err
 }
 
 func (s worldStep) Apply(ctx context.Context, rt *steps.Runtime, t steps.Target) error {
 	id := s.name + "@" + t.String()
 	if _, err := os.Stat(filepath.Join(s.dir, "fail-"+id)); err == nil {
 		return fmt.Errorf("injected failure")
+	}
+	if err := s.trip(ctx, rt, t); err != nil {
+		return err
 	}
 	if err := s.journal("apply " + id); err != nil {
 		return err
@@ -93,6 +118,9 @@ func (s worldStep) Revert(ctx context.Context, rt *steps.Runtime, t steps.Target
 	on, err := s.inEffect(id)
 	if err != nil || !on {
 		return err // never applied, or already reverted
+	}
+	if err := s.trip(ctx, rt, t); err != nil {
+		return err
 	}
 	return s.journal("revert " + id)
 }
@@ -141,6 +169,11 @@ func helperMain(cmd, dir string) int {
 			select {}
 		}
 	}}
+	if os.Getenv("ROTATE_TEST_TRIPS") != "" {
+		// Nodes a, b and c count their round trips; the run prints them.
+		o.RoundTrips, o.Runtime.Nodes = countingNodes(nodes.NewRoundTrips(), "a", "b", "c")
+		o.Printer = NewPrinter(os.Stdout)
+	}
 	if raw := os.Getenv("ROTATE_TEST_MIRROR_NODE"); raw != "" {
 		// Node a (the control plane) keeps a copy of the state.
 		m, closeMirror, err := helperMirror(dir, raw, s)

@@ -103,7 +103,11 @@ func (e *Engine) persistTransition(ctx context.Context, ev *fsm.Event) error {
 	case StateFailed:
 		level = "error"
 	}
-	return e.store.Commit(ctx, state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: level, Kind: state.KindState, Phase: run.Phase, Message: "state " + msg}}})
+	cp := state.Checkpoint{Run: &run, Events: []state.Event{{Time: e.now(), Level: level, Kind: state.KindState, Phase: run.Phase, Message: "state " + msg}}}
+	if err := e.trips.stamp(ctx, e.store, &cp); err != nil {
+		return err
+	}
+	return e.store.Commit(ctx, cp)
 }
 
 // fire moves the machine, treating "already there" as success.

@@ -76,6 +76,10 @@ func MirrorPath(backupDir, cluster string) string {
 	return path.Join(path.Dir(backupDir), "state", mirrorName(cluster)+".db")
 }
 
+// mirrorTripLabel counts the copies' round trips apart from the steps'
+// (nodes.CountAs), also when a step's backup makes one.
+const mirrorTripLabel = "state copies"
+
 // tombstonePath is the mirror's tombstone.
 func tombstonePath(mirror string) string { return mirror + ".finished" }
 
@@ -246,6 +250,7 @@ func (m *mirror) upload(ctx context.Context, n *mirrorNode) error {
 }
 
 func (m *mirror) write(ctx context.Context, node string, data []byte) error {
+	ctx = nodes.CountAs(ctx, mirrorTripLabel)
 	r, err := m.src.Node(ctx, node)
 	if err != nil {
 		return err
@@ -344,7 +349,7 @@ func (m *mirror) Finish(ctx context.Context, run state.Run) error {
 	m.mu.Unlock()
 	tomb := fmt.Sprintf("# rotate: the run below has ended; its state copy was removed\nrun=%s\ncluster=%s\nstate=%s\nfinished=%s\n",
 		run.ID, run.Cluster, run.State, run.FinishedAt.UTC().Format(time.RFC3339))
-	err := eachNode(ctx, m.names(), func(ctx context.Context, name string) error {
+	err := eachNode(nodes.CountAs(ctx, mirrorTripLabel), m.names(), func(ctx context.Context, name string) error {
 		n := m.node(name)
 		n.up.Lock() // wait for an upload in flight
 		defer n.up.Unlock()

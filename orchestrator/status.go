@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kubeca/rotate/internal/redact"
+	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -28,6 +29,24 @@ type StatusReport struct {
 	// Lock is the cluster lock (lock.go): read from the cluster when
 	// status can reach it, else as this run last took or released it.
 	Lock *LockStatus `json:"lock,omitempty"`
+	// RoundTrips is the SSH round trips the run made to each node so
+	// far, over all its processes, Dials its connection attempts per node
+	// and RoundTripsByStep the round trips per "phase/step" (a revert:
+	// "phase/step (revert)"; the state copies: "state copies"; anything
+	// else: "other") and node; see nodes.RoundTrips.
+	RoundTrips       map[string]int64            `json:"roundTrips,omitempty"`
+	Dials            map[string]int64            `json:"dials,omitempty"`
+	RoundTripsByStep map[string]map[string]int64 `json:"roundTripsByStep,omitempty"`
+}
+
+// RoundTripSummary is the report's round trips on one line, as the run
+// prints them: "cp1 312, cp2 298 (dials 4)"; "" when none were recorded.
+func (r *StatusReport) RoundTripSummary() string {
+	c := nodes.RoundTripCounts{Nodes: r.RoundTrips, Dials: r.Dials}
+	if c.Empty() {
+		return ""
+	}
+	return c.String()
 }
 
 // PhaseStatus is one phase's progress.
@@ -182,6 +201,9 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 			l.Source = lockRecorded
 			rep.Lock = &l
 		}
+	}
+	if c, err := recordedTrips(ctx, store); err == nil {
+		rep.RoundTrips, rep.Dials, rep.RoundTripsByStep = c.Nodes, c.Dials, c.Steps
 	}
 	if v, ok, _ := store.Value(ctx, "report/discovery-hash"); ok {
 		rep.JoinHash = string(v)

@@ -31,7 +31,7 @@ func commands() []command {
 		{"start", "start a rotation from an inventory", cmdStart},
 		{"resume", "continue a held or failed rotation from where it stopped", cmdResume},
 		{"rollback", "revert a rotation's completed steps in reverse order, back to the old CAs", cmdRollback},
-		{"status", "show the run, each phase's state and timing, and the failed step's error", cmdStatus},
+		{"status", "show the run, each phase's state and timing, the failed step's error and the SSH round trips per node", cmdStatus},
 		{"events", "print the run's event log: steps, file changes and backups with SHA-256, failures, holds, rollbacks", cmdEvents},
 	}
 }
@@ -348,7 +348,11 @@ func printStatus(w io.Writer, rep *orchestrator.StatusReport) {
 	if !r.FinishedAt.IsZero() {
 		fmt.Fprintf(w, "  finished %s", r.FinishedAt.Format(time.RFC3339))
 	}
-	fmt.Fprintf(w, "\ninventory %s (sha256 %.12s)  backups %d  events %d\n\n", r.InventoryPath, r.InventoryDigest, rep.Backups, rep.Events)
+	fmt.Fprintf(w, "\ninventory %s (sha256 %.12s)  backups %d  events %d\n", r.InventoryPath, r.InventoryDigest, rep.Backups, rep.Events)
+	if rt := rep.RoundTripSummary(); rt != "" {
+		fmt.Fprintf(w, "round trips: %s\n", rt)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PHASE\tNAME\tSTATE\tSTEPS\tDURATION")
 	for _, p := range rep.Phases {

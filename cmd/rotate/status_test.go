@@ -70,3 +70,20 @@ func TestStatusShowsStateCopies(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusShowsRoundTrips: the run's SSH round trips per node on one
+// line, the same the run prints; no line for a run that recorded none.
+func TestStatusShowsRoundTrips(t *testing.T) {
+	run := state.Run{ID: "r1", Cluster: "c", State: orchestrator.StateCompleted}
+	var out bytes.Buffer
+	printStatus(&out, &orchestrator.StatusReport{Run: run,
+		RoundTrips: map[string]int64{"cp2": 298, "cp1": 312, "w1": 120}, Dials: map[string]int64{"cp1": 2, "cp2": 1, "w1": 1}})
+	if want := "\nround trips: cp1 312, cp2 298, w1 120 (dials 4)\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	printStatus(&out, &orchestrator.StatusReport{Run: run})
+	if strings.Contains(out.String(), "round trips") {
+		t.Errorf("status shows round trips of a run that recorded none:\n%s", out.String())
+	}
+}
