@@ -59,10 +59,22 @@ func (c *Cluster) startLB(ctx context.Context) error {
 
 // RESTConfig returns a client config from the operator's admin kubeconfig
 // (through the load balancer).
+//
+// The credentials and CA data are those of the first control-plane node's
+// admin.conf as it is now (the server is the operator's): the operator's
+// copy goes stale while a rotation runs (from the signer switch on it no
+// longer trusts the apiservers), and the harness, like an operator
+// joining a node mid-run, works from the control plane's own file.
 func (c *Cluster) RESTConfig() (*rest.Config, error) {
-	cfg, err := kubeconfig.Load(c.st.Spec.AdminKubeconfig(), "")
+	op, err := kubeconfig.Load(c.st.Spec.AdminKubeconfig(), "")
 	if err != nil {
 		return nil, err
+	}
+	cfg := op
+	if live, err := kubeconfig.Load(filepath.Join(c.st.Spec.ControlPlaneNodes()[0].EtcKubernetes(), "admin.conf"), ""); err == nil {
+		live.Host = op.Host
+		live.TLSClientConfig.ServerName = op.TLSClientConfig.ServerName
+		cfg = live
 	}
 	cfg.Timeout = 15 * time.Second
 	return cfg, nil

@@ -255,11 +255,13 @@ func TestRotation(t *testing.T) {
 			t.Errorf("status at the hold lacks %q:\n%s", want, st.out)
 		}
 	}
-	// A second operator with another state file is refused while the run
-	// holds the cluster.
+	// A second operator with another state file (and a kubeconfig that
+	// works now: admin.conf from a control-plane node) is refused while the
+	// run holds the cluster.
 	other := filepath.Join(e.workdir, "run1-other-operator")
 	os.MkdirAll(other, 0o700)
-	if o := rotate(t, ctx, other, nil, nil, "start", "--inventory", inv); o.code != 3 || !strings.Contains(o.out, "locked by another rotate run") {
+	otherInv := e.inventoryWithKubeconfig(t, other)
+	if o := rotate(t, ctx, other, nil, nil, "start", "--inventory", otherInv); o.code != 3 || !strings.Contains(o.out, "locked by another rotate run") {
 		t.Errorf("a second start while run 1 holds: exit %d, want 3 and the lock's holder\n%s", o.code, tail(o.out, 10))
 	}
 	// A node joins while the run holds (an autoscaler, a late kubeadm
@@ -472,6 +474,32 @@ func TestRotation(t *testing.T) {
 	}
 	credentialFailures(t, rep, "over the whole test")
 	e.probesCovered(t, rep, calls, w2.Name)
+}
+
+// inventoryWithKubeconfig writes, in dir, the cluster's inventory with
+// the kubeconfig replaced by a copy of cp1's admin.conf as it is now.
+func (e *env) inventoryWithKubeconfig(t *testing.T, dir string) string {
+	t.Helper()
+	kc, err := os.ReadFile(filepath.Join(e.cp1().EtcKubernetes, "admin.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kcPath := filepath.Join(dir, "admin.conf")
+	if err := os.WriteFile(kcPath, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := e.c.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(inv), e.info.AdminKubeconfig) {
+		t.Fatalf("the inventory does not name %s", e.info.AdminKubeconfig)
+	}
+	path := filepath.Join(dir, "inventory.yaml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(inv), e.info.AdminKubeconfig, kcPath)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // only is the cluster with only node name (for checks of one node).
