@@ -361,3 +361,29 @@ func TestServingGateHonoursBaseline(t *testing.T) {
 		})
 	}
 }
+
+// TestKubeletCertNotes: what plan --live says about each kubelet's
+// certificates, by its configuration.
+func TestKubeletCertNotes(t *testing.T) {
+	for _, tc := range []struct {
+		facts string
+		want  []string
+	}{
+		{`{"RotateCertificates":true,"ServerTLSBootstrap":true}`, []string{
+			"client certificate obtained through the CSR API (the kubelet has rotateCertificates: true)",
+			"serving certificate obtained through the CSR API (serverTLSBootstrap: true)"}},
+		{`{"RotateCertificates":true}`, []string{
+			"client certificate obtained through the CSR API (the kubelet has rotateCertificates: true)",
+			"serving certificate is the kubelet's self-signed one (no serverTLSBootstrap): untouched"}},
+		{`{"TLSCertFile":"/etc/kubelet/serving.crt"}`, []string{
+			"client certificate signed directly by the new CA (the kubelet does not rotate its certificates)",
+			"serving certificate is the operator's tlsCertFile /etc/kubelet/serving.crt: untouched"}},
+	} {
+		f := newVerifyFixture(t)
+		f.st.values[kubeletFactsKey("w1")] = []byte(tc.facts)
+		got, err := kubeletCertNotes(context.Background(), f.rt, Target{Node: "w1", Role: RoleWorker})
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("notes for %s = %q, %v\nwant %q", tc.facts, got, err, tc.want)
+		}
+	}
+}
