@@ -158,8 +158,6 @@ var (
 //     machine killed after the signer switch and lost too, resume from
 //     another node's copy → completed; end state checked; rollback of the completed run → run
 //     1's CA;
-//
-// and back in normal mode:
 //  3. start, killed after the signer switch, rollback → run 1's CA.
 //
 // The probes run throughout and must record zero x509/401/403 errors —
@@ -448,13 +446,8 @@ func TestRotation(t *testing.T) {
 	}
 	e.probesClean(t, "after rollback of run 2")
 
-	// Run 3: killed after the signer switch, rolled back from there -------
-	// Back to normal mode: run 2's rollback of a completed run is the
-	// slow-mode proof of the revert order; run 3 proves a rollback from
-	// the middle of phase 9 and needs no slow restarts for that.
-	if err := e.c.SetNoticeDelay(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
+	// Run 3: killed after the signer switch, rolled back from there, still
+	// in slow mode -------------------------------------------------------
 	dir3 := filepath.Join(e.workdir, "run3")
 	os.MkdirAll(dir3, 0o700)
 	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv)
