@@ -29,10 +29,11 @@ type NodeEdit struct {
 	Restart []Component
 	// Kubelet restarts the kubelet after the edits.
 	Kubelet bool
-	// LeaderLast orders control-plane targets so the current holder of
-	// this component's leader lease goes last (standbys first).
-	LeaderLast *Component
-	Short      string
+	// LeadersLast orders control-plane targets so the current holders of
+	// these components' leader leases go last (standbys first), the
+	// first component's holder very last.
+	LeadersLast []Component
+	Short       string
 	// Notes, if set, adds lines to Describe (`rotate plan --live`) that no
 	// file edit says: what the step leaves alone, and why.
 	Notes func(ctx context.Context, rt *Runtime, t Target) ([]string, error)
@@ -243,40 +244,46 @@ func OrderingOf(s Step) *Ordering {
 	return nil
 }
 
-// Ordering puts the node that holds a component's leader lease last, so
-// that standbys go first and leadership moves once.
+// Ordering puts the nodes that hold the components' leader leases last,
+// so that standbys go first and each leadership moves once: a standby
+// just restarted must watch the lease for a whole lease duration before
+// it may take it, so restarting a new leader soon after the old one
+// would leave the lease unheld for longer.
 type Ordering struct {
-	LeaderLast Component
+	Leaders []Component // the first one's holder goes very last
 }
 
 // String is the ordering as `rotate plan` shows it.
 func (o *Ordering) String() string { return "current leader last" }
 
-// Order returns targets with the current holder of the leader lease last:
-// a permutation of targets, unchanged when the lease cannot be read.
+// Order returns targets with the current holders of the leader leases
+// last: a permutation of targets; a lease that cannot be read orders
+// nothing.
 func (o *Ordering) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
-	lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, o.LeaderLast.Name, metav1.GetOptions{})
-	if err != nil || lease.Spec.HolderIdentity == nil {
-		return targets
-	}
-	holder := *lease.Spec.HolderIdentity
-	if i := strings.IndexByte(holder, '_'); i >= 0 {
-		holder = holder[:i]
+	rank := map[string]int{} // node -> how late it goes
+	for i, c := range o.Leaders {
+		lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, c.Name, metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			continue
+		}
+		holder := *lease.Spec.HolderIdentity
+		if j := strings.IndexByte(holder, '_'); j >= 0 {
+			holder = holder[:j]
+		}
+		rank[holder] = max(rank[holder], len(o.Leaders)-i)
 	}
 	out := append([]Target(nil), targets...)
-	sort.SliceStable(out, func(i, j int) bool {
-		return out[i].Node != holder && out[j].Node == holder
-	})
+	sort.SliceStable(out, func(i, j int) bool { return rank[out[i].Node] < rank[out[j].Node] })
 	return out
 }
 
-// Ordering implements Orderer: with LeaderLast, the current leader goes
+// Ordering implements Orderer: with LeadersLast, the current leaders go
 // last.
 func (s *NodeEdit) Ordering() *Ordering {
-	if s.LeaderLast == nil {
+	if len(s.LeadersLast) == 0 {
 		return nil
 	}
-	return &Ordering{LeaderLast: *s.LeaderLast}
+	return &Ordering{Leaders: s.LeadersLast}
 }
 
 // bumpManifest sets the restart annotation to a value unique to this step

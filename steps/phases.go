@@ -65,7 +65,7 @@ func Distribute() *NodeEdit {
 // Its root CA file is what it publishes as kube-root-ca.crt.
 func KCMTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "kcm-trust-both", Short: "controller-manager trusts old+new",
-		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
+		Restart: []Component{ControllerManager}, LeadersLast: []Component{ControllerManager},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
 			return []fileedit.Edit{setFlags(rt, ControllerManager, map[string]string{
@@ -96,7 +96,7 @@ func APIServerTrustBoth() *NodeEdit {
 // extension-apiserver-authentication).
 func SchedulerTrustBoth() *NodeEdit {
 	return &NodeEdit{StepName: "scheduler-trust-both", Short: "scheduler trusts old+new",
-		Restart: []Component{Scheduler}, LeaderLast: &Scheduler,
+		Restart: []Component{Scheduler}, LeadersLast: []Component{Scheduler},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			cas, err := rt.runCAs(ctx)
 			if err != nil {
@@ -114,7 +114,7 @@ func SchedulerTrustBoth() *NodeEdit {
 // certificate from the new CA (same subject and groups).
 func Kubeconfigs() *NodeEdit {
 	return &NodeEdit{StepName: "kubeconfigs", Short: "kubeconfigs: CA bundle, client certs from the new CA",
-		Restart: []Component{ControllerManager, Scheduler},
+		Restart: []Component{ControllerManager, Scheduler}, LeadersLast: []Component{ControllerManager, Scheduler},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			cas, err := rt.runCAs(ctx)
 			if err != nil {
@@ -204,7 +204,7 @@ func SwitchIssuance() *NodeEdit {
 // NarrowKCMRootCA makes the controller-manager publish only the new CA.
 func NarrowKCMRootCA() *NodeEdit {
 	return &NodeEdit{StepName: "kcm-root-ca-new", Short: "controller-manager publishes only the new CA",
-		Restart: []Component{ControllerManager}, LeaderLast: &ControllerManager,
+		Restart: []Component{ControllerManager}, LeadersLast: []Component{ControllerManager},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			return []fileedit.Edit{setFlags(rt, ControllerManager, map[string]string{"root-ca-file": rt.Config.pki(fileNewCACert)})}, nil
 		}}
@@ -216,7 +216,7 @@ func NarrowKCMRootCA() *NodeEdit {
 // every kubeconfig trusts only the new CA.
 func ControlPlaneCanonical() *NodeEdit {
 	return &NodeEdit{StepName: "control-plane-canonical", Short: "control plane on the new CAs at kubeadm's paths",
-		Restart: []Component{APIServer, ControllerManager, Scheduler},
+		Restart: []Component{APIServer, ControllerManager, Scheduler}, LeadersLast: []Component{ControllerManager, Scheduler},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			cas, err := rt.runCAs(ctx)
 			if err != nil {

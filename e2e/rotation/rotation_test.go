@@ -47,6 +47,10 @@ type env struct {
 	probes  *probes.Runner
 	workdir string
 	upAt    time.Time // the cluster was up and ready
+	// probed are the nodes the probes follow (those up at setup); joined
+	// the spare workers joined since, and when JoinNode returned.
+	probed []clusterinfo.Node
+	joined map[string]time.Time
 }
 
 func setup(t *testing.T, ctx context.Context) *env {
@@ -76,7 +80,8 @@ func setup(t *testing.T, ctx context.Context) *env {
 		}
 	})
 	t.Logf("e2e: cluster up in %s", time.Since(start).Round(time.Second))
-	e := &env{t: t, c: c, info: c.Info(), workdir: t.TempDir(), upAt: time.Now()}
+	e := &env{t: t, c: c, info: c.Info(), workdir: t.TempDir(), upAt: time.Now(), joined: map[string]time.Time{}}
+	e.probed = e.info.Nodes
 	p, err := probes.Start(ctx, filepath.Join(c.Dir(), "cluster.json"), probes.Options{})
 	if err != nil {
 		t.Fatalf("start probes: %v", err)
@@ -269,6 +274,7 @@ func TestRotation(t *testing.T) {
 	if err := e.c.JoinNode(ctx, spare); err != nil {
 		t.Fatalf("join %s at the hold: %v", spare, err)
 	}
+	e.joined[spare] = time.Now()
 	e.setKubeletUnreachable(t, unreachable, false)
 	e.probesClean(t, "at the hold")
 	r = rotate(t, ctx, dir, nil, nil, "resume")
@@ -606,13 +612,17 @@ func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64,
 			if c.Type != corev1.NodeReady || n.Name == cut {
 				continue
 			}
-			if c.Status != corev1.ConditionTrue || c.LastTransitionTime.After(e.upAt) {
+			since := e.upAt
+			if at, ok := e.joined[n.Name]; ok {
+				since = at // it became Ready when it joined; not since
+			}
+			if c.Status != corev1.ConditionTrue || c.LastTransitionTime.After(since) {
 				t.Errorf("node %s: Ready=%s since %s (%s), during the test", n.Name, c.Status, c.LastTransitionTime.Format("15:04:05"), c.Reason)
 			}
 		}
 	}
 	proxy := rep.Probes[probes.ProbeNodeProxy]
-	for _, n := range e.info.Nodes {
+	for _, n := range e.probed {
 		for _, path := range []string{"", " /pods"} {
 			target := "apiserver cp1 -> kubelet " + n.Name + path
 			if proxy == nil || proxy.Targets[target] == nil || proxy.Targets[target].OK == 0 {
