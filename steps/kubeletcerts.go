@@ -76,15 +76,9 @@ func (rt *Runtime) prepareKubelet(ctx context.Context, r nodes.Runner, t Target,
 	}
 	facts := kubeletFacts{KubeletCerts: kc}
 	if kc.RotateCertificates {
-		key, err := pki.GenerateKey(pki.ECDSAP256, nil)
-		if err != nil {
+		if err := rt.prepareKey(t.Node, prepKubeletClientKey); err != nil {
 			return err
 		}
-		pemKey, err := pki.EncodeKeyPEM(key)
-		if err != nil {
-			return err
-		}
-		rt.Out.Put(prepKey(t.Node, prepKubeletClientKey), pemKey)
 	} else {
 		kub, err := pki.NewKubeletClientCert(t.Node, cluster, pki.ReissueOptions{})
 		if err != nil {
@@ -100,15 +94,9 @@ func (rt *Runtime) prepareKubelet(ctx context.Context, r nodes.Runner, t Target,
 		if facts.ServingDNS, facts.ServingIPs, err = rt.nodeServingNames(ctx, t.Node); err != nil {
 			return err
 		}
-		key, err := pki.GenerateKey(pki.ECDSAP256, nil)
-		if err != nil {
+		if err := rt.prepareKey(t.Node, prepKubeletServingKey); err != nil {
 			return err
 		}
-		pemKey, err := pki.EncodeKeyPEM(key)
-		if err != nil {
-			return err
-		}
-		rt.Out.Put(prepKey(t.Node, prepKubeletServingKey), pemKey)
 	}
 	old, err := rt.oldCA(ctx, CACluster)
 	if err != nil {
@@ -163,6 +151,21 @@ func (rt *Runtime) oldCA(ctx context.Context, name string) (*pki.CA, error) {
 		return nil, err
 	}
 	return pki.LoadCA(pair.OldCert, pair.OldKey, rt.now(), 0)
+}
+
+// prepareKey generates a key for a certificate kubelet-csrs will request
+// for node and stores it, PEM, under the prepared value name.
+func (rt *Runtime) prepareKey(node, name string) error {
+	key, err := pki.GenerateKey(pki.ECDSAP256, nil)
+	if err != nil {
+		return err
+	}
+	pemKey, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	rt.Out.Put(prepKey(node, name), pemKey)
+	return nil
 }
 
 // kubeletFactsOf reads what preflight recorded about node's kubelet.
