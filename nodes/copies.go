@@ -22,10 +22,18 @@ import (
 // EnsurePrivateDir creates dir (and missing parents) on r's node, makes it
 // 0700 and checks that it is a directory, not a symlink to one.
 func EnsurePrivateDir(ctx context.Context, r Runner, dir string) error {
-	if err := checkPath(dir); err != nil {
-		return fmt.Errorf("create %s on %s: %w", dir, r.Name(), err)
+	return ensurePrivateDir(ctx, r, dir)
+}
+
+// ensurePrivateDir is EnsurePrivateDir that also makes each of more (dir's
+// ancestors) 0700.
+func ensurePrivateDir(ctx context.Context, r Runner, dir string, more ...string) error {
+	for _, d := range append([]string{dir}, more...) {
+		if err := checkPath(d); err != nil {
+			return fmt.Errorf("create %s on %s: %w", dir, r.Name(), err)
+		}
 	}
-	if _, err := r.Run(ctx, shCommand(mkdirPrivateScript, dir), nil); err != nil {
+	if _, err := r.Run(ctx, shCommand(mkdirPrivateScript, append([]string{dir}, more...)...), nil); err != nil {
 		return fmt.Errorf("create %s on %s: %w", dir, r.Name(), err)
 	}
 	fi, err := r.Stat(ctx, dir)

@@ -1,0 +1,189 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+)
+
+// Batches: many file operations in one round trip. A step reads every
+// file it needs in one ReadFiles (its check and apply share it) and writes
+// every backup copy and new file in one ApplyFiles, instead of one SSH
+// session per operation (see RoundTrips): on a WAN link or a busy node a
+// session costs tens of milliseconds, and a step used to make dozens.
+
+// FileState is one path as ReadFiles found it.
+type FileState struct {
+	// Info describes the path with lstat semantics (a symlink is
+	// described, not followed); Info.Exists is false for a missing path.
+	Info FileInfo
+	// Content is what ReadFile would return: the file's content, following
+	// symlinks. HasContent says whether there was any to read (false for a
+	// missing path, a dangling symlink, a directory or anything else that is
+	// not, or does not resolve to, a regular file).
+	Content    []byte
+	HasContent bool
+	// Err is this path's own failure (permission denied, a file that changed
+	// while it was read, ...), nil when it was read as described. A missing
+	// path is not an error.
+	Err error
+}
+
+// FileOpKind says what a FileOp does.
+type FileOpKind int
+
+const (
+	// OpWrite replaces Path atomically with Data, as Runner.WriteFile does
+	// (Mode 0 keeps an existing file's mode and owner; a symlink at Path is
+	// refused).
+	OpWrite FileOpKind = iota + 1
+	// OpWriteExact replaces whatever non-directory is at Path with a regular
+	// file of exactly Data, Mode and UID:GID, as ExactWriter does.
+	OpWriteExact
+	// OpSymlink makes Path a symlink to Target, atomically.
+	OpSymlink
+	// OpRemove deletes Path (not a directory); a missing path is fine.
+	OpRemove
+	// OpMkdirPrivate creates Path and missing parents as EnsurePrivateDir
+	// does: Path (and each of Dirs, which must be Path's ancestors) made
+	// 0700, and Path must end up a directory, not a symlink to one.
+	OpMkdirPrivate
+)
+
+// FileOp is one operation of an ApplyFiles batch.
+type FileOp struct {
+	Kind     FileOpKind
+	Path     string
+	Data     []byte      // OpWrite, OpWriteExact
+	Mode     fs.FileMode // OpWrite (0: keep/default), OpWriteExact
+	UID, GID int         // OpWriteExact
+	Target   string      // OpSymlink
+	Dirs     []string    // OpMkdirPrivate: further directories made 0700
+}
+
+func (op FileOp) String() string {
+	switch op.Kind {
+	case OpWrite, OpWriteExact:
+		return "write " + op.Path
+	case OpSymlink:
+		return "symlink " + op.Path
+	case OpRemove:
+		return "remove " + op.Path
+	case OpMkdirPrivate:
+		return "create " + op.Path
+	}
+	return fmt.Sprintf("op %d on %s", op.Kind, op.Path)
+}
+
+// BatchError reports the first operation of an ApplyFiles batch that
+// failed. The operations before it (Done of them) were applied, each
+// completely; it and those after it were not applied, except that when
+// the connection dropped (errors.Is(err, ErrConnectionLost)) the failed one
+// may or may not have been — each is atomic, never partial.
+type BatchError struct {
+	Node  string
+	Index int // of the failed operation
+	Op    FileOp
+	Done  int
+	Err   error
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("%s on %s (operation %d of the batch; the %d before it applied): %v", e.Op, e.Node, e.Index+1, e.Done, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// Batcher is implemented by runners that carry out many file operations
+// in one round trip. *Client, Pool's runners and *MemRunner implement it;
+// ReadFiles and ApplyFiles below fall back to one operation at a time for
+// a Runner that does not.
+type Batcher interface {
+	// ReadFiles describes and reads every path, in one round trip. The
+	// result has one FileState per path, in order. The error is for the
+	// batch as a whole (connection, invalid path); per-path failures are in
+	// FileState.Err.
+	ReadFiles(ctx context.Context, paths []string) ([]FileState, error)
+	// ApplyFiles carries out ops in order, in one round trip. Each
+	// operation is atomic (a write is a temporary file, fsynced, renamed);
+	// a failure stops the batch there and is a *BatchError.
+	ApplyFiles(ctx context.Context, ops []FileOp) error
+}
+
+// ReadFiles reads paths on r in one round trip when r is a Batcher, else
+// one Stat and, for what resolves to a regular file, one ReadFile each.
+func ReadFiles(ctx context.Context, r Runner, paths []string) ([]FileState, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	if b, ok := r.(Batcher); ok {
+		return b.ReadFiles(ctx, paths)
+	}
+	out := make([]FileState, len(paths))
+	for i, p := range paths {
+		if err := checkPath(p); err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", p, r.Name(), err)
+		}
+		out[i] = readOne(ctx, r, p)
+	}
+	return out, nil
+}
+
+func readOne(ctx context.Context, r Runner, p string) FileState {
+	fi, err := r.Stat(ctx, p)
+	if err != nil {
+		return FileState{Info: FileInfo{Path: p}, Err: err}
+	}
+	st := FileState{Info: fi}
+	if !fi.Exists || fi.IsDir || !(fi.IsRegular || fi.IsSymlink) {
+		return st
+	}
+	content, err := r.ReadFile(ctx, p)
+	switch {
+	case errors.Is(err, ErrNotExist): // dangling symlink
+	case err != nil:
+		st.Err = err
+	default:
+		st.Content, st.HasContent = content, true
+	}
+	return st
+}
+
+// ApplyFiles carries out ops on r in order: in one round trip when r is a
+// Batcher, else one operation at a time. Either way a failure is a
+// *BatchError naming the operation.
+func ApplyFiles(ctx context.Context, r Runner, ops []FileOp) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	if b, ok := r.(Batcher); ok {
+		return b.ApplyFiles(ctx, ops)
+	}
+	for i, op := range ops {
+		if err := applyOne(ctx, r, op); err != nil {
+			return &BatchError{Node: r.Name(), Index: i, Op: op, Done: i, Err: err}
+		}
+	}
+	return nil
+}
+
+func applyOne(ctx context.Context, r Runner, op FileOp) error {
+	switch op.Kind {
+	case OpWrite:
+		return r.WriteFile(ctx, op.Path, op.Data, op.Mode)
+	case OpWriteExact:
+		ew, ok := r.(ExactWriter)
+		if !ok {
+			return fmt.Errorf("runner for %s cannot write exact files", r.Name())
+		}
+		return ew.WriteFileExact(ctx, op.Path, op.Data, op.Mode, op.UID, op.GID)
+	case OpSymlink:
+		return r.Symlink(ctx, op.Target, op.Path)
+	case OpRemove:
+		return r.Remove(ctx, op.Path)
+	case OpMkdirPrivate:
+		return ensurePrivateDir(ctx, r, op.Path, op.Dirs...)
+	}
+	return fmt.Errorf("unknown file operation %d", op.Kind)
+}
