@@ -3,6 +3,8 @@ package orchestrator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/kubeca/rotate/nodes"
@@ -224,7 +227,9 @@ func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ct
 			}
 			return s.engine.commit(ctx, state.Checkpoint{Values: map[string][]byte{keyLockStatus: raw}})
 		}}
-	return withLock(ctx, s.engine.rt.Kube, o, func(ctx context.Context) (string, error) {
+	ran := false
+	err := withLock(ctx, s.engine.rt.Kube, o, func(ctx context.Context) (string, error) {
+		ran = true
 		err := fn(ctx)
 		r, rerr := s.store.Run(ctx)
 		if err == nil {
@@ -232,6 +237,31 @@ func (s *session) locked(ctx context.Context, c Common, runID string, fn func(ct
 		}
 		return r.State, err
 	})
+	if !ran && s.cfg != nil {
+		err = explainCredentials(err, s.cfg.Kubeconfig)
+	}
+	return err
+}
+
+// explainCredentials says, of an error of the first API call a run makes
+// (the lock), when the kubeconfig is what failed: a CA it does not trust
+// or a client certificate the apiserver rejects — typically the copy of
+// admin.conf from before an earlier rotation.
+func explainCredentials(err error, kubeconfigPath string) error {
+	var why string
+	var uae x509.UnknownAuthorityError
+	var cve *tls.CertificateVerificationError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &uae) || errors.As(err, &cve):
+		why = "does not trust the certificate the apiserver serves"
+	case apierrors.IsUnauthorized(err):
+		why = "presents credentials the apiserver does not accept (401)"
+	default:
+		return err
+	}
+	return fmt.Errorf("the inventory's kubeconfig %s %s; if the cluster's CA was rotated since it was made, use /etc/kubernetes/admin.conf from a control-plane node (or give it the current CA data and a client certificate of that CA): %w", kubeconfigPath, why, err)
 }
 
 // inventoryValues is what a run records of its inventory: the file as

@@ -2,7 +2,10 @@ package orchestrator
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +244,32 @@ func TestLockStatusString(t *testing.T) {
 	rec := LockStatus{Lease: "kube-system/rotate-lock", Source: lockRecorded, Error: "not read from the cluster: dial tcp: refused"}
 	if got, want := rec.String(), "lease kube-system/rotate-lock not held (as this run last recorded it; not read from the cluster: dial tcp: refused)"; got != want {
 		t.Errorf("recorded:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestExplainCredentialsNamesTheKubeconfig(t *testing.T) {
+	t.Parallel()
+	unknown := fmt.Errorf("Get \"https://lb:6443/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/rotate-lock\": %w",
+		&tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}})
+	unauthorized := apierrors.NewUnauthorized("Unauthorized")
+	other := errors.New("connection refused")
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{unknown, "does not trust the certificate the apiserver serves"},
+		{unauthorized, "does not accept (401)"},
+	} {
+		got := explainCredentials(tc.err, "/home/op/admin.conf")
+		if got == nil || !strings.Contains(got.Error(), "/home/op/admin.conf") || !strings.Contains(got.Error(), tc.want) ||
+			!strings.Contains(got.Error(), "/etc/kubernetes/admin.conf") || !errors.Is(got, tc.err) {
+			t.Errorf("explainCredentials(%v) = %v", tc.err, got)
+		}
+	}
+	if got := explainCredentials(other, "/k"); got != other {
+		t.Errorf("an unrelated error was rewritten: %v", got)
+	}
+	if explainCredentials(nil, "/k") != nil {
+		t.Error("nil became an error")
 	}
 }
