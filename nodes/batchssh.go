@@ -45,14 +45,16 @@ var errChanged = errors.New("changed while it was being read; retry")
 //
 // SIZE is the size stat reported before the read; the content is cut or
 // zero-padded to it, so the framing holds whatever happens to the file,
-// and the re-stat after the read (size, mode, owner, inode, and for a
-// symlink its own lstat too) says whether the bytes can be trusted. The
+// and the re-stat after the read (size, mode, owner, inode and change
+// time, of the link too for a symlink) says whether the bytes can be
+// trusted; the check fields (%i %z, the last four words) are cut off the
+// lstat line before it is printed in statScript's format. The
 // read's exit status comes back through fd 3 while the content goes to the
 // real stdout (fd 4).
 const readFilesScript = `export LC_ALL=C
 set -f
 exec 4>&1
-lfmt='%f %u %g %s %U %G %i' tfmt='%f %s %u %g %i'
+lfmt='%f %u %g %s %U %G %i %z' tfmt='%f %s %u %g %i %z'
 i=0
 for p in "$@"; do
   i=$((i+1)) try=0
@@ -71,7 +73,7 @@ $ts" ;; esac
         fi ;;
     8*) set -- $st; n=$4 c1=$st ;;
     esac
-    s="${st% *}
+    s="${st% * * * *}
 $t"
     printf 'P %d stat %d\n%s' "$i" "${#s}" "$s"
     [ -n "$n" ] || break
