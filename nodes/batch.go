@@ -79,8 +79,11 @@ func (op FileOp) String() string {
 // BatchError reports the first operation of an ApplyFiles batch that
 // failed. The operations before it (Done of them) were applied, each
 // completely; it and those after it were not applied, except that when
-// the connection dropped (errors.Is(err, ErrConnectionLost)) the failed one
-// may or may not have been — each is atomic, never partial.
+// the connection dropped (errors.Is(err, ErrConnectionLost)) or ctx ended
+// mid-batch the failed one may or may not have been — each is atomic,
+// never partial. In that case the node's report of its progress may have
+// been lost with the connection too, so Index is where the report ended:
+// the node holds a prefix of the batch at least Done long, possibly longer.
 //
 // A batch with an operation that cannot be sent at all (a path that is not
 // absolute and clean, an empty link target, Dirs that are not Path's
