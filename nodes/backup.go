@@ -49,73 +49,137 @@ var runIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // returned. The state store is written first, then a copy on the node under
 // dir/<runID>/ (see NodeBackupPaths; dir is the inventory's
 // paths.backupDir, absolute), so the store always has every backup the node
-// has. Call it before the first change to path in a run.
+// has. Call it before the first change to path in a run. It is BackupFiles
+// of one path: one round trip to read, one to write the node copy.
 func BackupFile(ctx context.Context, r Runner, store BackupStore, dir, runID, p string) (Backup, error) {
-	node := r.Name()
-	if !runIDRe.MatchString(runID) {
-		return Backup{}, fmt.Errorf("back up %s on %s: invalid run id %q", p, node, runID)
-	}
-	if err := checkPath(dir); err != nil {
-		return Backup{}, fmt.Errorf("back up %s on %s: backup directory: %w", p, node, err)
-	}
-	if err := checkPath(p); err != nil {
-		return Backup{}, fmt.Errorf("back up %s on %s: %w", p, node, err)
-	}
-	if b, ok, err := store.LoadBackup(ctx, node, p); err != nil {
-		return Backup{}, fmt.Errorf("back up %s on %s: load stored backup: %w", p, node, err)
-	} else if ok {
-		return b, ensureNodeCopy(ctx, r, dir, b)
-	}
-
-	b, err := Snapshot(ctx, r, p)
-	if err != nil {
-		return Backup{}, fmt.Errorf("back up %s on %s: %w", p, node, err)
-	}
-	b.RunID = runID
-	b.TakenAt = time.Now().UTC()
-	saved, err := store.SaveBackupIfAbsent(ctx, b)
-	if err != nil {
-		return Backup{}, fmt.Errorf("back up %s on %s: save to state: %w", p, node, err)
-	}
-	if !saved { // lost a race: the first copy wins
-		first, ok, err := store.LoadBackup(ctx, node, p)
-		if err != nil || !ok {
-			return Backup{}, fmt.Errorf("back up %s on %s: reload stored backup: %v", p, node, errors.Join(err, errors.New("not found")))
-		}
-		b = first
-	}
-	return b, ensureNodeCopy(ctx, r, dir, b)
-}
-
-// Snapshot reads the current state of path (content, mode, owner, link
-// target or absence) without storing it. RunID and TakenAt are left empty.
-func Snapshot(ctx context.Context, r Runner, p string) (Backup, error) {
-	fi, err := r.Stat(ctx, p)
+	bs, err := BackupFiles(ctx, r, store, dir, runID, []string{p})
 	if err != nil {
 		return Backup{}, err
 	}
-	b := Backup{Node: r.Name(), Path: p, Exists: fi.Exists}
+	return bs[0], nil
+}
+
+// BackupFiles is BackupFile for many paths at once, with the same rules
+// for each (the first stored copy wins; the store is written before the
+// node copy), in two round trips: one ReadFiles for every path not yet
+// backed up and every node copy's metadata file, one ApplyFiles for the
+// node copies that are missing. The result is one Backup per path, in
+// order. A failure names the path it is about; backups stored before it
+// stay stored, and a retry completes the node copies.
+func BackupFiles(ctx context.Context, r Runner, store BackupStore, dir, runID string, paths []string) ([]Backup, error) {
+	node := r.Name()
+	fail := func(p string, format string, a ...any) ([]Backup, error) {
+		return nil, fmt.Errorf("back up %s on %s: "+format, append([]any{p, node}, a...)...)
+	}
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	if !runIDRe.MatchString(runID) {
+		return fail(paths[0], "invalid run id %q", runID)
+	}
+	if err := checkPath(dir); err != nil {
+		return fail(paths[0], "backup directory: %w", err)
+	}
+	for _, p := range paths {
+		if err := checkPath(p); err != nil {
+			return fail(p, "%w", err)
+		}
+	}
+	out := make([]Backup, len(paths))
+	stored := make([]bool, len(paths))
+	for i, p := range paths {
+		b, ok, err := store.LoadBackup(ctx, node, p)
+		if err != nil {
+			return fail(p, "load stored backup: %w", err)
+		}
+		if ok && !runIDRe.MatchString(b.RunID) {
+			return fail(p, "stored backup has invalid run id %q", b.RunID)
+		}
+		out[i], stored[i] = b, ok
+	}
+
+	// One read: what is not backed up yet, and every node copy's metadata.
+	var read []string
+	for i, p := range paths {
+		if !stored[i] {
+			read = append(read, p)
+		}
+		_, meta := NodeBackupPaths(dir, Backup{RunID: runID, Path: p})
+		if stored[i] {
+			_, meta = NodeBackupPaths(dir, out[i])
+		}
+		read = append(read, meta)
+	}
+	states, err := ReadFiles(ctx, r, read)
+	if err != nil {
+		return fail(paths[0], "%w", err)
+	}
+	found := map[string]FileState{}
+	for i, st := range states {
+		found[read[i]] = st
+	}
+
+	for i, p := range paths {
+		if stored[i] {
+			continue
+		}
+		b, err := snapshotOf(node, found[p])
+		if err != nil {
+			return fail(p, "%w", err)
+		}
+		b.RunID = runID
+		b.TakenAt = time.Now().UTC()
+		saved, err := store.SaveBackupIfAbsent(ctx, b)
+		if err != nil {
+			return fail(p, "save to state: %w", err)
+		}
+		if !saved { // lost a race: the first copy wins
+			first, ok, err := store.LoadBackup(ctx, node, p)
+			if err != nil || !ok || !runIDRe.MatchString(first.RunID) {
+				return fail(p, "reload stored backup: %v", errors.Join(err, errors.New("not found or invalid")))
+			}
+			b = first
+		}
+		out[i] = b
+	}
+	if err := ensureNodeCopies(ctx, r, dir, out, found); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Snapshot reads the current state of path (content, mode, owner, link
+// target or absence) without storing it, in one ReadFiles (stat, read and
+// re-stat). RunID and TakenAt are left empty.
+func Snapshot(ctx context.Context, r Runner, p string) (Backup, error) {
+	states, err := ReadFiles(ctx, r, []string{p})
+	if err != nil {
+		return Backup{}, err
+	}
+	return snapshotOf(r.Name(), states[0])
+}
+
+// snapshotOf turns what ReadFiles found at a path into a Backup.
+func snapshotOf(node string, st FileState) (Backup, error) {
+	fi := st.Info
+	if errors.Is(st.Err, errChanged) {
+		return Backup{}, fmt.Errorf("%s changed while it was being backed up; retry", fi.Path)
+	}
+	if st.Err != nil {
+		return Backup{}, st.Err
+	}
+	b := Backup{Node: node, Path: fi.Path, Exists: fi.Exists}
 	switch {
 	case !fi.Exists:
 	case fi.IsSymlink:
 		b.IsSymlink, b.LinkTarget = true, fi.LinkTarget
 	case fi.IsRegular:
-		content, err := r.ReadFile(ctx, p)
-		if err != nil {
-			return Backup{}, err
+		if !st.HasContent { // removed between stat and read
+			return Backup{}, fmt.Errorf("%s changed while it was being backed up; retry", fi.Path)
 		}
-		b.Content = content
-		// Re-stat: a change between stat and read would make a
-		// mismatched backup.
-		fi2, err := r.Stat(ctx, p)
-		if err != nil {
-			return Backup{}, err
-		}
-		if fi2.Size != int64(len(content)) || fi2.Mode != fi.Mode || fi2.UID != fi.UID || fi2.GID != fi.GID || !fi2.IsRegular {
-			return Backup{}, fmt.Errorf("%s changed while it was being backed up; retry", p)
-		}
+		b.Content = st.Content
 	default:
-		return Backup{}, fmt.Errorf("%s is not a regular file or symlink", p)
+		return Backup{}, fmt.Errorf("%s is not a regular file or symlink", fi.Path)
 	}
 	if fi.Exists {
 		b.Mode, b.UID, b.GID, b.Owner, b.Group = fi.Mode, fi.UID, fi.GID, fi.Owner, fi.Group
@@ -134,32 +198,64 @@ func NodeBackupPaths(dir string, b Backup) (content, meta string) {
 	return base, base + ".meta"
 }
 
-func ensureNodeCopy(ctx context.Context, r Runner, dir string, b Backup) error {
-	if !runIDRe.MatchString(b.RunID) {
-		return fmt.Errorf("back up %s on %s: stored backup has invalid run id %q", b.Path, b.Node, b.RunID)
-	}
-	content, meta := NodeBackupPaths(dir, b)
-	fi, err := r.Stat(ctx, meta)
-	if err != nil {
-		return fmt.Errorf("back up %s on %s: %w", b.Path, b.Node, err)
-	}
-	if fi.Exists {
-		return nil
-	}
-	runDir := path.Join(dir, b.RunID)
-	if _, err := r.Run(ctx, shCommand(mkdirPrivateScript, runDir, dir), nil); err != nil {
-		return fmt.Errorf("back up %s on %s: create %s: %w", b.Path, b.Node, runDir, err)
-	}
-	if b.Exists && !b.IsSymlink {
-		if err := r.WriteFile(ctx, content, b.Content, 0o600); err != nil {
-			return fmt.Errorf("back up %s on %s: %w", b.Path, b.Node, err)
+// ensureNodeCopies writes the node copy of each of bs whose metadata file
+// is not there (found: what ReadFiles said of the metadata paths; any not
+// in it are read now), in one ApplyFiles: the run directory (0700, as is
+// dir), the content, then the metadata, whose presence means the copy is
+// complete.
+func ensureNodeCopies(ctx context.Context, r Runner, dir string, bs []Backup, found map[string]FileState) error {
+	var unread []string
+	for _, b := range bs {
+		if _, meta := NodeBackupPaths(dir, b); !hasKey(found, meta) {
+			unread = append(unread, meta)
 		}
 	}
-	// The metadata file goes last: its presence means the copy is complete.
-	if err := r.WriteFile(ctx, meta, b.metadata(), 0o600); err != nil {
-		return fmt.Errorf("back up %s on %s: %w", b.Path, b.Node, err)
+	if len(unread) > 0 { // a stored copy from another run won a race
+		states, err := ReadFiles(ctx, r, unread)
+		if err != nil {
+			return fmt.Errorf("back up %s on %s: %w", bs[0].Path, r.Name(), err)
+		}
+		for i, st := range states {
+			found[unread[i]] = st
+		}
+	}
+	var ops []FileOp
+	var owners []string // the backed-up path each op is for
+	planned := map[string]bool{}
+	add := func(b Backup, op FileOp) {
+		ops, owners = append(ops, op), append(owners, b.Path)
+		planned[op.Path] = true
+	}
+	for _, b := range bs {
+		content, meta := NodeBackupPaths(dir, b)
+		st := found[meta]
+		if st.Err != nil {
+			return fmt.Errorf("back up %s on %s: %w", b.Path, r.Name(), st.Err)
+		}
+		if st.Info.Exists || planned[meta] {
+			continue
+		}
+		if runDir := path.Join(dir, b.RunID); !planned[runDir] {
+			add(b, FileOp{Kind: OpMkdirPrivate, Path: runDir, Dirs: []string{dir}})
+		}
+		if b.Exists && !b.IsSymlink {
+			add(b, FileOp{Kind: OpWrite, Path: content, Data: b.Content, Mode: 0o600})
+		}
+		add(b, FileOp{Kind: OpWrite, Path: meta, Data: b.metadata(), Mode: 0o600})
+	}
+	if err := ApplyFiles(ctx, r, ops); err != nil {
+		var be *BatchError
+		if errors.As(err, &be) && be.Index < len(owners) {
+			return fmt.Errorf("back up %s on %s: %w", owners[be.Index], r.Name(), err)
+		}
+		return fmt.Errorf("back up on %s: %w", r.Name(), err)
 	}
 	return nil
+}
+
+func hasKey[V any](m map[string]V, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
 // metadata is the human-readable description stored next to a node copy,

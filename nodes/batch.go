@@ -79,8 +79,16 @@ func (op FileOp) String() string {
 // BatchError reports the first operation of an ApplyFiles batch that
 // failed. The operations before it (Done of them) were applied, each
 // completely; it and those after it were not applied, except that when
-// the connection dropped (errors.Is(err, ErrConnectionLost)) the failed one
-// may or may not have been — each is atomic, never partial.
+// the connection dropped (errors.Is(err, ErrConnectionLost)) or ctx ended
+// mid-batch the failed one may or may not have been — each is atomic,
+// never partial. In that case the node's report of its progress may have
+// been lost with the connection too, so Index is where the report ended:
+// the node holds a prefix of the batch at least Done long, possibly longer.
+//
+// A batch with an operation that cannot be sent at all (a path that is not
+// absolute and clean, an empty link target, Dirs that are not Path's
+// ancestors) is refused before anything is applied: Index names that
+// operation and Done is 0.
 type BatchError struct {
 	Node  string
 	Index int // of the failed operation
@@ -112,7 +120,8 @@ type Batcher interface {
 }
 
 // ReadFiles reads paths on r in one round trip when r is a Batcher, else
-// one Stat and, for what resolves to a regular file, one ReadFile each.
+// one Stat and, for what resolves to a regular file, one ReadFile and a
+// second Stat (the check that it did not change meanwhile) each.
 func ReadFiles(ctx context.Context, r Runner, paths []string) ([]FileState, error) {
 	if len(paths) == 0 {
 		return nil, nil
@@ -142,8 +151,21 @@ func readOne(ctx context.Context, r Runner, p string) FileState {
 	content, err := r.ReadFile(ctx, p)
 	switch {
 	case errors.Is(err, ErrNotExist): // dangling symlink
+		return st
 	case err != nil:
 		st.Err = err
+		return st
+	}
+	// Re-stat: a change between stat and read would pair the wrong
+	// content with the description.
+	fi2, err := r.Stat(ctx, p)
+	switch {
+	case err != nil:
+		st.Err = err
+	case fi2.Size != fi.Size || fi2.Mode != fi.Mode || fi2.UID != fi.UID || fi2.GID != fi.GID ||
+		fi2.IsRegular != fi.IsRegular || fi2.LinkTarget != fi.LinkTarget ||
+		(fi.IsRegular && int64(len(content)) != fi.Size):
+		st.Err = fmt.Errorf("read %s on %s: %w", p, r.Name(), errChanged)
 	default:
 		st.Content, st.HasContent = content, true
 	}
@@ -159,6 +181,9 @@ func ApplyFiles(ctx context.Context, r Runner, ops []FileOp) error {
 	}
 	if b, ok := r.(Batcher); ok {
 		return b.ApplyFiles(ctx, ops)
+	}
+	if err := validateOps(r.Name(), ops); err != nil {
+		return err
 	}
 	for i, op := range ops {
 		if err := applyOne(ctx, r, op); err != nil {

@@ -23,12 +23,16 @@ type MemRunner struct {
 	// and may call the MemRunner's other methods.
 	RunFunc func(ctx context.Context, cmd string, stdin []byte) (Result, error)
 	// Fail, when set, is consulted before every operation: op is one of
-	// "run", "read", "stat", "write", "symlink", "remove" and path the path
-	// (for "run", the command). A non-nil error is returned as is.
+	// "run", "read", "stat", "write", "symlink", "remove", "mkdir" and path
+	// the path (for "run", the command). A non-nil error is returned as is;
+	// in a batch it is that path's FileState.Err (ReadFiles, op "read") or
+	// the *BatchError's Err (ApplyFiles, op "write", "symlink", "remove"
+	// or "mkdir"), and "read-batch"/"apply-batch" with the first path is
+	// consulted first for the batch as a whole.
 	Fail func(op, path string) error
-	// Trips, when set, counts one round trip per operation, as *Client
-	// counts its sessions (nothing for a path refused before it would
-	// leave the machine).
+	// Trips, when set, counts one round trip per operation and one per
+	// batch, as *Client counts its sessions (nothing for a path refused
+	// before it would leave the machine).
 	Trips *RoundTrips
 
 	name  string
@@ -49,6 +53,7 @@ type memFile struct {
 
 var _ Runner = (*MemRunner)(nil)
 var _ ExactWriter = (*MemRunner)(nil)
+var _ Batcher = (*MemRunner)(nil)
 
 // NewMemRunner returns an empty in-memory node.
 func NewMemRunner(name string) *MemRunner {
@@ -161,6 +166,8 @@ func (m *MemRunner) Commands() []string {
 }
 
 // Ops returns every operation as "op path" (for Run, "run CMD"), in order.
+// A batch is "read-batch N" or "apply-batch N" followed by its N
+// operations ("read P", "write P", "mkdir P", ...).
 func (m *MemRunner) Ops() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -246,6 +253,10 @@ func (m *MemRunner) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.readLocked(p)
+}
+
+func (m *MemRunner) readLocked(p string) ([]byte, error) {
 	rp, f, err := m.resolveLocked(p)
 	if err != nil {
 		return nil, fmt.Errorf("read %s on %s: %w", p, m.name, err)
@@ -266,6 +277,10 @@ func (m *MemRunner) Stat(ctx context.Context, p string) (FileInfo, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.statLocked(p), nil
+}
+
+func (m *MemRunner) statLocked(p string) FileInfo {
 	fi := FileInfo{Path: p}
 	f, ok := m.files[p]
 	switch {
@@ -280,7 +295,7 @@ func (m *MemRunner) Stat(ctx context.Context, p string) (FileInfo, error) {
 	case m.isDirLocked(p):
 		fi.Exists, fi.IsDir, fi.Mode, fi.Owner, fi.Group = true, true, 0o755, "root", "root"
 	}
-	return fi, nil
+	return fi
 }
 
 // WriteFile stores data with the same rules as Client.WriteFile.
@@ -290,6 +305,10 @@ func (m *MemRunner) WriteFile(ctx context.Context, p string, data []byte, mode f
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.writeLocked(p, data, mode)
+}
+
+func (m *MemRunner) writeLocked(p string, data []byte, mode fs.FileMode) error {
 	if m.isDirLocked(p) {
 		return fmt.Errorf("write %s on %s: exists and is not a regular file", p, m.name)
 	}
@@ -315,6 +334,10 @@ func (m *MemRunner) WriteFileExact(ctx context.Context, p string, data []byte, m
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.writeExactLocked(p, data, mode, uid, gid)
+}
+
+func (m *MemRunner) writeExactLocked(p string, data []byte, mode fs.FileMode, uid, gid int) error {
 	if m.isDirLocked(p) {
 		return fmt.Errorf("write %s on %s: exists and is not a regular file", p, m.name)
 	}
@@ -347,6 +370,10 @@ func (m *MemRunner) Symlink(ctx context.Context, target, link string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.symlinkLocked(target, link)
+}
+
+func (m *MemRunner) symlinkLocked(target, link string) error {
 	if m.isDirLocked(link) {
 		return fmt.Errorf("symlink %s on %s: is a directory", link, m.name)
 	}
@@ -361,6 +388,10 @@ func (m *MemRunner) Remove(ctx context.Context, p string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.removeLocked(p)
+}
+
+func (m *MemRunner) removeLocked(p string) error {
 	if _, ok := m.files[p]; !ok && m.isDirLocked(p) {
 		return fmt.Errorf("remove %s on %s: is a directory", p, m.name)
 	}
@@ -416,4 +447,127 @@ func (s *MemBackupStore) All() []Backup {
 		return out[i].Path < out[j].Path
 	})
 	return out
+}
+
+// beginBatch checks ctx and records the batch and its items.
+func (m *MemRunner) beginBatch(ctx context.Context, kind string, items []string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s on %s: %w", kind, m.name, err)
+	}
+	m.mu.Lock()
+	m.ops = append(m.ops, fmt.Sprintf("%s %d", kind, len(items)))
+	m.ops = append(m.ops, items...)
+	m.mu.Unlock()
+	return nil
+}
+
+// ReadFiles reads every path under one lock (nothing changes meanwhile),
+// one round trip.
+func (m *MemRunner) ReadFiles(ctx context.Context, paths []string) ([]FileState, error) {
+	items := make([]string, len(paths))
+	for i, p := range paths {
+		items[i] = "read " + p
+	}
+	if err := m.beginBatch(ctx, "read-batch", items); err != nil {
+		return nil, err
+	}
+	for _, p := range paths {
+		if err := checkPath(p); err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", p, m.name, err)
+		}
+	}
+	m.Trips.Trip(ctx, m.name)
+	if err := m.fail("read-batch", paths); err != nil {
+		return nil, err
+	}
+	out := make([]FileState, len(paths))
+	for i, p := range paths {
+		if m.Fail != nil {
+			if err := m.Fail("read", p); err != nil {
+				out[i] = FileState{Info: FileInfo{Path: p}, Err: err}
+				continue
+			}
+		}
+		m.mu.Lock()
+		st := FileState{Info: m.statLocked(p)}
+		if fi := st.Info; fi.IsRegular || fi.IsSymlink {
+			// Missing, dangling or a directory at the end: no content.
+			if _, f, err := m.resolveLocked(p); err != nil {
+				st.Err = fmt.Errorf("read %s on %s: %w", p, m.name, err)
+			} else if f != nil {
+				st.Content, st.HasContent = append([]byte(nil), f.data...), true
+			}
+		}
+		m.mu.Unlock()
+		out[i] = st
+	}
+	return out, nil
+}
+
+// fail consults Fail for a whole batch, with its first path.
+func (m *MemRunner) fail(kind string, paths []string) error {
+	if m.Fail == nil || len(paths) == 0 {
+		return nil
+	}
+	return m.Fail(kind, paths[0])
+}
+
+// memOpNames are the Fail/Ops names of batch operations.
+var memOpNames = map[FileOpKind]string{OpWrite: "write", OpWriteExact: "write", OpSymlink: "symlink", OpRemove: "remove", OpMkdirPrivate: "mkdir"}
+
+// ApplyFiles carries out ops in order with the same rules as the single
+// operations, one round trip; the first failure is a *BatchError.
+func (m *MemRunner) ApplyFiles(ctx context.Context, ops []FileOp) error {
+	items := make([]string, len(ops))
+	paths := make([]string, len(ops))
+	for i, op := range ops {
+		items[i], paths[i] = memOpNames[op.Kind]+" "+op.Path, op.Path
+	}
+	if err := m.beginBatch(ctx, "apply-batch", items); err != nil {
+		return err
+	}
+	if err := validateOps(m.name, ops); err != nil {
+		return err
+	}
+	m.Trips.Trip(ctx, m.name)
+	if err := m.fail("apply-batch", paths); err != nil {
+		return &BatchError{Node: m.name, Index: 0, Op: ops[0], Err: err}
+	}
+	for i, op := range ops {
+		if err := m.applyOne(op); err != nil {
+			return &BatchError{Node: m.name, Index: i, Op: op, Done: i, Err: err}
+		}
+	}
+	return nil
+}
+
+func (m *MemRunner) applyOne(op FileOp) error {
+	if m.Fail != nil {
+		if err := m.Fail(memOpNames[op.Kind], op.Path); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch op.Kind {
+	case OpWrite:
+		return m.writeLocked(op.Path, op.Data, op.Mode)
+	case OpWriteExact:
+		return m.writeExactLocked(op.Path, op.Data, op.Mode, op.UID, op.GID)
+	case OpSymlink:
+		return m.symlinkLocked(op.Target, op.Path)
+	case OpRemove:
+		return m.removeLocked(op.Path)
+	}
+	// OpMkdirPrivate: nothing stored at the path or above it may be a file
+	// or a symlink.
+	for p := op.Path; p != "/"; p = path.Dir(p) {
+		if _, ok := m.files[p]; ok {
+			return fmt.Errorf("create %s on %s: %s is not a directory (a symlink?)", op.Path, m.name, p)
+		}
+	}
+	for p := op.Path; p != "/" && p != "."; p = path.Dir(p) {
+		m.dirs[p] = true
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -156,14 +157,18 @@ func must(t *testing.T, err error) {
 func TestRunnerContractSSH(t *testing.T) {
 	t.Parallel()
 	_, cfg := startNode(t, "n", sshdtest.Options{})
-	runnerSuite(t, dial(t, cfg), t.TempDir())
+	c := dial(t, cfg)
+	runnerSuite(t, c, t.TempDir())
+	t.Run("batch", func(t *testing.T) { batchSuite(t, c, t.TempDir()) })
 }
 
 func TestRunnerContractMem(t *testing.T) {
 	t.Parallel()
 	m := NewMemRunner("n")
 	m.MkdirAll("/work/dir")
+	m.MkdirAll("/work/batch")
 	runnerSuite(t, m, "/work/dir")
+	t.Run("batch", func(t *testing.T) { batchSuite(t, m, "/work/batch") })
 }
 
 func TestWriteFilePreservesOwnerAndMode(t *testing.T) {
@@ -271,13 +276,7 @@ func TestNoShellInjection(t *testing.T) {
 // re-dial for the next operation.
 func TestDroppedConnectionMidWrite(t *testing.T) {
 	t.Parallel()
-	s, cfg := startNode(t, "n", sshdtest.Options{})
-	p := newProxy(t, s.Addr())
-	cfg = p.via(t, s, cfg)
-	pool := NewPool([]Config{cfg})
-	t.Cleanup(func() { pool.Close() })
-	r, err := pool.Get(testCtx(t), "n")
-	must(t, err)
+	p, r := proxiedNode(t)
 
 	dir := t.TempDir()
 	f := filepath.Join(dir, "ca.crt")
@@ -285,7 +284,7 @@ func TestDroppedConnectionMidWrite(t *testing.T) {
 	big := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16) // 4 MiB
 
 	p.budget.Store(1 << 20) // cut after ~1 MiB more from the client
-	err = r.WriteFile(testCtx(t), f, big, 0)
+	err := r.WriteFile(testCtx(t), f, big, 0)
 	if err == nil {
 		t.Fatal("WriteFile succeeded across a dropped connection")
 	}
@@ -316,26 +315,55 @@ func TestDroppedConnectionMidWrite(t *testing.T) {
 	}
 }
 
-// TestPartialStdinIsNeverInstalled runs the write script directly with
-// stdin shorter than announced (what a dropped connection looks like to the
-// node): the file must keep its old content.
+// TestPartialStdinIsNeverInstalled runs the write script, and the batch
+// script, directly with stdin shorter than announced (what a dropped
+// connection looks like to the node): the file must keep its old content
+// and no temp file may be left; in the batch the operation before it is
+// applied and reported done, and a stream that ends between operations
+// (without the final sync header) is an error too.
 func TestPartialStdinIsNeverInstalled(t *testing.T) {
 	t.Parallel()
 	_, cfg := startNode(t, "n", sshdtest.Options{})
 	c := dial(t, cfg)
-	dir := t.TempDir()
-	f := filepath.Join(dir, "admin.conf")
-	must(t, os.WriteFile(f, []byte("old"), 0o600))
 	full := []byte("the complete new content")
 	sum := sha256hex(full)
-	_, err := c.run(testCtx(t), "write", shCommand(writeScript, f, "", "", "24", sum, ""), full[:10])
-	var xe *ExitError
-	if !errors.As(err, &xe) || xe.Result.ExitStatus != 71 || !strings.Contains(err.Error(), "received 10 of 24 bytes") {
-		t.Fatalf("err = %v, want content check failure", err)
+	batchOp := func(arg int, data []byte, sent int) string {
+		return fmt.Sprintf("write %d 1 %d %s - -\n%s", arg, len(data), sha256hex(data), data[:sent])
 	}
-	assertFile(t, f, "old", 0o600, 0, 0)
-	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-		t.Errorf("left behind: %v", entries)
+	for _, tc := range []struct {
+		name   string
+		cmd    func(dir, f string) string
+		stdin  string
+		status int
+		msg    string
+		done   int // "ok" lines
+	}{
+		{"write", func(dir, f string) string { return shCommand(writeScript, f, "", "", "24", sum, "") }, string(full[:10]), 71, "received 10 of 24 bytes", 0},
+		{"batch", func(dir, f string) string { return shCommand(applyFilesScript, dir+"/first", f, dir) },
+			batchOp(1, []byte("a"), 1) + batchOp(2, full, 10), 71, "received 10 of 24 bytes", 1},
+		{"batch ended between operations", func(dir, f string) string { return shCommand(applyFilesScript, dir+"/first", f, dir) },
+			batchOp(1, []byte("a"), 1), 79, "batch input ended early", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			f := filepath.Join(dir, "admin.conf")
+			must(t, os.WriteFile(f, []byte("old"), 0o644))
+			res, err := c.run(testCtx(t), "write", tc.cmd(dir, f), []byte(tc.stdin))
+			var xe *ExitError
+			if !errors.As(err, &xe) || xe.Result.ExitStatus != tc.status || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v, want exit %d: %s", err, tc.status, tc.msg)
+			}
+			if got := bytes.Count(res.Stdout, []byte("ok\n")); got != tc.done {
+				t.Errorf("%d operations reported done, want %d", got, tc.done)
+			}
+			assertFile(t, f, "old", 0o644, 0, 0)
+			if entries, _ := os.ReadDir(dir); len(entries) != 1+tc.done {
+				t.Errorf("left behind: %v", entries)
+			}
+			if tc.done > 0 {
+				assertFile(t, dir+"/first", "a", 0o600, 0, 0)
+			}
+		})
 	}
 }
 

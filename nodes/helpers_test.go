@@ -64,6 +64,10 @@ type proxy struct {
 	refuseFirst atomic.Int32
 	budget      atomic.Int64 // client->server bytes left before a cut; <0: no limit
 	blackhole   atomic.Bool
+	// stall: when the budget runs out, drop the client's further bytes
+	// (the server waits for them) instead of cutting; server->client
+	// bytes still flow.
+	stall atomic.Bool
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -130,6 +134,9 @@ func (p *proxy) pipe(dst, src net.Conn, upstream bool) {
 		if n > 0 && !p.blackhole.Load() {
 			if upstream && p.budget.Load() >= 0 {
 				if p.budget.Add(-int64(n)) < 0 {
+					if p.stall.Load() {
+						continue
+					}
 					p.Cut()
 					return
 				}
@@ -207,4 +214,18 @@ func serveTCP(t *testing.T, reply string) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// proxiedNode starts a real sshd behind a proxy and returns the proxy and
+// the runner a Pool hands out for it (the pool closed in t.Cleanup).
+func proxiedNode(t *testing.T) (*proxy, Runner) {
+	t.Helper()
+	s, cfg := startNode(t, "n", sshdtest.Options{})
+	p := newProxy(t, s.Addr())
+	cfg = p.via(t, s, cfg)
+	pool := NewPool([]Config{cfg})
+	t.Cleanup(func() { pool.Close() })
+	r, err := pool.Get(testCtx(t), "n")
+	must(t, err)
+	return p, r
 }

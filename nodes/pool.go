@@ -158,6 +158,7 @@ type poolRunner struct {
 
 var _ Runner = (*poolRunner)(nil)
 var _ ExactWriter = (*poolRunner)(nil)
+var _ Batcher = (*poolRunner)(nil)
 
 func (r *poolRunner) Name() string { return r.name }
 
@@ -215,4 +216,25 @@ func (r *poolRunner) Remove(ctx context.Context, path string) error {
 		return err
 	}
 	return c.Remove(ctx, path)
+}
+
+// ReadFiles is one session on the node's current connection, re-dialed
+// first if it dropped, like every other call.
+func (r *poolRunner) ReadFiles(ctx context.Context, paths []string) ([]FileState, error) {
+	c, err := r.p.client(ctx, r.name)
+	if err != nil {
+		return nil, err
+	}
+	return c.ReadFiles(ctx, paths)
+}
+
+// ApplyFiles is one session on the node's current connection, re-dialed
+// first if it dropped; a batch cut by a dropped connection is not retried
+// (its *BatchError says how far it got).
+func (r *poolRunner) ApplyFiles(ctx context.Context, ops []FileOp) error {
+	c, err := r.p.client(ctx, r.name)
+	if err != nil {
+		return err
+	}
+	return c.ApplyFiles(ctx, ops)
 }

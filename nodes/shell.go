@@ -56,7 +56,26 @@ fi
 printf '%s\n' "$out"
 if [ -L "$1" ]; then readlink -- "$1"; fi`
 
-// writeScript replaces $1 atomically with stdin.
+// fileFuncs are the shell functions behind every change to a file, shared
+// by the one-operation scripts below and applyFilesScript (batch), so a
+// batch changes files exactly as the single operations do. Each function
+// exits the script (with one of the codes 64-79) on a refusal or failure;
+// the EXIT trap removes whatever temporary file or directory is in flight,
+// and SIGPIPE/SIGHUP (a dropped connection) are turned into exit so that
+// it runs. rotate_dir sets $dir to the parent of a clean absolute path
+// without forking dirname.
+const fileFuncs = `export LC_ALL=C
+tmp= ld=
+rotate_cleanup() {
+  if [ -n "$tmp" ]; then rm -f -- "$tmp"; fi
+  if [ -n "$ld" ]; then rm -f -- "$ld/l"; rmdir -- "$ld" 2>/dev/null; fi
+}
+trap rotate_cleanup EXIT
+trap 'exit 129' HUP INT PIPE TERM
+rotate_dir() { dir=${1%/*}; dir=${dir:-/}; }
+` + writeFunc + linkFunc + removeFunc + mkdirFunc
+
+// writeFunc replaces $1 atomically with the next $4 bytes of stdin.
 //
 //	$1 path  $2 mode (octal, or "" to keep/default)  $3 owner "uid:gid" or ""
 //	$4 expected size  $5 expected sha256  $6 "replace" to allow replacing a
@@ -64,12 +83,13 @@ if [ -L "$1" ]; then readlink -- "$1"; fi`
 //
 // The temp file is a dot-file in the same directory (kubelet ignores dot
 // files in the static pod directory), removed on any failure, including a
-// dropped connection (SIGPIPE/SIGHUP are turned into exit so the EXIT trap
-// runs). The content is checked against its digest before anything is
-// renamed, so stdin cut short by a dropped connection never becomes the file.
-const writeScript = `export LC_ALL=C
+// dropped connection. The content is checked against its digest before
+// anything is renamed, so stdin cut short by a dropped connection never
+// becomes the file. The temp file is fsynced before the rename; the
+// directory is the caller's to sync.
+const writeFunc = `rotate_write() {
 p=$1 mode=$2 owner=$3 size=$4 sum=$5 how=$6
-dir=$(dirname -- "$p") && base=$(basename -- "$p") || exit 1
+rotate_dir "$p"; base=${p##*/}
 if [ -L "$p" ]; then
   if [ "$how" != replace ]; then echo "refusing to write through symlink $p; repoint it or write its target" >&2; exit 65; fi
 elif [ -e "$p" ] && [ ! -f "$p" ]; then
@@ -77,9 +97,7 @@ elif [ -e "$p" ] && [ ! -f "$p" ]; then
 fi
 if [ ! -d "$dir" ]; then echo "directory $dir does not exist" >&2; exit 67; fi
 tmp=$(mktemp -- "$dir/.$base.rotate-XXXXXX") || exit 68
-trap 'if [ -n "$tmp" ]; then rm -f -- "$tmp"; fi' EXIT
-trap 'exit 129' HUP INT PIPE TERM
-cat > "$tmp" || exit 69
+head -c "$size" > "$tmp" || exit 69
 got=$(sha256sum < "$tmp") || exit 70
 if [ "${got%% *}" != "$sum" ]; then
   echo "content check failed: received $(wc -c < "$tmp") of $size bytes or a different digest; $p not changed" >&2
@@ -92,39 +110,63 @@ else
 fi
 if [ -n "$owner" ]; then chown -- "$owner" "$tmp" || exit 73; fi
 if [ -n "$mode" ]; then chmod -- "$mode" "$tmp" || exit 74; fi
-sync -- "$tmp" 2>/dev/null || sync
+sync -- "$tmp" || exit 76
 mv -f -- "$tmp" "$p" || exit 75
 tmp=
-sync -- "$dir" 2>/dev/null || :`
+}
+`
 
-// symlinkScript points $2 at $1 atomically: ln -s into a fresh temp
-// directory beside the link, then rename over the link (mv -T never
-// follows an existing link into a directory).
-const symlinkScript = `export LC_ALL=C
-t=$1 l=$2
-dir=$(dirname -- "$l") || exit 1
-if [ -d "$l" ] && [ ! -L "$l" ]; then echo "$l is a directory" >&2; exit 66; fi
+// linkFunc points $2 at $1 atomically: ln -s into a fresh temp directory
+// beside the link, then rename over the link (mv -T never follows an
+// existing link into a directory).
+const linkFunc = `rotate_link() {
+rotate_dir "$2"
+if [ -d "$2" ] && [ ! -L "$2" ]; then echo "$2 is a directory" >&2; exit 66; fi
 if [ ! -d "$dir" ]; then echo "directory $dir does not exist" >&2; exit 67; fi
-d=$(mktemp -d -- "$dir/.rotate-link-XXXXXX") || exit 68
-trap 'rm -f -- "$d/l"; rmdir -- "$d" 2>/dev/null' EXIT
-trap 'exit 129' HUP INT PIPE TERM
-ln -s -- "$t" "$d/l" || exit 69
-mv -f -T -- "$d/l" "$l" || exit 75
-sync -- "$dir" 2>/dev/null || :`
+ld=$(mktemp -d -- "$dir/.rotate-link-XXXXXX") || exit 68
+ln -s -- "$1" "$ld/l" || exit 69
+mv -f -T -- "$ld/l" "$2" || exit 75
+rmdir -- "$ld"; ld=
+}
+`
 
-// removeScript deletes a file or symlink; missing is fine; directories are
-// refused by rm itself.
-const removeScript = `export LC_ALL=C
+// removeFunc deletes a file or symlink; missing is fine; directories are
+// refused.
+const removeFunc = `rotate_remove() {
+rotate_dir "$1"
 if [ -d "$1" ] && [ ! -L "$1" ]; then echo "$1 is a directory" >&2; exit 66; fi
 rm -f -- "$1" || exit 1
-sync -- "$(dirname -- "$1")" 2>/dev/null || :`
+}
+`
+
+// mkdirFunc creates $1 (and missing parents, 0700 through the umask),
+// refuses it unless it is a directory and not a symlink to one (before
+// anything is chmodded through such a link), and makes it 0700.
+const mkdirFunc = `rotate_mkdir() {
+umask 077
+mkdir -p -- "$1" || exit 1
+if [ -L "$1" ] || [ ! -d "$1" ]; then echo "$1 is not a directory (a symlink?)" >&2; exit 66; fi
+chmod 0700 -- "$1" || exit 1
+}
+`
+
+// writeScript replaces $1 atomically with stdin (arguments as writeFunc's).
+const writeScript = fileFuncs + `rotate_write "$@"
+sync -- "$dir" 2>/dev/null || :`
+
+// symlinkScript points $2 at $1 atomically.
+const symlinkScript = fileFuncs + `rotate_link "$1" "$2"
+sync -- "$dir" 2>/dev/null || :`
+
+// removeScript deletes $1, a file or symlink; missing is fine.
+const removeScript = fileFuncs + `rotate_remove "$1"
+sync -- "$dir" 2>/dev/null || :`
 
 // chownLinkScript sets a symlink's own owner ($2 = uid:gid).
 const chownLinkScript = `chown -h -- "$2" "$1"`
 
-// mkdirPrivateScript creates $1 (and missing parents) and makes it and every
-// further argument 0700, owned by the running user.
-const mkdirPrivateScript = `export LC_ALL=C
-umask 077
-mkdir -p -- "$1" || exit 1
+// mkdirPrivateScript creates $1 (and missing parents), checks that it is a
+// directory and not a symlink to one, and makes it and every further
+// argument 0700, owned by the running user.
+const mkdirPrivateScript = fileFuncs + `rotate_mkdir "$1"
 for d in "$@"; do chmod 0700 -- "$d" || exit 1; done`

@@ -38,6 +38,7 @@ type Client struct {
 
 var _ Runner = (*Client)(nil)
 var _ ExactWriter = (*Client)(nil)
+var _ Batcher = (*Client)(nil)
 
 // Dial connects to the node, verifying its host key, retrying transient
 // network errors (refused, reset, unreachable, timeout) up to cfg.Retries
@@ -622,14 +623,18 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 			sess.Close()
 		}
 		mu.Unlock()
+		// What the command printed before it was stopped (ApplyFiles
+		// counts the operations it completed from it).
+		var partial Result
 		select {
-		case <-ch:
+		case o := <-ch:
+			partial = o.res
 		case <-time.After(2 * time.Second):
 		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return Result{}, fmt.Errorf("%s on %s: timed out after %s: %w", op, c.cfg.Name, timeout.Round(time.Millisecond), context.DeadlineExceeded)
+			return partial, fmt.Errorf("%s on %s: timed out after %s: %w", op, c.cfg.Name, timeout.Round(time.Millisecond), context.DeadlineExceeded)
 		}
-		return Result{}, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ctx.Err())
+		return partial, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ctx.Err())
 	}
 	res, err := out.res, out.err
 	if err == nil {

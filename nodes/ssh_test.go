@@ -224,6 +224,12 @@ func TestBecome(t *testing.T) {
 		if err != nil || string(got) != "pem" {
 			t.Fatalf("ReadFile with become = %q, %v", got, err)
 		}
+		// Batches run through sudo the same way.
+		must(t, c.ApplyFiles(testCtx(t), []FileOp{{Kind: OpWrite, Path: target, Data: []byte("pem2")}, {Kind: OpSymlink, Path: target + ".link", Target: "ca.crt"}}))
+		states, err := c.ReadFiles(testCtx(t), []string{target + ".link"})
+		if err != nil || string(states[0].Content) != "pem2" || states[0].Err != nil {
+			t.Fatalf("ReadFiles with become = %+v, %v", states, err)
+		}
 	})
 
 	t.Run("sudo wants a password", func(t *testing.T) {
@@ -238,6 +244,11 @@ func TestBecome(t *testing.T) {
 		}
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("took %s: sudo must not wait for a password", d)
+		}
+		err = c.ApplyFiles(testCtx(t), []FileOp{{Kind: OpWrite, Path: target + ".3", Data: []byte("x")}})
+		var be *BatchError
+		if !errors.Is(err, ErrBecome) || !errors.As(err, &be) || be.Index != 0 || be.Done != 0 {
+			t.Errorf("ApplyFiles: err = %v, want a BatchError wrapping ErrBecome", err)
 		}
 	})
 
