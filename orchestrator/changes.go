@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -88,58 +89,68 @@ func (n recordingNodes) Node(ctx context.Context, name string) (nodes.Runner, er
 	if err != nil {
 		return nil, err
 	}
-	rr := &recordingRunner{Runner: r, log: n.log}
-	if ew, ok := r.(nodes.ExactWriter); ok {
-		return recordingExact{rr, ew}, nil // Restore's exact writes go through it
-	}
-	return rr, nil
+	return &recordingRunner{Runner: r, log: n.log}, nil
 }
 
-// recordingRunner records every successful change it passes on.
+// recordingRunner records every successful change it passes on. It
+// batches (nodes.Batcher) when the runner under it does, and writes exact
+// files (Restore) when that one can.
 type recordingRunner struct {
 	nodes.Runner
 	log *changeLog
 }
 
 func (r *recordingRunner) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
-	if err := r.Runner.WriteFile(ctx, p, data, mode); err != nil {
-		return err
-	}
-	msg := fmt.Sprintf("wrote %d bytes", len(data))
-	if mode != 0 {
-		msg += fmt.Sprintf(" (mode %04o)", uint32(mode.Perm()))
-	}
-	r.log.add(r.Name(), p, sha256Hex(data), msg)
-	return nil
+	return r.ApplyFiles(ctx, []nodes.FileOp{{Kind: nodes.OpWrite, Path: p, Data: data, Mode: mode}})
+}
+
+func (r *recordingRunner) WriteFileExact(ctx context.Context, p string, data []byte, mode fs.FileMode, uid, gid int) error {
+	return r.ApplyFiles(ctx, []nodes.FileOp{{Kind: nodes.OpWriteExact, Path: p, Data: data, Mode: mode, UID: uid, GID: gid}})
 }
 
 func (r *recordingRunner) Symlink(ctx context.Context, target, link string) error {
-	if err := r.Runner.Symlink(ctx, target, link); err != nil {
-		return err
-	}
-	r.log.add(r.Name(), link, "", "pointed symlink at "+target)
-	return nil
+	return r.ApplyFiles(ctx, []nodes.FileOp{{Kind: nodes.OpSymlink, Path: link, Target: target}})
 }
 
 func (r *recordingRunner) Remove(ctx context.Context, p string) error {
-	if err := r.Runner.Remove(ctx, p); err != nil {
-		return err
-	}
-	r.log.add(r.Name(), p, "", "removed")
-	return nil
+	return r.ApplyFiles(ctx, []nodes.FileOp{{Kind: nodes.OpRemove, Path: p}})
 }
 
-// recordingExact is a recordingRunner over a runner that is an
-// nodes.ExactWriter too.
-type recordingExact struct {
-	*recordingRunner
-	ew nodes.ExactWriter
+func (r *recordingRunner) ReadFiles(ctx context.Context, paths []string) ([]nodes.FileState, error) {
+	return nodes.ReadFiles(ctx, r.Runner, paths)
 }
 
-func (r recordingExact) WriteFileExact(ctx context.Context, p string, data []byte, mode fs.FileMode, uid, gid int) error {
-	if err := r.ew.WriteFileExact(ctx, p, data, mode, uid, gid); err != nil {
-		return err
+// ApplyFiles passes ops on and records those applied: all of them, or
+// the ones before the failed one.
+func (r *recordingRunner) ApplyFiles(ctx context.Context, ops []nodes.FileOp) error {
+	err := nodes.ApplyFiles(ctx, r.Runner, ops)
+	done := len(ops)
+	if err != nil {
+		done = 0
+		var be *nodes.BatchError
+		if errors.As(err, &be) {
+			done = be.Done
+		}
 	}
-	r.log.add(r.Name(), p, sha256Hex(data), fmt.Sprintf("restored %d bytes (mode %04o, owner %d:%d)", len(data), uint32(mode.Perm()), uid, gid))
-	return nil
+	for _, op := range ops[:done] {
+		r.record(op)
+	}
+	return err
+}
+
+func (r *recordingRunner) record(op nodes.FileOp) {
+	switch op.Kind {
+	case nodes.OpWrite:
+		msg := fmt.Sprintf("wrote %d bytes", len(op.Data))
+		if op.Mode != 0 {
+			msg += fmt.Sprintf(" (mode %04o)", uint32(op.Mode.Perm()))
+		}
+		r.log.add(r.Name(), op.Path, sha256Hex(op.Data), msg)
+	case nodes.OpWriteExact:
+		r.log.add(r.Name(), op.Path, sha256Hex(op.Data), fmt.Sprintf("restored %d bytes (mode %04o, owner %d:%d)", len(op.Data), uint32(op.Mode.Perm()), op.UID, op.GID))
+	case nodes.OpSymlink:
+		r.log.add(r.Name(), op.Path, "", "pointed symlink at "+op.Target)
+	case nodes.OpRemove:
+		r.log.add(r.Name(), op.Path, "", "removed")
+	}
 }

@@ -3,9 +3,7 @@ package steps
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"sort"
 	"strings"
 
@@ -78,15 +76,20 @@ func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, err
 			files = append(files, p)
 		}
 	}
+	states, err := nodes.ReadFiles(ctx, r, files) // one round trip
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, p := range files {
-		raw, err := r.ReadFile(ctx, p)
-		if errors.Is(err, fs.ErrNotExist) {
+	for i, p := range files {
+		st := states[i]
+		if st.Err != nil {
+			return nil, fmt.Errorf("read %s on %s: %w", p, t.Node, st.Err)
+		}
+		if !st.HasContent {
 			continue
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s on %s: %w", p, t.Node, err)
-		}
+		raw := st.Content
 		for _, f := range rotateFiles {
 			for _, line := range linesNaming(raw, c.pki(f)) {
 				out = append(out, fmt.Sprintf("%s names %s (%s)", p, c.pki(f), line))

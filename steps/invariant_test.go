@@ -472,6 +472,18 @@ func (n *modelNode) Remove(ctx context.Context, p string) error {
 	return n.change(p, func() error { return n.MemRunner.Remove(ctx, p) })
 }
 
+// ApplyFiles checks the model after each operation of the batch, as the
+// node would be seen between two renames.
+func (n *modelNode) ApplyFiles(ctx context.Context, ops []nodes.FileOp) error {
+	for i, op := range ops {
+		err := n.change(op.Path, func() error { return n.MemRunner.ApplyFiles(ctx, []nodes.FileOp{op}) })
+		if err != nil {
+			return &nodes.BatchError{Node: n.Name(), Index: i, Op: op, Done: i, Err: err}
+		}
+	}
+	return nil
+}
+
 // change runs one operation on p and checks every file a running
 // configuration reads, then records the configuration p starts if it is
 // a component's.

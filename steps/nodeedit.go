@@ -63,9 +63,57 @@ func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Ru
 	return r, edits, err
 }
 
+// batched is prepare with the target's files read in one round trip: every
+// edited path, the node copies of their backups and the kubelet marker.
+// fresh starts from what the node has now (Check, Revert); otherwise the
+// view Check left is reused (Apply right after Check).
+func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh bool) (*nodes.Batched, []fileedit.Edit, error) {
+	if fresh || rt.files == nil || rt.files.Name() != t.Node {
+		rt.files = nil
+		r, err := rt.node(ctx, t)
+		if err != nil {
+			return nil, nil, err
+		}
+		rt.files = nodes.NewBatched(r)
+	}
+	edits, err := s.allEdits(ctx, rt, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	paths := fileedit.Paths(edits)
+	for _, p := range fileedit.Paths(edits) {
+		_, meta := nodes.NodeBackupPaths(rt.Config.Paths.BackupDir, nodes.Backup{RunID: rt.BackupID, Path: p})
+		paths = append(paths, meta)
+	}
+	if s.Kubelet {
+		paths = append(paths, rt.kubeletMarker())
+	}
+	if err := rt.files.Prefetch(ctx, paths...); err != nil {
+		return nil, nil, err
+	}
+	return rt.files, edits, nil
+}
+
+// flushFiles sends what the step queued on its node and forgets the view:
+// a gate or a later step reads the node afresh.
+func (rt *Runtime) flushFiles(ctx context.Context) error {
+	f := rt.files
+	rt.files = nil
+	if f == nil {
+		return nil
+	}
+	return f.Flush(ctx)
+}
+
+// node is the connection to t's node: the step attempt's batched view
+// when it has one for that node (NodeEdit.batched), so that the reads of
+// its edits are served from the same round trip.
 func (rt *Runtime) node(ctx context.Context, t Target) (nodes.Runner, error) {
 	if t.Node == "" {
 		return nil, errors.New("step needs a node target")
+	}
+	if rt.files != nil && rt.files.Name() == t.Node {
+		return rt.files, nil
 	}
 	r, err := rt.Nodes.Node(ctx, t.Node)
 	if err != nil {
@@ -84,7 +132,7 @@ func (rt *Runtime) kubeletMarker() string {
 }
 
 func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
-	r, edits, err := s.prepare(ctx, rt, t)
+	r, edits, err := s.batched(ctx, rt, t, true)
 	if err != nil {
 		return false, err
 	}
@@ -96,8 +144,13 @@ func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, erro
 	return err == nil && st.Exists, err
 }
 
-func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
-	r, edits, err := s.prepare(ctx, rt, t)
+func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) (err error) {
+	defer func() {
+		if ferr := rt.flushFiles(context.WithoutCancel(ctx)); err == nil {
+			err = ferr
+		}
+	}()
+	r, edits, err := s.batched(ctx, rt, t, false)
 	if err != nil {
 		return err
 	}
@@ -105,7 +158,7 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	if s.Kubelet {
-		if err := rt.restartKubelet(ctx, r); err != nil {
+		if err := rt.restartKubelet(ctx, r); err != nil { // flushes the edits first
 			return err
 		}
 		return rt.markKubelet(ctx, r, "kubelet restarted\n")
@@ -116,13 +169,10 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) error {
 // markKubelet writes the step's kubelet marker: Apply after restarting the
 // kubelet (Check needs it), Revert before restoring anything (see there).
 func (rt *Runtime) markKubelet(ctx context.Context, r nodes.Runner, note string) error {
-	if err := nodes.MakeDir(ctx, r, rt.Config.kubeletMarkerDir(), 0o700); err != nil {
-		return err
-	}
-	if err := r.WriteFile(ctx, rt.kubeletMarker(), []byte(note), 0o600); err != nil {
-		return err
-	}
-	return nil
+	return nodes.ApplyFiles(ctx, r, []nodes.FileOp{
+		{Kind: nodes.OpMkdirPrivate, Path: rt.Config.kubeletMarkerDir()},
+		{Kind: nodes.OpWrite, Path: rt.kubeletMarker(), Data: []byte(note), Mode: 0o600},
+	})
 }
 
 func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
@@ -157,8 +207,13 @@ func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
 // the kubelet and passes the gates again before it narrows anything. A
 // kubelet whose marker is gone runs the restored files. Static pods need
 // no marker: the gates find out whether they still run an older manifest.
-func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
-	r, edits, err := s.prepare(ctx, rt, t)
+func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error) {
+	defer func() {
+		if ferr := rt.flushFiles(context.WithoutCancel(ctx)); err == nil {
+			err = ferr
+		}
+	}()
+	r, edits, err := s.batched(ctx, rt, t, true)
 	if err != nil {
 		return err
 	}
@@ -186,6 +241,9 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) error {
 		}
 	}
 	if len(stages.Late) > 0 {
+		if err := r.Flush(ctx); err != nil { // the gates see the restored manifests
+			return err
+		}
 		if err := s.Gate(ctx, rt, t); err != nil {
 			return err
 		}

@@ -87,6 +87,12 @@ func withCCM(l layout) layout {
 	return out
 }
 
+// maxTripsPerStep is the most round trips a node step's Check and Apply
+// may make to its node (gates aside): one read of every file, one write of
+// every backup and change, the restart, the kubelet marker, and a few
+// reads of what a restart may have changed.
+const maxTripsPerStep = 8
+
 func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 	ctx := context.Background()
 	ns := steps.MemNodes{cpNode: memNode(cpNode, cp), workerNode: memNode(workerNode, worker)}
@@ -117,8 +123,15 @@ func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 				}
 			}
 			before := nodeFiles(r)
+			trips := nodes.NewRoundTrips()
+			r.Trips = trips
 			check("before Apply", nothingToDo)
 			apply()
+			r.Trips = nil
+			t.Logf("round trips: %d", trips.Counts().Nodes[tc.t.Node])
+			if n := trips.Counts().Nodes[tc.t.Node]; n > maxTripsPerStep {
+				t.Errorf("Check and Apply took %d round trips to %s, want at most %d", n, tc.t.Node, maxTripsPerStep)
+			}
 			check("after Apply", true)
 			applied := nodeFiles(r)
 			if !nothingToDo && equalFiles(before, applied) {

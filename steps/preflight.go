@@ -47,9 +47,13 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			c.manifest(APIServer), c.manifest(ControllerManager), c.manifest(Scheduler),
 			c.kubeDir(kubeconfigAdmin), c.kubeDir(kubeconfigKCM), c.kubeDir(kubeconfigScheduler))
 	}
+	b := nodes.NewBatched(r)
+	if err := b.Prefetch(ctx, need...); err != nil { // one round trip
+		return err
+	}
 	var missing []string
 	for _, p := range need {
-		st, err := r.Stat(ctx, p)
+		st, err := b.Stat(ctx, p)
 		if err != nil {
 			return fmt.Errorf("stat %s on %s: %w", p, t.Node, err)
 		}
@@ -60,14 +64,14 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("node %s (%s) lacks %s — is this a kubeadm node and are paths in the inventory right?", t.Node, t.Role, strings.Join(missing, ", "))
 	}
+	caPEM, err := b.ReadFile(ctx, c.pki(fileCACert))
+	if err != nil {
+		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
+	}
 	if t.Role == RoleControlPlane {
 		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep"); err != nil {
 			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
 		}
-	}
-	caPEM, err := r.ReadFile(ctx, c.pki(fileCACert))
-	if err != nil {
-		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
 	}
 	if err := rt.sameClusterCA(ctx, t, caPEM); err != nil {
 		return err
@@ -315,6 +319,18 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		if err != nil {
 			return err
 		}
+		var paths []string
+		for _, lf := range controlPlaneLeaves {
+			paths = append(paths, c.pki(lf.name+".crt"))
+		}
+		for _, kc := range edit.ControlPlaneKubeconfigs {
+			paths = append(paths, c.kubeDir(kc.Name))
+		}
+		b := nodes.NewBatched(r)
+		if err := b.Prefetch(ctx, paths...); err != nil { // one round trip
+			return err
+		}
+		r := nodes.Runner(b)
 		for _, lf := range controlPlaneLeaves {
 			p := c.pki(lf.name + ".crt")
 			raw, err := r.ReadFile(ctx, p)

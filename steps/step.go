@@ -127,6 +127,10 @@ type Runtime struct {
 	// direct-tcpip channel; see nodes.TCPDialer). Nil: no server is
 	// dialed, and verify says so.
 	NodeDial func(ctx context.Context, node, addr string) (net.Conn, error)
+
+	// files is this step attempt's batched view of its node (see
+	// Runtime.files).
+	files *nodes.Batched
 }
 
 // Outputs collects what a step produces; the orchestrator commits it in the
