@@ -639,6 +639,11 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 		evs := append(changes, state.Event{Time: e.now(), Level: "error", Kind: state.KindRevert, Message: "rollback: " + err.Error()})
 		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
 	}
+	if !errors.Is(err, errSyncFailed) {
+		// The reverts done so far: background copies may be an interval
+		// behind them (mirror.go).
+		e.syncBestEffort(context.WithoutCancel(ctx), "after the failed rollback")
+	}
 	return &RunError{Phase: StateRollingBack, Err: err}
 }
 
