@@ -471,7 +471,10 @@ func (e *Engine) event(level, kind string, r state.StepRecord, msg string) state
 }
 
 // Rollback reverts every step that was started, in reverse order of
-// completion (partial steps first), and ends in rolled-back.
+// completion (partial steps first), and ends in rolled-back. The targets
+// of one step revert like the forward run applied them: fanned out with
+// the step's concurrency (one at a time for control-plane nodes), and
+// the next step only after all of them are reverted.
 func (e *Engine) Rollback(ctx context.Context) error {
 	run, err := e.loadRun(ctx)
 	if err != nil {
@@ -519,36 +522,16 @@ func (e *Engine) Rollback(ctx context.Context) error {
 		return a.DoneSeq > b.DoneSeq
 	})
 	e.printer.Linef("rolling back run %s of cluster %s: %d step target(s) to revert", run.ID, run.Cluster, len(todo))
-	for i, r := range todo {
-		st, t, err := e.lookup(r)
+	n := 0
+	for _, g := range revertGroups(todo) {
+		changes, ckErr, err := e.revertGroup(ctx, g, n, len(todo))
+		if ckErr != nil {
+			return ckErr
+		}
 		if err != nil {
-			return e.rollbackFailed(ctx, m, err, nil)
+			return e.rollbackFailed(ctx, m, err, changes)
 		}
-		e.printer.Revert(i+1, len(todo), r.Phase, r.Step, r.Target)
-		sctx, cancel := e.stepContext(tripLabel(ctx, r.Phase, r.Step, true), r.Phase, st)
-		rt := e.stepRuntime(r.Key)
-		rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
-		rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
-		changes := e.recordChanges(&rt)
-		rs := time.Now()
-		err = st.Revert(sctx, &rt, t)
-		if err == nil {
-			if g, ok := st.(steps.RevertGater); ok {
-				err = g.RevertGate(sctx, &rt, t)
-			}
-		}
-		cancel()
-		if err != nil {
-			err = fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
-			return e.rollbackFailed(ctx, m, err, changes.stamped(r))
-		}
-		rt.Log.Info("reverted", "duration", time.Since(rs).Round(time.Millisecond))
-		r.Status = state.StepReverted
-		r.RevertedAt = e.now()
-		evs := append(changes.stamped(r), e.event("info", state.KindRevert, r, "reverted"))
-		if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: evs}); err != nil {
-			return fmt.Errorf("checkpoint revert of %s: %w", r.Key, err)
-		}
+		n += len(g)
 	}
 	if err := e.fire(ctx, m, evFinishRollback, transitionArgs{}); err != nil {
 		return err
@@ -557,6 +540,88 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	e.printer.Linef("rollback of run %s complete: cluster %s is back on its old CAs", run.ID, run.Cluster)
 	e.printTrips()
 	return nil
+}
+
+// revertGroups cuts the records to revert, already in revert order, into
+// runs of the same phase and step: each run reverts like the forward run
+// applied it, its targets fanned out.
+func revertGroups(todo []state.StepRecord) [][]state.StepRecord {
+	var groups [][]state.StepRecord
+	for i, r := range todo {
+		if i == 0 || r.Phase != todo[i-1].Phase || r.Step != todo[i-1].Step {
+			groups = append(groups, nil)
+		}
+		groups[len(groups)-1] = append(groups[len(groups)-1], r)
+	}
+	return groups
+}
+
+// revertGroup reverts the targets of one phase/step, at most as many at
+// once as the forward run applied (one at a time where it went one at a
+// time, such as control-plane nodes); records first..first+len(g) of total.
+// Every target that started finishes; no new one starts after a failure.
+// It returns the failed targets' change events and their errors, and
+// apart from them the error of a checkpoint that could not be written.
+func (e *Engine) revertGroup(ctx context.Context, g []state.StepRecord, first, total int) (changes []state.Event, ckErr, err error) {
+	ps, err := lookupPlanned(e.plan, g[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := make([]steps.Target, len(g))
+	index := map[string]int{}
+	for i, r := range g {
+		if _, targets[i], err = e.lookup(r); err != nil {
+			return nil, nil, err
+		}
+		index[r.Target] = i
+	}
+	var mu sync.Mutex
+	err = FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
+		i := index[t.String()]
+		evs, cerr, err := e.revertTarget(ctx, ps.Step, t, g[i], first+i+1, total)
+		if cerr != nil || err != nil {
+			mu.Lock()
+			changes = append(changes, evs...)
+			ckErr = errors.Join(ckErr, cerr)
+			mu.Unlock()
+		}
+		if cerr != nil {
+			return cerr
+		}
+		return err
+	})
+	return changes, ckErr, err
+}
+
+// revertTarget reverts one step target (revert, then its revert gate)
+// and checkpoints it as reverted. A failed revert returns its change
+// events for the rollback's failure record; a failed checkpoint is ckErr.
+func (e *Engine) revertTarget(ctx context.Context, st steps.Step, t steps.Target, r state.StepRecord, i, total int) (failed []state.Event, ckErr, err error) {
+	e.printer.Revert(i, total, r.Phase, r.Step, r.Target)
+	sctx, cancel := e.stepContext(tripLabel(ctx, r.Phase, r.Step, true), r.Phase, st)
+	defer cancel()
+	rt := e.stepRuntime(r.Key)
+	rt.Progress = func(msg string) { e.printer.Detail(r.Step, r.Target, msg) }
+	rt.Log = e.log.With("run", rt.RunID, "phase", r.Phase, "step", r.Step, "target", r.Target, "op", "revert")
+	changes := e.recordChanges(&rt)
+	rs := time.Now()
+	err = st.Revert(sctx, &rt, t)
+	if err == nil {
+		if g, ok := st.(steps.RevertGater); ok {
+			err = g.RevertGate(sctx, &rt, t)
+		}
+	}
+	if err != nil {
+		return changes.stamped(r), nil, fmt.Errorf("revert %s/%s on %s: %w", r.Phase, r.Step, r.Target, err)
+	}
+	rt.Log.Info("reverted", "duration", time.Since(rs).Round(time.Millisecond))
+	r.Status = state.StepReverted
+	r.RevertedAt = e.now()
+	evs := append(changes.stamped(r), e.event("info", state.KindRevert, r, "reverted"))
+	if err := e.commit(ctx, state.Checkpoint{Steps: []state.StepRecord{r}, Events: evs}); err != nil {
+		return nil, fmt.Errorf("checkpoint revert of %s: %w", r.Key, err), nil
+	}
+	return nil, nil, nil
 }
 
 // printTrips prints the run's SSH round trips per node (none: nothing).
@@ -573,6 +638,11 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 		run.UpdatedAt = e.now()
 		evs := append(changes, state.Event{Time: e.now(), Level: "error", Kind: state.KindRevert, Message: "rollback: " + err.Error()})
 		_ = e.commit(context.WithoutCancel(ctx), state.Checkpoint{Run: &run, Events: evs})
+	}
+	if !errors.Is(err, errSyncFailed) {
+		// The reverts done so far: background copies may be an interval
+		// behind them (mirror.go).
+		e.syncBestEffort(context.WithoutCancel(ctx), "after the failed rollback")
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
 }

@@ -41,16 +41,27 @@ import (
 //   - synchronously before the change a backup guards, when the backup has
 //     no copy on a node (API objects: the node copies of file backups are
 //     written before the change by nodes.BackupFile);
-//   - best effort at the hold, after a failure and at the end;
+//   - best effort at the hold, after a failure (of a run or a rollback)
+//     and at the end;
 //   - in between, in the background: each checkpoint and backup wakes one
-//     uploader per node, which uploads the latest snapshot when it is idle
-//     (at most one upload in flight per node, never an older snapshot after
-//     a newer one); its failures are logged and shown by `rotate status`
-//     and never block or fail the run.
+//     uploader per node, which uploads the latest snapshot when it is idle,
+//     at most once per mirrorInterval (10 s): a change within the interval
+//     after a node's last upload waits for its end and is then written
+//     with every later change in one upload (at most one upload in flight
+//     per node, never an older snapshot after a newer one); its failures
+//     are logged and shown by `rotate status` and never block or fail the
+//     run.
+//
+// The synchronous copies are never delayed or skipped: a Sync uploads to
+// every node whose copy is older than the latest snapshot, whatever the
+// interval. Each upload is one WriteFile; the directory is made (and made
+// 0700) once per node per process, and again after an upload to that node
+// failed (it may have been removed).
 //
 // Why a copy that lags the run is safe: it is never older than the start
 // of the phase in progress (the synchronous copy at the phase's start), so
-// what it lacks is work of that phase only, and
+// what it lacks is work of that phase only — however long the background
+// copies lag, which is why coalescing them changes nothing below — and
 //
 //   - every step is idempotent: resumed from the copy, a step done after it
 //     was taken runs again and its Check finds the work done;
@@ -75,6 +86,10 @@ import (
 func MirrorPath(backupDir, cluster string) string {
 	return path.Join(path.Dir(backupDir), "state", mirrorName(cluster)+".db")
 }
+
+// mirrorInterval is the least time between two background uploads of the
+// state to one node.
+const mirrorInterval = 10 * time.Second
 
 // mirrorTripLabel counts the copies' round trips apart from the steps'
 // (nodes.CountAs), also when a step's backup makes one.
@@ -115,7 +130,10 @@ type mirror struct {
 	snap    func(ctx context.Context) ([]byte, error)
 	log     *slog.Logger
 	backoff time.Duration // after a failed background upload
-	nodes   []*mirrorNode
+	// interval is the least time between two uploads to one node in the
+	// background (Sync never waits for it); set before the first mark.
+	interval time.Duration
+	nodes    []*mirrorNode
 
 	ctx    context.Context // of the background uploaders
 	cancel context.CancelFunc
@@ -137,6 +155,10 @@ type mirrorNode struct {
 	kick chan struct{}
 	up   sync.Mutex // held during an upload
 
+	// under up
+	dirMade bool      // the directory exists, made by this process
+	last    time.Time // when the last upload to the node started
+
 	// under mirror.mu
 	gen     uint64 // generation of the last copy written
 	at      time.Time
@@ -150,7 +172,7 @@ func newMirror(src steps.NodeSource, controlPlane []string, mirrorPath string, s
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &mirror{src: src, path: mirrorPath, snap: snap, log: log.With("mirror", mirrorPath), backoff: 5 * time.Second}
+	m := &mirror{src: src, path: mirrorPath, snap: snap, log: log.With("mirror", mirrorPath), backoff: 5 * time.Second, interval: mirrorInterval}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	for _, n := range controlPlane {
 		mn := &mirrorNode{name: n, kick: make(chan struct{}, 1)}
@@ -193,6 +215,13 @@ func (m *mirror) uploader(n *mirrorNode) {
 			return
 		case <-n.kick:
 		}
+		if !m.await(n) {
+			return
+		}
+		select {
+		case <-n.kick: // the upload below writes that change too
+		default:
+		}
 		err := m.upload(m.ctx, n)
 		if err != nil && m.ctx.Err() == nil {
 			// Do not hammer a node that is down: the next checkpoint
@@ -203,6 +232,23 @@ func (m *mirror) uploader(n *mirrorNode) {
 			case <-time.After(m.backoff):
 			}
 		}
+	}
+}
+
+// await waits until the interval since n's last upload has passed; false:
+// the uploads are stopped.
+func (m *mirror) await(n *mirrorNode) bool {
+	n.up.Lock()
+	wait := m.interval - time.Since(n.last)
+	n.up.Unlock()
+	if wait <= 0 {
+		return true
+	}
+	select {
+	case <-m.ctx.Done():
+		return false
+	case <-time.After(wait):
+		return true
 	}
 }
 
@@ -245,20 +291,39 @@ func (m *mirror) upload(ctx context.Context, n *mirrorNode) error {
 		return nil
 	}
 	start := time.Now()
-	err = m.write(ctx, n.name, data)
+	n.last = start
+	err = m.write(ctx, n, data)
 	return m.uploaded(n, gen, time.Since(start), err)
 }
 
-func (m *mirror) write(ctx context.Context, node string, data []byte) error {
+// write writes data to n's copy; n.up is held.
+func (m *mirror) write(ctx context.Context, n *mirrorNode, data []byte) error {
 	ctx = nodes.CountAs(ctx, mirrorTripLabel)
-	r, err := m.src.Node(ctx, node)
+	r, err := m.src.Node(ctx, n.name)
 	if err != nil {
 		return err
+	}
+	if err := m.ensureDir(ctx, n, r); err != nil {
+		return err
+	}
+	if err := r.WriteFile(ctx, m.path, data, 0o600); err != nil {
+		n.dirMade = false // make sure of it again next time
+		return err
+	}
+	return nil
+}
+
+// ensureDir makes the copies' directory on n unless this process made it
+// already; n.up is held.
+func (m *mirror) ensureDir(ctx context.Context, n *mirrorNode, r nodes.Runner) error {
+	if n.dirMade {
+		return nil
 	}
 	if err := nodes.EnsurePrivateDir(ctx, r, path.Dir(m.path)); err != nil {
 		return err
 	}
-	return r.WriteFile(ctx, m.path, data, 0o600)
+	n.dirMade = true
+	return nil
 }
 
 // uploaded records an upload's outcome; a failure is logged when it starts
@@ -357,10 +422,11 @@ func (m *mirror) Finish(ctx context.Context, run state.Run) error {
 		if err != nil {
 			return err
 		}
-		if err := nodes.EnsurePrivateDir(ctx, r, path.Dir(m.path)); err != nil {
+		if err := m.ensureDir(ctx, n, r); err != nil {
 			return err
 		}
 		if err := r.WriteFile(ctx, tombstonePath(m.path), []byte(tomb), 0o600); err != nil {
+			n.dirMade = false
 			return err
 		}
 		return r.Remove(ctx, m.path)

@@ -155,6 +155,7 @@ func TestMirrorCoalesces(t *testing.T) {
 	}
 	var c counter
 	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
+	m.interval = 0 // every change wakes an upload at once (TestMirrorInterval)
 	defer m.Close()
 	ctx := context.Background()
 	if err := m.Sync(ctx); err != nil { // write 1
@@ -203,6 +204,7 @@ func TestMirrorFailures(t *testing.T) {
 	var c counter
 	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
 	m.backoff = time.Millisecond
+	m.interval = 0
 	defer m.Close()
 	ctx := context.Background()
 	if err := m.Sync(ctx); err != nil {
@@ -308,4 +310,112 @@ func TestMirrorFinish(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// mkdirs counts the times the copies' directory was made on a node.
+func mkdirs(m *nodes.MemRunner) int {
+	n := 0
+	for _, c := range m.Commands() {
+		if strings.Contains(c, "mkdir -p") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMirrorInterval: many changes within the interval after a node's
+// last upload make one background upload, at the interval's end, of the
+// latest snapshot; the directory is made once.
+func TestMirrorInterval(t *testing.T) {
+	ns := mirrorNodes()
+	var c counter
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
+	m.interval = 300 * time.Millisecond
+	defer m.Close()
+	if err := m.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	synced := time.Now()
+	for range 50 {
+		c.change(m)
+	}
+	time.Sleep(100 * time.Millisecond)
+	within := time.Since(synced) < m.interval // a slow machine may oversleep
+	for name, n := range ns {
+		if w := writes(n); within && w != 1 {
+			t.Fatalf("%s: %d writes within the interval, want the Sync's alone", name, w)
+		}
+	}
+	for name, n := range ns {
+		waitUntil(t, name+" to get the latest", func() bool { d, _ := n.File(testMirror); return string(d) == "state 50" })
+	}
+	if d := time.Since(synced); d < m.interval {
+		t.Fatalf("the background upload came %s after the last, before the interval", d)
+	}
+	time.Sleep(2 * m.interval)
+	for name, n := range ns {
+		if w, d := writes(n), mkdirs(n); w != 2 || d != 1 {
+			t.Errorf("%s: %d writes and %d directory checks, want 2 and 1", name, w, d)
+		}
+	}
+}
+
+// TestMirrorSyncNeverWaits: within the interval, a Sync (the one at a
+// phase start, before an API change, at the hold or after a failure)
+// still writes the latest snapshot at once, and no change made before it
+// is lost; a node whose write failed has its directory made again.
+func TestMirrorSyncNeverWaits(t *testing.T) {
+	ns := mirrorNodes()
+	var c counter
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
+	m.interval = time.Hour
+	defer m.Close()
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		for range 10 {
+			c.change(m)
+		}
+		start := time.Now()
+		if err := m.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Sync %d took %s", i, d)
+		}
+		for name, n := range ns {
+			if d, _ := n.File(testMirror); string(d) != fmt.Sprintf("state %d", 10*i) {
+				t.Fatalf("after Sync %d %s holds %q", i, name, d)
+			}
+			if w := writes(n); w != i {
+				t.Fatalf("after Sync %d %s got %d writes", i, name, w)
+			}
+		}
+	}
+	// A Sync with nothing new writes nothing.
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w := writes(ns["cp1"]); w != 3 {
+		t.Fatalf("a Sync without a change wrote: %d writes", w)
+	}
+	ns["cp3"].Fail = func(op, p string) error {
+		if op == "write" {
+			return errors.New("no such file or directory")
+		}
+		return nil
+	}
+	c.change(m)
+	if err := m.Sync(ctx); err == nil {
+		t.Fatal("Sync with cp3 failing succeeded")
+	}
+	ns["cp3"].Fail = nil
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := ns["cp3"].File(testMirror); string(d) != "state 31" {
+		t.Fatalf("cp3 holds %q", d)
+	}
+	if d1, d3 := mkdirs(ns["cp1"]), mkdirs(ns["cp3"]); d1 != 1 || d3 != 2 {
+		t.Fatalf("directory made %d times on cp1 and %d on cp3, want 1 and 2 (again after the failure)", d1, d3)
+	}
 }

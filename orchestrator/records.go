@@ -56,19 +56,29 @@ func checkRecords(p *plans.Plan, run state.Run, recs []state.StepRecord) error {
 
 // lookupStep finds a step record's step and target in the plan.
 func lookupStep(p *plans.Plan, r state.StepRecord) (steps.Step, steps.Target, error) {
-	ph, _, ok := p.Phase(r.Phase)
-	if !ok {
-		return nil, steps.Target{}, fmt.Errorf("state records phase %q that the plan does not have", r.Phase)
+	ps, err := lookupPlanned(p, r)
+	if err != nil {
+		return nil, steps.Target{}, err
 	}
-	for _, ps := range ph.Steps {
-		if ps.Step.Name() != r.Step {
-			continue
-		}
-		for _, t := range ps.Targets {
-			if t.String() == r.Target {
-				return ps.Step, t, nil
-			}
+	for _, t := range ps.Targets {
+		if t.String() == r.Target {
+			return ps.Step, t, nil
 		}
 	}
 	return nil, steps.Target{}, fmt.Errorf("state records step %s/%s on %s that the plan does not have", r.Phase, r.Step, r.Target)
+}
+
+// lookupPlanned finds a step record's planned step (its targets and how
+// many of them run at once) in the plan.
+func lookupPlanned(p *plans.Plan, r state.StepRecord) (plans.PlannedStep, error) {
+	ph, _, ok := p.Phase(r.Phase)
+	if !ok {
+		return plans.PlannedStep{}, fmt.Errorf("state records phase %q that the plan does not have", r.Phase)
+	}
+	for _, ps := range ph.Steps {
+		if ps.Step.Name() == r.Step {
+			return ps, nil
+		}
+	}
+	return plans.PlannedStep{}, fmt.Errorf("state records step %s/%s on %s that the plan does not have", r.Phase, r.Step, r.Target)
 }

@@ -116,6 +116,7 @@ func (c *Config) Plan(opts Options) *Plan {
 			one(steps.ClusterInfo(), cluster),
 		}},
 		{Name: "verify", Short: "prove the cluster runs on the new CAs; list what still needs the old", HoldAfter: true, Steps: []PlannedStep{
+			fan(steps.VerifyNode{}, all, wide),
 			one(steps.Verify{}, cluster),
 		}},
 		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: append(append(

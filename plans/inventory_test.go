@@ -85,7 +85,9 @@ func TestLoadValidAppliesDefaults(t *testing.T) {
 	}
 }
 
-func TestExampleInventoryParses(t *testing.T) {
+// exampleInventory is examples/inventory.yaml, parsed.
+func exampleInventory(t *testing.T) *Inventory {
+	t.Helper()
 	raw, err := os.ReadFile("../examples/inventory.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +96,11 @@ func TestExampleInventoryParses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example inventory: %v", err)
 	}
+	return inv
+}
+
+func TestExampleInventoryParses(t *testing.T) {
+	inv := exampleInventory(t)
 	if len(inv.Nodes.ControlPlane) != 3 || len(inv.Nodes.Workers) != 2 || inv.Rollout.Timeouts.Phases["servers"] != 15*time.Minute {
 		t.Fatalf("example parsed as %+v", inv.Nodes)
 	}
@@ -103,6 +110,27 @@ func TestExampleInventoryParses(t *testing.T) {
 	}
 	if len(p.Phases) != 13 || !p.Phases[11].HoldAfter || p.Phases[11].Name != "verify" {
 		t.Fatalf("plan phases: %d, hold after verify: %v", len(p.Phases), p.Phases[11].HoldAfter)
+	}
+}
+
+// TestVerifyPhasePerNode: verify checks every node as its own target, fanned
+// out, then the cluster.
+func TestVerifyPhasePerNode(t *testing.T) {
+	inv := exampleInventory(t)
+	ph, _, _ := Build(inv, Options{}).Phase("verify")
+	var got []string
+	for _, ps := range ph.Steps {
+		var ts []string
+		for _, tg := range ps.Targets {
+			ts = append(ts, tg.String())
+		}
+		got = append(got, fmt.Sprintf("%s on %s (%d)", ps.Step.Name(), strings.Join(ts, ","), ps.Concurrency))
+	}
+	c := inv.Config()
+	nodes := append(append([]string{}, c.Steps.ControlPlane...), c.Steps.Workers...)
+	want := []string{"verify-nodes on " + strings.Join(nodes, ",") + " (8)", "verify on cluster (1)"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("verify phase = %q, want %q", got, want)
 	}
 }
 

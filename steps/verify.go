@@ -48,71 +48,163 @@ type HoldReport struct {
 	Workloads []string `json:"workloads,omitempty"`
 }
 
+// Verify's checks come in four groups, each proven by one line of the hold
+// report: checks 1-3 run per node (VerifyNode), check 4 on the cluster
+// (Verify), which then writes the report.
+var verifyGroups = []struct{ id, verified string }{
+	{groupAPIServers, "every apiserver serves a certificate from the new CA and accepts client certificates from it"},
+	{groupKubelets, "every kubelet is reachable from the apiservers and has a client certificate from the new CA"},
+	{groupCerts, "no control-plane kubeconfig or leaf certificate is issued by the old CAs"},
+	{groupHealth, "nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere"},
+}
+
+const (
+	groupAPIServers = "apiservers"
+	groupKubelets   = "kubelets"
+	groupCerts      = "certs"
+	groupHealth     = "health"
+)
+
+// nodeVerification is what VerifyNode found on one node and stores for
+// Verify: the findings whose check failed before the run too, by group. A
+// node with a regression stores nothing: its step fails.
+type nodeVerification struct {
+	PreExisting map[string][]string `json:"preExisting,omitempty"`
+}
+
+func verifyNodeKey(node string) string { return "verify/node/" + node }
+
+// VerifyNode is verify's checks 1-3 on one node: on a control-plane node
+// its apiserver serves and accepts the new CA and no kubeconfig or leaf
+// certificate there is from the old CAs; on every node the apiservers
+// reach its kubelet and the kubelet's certificates are from the new CA. It
+// fails on a regression (see baseline.go); what failed before the run too
+// is stored for Verify's report.
+type VerifyNode struct{ readOnly }
+
+func (VerifyNode) Name() string { return "verify-nodes" }
+
+func (VerifyNode) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	in, base, err := rt.verifyBasis(ctx)
+	if err != nil {
+		return err
+	}
+	found := map[string][]finding{}
+	if t.Role == RoleControlPlane {
+		found[groupAPIServers] = rt.verifyAPIServer(ctx, t.Node, in)
+	}
+	found[groupKubelets] = append(rt.verifyNodeProxy(ctx, t.Node), rt.verifyKubeletClientCert(ctx, t.Node, in.newCA)...)
+	if t.Role == RoleControlPlane {
+		found[groupCerts] = rt.verifyControlPlaneCerts(ctx, t.Node, in.oldCAs)
+	}
+	v := nodeVerification{PreExisting: map[string][]string{}}
+	var regressions, preExisting []string
+	for _, g := range verifyGroups {
+		reg, pre := base.split(found[g.id])
+		regressions = append(regressions, reg...)
+		preExisting = append(preExisting, pre...)
+		if len(pre) > 0 {
+			v.PreExisting[g.id] = pre
+		}
+	}
+	if err := verificationFailed(regressions, preExisting); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	rt.Out.Put(verifyNodeKey(t.Node), raw)
+	return nil
+}
+
+// verifyBasis is what verify's checks compare with, and the baseline.
+// Findings whose check failed in preflight's baseline too are
+// pre-existing, not failures. A run without a baseline (preflight ran
+// under an older rotate) gets an empty one: every finding is then a
+// regression, exactly as verify behaved before baselines.
+func (rt *Runtime) verifyBasis(ctx context.Context) (verifyInputs, baseline, error) {
+	in, err := rt.verifyInputs(ctx)
+	if err != nil {
+		return in, nil, err
+	}
+	base, err := rt.loadBaseline(ctx)
+	return in, base, err
+}
+
+// verificationFailed is verify's failure: every regression, and what was
+// not counted because it failed before the rotation too; nil without
+// regressions.
+func verificationFailed(regressions, preExisting []string) error {
+	if len(regressions) == 0 {
+		return nil
+	}
+	sort.Strings(regressions)
+	sort.Strings(preExisting)
+	msg := "verification failed:\n  - " + strings.Join(regressions, "\n  - ")
+	if len(preExisting) > 0 {
+		msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(preExisting, "\n  - ")
+	}
+	return errors.New(msg)
+}
+
+// nodeVerifications reads what VerifyNode stored for every node, by group.
+func (rt *Runtime) nodeVerifications(ctx context.Context) (map[string][]string, error) {
+	pre := map[string][]string{}
+	for _, n := range rt.Config.nodeNames() {
+		raw, ok, err := rt.Store.Value(ctx, verifyNodeKey(n))
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", verifyNodeKey(n), err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("node %s has not been verified (no %s)", n, verifyNodeKey(n))
+		}
+		var v nodeVerification
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return nil, fmt.Errorf("read %s: %w", verifyNodeKey(n), err)
+		}
+		for g, p := range v.PreExisting {
+			pre[g] = append(pre[g], p...)
+		}
+	}
+	return pre, nil
+}
+
 // Verify proves the cluster runs on the new CAs while still trusting both,
-// and lists what the operator must look at before trust narrows.
-type Verify struct{}
+// and lists what the operator must look at before trust narrows. It runs
+// check 4 (cluster health) after VerifyNode passed on every node, and
+// writes the hold report with every node's findings.
+type Verify struct{ readOnly }
 
 func (Verify) Name() string { return "verify" }
 
-func (Verify) Check(context.Context, *Runtime, Target) (bool, error) { return false, nil }
-func (Verify) Gate(context.Context, *Runtime, Target) error          { return nil }
-func (Verify) Revert(context.Context, *Runtime, Target) error        { return nil }
-
 func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	rep := HoldReport{CheckedAt: rt.now().UTC()}
-	in, err := rt.verifyInputs(ctx)
+	in, base, err := rt.verifyBasis(ctx)
 	if err != nil {
 		return err
 	}
-	// Findings whose check failed in preflight's baseline too are
-	// pre-existing, not failures. A run without a baseline (preflight ran
-	// under an older rotate) gets an empty one: every finding is then a
-	// regression, exactly as verify behaved before baselines.
-	base, err := rt.loadBaseline(ctx)
+	pre, err := rt.nodeVerifications(ctx)
 	if err != nil {
 		return err
-	}
-	var apiservers, kubelets, certs []finding
-	for _, n := range rt.Config.ControlPlane {
-		apiservers = append(apiservers, rt.verifyAPIServer(ctx, n, in)...)
-	}
-	for _, n := range rt.Config.nodeNames() {
-		kubelets = append(kubelets, rt.verifyNodeProxy(ctx, n)...)
-		kubelets = append(kubelets, rt.verifyKubeletClientCert(ctx, n, in.newCA)...)
-	}
-	for _, n := range rt.Config.ControlPlane {
-		certs = append(certs, rt.verifyControlPlaneCerts(ctx, n, in.oldCAs)...)
 	}
 	health, err := rt.verifyHealth(ctx, in.bundle)
 	if err != nil {
 		return err
 	}
-	var regressions []string
-	for _, c := range []struct {
-		verified string
-		found    []finding
-	}{
-		{"every apiserver serves a certificate from the new CA and accepts client certificates from it", apiservers},
-		{"every kubelet is reachable from the apiservers and has a client certificate from the new CA", kubelets},
-		{"no control-plane kubeconfig or leaf certificate is issued by the old CAs", certs},
-		{"nodes Ready, APIServices Available, kube-root-ca.crt holds old+new everywhere", health},
-	} {
-		reg, pre := base.split(c.found)
-		regressions = append(regressions, reg...)
-		rep.PreExisting = append(rep.PreExisting, pre...)
-		if len(pre) > 0 {
-			c.verified += ", except what is listed as pre-existing"
+	regressions, healthPre := base.split(health)
+	pre[groupHealth] = healthPre
+	for _, g := range verifyGroups {
+		verified := g.verified
+		if len(pre[g.id]) > 0 {
+			verified += ", except what is listed as pre-existing"
 		}
-		rep.Verified = append(rep.Verified, c.verified)
+		rep.Verified = append(rep.Verified, verified)
+		rep.PreExisting = append(rep.PreExisting, pre[g.id]...)
 	}
-	sort.Strings(regressions)
 	sort.Strings(rep.PreExisting)
-	if len(regressions) > 0 {
-		msg := "verification failed:\n  - " + strings.Join(regressions, "\n  - ")
-		if len(rep.PreExisting) > 0 {
-			msg += "\nnot counted, failing before the rotation too:\n  - " + strings.Join(rep.PreExisting, "\n  - ")
-		}
-		return errors.New(msg)
+	if err := verificationFailed(regressions, rep.PreExisting); err != nil {
+		return err
 	}
 
 	// Attention list for the hold.

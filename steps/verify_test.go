@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -208,9 +209,24 @@ func (f *verifyFixture) preflight(t *testing.T) {
 	}
 }
 
-// verify runs Verify and returns its hold report (nil if none).
+// verifyTargets are the fixture's nodes as the plan gives them to
+// verify-nodes.
+var verifyTargets = []Target{{Node: "cp1", Role: RoleControlPlane}, {Node: "w1", Role: RoleWorker}}
+
+// verify runs the verify phase as the engine would: VerifyNode on every
+// node, each committing its outputs, then (if all passed) Verify on the
+// cluster. It returns the hold report (nil if none).
 func (f *verifyFixture) verify(t *testing.T) (*HoldReport, error) {
 	t.Helper()
+	var errs []error
+	for _, tg := range verifyTargets {
+		if _, err := f.verifyNode(tg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	rt := *f.rt
 	rt.Out = &Outputs{}
 	err := Verify{}.Apply(context.Background(), &rt, ClusterTarget)
@@ -223,6 +239,23 @@ func (f *verifyFixture) verify(t *testing.T) (*HoldReport, error) {
 		t.Fatal(jerr)
 	}
 	return &rep, err
+}
+
+// verifyNode runs VerifyNode on tg and commits what it stores; it returns
+// the keys it stored.
+func (f *verifyFixture) verifyNode(tg Target) ([]string, error) {
+	rt := *f.rt
+	rt.Out = &Outputs{}
+	if err := (VerifyNode{}).Apply(context.Background(), &rt, tg); err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k, v := range rt.Out.Values {
+		f.st.values[k] = v
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys, nil
 }
 
 var errProxy = errors.New("dial tcp 10.0.0.3:10250: i/o timeout")
@@ -247,9 +280,9 @@ func TestVerifyComparesWithBaseline(t *testing.T) {
 			before: map[string]error{"w1": errProxy}},
 		{name: "working before, broken now: a regression naming the node",
 			now: map[string]error{"w1": errProxy}, wantErr: "verification failed:\n  - " + w1Broken},
-		{name: "pre-existing on one node, regression on another",
+		{name: "pre-existing on one node, regression on another: the node with the regression fails",
 			before: map[string]error{"w1": errProxy}, now: map[string]error{"w1": errProxy, "cp1": errBoom},
-			wantErr: "verification failed:\n  - apiserver → kubelet cp1: boom\nnot counted, failing before the rotation too:\n  - " + w1Broken + " (already failing before the rotation)"},
+			wantErr: "verification failed:\n  - apiserver → kubelet cp1: boom"},
 		{name: "no baseline, working", noBaseline: true},
 		{name: "no baseline: every failure is a regression, as before baselines",
 			noBaseline: true, now: map[string]error{"w1": errProxy}, wantErr: "verification failed:\n  - " + w1Broken},
@@ -385,5 +418,46 @@ func TestKubeletCertNotes(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("notes for %s = %q, %v\nwant %q", tc.facts, got, err, tc.want)
 		}
+	}
+}
+
+// TestVerifyPerNode: verify-nodes checks one node per target and stores
+// that node's findings alone; verify on the cluster reads every node's,
+// refuses to report without one, and puts them in the hold report.
+func TestVerifyPerNode(t *testing.T) {
+	f := newVerifyFixture(t)
+	f.proxy = map[string]error{"w1": errProxy}
+	f.preflight(t)
+	keys, err := f.verifyNode(Target{Node: "w1", Role: RoleWorker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(keys, []string{"verify/node/w1"}) {
+		t.Fatalf("verify-nodes on w1 stored %q", keys)
+	}
+	var v nodeVerification
+	if err := json.Unmarshal(f.st.values["verify/node/w1"], &v); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{groupKubelets: {"apiserver → kubelet w1: " + errProxy.Error() + " (already failing before the rotation)"}}
+	if !reflect.DeepEqual(v.PreExisting, want) {
+		t.Fatalf("w1's findings = %q, want %q", v.PreExisting, want)
+	}
+
+	rt := *f.rt
+	rt.Out = &Outputs{}
+	if err := (Verify{}).Apply(context.Background(), &rt, ClusterTarget); err == nil || !strings.Contains(err.Error(), "node cp1 has not been verified") {
+		t.Fatalf("verify without cp1's findings = %v", err)
+	}
+
+	rep, err := f.verify(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.PreExisting) != 1 || rep.PreExisting[0] != want[groupKubelets][0] {
+		t.Fatalf("hold report pre-existing = %q", rep.PreExisting)
+	}
+	if len(rep.Verified) != 4 || !strings.HasSuffix(rep.Verified[1], ", except what is listed as pre-existing") || strings.Contains(rep.Verified[0], "except") {
+		t.Fatalf("hold report verified = %q", rep.Verified)
 	}
 }
