@@ -65,6 +65,16 @@ func CountAs(ctx context.Context, label string) context.Context {
 	return context.WithValue(ctx, labelKey{}, label)
 }
 
+// GateSuffix ends the label of the round trips a health gate makes while
+// it polls (CountAsGate): they grow with how long a component takes to
+// come back, not with what the step does, and are counted apart.
+const GateSuffix = " (gate)"
+
+// CountAsGate returns ctx with its label marked as a gate's polling.
+func CountAsGate(ctx context.Context) context.Context {
+	return CountAs(ctx, labelOf(ctx)+GateSuffix)
+}
+
 func labelOf(ctx context.Context) string {
 	if l, ok := ctx.Value(labelKey{}).(string); ok && l != "" {
 		return l
@@ -141,17 +151,34 @@ func addTo(dst, src map[string]int64) {
 // Empty reports whether nothing was counted.
 func (c RoundTripCounts) Empty() bool { return len(c.Nodes) == 0 && len(c.Dials) == 0 }
 
+// GatePolls is, per node, the round trips of health gates polling (labels
+// ending in GateSuffix).
+func (c RoundTripCounts) GatePolls() map[string]int64 {
+	out := map[string]int64{}
+	for l, byNode := range c.Steps {
+		if strings.HasSuffix(l, GateSuffix) {
+			addTo(out, byNode)
+		}
+	}
+	return out
+}
+
 // String is the one-line summary the run and `rotate status` print:
-// "cp1 312, cp2 298, w1 120 (dials 4)", nodes by name; "none" when
-// nothing was counted.
+// "cp1 312, cp2 298, w1 120 (dials 4)", nodes by name, each with the part
+// that was gates polling when there was some ("cp1 312 (90 gate polls)");
+// "none" when nothing was counted.
 func (c RoundTripCounts) String() string {
 	if c.Empty() {
 		return "none"
 	}
 	names := slices.Sorted(maps.Keys(c.Nodes))
+	gates := c.GatePolls()
 	parts := make([]string, len(names))
 	for i, n := range names {
 		parts[i] = fmt.Sprintf("%s %d", n, c.Nodes[n])
+		if g := gates[n]; g > 0 {
+			parts[i] += fmt.Sprintf(" (%d gate polls)", g)
+		}
 	}
 	if len(parts) == 0 {
 		parts = []string{"none"}

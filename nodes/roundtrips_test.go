@@ -187,3 +187,26 @@ func TestRoundTripsOverRealSSH(t *testing.T) {
 		t.Errorf("round trips = %d, want %d", got.Nodes["n"], want)
 	}
 }
+
+func TestRoundTripsGatePollsApart(t *testing.T) {
+	t.Parallel()
+	rt := NewRoundTrips()
+	step := CountAs(context.Background(), "servers/kubelet-trust-cp")
+	rt.Trip(step, "cp1")
+	rt.Trip(step, "cp1")
+	gate := CountAsGate(step)
+	for range 5 {
+		rt.Trip(gate, "cp1")
+	}
+	rt.Trip(step, "w1")
+	c := rt.Counts()
+	if got := c.GatePolls(); got["cp1"] != 5 || got["w1"] != 0 {
+		t.Fatalf("GatePolls = %v, want cp1 5", got)
+	}
+	if n := c.Steps["servers/kubelet-trust-cp (gate)"]["cp1"]; n != 5 {
+		t.Fatalf("gate label counted %d, want 5 (labels %v)", n, c.Steps)
+	}
+	if got, want := c.String(), "cp1 7 (5 gate polls), w1 1 (dials 0)"; got != want {
+		t.Fatalf("String = %q, want %q", got, want)
+	}
+}

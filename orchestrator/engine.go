@@ -457,7 +457,7 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 	}
 	tm.apply = time.Since(start)
 	gs := time.Now()
-	err = st.Gate(ctx, rt, t)
+	err = st.Gate(nodes.CountAsGate(ctx), rt, t)
 	tm.gate = time.Since(gs)
 	if err != nil {
 		return done, tm, fmt.Errorf("health gate: %w", err)
@@ -608,7 +608,7 @@ func (e *Engine) revertTarget(ctx context.Context, st steps.Step, t steps.Target
 	err = st.Revert(sctx, &rt, t)
 	if err == nil {
 		if g, ok := st.(steps.RevertGater); ok {
-			err = g.RevertGate(sctx, &rt, t)
+			err = g.RevertGate(nodes.CountAsGate(sctx), &rt, t)
 		}
 	}
 	if err != nil {

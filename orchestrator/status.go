@@ -42,7 +42,7 @@ type StatusReport struct {
 // RoundTripSummary is the report's round trips on one line, as the run
 // prints them: "cp1 312, cp2 298 (dials 4)"; "" when none were recorded.
 func (r *StatusReport) RoundTripSummary() string {
-	c := nodes.RoundTripCounts{Nodes: r.RoundTrips, Dials: r.Dials}
+	c := nodes.RoundTripCounts{Nodes: r.RoundTrips, Dials: r.Dials, Steps: r.RoundTripsByStep}
 	if c.Empty() {
 		return ""
 	}
