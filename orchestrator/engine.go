@@ -174,7 +174,7 @@ func (e *Engine) loadRun(ctx context.Context) (state.Run, error) {
 		return run, err
 	}
 	if run.PlanVersion != e.plan.Version {
-		return run, fmt.Errorf("%w: state file was written by plan version %d, this rotate has %d", ErrPlanMismatch, run.PlanVersion, e.plan.Version)
+		return run, fmt.Errorf("%w: run %s was started by a rotate with plan version %d, this rotate has plan version %d (its phases have other steps): resume or roll it back with the rotate release that started it; the state file is unchanged", ErrPlanMismatch, run.ID, run.PlanVersion, e.plan.Version)
 	}
 	recs, err := e.store.Steps(ctx)
 	if err != nil {
