@@ -48,7 +48,7 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			c.kubeDir(kubeconfigAdmin), c.kubeDir(kubeconfigKCM), c.kubeDir(kubeconfigScheduler))
 	}
 	b := nodes.NewBatched(r)
-	if err := b.Prefetch(ctx, need...); err != nil { // one round trip
+	if err := b.Prefetch(ctx, append(need, c.kubeletPKI(kubeletClientLink))...); err != nil { // one round trip
 		return err
 	}
 	var missing []string
@@ -68,15 +68,18 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
 	}
+	if err := rt.sameClusterCA(ctx, t, caPEM); err != nil {
+		return err
+	}
+	if err := rt.recordNodeBaseline(ctx, t, b); err != nil {
+		return err
+	}
 	if t.Role == RoleControlPlane {
 		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep"); err != nil {
 			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
 		}
 	}
-	if err := rt.sameClusterCA(ctx, t, caPEM); err != nil {
-		return err
-	}
-	return rt.recordNodeBaseline(ctx, t, r)
+	return nil
 }
 
 // sameClusterCA checks the node's ca.crt is the cluster's CA: the one

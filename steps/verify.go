@@ -89,6 +89,10 @@ func (VerifyNode) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
+	if err := rt.readAhead(ctx, t, rt.verifiedFiles(t)); err != nil {
+		return err
+	}
+	defer func() { rt.files = nil }()
 	found := map[string][]finding{}
 	if t.Role == RoleControlPlane {
 		found[groupAPIServers] = rt.verifyAPIServer(ctx, t.Node, in)
@@ -364,6 +368,38 @@ func (rt *Runtime) verifyKubeletClientCert(ctx context.Context, n string, newCA 
 		}
 	}
 	return out
+}
+
+// verifiedFiles are the files verify reads on t's node.
+func (rt *Runtime) verifiedFiles(t Target) []string {
+	c := rt.Config
+	paths := []string{c.kubeletPKI(kubeletClientLink), c.kubeDir(kubeconfigKubelet), c.kubeletPKI(kubeletServingLink)}
+	if t.Role == RoleControlPlane {
+		for _, kc := range edit.ControlPlaneKubeconfigs {
+			paths = append(paths, c.kubeDir(kc.Name))
+		}
+		for _, lf := range controlPlaneLeaves {
+			paths = append(paths, c.pki(lf.name+".crt"))
+		}
+	}
+	return paths
+}
+
+// readAhead makes rt.node serve t's node from one read of paths (a
+// Batched view) until rt.files is cleared: for read-only steps that read
+// many files one by one.
+func (rt *Runtime) readAhead(ctx context.Context, t Target, paths []string) error {
+	rt.files = nil
+	r, err := rt.node(ctx, t)
+	if err != nil {
+		return err
+	}
+	b := nodes.NewBatched(r)
+	if err := b.Prefetch(ctx, paths...); err != nil {
+		return err
+	}
+	rt.files = b
+	return nil
 }
 
 // readKubeletClientCert reads the client certificate the kubelet on n
