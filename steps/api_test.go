@@ -464,3 +464,34 @@ func TestLeadersLast(t *testing.T) {
 		})
 	}
 }
+
+// A rollback ends once the controller-managers have republished the old
+// CA alone: until then a new start would refuse the cluster.
+func TestClusterHealthyRevertGateWaitsForOldCAPublished(t *testing.T) {
+	ctx := context.Background()
+	rt, _, st := testRuntime(t)
+	pair := st.cas[CACluster]
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kube-root-ca.crt"},
+		Data: map[string]string{"ca.crt": string(pair.OldCert) + string(pair.NewCert)}}
+	c := fake.NewClientset(ns, cm)
+	rt.Kube = c
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err := (ClusterHealthy{}).RevertGate(short, rt, Target{})
+	if err == nil || !strings.Contains(err.Error(), "old CA again") {
+		t.Fatalf("RevertGate with old+new still published = %v, want it to wait", err)
+	}
+	cm.Data["ca.crt"] = string(pair.OldCert)
+	if _, err := c.CoreV1().ConfigMaps("default").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := (ClusterHealthy{}).RevertGate(ctx, rt, Target{}); err != nil {
+		t.Fatalf("RevertGate with the old CA published = %v", err)
+	}
+	// A run that made no CA has nothing to wait for.
+	delete(st.cas, CACluster)
+	if err := (ClusterHealthy{}).RevertGate(short, rt, Target{}); err != nil {
+		t.Fatalf("RevertGate without CA material = %v", err)
+	}
+}

@@ -113,6 +113,24 @@ type ClusterHealthy struct{ readOnly }
 
 func (ClusterHealthy) Name() string { return "cluster-healthy" }
 
+// RevertGate ends a rollback (cluster-healthy is reverted last but for the
+// per-node preflight steps) where a run starts from: the controller-managers,
+// restarted on the old root CA file, republish kube-root-ca.crt and the
+// legacy token Secrets asynchronously (the leader's next sync), and until
+// they have, pods still mount old+new and a new `rotate start` would refuse
+// the cluster (the published CA is not the nodes' ca.crt). So it waits
+// until every namespace's kube-root-ca.crt holds the old CA only. A run
+// that made no CA has nothing to wait for.
+func (ClusterHealthy) RevertGate(ctx context.Context, rt *Runtime, t Target) error {
+	pair, ok, err := rt.Store.CA(ctx, CACluster)
+	if err != nil || !ok {
+		return err
+	}
+	return rt.waitFor(ctx, "kube-root-ca.crt and token Secrets to hold the old CA again", func(ctx context.Context) (bool, string, error) {
+		return rt.rootCAPublished(ctx, pair.OldCert)
+	})
+}
+
 func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	var problems []string
 	for _, n := range rt.Config.ControlPlane {
