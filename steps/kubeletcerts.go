@@ -496,7 +496,7 @@ func (s *kubeletCertStep) Revert(ctx context.Context, rt *Runtime, t Target) err
 	if err := rt.restartKubelet(ctx, r); err != nil {
 		return err
 	}
-	return rt.gateKubelet(ctx, t.Node)
+	return rt.gateKubelet(nodes.CountAsGate(ctx), t.Node)
 }
 
 // Gate adds to the kubelet's gate, for a kubelet that now serves a

@@ -244,7 +244,7 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 		if err := r.Flush(ctx); err != nil { // the gates see the restored manifests
 			return err
 		}
-		if err := s.Gate(ctx, rt, t); err != nil {
+		if err := s.Gate(nodes.CountAsGate(ctx), rt, t); err != nil {
 			return err
 		}
 		if err := fileedit.Restore(ctx, r, stages.Late); err != nil {
