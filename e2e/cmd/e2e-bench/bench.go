@@ -18,7 +18,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/kubeca/rotate/e2e/cluster"
+	"github.com/kubeca/rotate/e2e/verify"
 	"github.com/kubeca/rotate/e2e/wan"
+	"github.com/kubeca/rotate/pki"
 )
 
 // initialWorkers is how many workers the cluster starts with; the rest of
@@ -315,6 +317,9 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 		argv := append(append(append([]string(nil), prefix...), o.rotateBin), args...)
 		return runLogged(ctx, dir, filepath.Join(dir, args[0]+".log"), fmt.Sprintf("    [%s %s] ", tag, args[0]), o.quiet, argv)
 	}
+	if _, err := settle(ctx, c); err != nil {
+		return res, fmt.Errorf("cluster not settled before the run: %w", err)
+	}
 	logf("%s: rotate start --no-hold (%s)", tag, inv)
 	wall, startErr := rot("start", "--inventory", inv, "--state", statePath, "--no-hold")
 	res.RotationSeconds = wall.Seconds()
@@ -334,6 +339,14 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 	if rb, err := status(ctx, o.rotateBin, statePath); err == nil && serr == nil {
 		res.fromRollback(after, rb, workers)
 	}
+	if rbErr == nil {
+		took, err := settle(ctx, c)
+		if err != nil {
+			rbErr = fmt.Errorf("after the rollback: %w", err)
+		}
+		res.SettleSeconds = round3(took.Seconds())
+		logf("%s: cluster settled on its old CA %s after the rollback", tag, took.Round(100*time.Millisecond))
+	}
 	if err := errors.Join(startErr, rbErr); err != nil {
 		if res.Error == "" {
 			res.Error = err.Error()
@@ -341,6 +354,32 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 		return res, fmt.Errorf("%w (logs in %s)", err, dir)
 	}
 	return res, nil
+}
+
+// settle waits until the cluster is where a run starts from: every
+// namespace's kube-root-ca.crt is cp1's ca.crt (the controller-managers
+// republish it asynchronously after a rollback; rotate's preflight refuses
+// a cluster whose nodes disagree with it) and every Node is Ready. It
+// returns how long that took.
+func settle(ctx context.Context, c *cluster.Cluster) (time.Duration, error) {
+	t0 := time.Now()
+	info := c.Info()
+	ca, err := verify.ReadCA(info.Nodes[0], "ca")
+	if err != nil {
+		return 0, err
+	}
+	kc, err := c.Client()
+	if err != nil {
+		return 0, err
+	}
+	caPEM := pki.EncodeCertsPEM(ca.Cert)
+	err = verify.Eventually(ctx, 3*time.Minute, func(ctx context.Context) error {
+		if err := verify.RootCAIs(ctx, kc, caPEM); err != nil {
+			return err
+		}
+		return verify.NodesReady(ctx, kc)
+	})
+	return time.Since(t0), err
 }
 
 // checkDelay proves the proxy delays before each run: cp1's SSH banner,

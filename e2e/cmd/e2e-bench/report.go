@@ -56,6 +56,9 @@ type result struct {
 	Workers         int     `json:"workers"`
 	RotationSeconds float64 `json:"rotationSeconds"`
 	RollbackSeconds float64 `json:"rollbackSeconds"`
+	// SettleSeconds is how long after the rollback the cluster took to be
+	// where a run starts from (kube-root-ca.crt republished, Nodes Ready).
+	SettleSeconds float64 `json:"settleSeconds"`
 	// GateSeconds is the union of every step's health-gate interval
 	// [finishedAt-gateTime, finishedAt] (parallel gates counted once);
 	// OwnSeconds the rest of the rotation's wall time.
@@ -272,7 +275,7 @@ func (rep *report) write(path string) error {
 func (rep *report) table() string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tin gates\town\town/wall\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
+	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tsettle\tin gates\town\town/wall\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
 	for _, r := range rep.Runs {
 		var cps []string
 		for _, k := range sortedKeys(r.RoundTrips.ControlPlane) {
@@ -282,8 +285,8 @@ func (rep *report) table() string {
 		if r.Error != "" {
 			failed = " FAILED"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
-			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.GateSeconds), secs(r.OwnSeconds), r.OwnFraction,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
+			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.SettleSeconds), secs(r.GateSeconds), secs(r.OwnSeconds), r.OwnFraction,
 			strings.Join(cps, "/"), r.RoundTrips.WorkerMin, r.RoundTrips.WorkerMedian, r.RoundTrips.WorkerMax,
 			r.RoundTrips.Total, r.RoundTrips.Dials, r.RollbackRoundTrips.Total, failed)
 	}
