@@ -17,9 +17,10 @@ type statusReport struct {
 		Index int    `json:"index"`
 		Name  string `json:"name"`
 	} `json:"phases"`
-	RoundTrips map[string]int64 `json:"roundTrips"`
-	Dials      map[string]int64 `json:"dials"`
-	Steps      []stepTiming     `json:"steps"`
+	RoundTrips map[string]int64            `json:"roundTrips"`
+	Dials      map[string]int64            `json:"dials"`
+	ByStep     map[string]map[string]int64 `json:"roundTripsByStep"`
+	Steps      []stepTiming                `json:"steps"`
 }
 
 type stepTiming struct {
@@ -68,11 +69,15 @@ type result struct {
 	Phases      []phaseResult `json:"phases"`
 	// RoundTrips are the rotation's SSH round trips, RollbackRoundTrips
 	// the rollback's (the state's counters after it, minus the rotation's).
-	RoundTrips         trips  `json:"roundTrips"`
-	RollbackRoundTrips trips  `json:"rollbackRoundTrips"`
-	ProxyConnections   int64  `json:"proxyConnections,omitempty"`
-	ProxyFailedDials   int64  `json:"proxyFailedDials,omitempty"`
-	Error              string `json:"error,omitempty"`
+	RoundTrips         trips `json:"roundTrips"`
+	RollbackRoundTrips trips `json:"rollbackRoundTrips"`
+	// RoundTripsByStep is rotate's own split of the round trips, rotation
+	// and rollback together ("state copies": the state mirrored to the
+	// control-plane nodes).
+	RoundTripsByStep map[string]map[string]int64 `json:"roundTripsByStep,omitempty"`
+	ProxyConnections int64                       `json:"proxyConnections,omitempty"`
+	ProxyFailedDials int64                       `json:"proxyFailedDials,omitempty"`
+	Error            string                      `json:"error,omitempty"`
 }
 
 type phaseResult struct {
@@ -174,6 +179,7 @@ func (r *result) fromRollback(before, after *statusReport, workers []string) {
 		return out
 	}
 	r.RollbackRoundTrips = summarize(diff(before.RoundTrips, after.RoundTrips), diff(before.Dials, after.Dials), workers)
+	r.RoundTripsByStep = after.ByStep
 }
 
 func summarize(rt, dials map[string]int64, workers []string) trips {
