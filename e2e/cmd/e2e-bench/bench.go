@@ -284,8 +284,10 @@ func mapValue(m *yaml.Node, key string) *yaml.Node {
 }
 
 // runOnce rotates and rolls back once in mode m with n workers.
-func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, m mode, n int, inv string, workers []string) (result, error) {
-	res := result{Mode: m, Workers: n}
+// The result is named: the proxy's counters are read into it when the
+// proxy closes.
+func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, m mode, n int, inv string, workers []string) (res result, err error) {
+	res = result{Mode: m, Workers: n}
 	dir := filepath.Join(o.workDir, fmt.Sprintf("%dw-%s", n, m.Name))
 	if err := os.RemoveAll(dir); err != nil {
 		return res, err
@@ -297,7 +299,10 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 	var prefix []string
 	if !m.Direct {
 		p := wan.New(m.RTT / 2)
-		defer p.Close()
+		defer func() {
+			p.Close()
+			res.ProxyConnections, res.ProxyFailedDials = p.Stats()
+		}()
 		for _, a := range forwards(c.Spec()) {
 			if _, err := p.Listen(wan.NetNSPath(nsName), a, a); err != nil {
 				return res, fmt.Errorf("delay proxy on %s: %w", a, err)
@@ -307,10 +312,6 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 			return res, err
 		}
 		prefix = []string{"nsenter", "--net=" + wan.NetNSPath(nsName), "--"}
-		defer func() {
-			a, f := p.Stats()
-			res.ProxyConnections, res.ProxyFailedDials = a, f
-		}()
 	}
 	tag := fmt.Sprintf("N=%d %s", n, m.Name)
 	rot := func(args ...string) (time.Duration, error) {
