@@ -8,7 +8,7 @@ E2E_TIMEOUT ?= 80m
 export GOFLAGS := -buildvcs=false
 SHELL := /bin/bash
 
-.PHONY: all build deps k8s-binaries unit e2e test demo bench cluster-up cluster-down vet clean
+.PHONY: all build deps k8s-binaries unit e2e test demo bench bench-scale cluster-up cluster-down vet clean
 
 all: build
 
@@ -18,6 +18,7 @@ build:
 	$(GO) build -o $(BIN)/e2e-node ./e2e/cmd/e2e-node
 	$(GO) build -o $(BIN)/e2e-probe ./e2e/cmd/e2e-probe
 	$(GO) build -o $(BIN)/e2e-demo ./e2e/cmd/e2e-demo
+	$(GO) build -o $(BIN)/e2e-bench ./e2e/cmd/e2e-bench
 
 # Debian packages (sshd, sudo, openssl, curl, iproute2, ...), installed
 # only when missing.
@@ -56,6 +57,15 @@ demo: deps k8s-binaries build
 bench: deps
 	sh nodes/testdata/ratio.sh
 	$(GO) test -run '^$$' -bench Commit ./state/
+
+# How a rotation grows with the number of workers and with network
+# latency: one cluster (name bench, 10.213.70.0/24) grown to each N, a
+# rotation and its rollback per N and network mode; a table on stdout and
+# bench-scale.json. BENCH_FLAGS passes flags, e.g.
+#   make bench-scale BENCH_FLAGS='--workers 2,3 --wan none,50ms --rotate-bin /tmp/old-rotate'
+BENCH_FLAGS ?=
+bench-scale: deps k8s-binaries build
+	ROTATE_K8S_BIN=$(K8S_BIN) ROTATE_BIN_DIR=$(BIN) $(BIN)/e2e-bench $(BENCH_FLAGS)
 
 cluster-up: deps k8s-binaries build
 	$(BIN)/e2e-cluster up --bin-dir $(K8S_BIN)

@@ -37,6 +37,28 @@ type StatusReport struct {
 	RoundTrips       map[string]int64            `json:"roundTrips,omitempty"`
 	Dials            map[string]int64            `json:"dials,omitempty"`
 	RoundTripsByStep map[string]map[string]int64 `json:"roundTripsByStep,omitempty"`
+	// Steps is the timing of every step record, in key order: when the
+	// last attempt started and finished, how long its apply and its
+	// health gate took, and when it was reverted. Benchmarks derive from
+	// it how much of a phase's wall time was spent waiting in gates.
+	Steps []StepTiming `json:"steps,omitempty"`
+}
+
+// StepTiming is one step record's timing (state.StepRecord without its
+// error text).
+type StepTiming struct {
+	Key        string           `json:"key"`
+	Phase      string           `json:"phase"`
+	Step       string           `json:"step"`
+	Target     string           `json:"target"`
+	Status     state.StepStatus `json:"status"`
+	Attempts   int              `json:"attempts"`
+	Skipped    bool             `json:"skipped,omitempty"`
+	StartedAt  time.Time        `json:"startedAt,omitzero"`
+	FinishedAt time.Time        `json:"finishedAt,omitzero"`
+	ApplyTime  time.Duration    `json:"applyTime,omitempty"`
+	GateTime   time.Duration    `json:"gateTime,omitempty"`
+	RevertedAt time.Time        `json:"revertedAt,omitzero"`
 }
 
 // RoundTripSummary is the report's round trips on one line, as the run
@@ -173,6 +195,11 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 	byPhase := map[string][]state.StepRecord{}
 	for _, r := range recs {
 		byPhase[r.Phase] = append(byPhase[r.Phase], r)
+		rep.Steps = append(rep.Steps, StepTiming{
+			Key: r.Key, Phase: r.Phase, Step: r.Step, Target: r.Target, Status: r.Status,
+			Attempts: r.Attempts, Skipped: r.Skipped, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
+			ApplyTime: r.ApplyTime, GateTime: r.GateTime, RevertedAt: r.RevertedAt,
+		})
 		if r.Status == state.StepFailed {
 			rep.Failed = append(rep.Failed, r)
 		}
@@ -189,6 +216,7 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 		rep.Phases = append(rep.Phases, phaseStatus(i, name, totals[name], byPhase[name]))
 	}
 	sort.Slice(rep.Failed, func(i, j int) bool { return rep.Failed[i].Key < rep.Failed[j].Key })
+	sort.Slice(rep.Steps, func(i, j int) bool { return rep.Steps[i].Key < rep.Steps[j].Key })
 	if v, ok, _ := store.Value(ctx, steps.KeyHoldReport); ok {
 		var h steps.HoldReport
 		if json.Unmarshal(v, &h) == nil {

@@ -12,6 +12,14 @@ import (
 
 // Info returns the cluster.json content.
 func (c *Cluster) Info() clusterinfo.Cluster {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info()
+}
+
+// info is Info; the caller holds c.mu (JoinNode may run concurrently and
+// mark nodes joined).
+func (c *Cluster) info() clusterinfo.Cluster {
 	s := &c.st.Spec
 	info := clusterinfo.Cluster{
 		Name:              s.Name,
@@ -49,8 +57,12 @@ func (c *Cluster) Info() clusterinfo.Cluster {
 	return info
 }
 
+// writeClusterJSON writes cluster.json under c.mu, so of concurrent
+// JoinNode calls the last write holds every node joined so far.
 func (c *Cluster) writeClusterJSON() error {
-	raw, err := json.MarshalIndent(c.Info(), "", "  ")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	raw, err := json.MarshalIndent(c.info(), "", "  ")
 	if err != nil {
 		return err
 	}

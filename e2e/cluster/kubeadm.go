@@ -540,6 +540,8 @@ func (c *Cluster) stageWorkers(ctx context.Context) error {
 
 // Spares are the names of the spare workers not joined yet, in order.
 func (c *Cluster) Spares() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var out []string
 	for _, n := range c.st.Spec.Nodes {
 		if n.Spare {
@@ -554,9 +556,12 @@ func (c *Cluster) Spares() []string {
 // discovery pinned to the CA(s) cluster-info publishes at this moment, the
 // kubelet's TLS bootstrap through the CSR API, its serving certificate
 // approved. It returns once the Node is Ready. The node is not added to
-// the inventory.
+// the inventory. Joins of different spares may run concurrently (Up joins
+// its workers in parallel the same way).
 func (c *Cluster) JoinNode(ctx context.Context, name string) error {
+	c.mu.Lock()
 	n, err := c.st.Spec.Node(name)
+	c.mu.Unlock()
 	if err != nil {
 		return err
 	}

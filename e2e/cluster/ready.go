@@ -178,11 +178,13 @@ func (c *Cluster) stageReady(ctx context.Context) error {
 // certificate). names selects the nodes.
 func (c *Cluster) ApproveServingCSRs(ctx context.Context, timeout time.Duration, names ...string) error {
 	want := map[string]Node{}
+	c.mu.Lock()
 	for _, n := range c.st.Spec.Nodes {
 		if n.ServingCSR && slices.Contains(names, n.Name) {
 			want[n.Name] = n
 		}
 	}
+	c.mu.Unlock()
 	if len(want) == 0 {
 		return nil
 	}
