@@ -102,6 +102,14 @@ func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
 		fmt.Fprintf(&sb, "mount --bind %q %q\n", m[0], m[1])
 	}
 	fmt.Fprintf(&sb, "hostname %q\n", n.Name)
+	// A real node resolves its own name (sudo looks it up on every call;
+	// without an entry each sudo waits on DNS and warns "unable to resolve
+	// host").
+	hosts, err := nodeHosts(n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(&sb, "mount --bind %q /etc/hosts\n", hosts)
 	if _, err := run(ctx, "unshare", "--mount="+mnt, "--uts="+uts, "--propagation", "private", "--", "/bin/sh", "-c", sb.String()); err != nil {
 		return err
 	}
@@ -115,6 +123,21 @@ func (c *Cluster) setupNodeNamespaces(ctx context.Context, n Node) error {
 		}
 	}
 	return nil
+}
+
+// nodeHosts writes the node's /etc/hosts: the host's, and the node's own
+// name at its address.
+func nodeHosts(n Node) (string, error) {
+	base, err := os.ReadFile("/etc/hosts")
+	if err != nil && !os.IsNotExist(err) {
+		return "", err
+	}
+	if len(base) > 0 && base[len(base)-1] != '\n' {
+		base = append(base, '\n')
+	}
+	p := filepath.Join(n.Dir, "etc-hosts")
+	content := append(base, fmt.Sprintf("%s\t%s\n", n.Address, n.Name)...)
+	return p, os.WriteFile(p, content, 0o644)
 }
 
 // makeNodeDirs creates the host dirs of every node and its own user
