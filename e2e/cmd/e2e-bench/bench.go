@@ -48,6 +48,14 @@ func bench(ctx context.Context, o options) (err error) {
 	maxN := o.workers[len(o.workers)-1]
 	initial := min(initialWorkers, o.workers[0])
 	logf("rotate %s; workers %v; network modes %s; work dir %s", o.rotateBin, o.workers, modeNames(o.modes), o.workDir)
+	// Every node here shares the host's inotify instance limit, which a
+	// node of a real cluster has to itself: 30 kubelets exhaust the default
+	// 128 ("inotify_init: too many open files", the kubelet exits).
+	if restore, err := raiseInotifyInstances(16 * (maxN + 3)); err != nil {
+		return err
+	} else if restore != nil {
+		defer restore()
+	}
 	logf("bringing up cluster %s (%s): 3 control-plane nodes, %d workers, %d spares", o.name, o.subnet, initial, maxN-initial)
 	c, err := cluster.Up(ctx, cluster.Options{
 		Name: o.name, Subnet: o.subnet, ControlPlanes: 3, Workers: initial, SpareWorkers: maxN - initial,
@@ -458,4 +466,33 @@ func status(ctx context.Context, rotateBin, statePath string) (*statusReport, er
 		return nil, fmt.Errorf("rotate status: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return parseStatus(out)
+}
+
+const inotifyInstances = "/proc/sys/fs/inotify/max_user_instances"
+
+// raiseInotifyInstances raises the host's fs.inotify.max_user_instances to
+// at least want for the bench, and returns what puts the old value back
+// (nil when nothing changed).
+func raiseInotifyInstances(want int) (func(), error) {
+	raw, err := os.ReadFile(inotifyInstances)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", inotifyInstances, err)
+	}
+	old := strings.TrimSpace(string(raw))
+	cur, err := strconv.Atoi(old)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q: %w", inotifyInstances, old, err)
+	}
+	if cur >= want {
+		return nil, nil
+	}
+	if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(want)), 0o644); err != nil {
+		return nil, fmt.Errorf("raise %s to %d: %w", inotifyInstances, want, err)
+	}
+	logf("fs.inotify.max_user_instances raised from %d to %d for the bench (restored at the end)", cur, want)
+	return func() {
+		if err := os.WriteFile(inotifyInstances, []byte(old), 0o644); err != nil {
+			logf("restore %s to %s: %v", inotifyInstances, old, err)
+		}
+	}, nil
 }
