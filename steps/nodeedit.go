@@ -69,19 +69,17 @@ func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Ru
 // view Check left is reused (Apply right after Check).
 func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh bool) (*nodes.Batched, []fileedit.Edit, error) {
 	if fresh || rt.files == nil || rt.files.Name() != t.Node {
-		rt.files = nil
-		r, err := rt.node(ctx, t)
-		if err != nil {
+		if err := rt.readAhead(ctx, t, nil); err != nil { // the edits' own reads go through it
 			return nil, nil, err
 		}
-		rt.files = nodes.NewBatched(r)
 	}
 	edits, err := s.allEdits(ctx, rt, t)
 	if err != nil {
 		return nil, nil, err
 	}
-	paths := fileedit.Paths(edits)
-	for _, p := range fileedit.Paths(edits) {
+	edited := fileedit.Paths(edits)
+	paths := edited
+	for _, p := range edited {
 		_, meta := nodes.NodeBackupPaths(rt.Config.Paths.BackupDir, nodes.Backup{RunID: rt.BackupID, Path: p})
 		paths = append(paths, meta)
 	}
