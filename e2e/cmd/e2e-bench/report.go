@@ -9,29 +9,15 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kubeca/rotate/orchestrator"
 )
 
-// statusReport is the part of `rotate status -o json` the bench reads.
-type statusReport struct {
-	Phases []struct {
-		Index int    `json:"index"`
-		Name  string `json:"name"`
-	} `json:"phases"`
-	RoundTrips map[string]int64            `json:"roundTrips"`
-	Dials      map[string]int64            `json:"dials"`
-	ByStep     map[string]map[string]int64 `json:"roundTripsByStep"`
-	Steps      []stepTiming                `json:"steps"`
-}
+// statusReport is what `rotate status -o json` prints; fields a rotate
+// under measurement (--rotate-bin) does not print yet stay empty.
+type statusReport = orchestrator.StatusReport
 
-type stepTiming struct {
-	Key        string        `json:"key"`
-	Phase      string        `json:"phase"`
-	Target     string        `json:"target"`
-	StartedAt  time.Time     `json:"startedAt"`
-	FinishedAt time.Time     `json:"finishedAt"`
-	ApplyTime  time.Duration `json:"applyTime"`
-	GateTime   time.Duration `json:"gateTime"`
-}
+type stepTiming = orchestrator.StepTiming
 
 func parseStatus(raw []byte) (*statusReport, error) {
 	var r statusReport
@@ -179,7 +165,7 @@ func (r *result) fromRollback(before, after *statusReport, workers []string) {
 		return out
 	}
 	r.RollbackRoundTrips = summarize(diff(before.RoundTrips, after.RoundTrips), diff(before.Dials, after.Dials), workers)
-	r.RoundTripsByStep = after.ByStep
+	r.RoundTripsByStep = after.RoundTripsByStep
 }
 
 func summarize(rt, dials map[string]int64, workers []string) trips {
