@@ -120,7 +120,14 @@ func classifyLogLine(line []byte) Class {
 	return ""
 }
 
+// kubeletNotReady marks the line the kubelet logs when it reports its
+// node NotReady itself (nodestatus.ReadyCondition), with the condition.
+var kubeletNotReady = []byte(`"Node became not ready"`)
+
 func (ls *logScanner) line(now time.Time, path string, line []byte) {
+	if bytes.Contains(line, kubeletNotReady) {
+		ls.r.rec.notReady(now, path, string(line))
+	}
 	class := classifyLogLine(line)
 	msg := ""
 	if class != "" {

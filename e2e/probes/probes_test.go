@@ -421,6 +421,16 @@ func TestLogScan(t *testing.T) {
 	if n := r.rec.snapshot(time.Now()).Count(ProbeLogs, Unauthorized); n != 2 {
 		t.Errorf("unauthorized after truncation %d, want 2", n)
 	}
+	// The kubelet's own NotReady report is kept with its condition.
+	kubelet := filepath.Join(dir, "worker1", "kubelet.log")
+	os.MkdirAll(filepath.Dir(kubelet), 0o755)
+	line := `I1130 09:36:17.123456 42 setters.go:552] "Node became not ready" node="worker1" condition={"type":"Ready","status":"False","reason":"KubeletNotReady","message":"PLEG is not healthy: pleg has yet to be successful"}`
+	appendTo(kubelet, "I1130 other\n"+line+"\n")
+	ls.scan(context.Background())
+	rep = r.rec.snapshot(time.Now())
+	if len(rep.NotReady) != 1 || rep.NotReady[0].Target != kubelet || rep.NotReady[0].Message != line {
+		t.Errorf("kubelet NotReady lines %+v, want the one line of %s", rep.NotReady, kubelet)
+	}
 }
 
 func readyPod(name string, created time.Time, ready bool) *v1.Pod {

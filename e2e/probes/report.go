@@ -84,6 +84,11 @@ type Report struct {
 	DroppedEvents   int     `json:"droppedEvents,omitempty"`
 	// Errors are problems of the probe machinery itself (setup, cleanup).
 	Errors []string `json:"errors,omitempty"`
+	// NotReady are the kubelets' own "Node became not ready" log lines
+	// (Target: the log file; Message: the line, with the condition's
+	// reason and message), so a Ready flip can be told apart from the
+	// node lifecycle controller's verdict on a silent kubelet.
+	NotReady []Event `json:"notReady,omitempty"`
 }
 
 // Clean reports whether no request failed with an x509, 401 or 403 error.
@@ -266,6 +271,16 @@ func (r *recorder) event(now time.Time, probe, target, msg string) {
 		return
 	}
 	r.report.Events = append(r.report.Events, Event{Time: now, Probe: probe, Target: target, Message: msg})
+}
+
+func (r *recorder) notReady(now time.Time, path, line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.report.NotReady) >= maxEvents {
+		r.report.DroppedEvents++
+		return
+	}
+	r.report.NotReady = append(r.report.NotReady, Event{Time: now, Probe: ProbeLogs, Target: path, Message: truncate(line, 2000)})
 }
 
 func (r *recorder) error(msg string) {
