@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/pki"
 )
 
@@ -289,7 +290,9 @@ func do(ctx context.Context, c kubernetes.Interface, q request, name string, opt
 	if err := approve(ctx, c, name, uid, q.message); err != nil {
 		return nil, ctxErr(ctx, timeout, err)
 	}
+	endWait := waits.Start(ctx, waits.Cluster) // the controller-manager signs
 	certPEM, err := waitIssued(ctx, c, name, uid, poll)
+	endWait()
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w after %s: the csr is approved but has no certificate; is the kube-controller-manager signing %s? (%w)",

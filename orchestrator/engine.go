@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kubeca/rotate/internal/redact"
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
@@ -354,7 +355,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rt.Log.Info("step started")
 
 	skipped, tm, err := execute(sctx, st, &rt, t)
-	rec.ApplyTime, rec.GateTime = tm.apply, tm.gate
+	rec.ApplyTime, rec.GateTime, rec.Waits = tm.apply, tm.gate, tm.waits
 	if err != nil {
 		if sctx.Err() != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (timed out after %s)", err, e.rt.Config.Timeout(ph.Name))
@@ -433,7 +434,12 @@ func backupID(run, key string) string {
 	return string(b)
 }
 
-type timing struct{ apply, gate time.Duration }
+// timing is one attempt's time in Check+Apply and in the health gate,
+// and the waits inside Check+Apply (rollouts, CSRs, restarts).
+type timing struct {
+	apply, gate time.Duration
+	waits       []waits.Span
+}
 
 // execute is check → apply → gate, logged at debug level to rt.Log.
 func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, tm timing, err error) {
@@ -442,6 +448,9 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 		log = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
+	gctx := waits.Without(ctx) // the gate is timed here, as a whole
+	ctx, clock := waits.With(ctx)
+	defer func() { tm.waits = clock.Spans() }()
 	done, err := st.Check(ctx, rt, t)
 	if err != nil {
 		return false, tm, fmt.Errorf("check: %w", err)
@@ -457,7 +466,7 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 	}
 	tm.apply = time.Since(start)
 	gs := time.Now()
-	err = st.Gate(nodes.CountAsGate(ctx), rt, t)
+	err = st.Gate(nodes.CountAsGate(gctx), rt, t)
 	tm.gate = time.Since(gs)
 	if err != nil {
 		return done, tm, fmt.Errorf("health gate: %w", err)

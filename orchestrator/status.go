@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kubeca/rotate/internal/redact"
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
@@ -58,7 +59,9 @@ type StepTiming struct {
 	FinishedAt time.Time        `json:"finishedAt,omitzero"`
 	ApplyTime  time.Duration    `json:"applyTime,omitempty"`
 	GateTime   time.Duration    `json:"gateTime,omitempty"`
-	RevertedAt time.Time        `json:"revertedAt,omitzero"`
+	// Waits inside apply (rollouts, CSRs, restarts): not rotate's own time.
+	Waits      []waits.Span `json:"waits,omitempty"`
+	RevertedAt time.Time    `json:"revertedAt,omitzero"`
 }
 
 // RoundTripSummary is the report's round trips on one line, as the run
@@ -198,7 +201,7 @@ func report(ctx context.Context, store state.Store, plan *plans.Plan) (*StatusRe
 		rep.Steps = append(rep.Steps, StepTiming{
 			Key: r.Key, Phase: r.Phase, Step: r.Step, Target: r.Target, Status: r.Status,
 			Attempts: r.Attempts, Skipped: r.Skipped, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
-			ApplyTime: r.ApplyTime, GateTime: r.GateTime, RevertedAt: r.RevertedAt,
+			ApplyTime: r.ApplyTime, GateTime: r.GateTime, Waits: r.Waits, RevertedAt: r.RevertedAt,
 		})
 		if r.Status == state.StepFailed {
 			rep.Failed = append(rep.Failed, r)

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kubeca/rotate/internal/waits"
 )
 
 // SchemaVersion is the layout version written to the meta bucket. Opening a
@@ -80,9 +82,13 @@ type StepRecord struct {
 	DoneSeq    uint64     `json:"doneSeq,omitempty"` // order of completion, for rollback
 	// Time spent in apply (rotate's own work, including node I/O) and in
 	// the health gate (waiting for components) on the last attempt.
-	ApplyTime  time.Duration `json:"applyTime,omitempty"`
-	GateTime   time.Duration `json:"gateTime,omitempty"`
-	RevertedAt time.Time     `json:"revertedAt,omitempty"`
+	ApplyTime time.Duration `json:"applyTime,omitempty"`
+	GateTime  time.Duration `json:"gateTime,omitempty"`
+	// Waits are the spans inside apply spent waiting on the cluster (a
+	// rollout, a CSR signed, a restarted kubelet healthy), merged, at most
+	// waits.MaxSpans.
+	Waits      []waits.Span `json:"waits,omitempty"`
+	RevertedAt time.Time    `json:"revertedAt,omitempty"`
 }
 
 // Backup is a file (or API object) as it was before a step first changed

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubeca/rotate/internal/redact"
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/nodes"
 )
 
@@ -36,6 +37,7 @@ func waitLogged(ctx context.Context, log *slog.Logger, what string, cond func(ct
 		log = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
+	defer waits.Start(ctx, waits.Cluster)()
 	var last string
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -253,6 +255,9 @@ func nodeReady(n *corev1.Node) bool {
 
 // restartKubelet runs the inventory's restart command on the node.
 func (rt *Runtime) restartKubelet(ctx context.Context, r nodes.Runner) error {
+	// The command returns once the kubelet is healthy again: a wait on
+	// the node, not rotate's work.
+	defer waits.Start(ctx, waits.Restart)()
 	if _, err := r.Run(ctx, rt.Config.KubeletRestartCommand, nil); err != nil {
 		return fmt.Errorf("restart kubelet on %s (%s): %w", r.Name(), rt.Config.KubeletRestartCommand, err)
 	}

@@ -109,8 +109,8 @@ func bench(ctx context.Context, o options) (err error) {
 			if err != nil {
 				return fmt.Errorf("N=%d %s: %w", n, m.Name, err)
 			}
-			logf("N=%d %s: rotation %s, rollback %s, in gates %s, rotate's own %s", n, m.Name,
-				secs(res.RotationSeconds), secs(res.RollbackSeconds), secs(res.GateSeconds), secs(res.OwnSeconds))
+			logf("N=%d %s: rotation %s, rollback %s, in gates %s, waits %s, restarts %s, rotate's own %s", n, m.Name,
+				secs(res.RotationSeconds), secs(res.RollbackSeconds), secs(res.GateSeconds), secs(res.WaitSeconds), secs(res.RestartSeconds), secs(res.OwnSeconds))
 		}
 	}
 	rep.Finished = time.Now()

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/orchestrator"
 )
 
@@ -48,11 +49,17 @@ type result struct {
 	SettleSeconds float64 `json:"settleSeconds"`
 	// GateSeconds is the union of every step's health-gate interval
 	// [finishedAt-gateTime, finishedAt] (parallel gates counted once);
-	// OwnSeconds the rest of the rotation's wall time.
-	GateSeconds float64       `json:"gateSeconds"`
-	OwnSeconds  float64       `json:"ownSeconds"`
-	OwnFraction float64       `json:"ownFraction"`
-	Phases      []phaseResult `json:"phases"`
+	// WaitSeconds the waits inside steps outside those (rollouts, CSRs
+	// signed, publication); RestartSeconds the kubelet restart commands
+	// (they return once the kubelet is healthy) outside both; OwnSeconds
+	// the rest of the rotation's wall time: rotate's own work, node I/O
+	// and state writes included.
+	GateSeconds    float64       `json:"gateSeconds"`
+	WaitSeconds    float64       `json:"waitSeconds"`
+	RestartSeconds float64       `json:"restartSeconds"`
+	OwnSeconds     float64       `json:"ownSeconds"`
+	OwnFraction    float64       `json:"ownFraction"`
+	Phases         []phaseResult `json:"phases"`
 	// RoundTrips are the rotation's SSH round trips, RollbackRoundTrips
 	// the rollback's (the state's counters after it, minus the rotation's).
 	RoundTrips         trips `json:"roundTrips"`
@@ -71,6 +78,7 @@ type phaseResult struct {
 	Steps       int     `json:"steps"`
 	WallSeconds float64 `json:"wallSeconds"` // first step start to last step finish
 	GateSeconds float64 `json:"gateSeconds"` // union of its steps' gate intervals
+	WaitSeconds float64 `json:"waitSeconds"` // waits and restarts inside its steps, outside gates
 }
 
 type trips struct {
@@ -87,45 +95,53 @@ type ratio struct {
 	Value float64 `json:"value"`
 }
 
-type interval struct{ from, to time.Time }
-
-// union is the total length of the intervals, overlaps counted once.
-func union(iv []interval) time.Duration {
-	sort.Slice(iv, func(i, j int) bool { return iv[i].from.Before(iv[j].from) })
-	var total time.Duration
-	var cur interval
-	for i, v := range iv {
-		if i == 0 || v.from.After(cur.to) {
-			total += cur.to.Sub(cur.from)
-			cur = v
-			continue
-		}
-		if v.to.After(cur.to) {
-			cur.to = v.to
-		}
-	}
-	if len(iv) > 0 {
-		total += cur.to.Sub(cur.from)
-	}
-	return total
-}
-
-func gateIntervals(steps []stepTiming) []interval {
-	var iv []interval
+// gateSpans are the steps' health-gate intervals [finishedAt-gateTime,
+// finishedAt], as waits.Span of kind "gate".
+func gateSpans(steps []stepTiming) []waits.Span {
+	var out []waits.Span
 	for _, s := range steps {
 		if s.GateTime > 0 && !s.FinishedAt.IsZero() {
-			iv = append(iv, interval{s.FinishedAt.Add(-s.GateTime), s.FinishedAt})
+			out = append(out, waits.Span{Kind: "gate", From: s.FinishedAt.Add(-s.GateTime), To: s.FinishedAt})
 		}
 	}
-	return iv
+	return out
 }
 
+// split is a set of steps' time outside rotate's own work: in health
+// gates, then in waits inside apply not overlapping a gate (rollouts,
+// CSRs), then in restart commands overlapping neither. Parallel
+// intervals count once.
+type split struct{ gates, waits, restarts time.Duration }
+
+func splitOf(steps []stepTiming) split {
+	g := gateSpans(steps)
+	var w, r []waits.Span
+	for _, s := range steps {
+		for _, sp := range s.Waits {
+			if sp.Kind == waits.Restart {
+				r = append(r, sp)
+			} else {
+				w = append(w, sp)
+			}
+		}
+	}
+	gates := waits.Total(g)
+	gw := waits.Total(append(slices.Clone(g), w...))
+	all := waits.Total(append(append(slices.Clone(g), w...), r...))
+	return split{gates: gates, waits: gw - gates, restarts: all - gw}
+}
+
+func (s split) total() time.Duration { return s.gates + s.waits + s.restarts }
+
 func (r *result) fromRotation(st *statusReport, wall time.Duration, workers []string) {
-	gates := union(gateIntervals(st.Steps))
-	r.GateSeconds = round3(gates.Seconds())
-	r.OwnSeconds = round3((wall - gates).Seconds())
+	sp := splitOf(st.Steps)
+	r.GateSeconds = round3(sp.gates.Seconds())
+	r.WaitSeconds = round3(sp.waits.Seconds())
+	r.RestartSeconds = round3(sp.restarts.Seconds())
+	own := wall - sp.total()
+	r.OwnSeconds = round3(own.Seconds())
 	if wall > 0 {
-		r.OwnFraction = round3(float64(wall-gates) / float64(wall))
+		r.OwnFraction = round3(float64(own) / float64(wall))
 	}
 	byPhase := map[string][]stepTiming{}
 	for _, s := range st.Steps {
@@ -147,7 +163,9 @@ func (r *result) fromRotation(st *statusReport, wall time.Duration, workers []st
 				last = s.FinishedAt
 			}
 		}
-		pr := phaseResult{Name: ph.Name, Steps: len(steps), GateSeconds: round3(union(gateIntervals(steps)).Seconds())}
+		psp := splitOf(steps)
+		pr := phaseResult{Name: ph.Name, Steps: len(steps), GateSeconds: round3(psp.gates.Seconds()),
+			WaitSeconds: round3((psp.waits + psp.restarts).Seconds())}
 		if !first.IsZero() && last.After(first) {
 			pr.WallSeconds = round3(last.Sub(first).Seconds())
 		}
@@ -267,7 +285,7 @@ func (rep *report) write(path string) error {
 func (rep *report) table() string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tsettle\tin gates\town\town/wall\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
+	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tsettle\tin gates\twaits\trestarts\town\town/wall\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
 	for _, r := range rep.Runs {
 		var cps []string
 		for _, k := range sortedKeys(r.RoundTrips.ControlPlane) {
@@ -277,13 +295,13 @@ func (rep *report) table() string {
 		if r.Error != "" {
 			failed = " FAILED"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
-			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.SettleSeconds), secs(r.GateSeconds), secs(r.OwnSeconds), r.OwnFraction,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
+			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.SettleSeconds), secs(r.GateSeconds), secs(r.WaitSeconds), secs(r.RestartSeconds), secs(r.OwnSeconds), r.OwnFraction,
 			strings.Join(cps, "/"), r.RoundTrips.WorkerMin, r.RoundTrips.WorkerMedian, r.RoundTrips.WorkerMax,
 			r.RoundTrips.Total, r.RoundTrips.Dials, r.RollbackRoundTrips.Total, failed)
 	}
 	tw.Flush()
-	b.WriteString("\nphase wall time (in gates)\n")
+	b.WriteString("\nphase wall time (in gates, waiting inside steps)\n")
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	header := "phase"
 	var names []string
@@ -304,7 +322,7 @@ func (rep *report) table() string {
 			cell := "-"
 			for _, p := range r.Phases {
 				if p.Name == name {
-					cell = fmt.Sprintf("%s (%s)", secs(p.WallSeconds), secs(p.GateSeconds))
+					cell = fmt.Sprintf("%s (%s, %s)", secs(p.WallSeconds), secs(p.GateSeconds), secs(p.WaitSeconds))
 				}
 			}
 			line += "\t" + cell

@@ -4,27 +4,33 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kubeca/rotate/internal/waits"
 )
 
-func TestUnion(t *testing.T) {
+func TestSplit(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	for _, tc := range []struct {
-		name string
-		iv   []interval
-		want time.Duration
-	}{
-		{"none", nil, 0},
-		{"one", []interval{{at(0), at(3)}}, 3 * time.Second},
-		{"disjoint", []interval{{at(5), at(6)}, {at(0), at(3)}}, 4 * time.Second},
-		{"parallel gates count once", []interval{{at(0), at(4)}, {at(1), at(3)}, {at(2), at(6)}}, 6 * time.Second},
-		{"touching", []interval{{at(0), at(2)}, {at(2), at(3)}}, 3 * time.Second},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := union(tc.iv); got != tc.want {
-				t.Errorf("union = %s, want %s", got, tc.want)
-			}
-		})
+	steps := []stepTiming{
+		// Two targets gated in parallel: 10-14 and 12-16 count as 6 s.
+		{FinishedAt: at(14), GateTime: 4 * time.Second},
+		{FinishedAt: at(16), GateTime: 4 * time.Second},
+		// A rollout wait 2-6 and a CSR wait 5-8 inside apply: 6 s.
+		{FinishedAt: at(9), Waits: []waits.Span{{Kind: waits.Cluster, From: at(2), To: at(6)}, {Kind: waits.Cluster, From: at(5), To: at(8)}}},
+		// A wait overlapping a gate counts once, as gate time.
+		{FinishedAt: at(20), Waits: []waits.Span{{Kind: waits.Cluster, From: at(15), To: at(17)}}},
+		// A restart 20-23, half inside another step's wait 20-21.
+		{FinishedAt: at(24), Waits: []waits.Span{{Kind: waits.Restart, From: at(20), To: at(23)}, {Kind: waits.Cluster, From: at(20), To: at(21)}}},
+	}
+	got := splitOf(steps)
+	want := split{gates: 6 * time.Second, waits: 6*time.Second + time.Second + time.Second, restarts: 2 * time.Second}
+	if got != want {
+		t.Errorf("split = %+v, want %+v", got, want)
+	}
+	var r result
+	r.fromRotation(&statusReport{Steps: steps}, 40*time.Second, nil)
+	if r.GateSeconds != 6 || r.WaitSeconds != 8 || r.RestartSeconds != 2 || r.OwnSeconds != 24 || r.OwnFraction != 0.6 {
+		t.Errorf("result %+v, want gates 6, waits 8, restarts 2, own 24 (0.6)", r)
 	}
 }
 
