@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -241,21 +242,50 @@ func (KubeletCSRs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
+	type request struct {
+		node, name string
+		issued     *pki.Issued
+		err        error
+	}
+	var reqs []*request
 	for _, n := range rt.Config.nodeNames() {
 		for _, name := range want[n] {
-			is, err := rt.requestKubeletCert(ctx, n, name, nil)
-			if err != nil {
-				return err
-			}
-			if !pki.IssuedBy(is.Cert, newCA.Cert) {
-				return fmt.Errorf("the %s of %s came back issued by %s, not the new CA: is every kube-controller-manager signing with the new CA?", name, n, is.Cert.Issuer)
-			}
-			rt.Out.Put(csrKey(n, name), is.CertPEM)
-			rt.Printf("%s of %s issued through the CSR API: %s", name, n, pki.Describe(is.Cert))
+			reqs = append(reqs, &request{node: n, name: name})
 		}
 	}
-	return nil
+	// The requests are independent (one CSR object each, named per run,
+	// node and kind, so a retry reuses it): in flight together, each
+	// mostly waiting for the controller-manager to sign, they take about
+	// as long as one does.
+	sem := make(chan struct{}, csrConcurrency)
+	var wg sync.WaitGroup
+	for _, q := range reqs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			q.issued, q.err = rt.requestKubeletCert(ctx, q.node, q.name, nil)
+		})
+	}
+	wg.Wait()
+	// Results in node order, every failure reported (a retry reuses the
+	// CSR objects already signed).
+	var errs []error
+	for _, q := range reqs {
+		switch {
+		case q.err != nil:
+			errs = append(errs, q.err)
+		case !pki.IssuedBy(q.issued.Cert, newCA.Cert):
+			errs = append(errs, fmt.Errorf("the %s of %s came back issued by %s, not the new CA: is every kube-controller-manager signing with the new CA?", q.name, q.node, q.issued.Cert.Issuer))
+		default:
+			rt.Out.Put(csrKey(q.node, q.name), q.issued.CertPEM)
+			rt.Printf("%s of %s issued through the CSR API: %s", q.name, q.node, pki.Describe(q.issued.Cert))
+		}
+	}
+	return errors.Join(errs...)
 }
+
+// csrConcurrency bounds the CSRs KubeletCSRs has in flight at once.
+const csrConcurrency = 8
 
 // requestKubeletCert asks for one of node's certificates through the CSR
 // API; with sign set it signs it directly instead (plan previews).
