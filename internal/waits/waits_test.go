@@ -51,9 +51,9 @@ func TestMerge(t *testing.T) {
 	in := []Span{
 		{Cluster, at(5), at(6)},
 		{Cluster, at(0), at(2)},
-		{Cluster, at(1), at(3)}, // overlaps the first
-		{Cluster, at(3), at(4)}, // touches
-		{Restart, at(2), at(7)}, // another kind overlapping: kept apart
+		{Cluster, at(1), at(3)},  // overlaps the first
+		{Cluster, at(3), at(4)},  // touches
+		{Restart, at(2), at(7)},  // another kind overlapping: kept apart
 		{Cluster, at(10), at(9)}, // backwards: treated as empty
 	}
 	got := Merge(in, 0)
