@@ -2,46 +2,102 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Commands for the health gates of steps: which process runs, whether a
 // local endpoint answers, whether the tools they need are there.
 
-// processScript is a shell script: for the newest process of the component
-// that shares this shell's network namespace (static control-plane pods
-// use the host network) it prints "<pid> <start-ticks> <ticks-per-second>
-// <uptime> <now> <manifest-mtime>" — the process's start in clock ticks
-// since boot, the node's uptime and the time now and the manifest's mtime
-// as seconds with their fractions — or exits 3 when none runs. Whole
-// seconds are not enough: a restart gate must not take a process that
-// started in the same second as its manifest changed, but before it, for
-// the restarted one.
-const processScript = `set -u
-name=$1; manifest=$2
-self=$(readlink /proc/self/ns/net)
-hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-best=""; bestticks=-1
-for p in $(pgrep -f "(^|/)$name( |$)" || true); do
-  [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$self" ] || continue
-  st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-  set -- $st
-  [ $# -ge 20 ] || continue
-  ticks=${20}
-  if [ "$ticks" -gt "$bestticks" ]; then best=$p; bestticks=$ticks; fi
+// The restart gates ask, for the newest process of a component that
+// shares the shell's network namespace (static control-plane pods use the
+// host network), "<pid> <start-ticks> <ticks-per-second> <uptime> <now>
+// <manifest-mtime>": the process's start in clock ticks since boot, the
+// node's uptime and the time now and the manifest's mtime as seconds with
+// their fractions. Whole seconds are not enough: a restart gate must not
+// take a process that started in the same second as its manifest changed,
+// but before it, for the restarted one.
+
+// newestFunc defines the shell function newest: the report above for the
+// newest process named $name and the file $manifest, or status 3.
+const newestFunc = `newest() {
+  self=$(readlink /proc/self/ns/net)
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  best=""; bestticks=-1
+  for p in $(pgrep -f "(^|/)$name( |$)" || true); do
+    [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$self" ] || continue
+    st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $st
+    [ $# -ge 20 ] || continue
+    ticks=${20}
+    if [ "$ticks" -gt "$bestticks" ]; then best=$p; bestticks=$ticks; fi
+  done
+  [ -n "$best" ] || return 3
+  read up _ < /proc/uptime
+  now=$(date +%s.%N)
+  m=$(stat -c %.9Y "$manifest" 2>/dev/null) || m=$(stat -c %Y "$manifest" 2>/dev/null) || m=0
+  echo "$best $bestticks $hz $up $now $m"
+}`
+
+// awaitScript waits on the node, in one session, for what a restart gate
+// polls: it repeats newest (and, with a port other than 0, the healthz
+// GET https://127.0.0.1:$port/healthz, curl, at most 5 s, the component's
+// serving certificate not checked) every 0.2 s until the newest process started after
+// the manifest was written and answers "ok", or until $within seconds
+// passed. It prints two lines: newest's report ("none" when no process
+// runs) and the healthz answer ("" when not asked, "curl exit N" when the
+// GET failed). The shell's verdict only ends the loop early (awk; without
+// awk it waits the whole time): the caller judges the report itself.
+const awaitScript = `set -u
+name=$1; manifest=$2; port=$3; within=$4
+` + newestFunc + `
+started() {
+  echo "$1" | awk '{ exit !(($4 - $2 / $3) < ($5 - $6)) }' 2>/dev/null
+}
+end=$(( $(date +%s) + within ))
+while :; do
+  line=$(newest) || line=none
+  health=""
+  if [ "$line" != none ] && started "$line"; then
+    [ "$port" = 0 ] && break
+    health=$(curl -sk --max-time 5 "https://127.0.0.1:$port/healthz") || health="curl exit $?"
+    [ "$health" = ok ] && break
+  fi
+  [ "$(date +%s)" -ge "$end" ] && break
+  sleep 0.2 2>/dev/null || sleep 1
 done
-[ -n "$best" ] || exit 3
-read up _ < /proc/uptime
-now=$(date +%s.%N)
-m=$(stat -c %.9Y "$manifest" 2>/dev/null) || m=$(stat -c %Y "$manifest" 2>/dev/null) || m=0
-echo "$best $bestticks $hz $up $now $m"
+echo "$line"
+echo "$health"
 `
 
-// Process is the newest process of a name on a node, as NewestProcess
+// AwaitProcess waits on the node, up to within (whole seconds, at least
+// one), for the newest process named name to have started after file was
+// last written and, with port other than 0, for https://127.0.0.1:port/healthz
+// to answer "ok": one round trip where polling takes one per check. It
+// returns what it saw last: the process and the healthz
+// answer ("" when port is 0 or the process had not restarted yet; "curl
+// exit N" when the GET failed). The verdict is the caller's.
+func AwaitProcess(ctx context.Context, r Runner, name, file string, port int, within time.Duration) (Process, string, error) {
+	secs := max(int(within/time.Second), 1)
+	res, err := r.Run(ctx, shCommand(awaitScript, name, file, strconv.Itoa(port), strconv.Itoa(secs)), nil)
+	if err != nil {
+		return Process{}, "", err
+	}
+	report, health, _ := strings.Cut(strings.TrimRight(string(res.Stdout), "\n"), "\n")
+	if strings.TrimSpace(report) == "none" {
+		return Process{}, strings.TrimSpace(health), nil
+	}
+	pid, newer, err := parseProcessReport(report)
+	if err != nil {
+		return Process{}, "", err
+	}
+	return Process{Running: true, PID: pid, StartedAfterWrite: newer}, strings.TrimSpace(health), nil
+}
+
+// Process is the newest process of a name on a node, as AwaitProcess
 // found it.
 type Process struct {
 	Running bool   // false: no such process in the node's network namespace
@@ -50,26 +106,7 @@ type Process struct {
 	StartedAfterWrite bool
 }
 
-// NewestProcess finds the newest process named name that shares the
-// shell's network namespace on the node (static control-plane pods use the
-// host network) and says whether it started after file was last written.
-func NewestProcess(ctx context.Context, r Runner, name, file string) (Process, error) {
-	res, err := r.Run(ctx, shCommand(processScript, name, file), nil)
-	var ee *ExitError
-	if errors.As(err, &ee) && ee.Result.ExitStatus == 3 {
-		return Process{}, nil
-	}
-	if err != nil {
-		return Process{}, err
-	}
-	pid, newer, err := parseProcessReport(string(res.Stdout))
-	if err != nil {
-		return Process{}, err
-	}
-	return Process{Running: true, PID: pid, StartedAfterWrite: newer}, nil
-}
-
-// parseProcessReport reads processScript's line and says whether the process
+// parseProcessReport reads newest's line and says whether the process
 // started after the manifest was written: its age (uptime minus its start)
 // is below the manifest's (now minus mtime).
 func parseProcessReport(out string) (pid string, newer bool, err error) {
@@ -90,18 +127,6 @@ func parseProcessReport(out string) (pid string, newer bool, err error) {
 	processAge := uptime - ticks/hz
 	manifestAge := now - mtime
 	return f[0], processAge < manifestAge, nil
-}
-
-// LocalHealthz GETs https://127.0.0.1:port/healthz on the node (curl,
-// at most 5 s; the component's serving certificate is not what is
-// checked) and returns the answer, trimmed. A curl failure is an
-// *ExitError.
-func LocalHealthz(ctx context.Context, r Runner, port int) (string, error) {
-	res, err := r.Run(ctx, fmt.Sprintf("curl -sk --max-time 5 https://127.0.0.1:%d/healthz", port), nil)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSpace(string(res.Stdout)), nil
 }
 
 // MakeDir creates dir and its missing parents on the node; dir itself gets

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseProcessReport(t *testing.T) {
@@ -37,37 +38,38 @@ func TestParseProcessReport(t *testing.T) {
 }
 
 // TestGateCommands: what the gate helpers run on a node, and how
-// NewestProcess reads the answer (exit 3: no such process).
+// AwaitProcess reads the answer.
 func TestGateCommands(t *testing.T) {
 	ctx := context.Background()
 	r := NewMemRunner("n")
-	answer := Result{Stdout: []byte("42 10025 100 110.00 1700000000.500 1699999990.000\n")}
-	var exit error
-	r.RunFunc = func(ctx context.Context, cmd string, stdin []byte) (Result, error) { return answer, exit }
-	p, err := NewestProcess(ctx, r, "kube-apiserver", "/etc/kubernetes/manifests/kube-apiserver.yaml")
-	if err != nil || p != (Process{Running: true, PID: "42", StartedAfterWrite: true}) {
-		t.Errorf("NewestProcess = %+v, %v", p, err)
+	answer := Result{Stdout: []byte("42 10025 100 110.00 1700000000.500 1699999990.000\nok\n")}
+	r.RunFunc = func(ctx context.Context, cmd string, stdin []byte) (Result, error) { return answer, nil }
+	p, health, err := AwaitProcess(ctx, r, "kube-controller-manager", "/etc/kubernetes/manifests/kube-controller-manager.yaml", 10257, 1500*time.Millisecond)
+	if err != nil || p != (Process{Running: true, PID: "42", StartedAfterWrite: true}) || health != "ok" {
+		t.Errorf("AwaitProcess = %+v, %q, %v", p, health, err)
 	}
-	exit = &ExitError{Node: "n", Op: "run", Result: Result{ExitStatus: 3}}
-	if p, err := NewestProcess(ctx, r, "kube-apiserver", "/m"); err != nil || p.Running {
-		t.Errorf("NewestProcess with none running = %+v, %v", p, err)
+	answer = Result{Stdout: []byte("none\n\n")}
+	if p, health, err := AwaitProcess(ctx, r, "kube-apiserver", "/m", 0, 0); err != nil || p.Running || health != "" {
+		t.Errorf("AwaitProcess with none running = %+v, %q, %v", p, health, err)
 	}
-	exit, answer = nil, Result{Stdout: []byte("ok\n")}
-	if body, err := LocalHealthz(ctx, r, 10257); err != nil || body != "ok" {
-		t.Errorf("LocalHealthz = %q, %v", body, err)
+	answer = Result{Stdout: []byte("7 x\n")}
+	if _, _, err := AwaitProcess(ctx, r, "kube-apiserver", "/m", 0, 0); err == nil {
+		t.Errorf("AwaitProcess took a garbled report")
 	}
 	must(t, MakeDir(ctx, r, "/var/lib/rotate/it's", 0o700))
-	must(t, HaveCommands(ctx, r, "curl", "pgrep"))
+	must(t, HaveCommands(ctx, r, "curl", "pgrep", "awk"))
 	cmds := r.Commands()
-	if !strings.HasPrefix(cmds[0], "sh -c 'set -u\n") || !strings.HasSuffix(cmds[0], "' sh 'kube-apiserver' '/etc/kubernetes/manifests/kube-apiserver.yaml'") {
-		t.Errorf("process command %q", cmds[0])
+	if !strings.HasPrefix(cmds[0], "sh -c 'set -u\n") || !strings.HasSuffix(cmds[0], "' sh 'kube-controller-manager' '/etc/kubernetes/manifests/kube-controller-manager.yaml' '10257' '1'") {
+		t.Errorf("await command %q", cmds[0])
+	}
+	if !strings.HasSuffix(cmds[1], "' sh 'kube-apiserver' '/m' '0' '1'") {
+		t.Errorf("await command with no port and no time %q (want port 0, at least 1 s)", cmds[1])
 	}
 	for i, want := range []string{
-		"curl -sk --max-time 5 https://127.0.0.1:10257/healthz",
 		`mkdir -p -m 0700 '/var/lib/rotate/it'\''s'`,
-		"command -v curl >/dev/null && command -v pgrep >/dev/null",
+		"command -v curl >/dev/null && command -v pgrep >/dev/null && command -v awk >/dev/null",
 	} {
-		if got := cmds[2+i]; got != want {
+		if got := cmds[3+i]; got != want {
 			t.Errorf("command %q, want %q", got, want)
 		}
 	}

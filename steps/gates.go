@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,34 +77,35 @@ var (
 	Scheduler         = Component{Name: "kube-scheduler", Manifest: "kube-scheduler.yaml", HealthPort: 10259}
 )
 
-// componentRestarted reports whether the component's newest process on
-// the node started after its manifest was last written.
-func componentRestarted(ctx context.Context, r nodes.Runner, c Component, manifestPath string) (bool, string, error) {
-	p, err := nodes.NewestProcess(ctx, r, c.Name, manifestPath)
-	if err != nil {
-		return false, "", err
-	}
-	if !p.Running {
-		return false, c.Name + " is not running", nil
-	}
-	if !p.StartedAfterWrite {
-		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, p.PID), nil
-	}
-	return true, "", nil
-}
+// awaitChunk is the longest one node-side wait of a restart gate lasts
+// before rotate looks again (and logs why it still waits).
+const awaitChunk = 15 * time.Second
 
-// localHealthy asks the component's local healthz port on the node.
-func localHealthy(ctx context.Context, r nodes.Runner, port int) (bool, string, error) {
-	body, err := nodes.LocalHealthz(ctx, r, port)
+// componentUp waits on the node, at most awaitChunk and never past ctx's
+// deadline, until the component's newest process started after its
+// manifest was last written and, with a health port, its local healthz
+// answers "ok" (nodes.AwaitProcess: one round trip), and says whether
+// that is so now, or why not.
+func componentUp(ctx context.Context, r nodes.Runner, c Component, manifestPath string) (bool, string, error) {
+	within := awaitChunk
+	if dl, ok := ctx.Deadline(); ok {
+		within = min(within, time.Until(dl)-time.Second)
+	}
+	p, health, err := nodes.AwaitProcess(ctx, r, c.Name, manifestPath, c.HealthPort, within)
 	if err != nil {
-		var ee *nodes.ExitError
-		if errors.As(err, &ee) {
-			return false, fmt.Sprintf("healthz on port %d: curl exit %d", port, ee.Result.ExitStatus), nil
-		}
 		return false, "", err
 	}
-	if body != "ok" {
-		return false, fmt.Sprintf("healthz on port %d says %q", port, body), nil
+	switch {
+	case !p.Running:
+		return false, c.Name + " is not running", nil
+	case !p.StartedAfterWrite:
+		return false, fmt.Sprintf("%s (pid %s) is older than its manifest", c.Name, p.PID), nil
+	case c.HealthPort == 0:
+		return true, "", nil
+	case strings.HasPrefix(health, "curl exit"):
+		return false, fmt.Sprintf("healthz on port %d: %s", c.HealthPort, health), nil
+	case health != "ok":
+		return false, fmt.Sprintf("healthz on port %d says %q", c.HealthPort, health), nil
 	}
 	return true, "", nil
 }
@@ -194,15 +194,12 @@ func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Compone
 	}
 	manifest := rt.Config.Paths.ManifestsDir + "/" + c.Manifest
 	return rt.waitFor(ctx, fmt.Sprintf("%s on %s to restart and become healthy", c.Name, t.Node), func(ctx context.Context) (bool, string, error) {
-		ok, why, err := componentRestarted(ctx, r, c, manifest)
+		ok, why, err := componentUp(ctx, r, c, manifest)
 		if err != nil || !ok {
 			return ok, why, err
 		}
 		if c == APIServer {
 			return rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(t.Node))
-		}
-		if c.HealthPort != 0 {
-			return localHealthy(ctx, r, c.HealthPort)
 		}
 		return true, "", nil
 	})

@@ -75,8 +75,8 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	if t.Role == RoleControlPlane {
-		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep"); err != nil {
-			return fmt.Errorf("node %s needs curl and pgrep for health gates: %w", t.Node, err)
+		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep", "awk"); err != nil {
+			return fmt.Errorf("node %s needs curl, pgrep and awk for health gates: %w", t.Node, err)
 		}
 	}
 	return nil
