@@ -45,7 +45,7 @@ import (
 //     and at the end;
 //   - in between, in the background: each checkpoint and backup wakes one
 //     uploader per node, which uploads the latest snapshot when it is idle,
-//     at most once per mirrorInterval (10 s): a change within the interval
+//     at most once per mirrorInterval (30 s): a change within the interval
 //     after a node's last upload waits for its end and is then written
 //     with every later change in one upload (at most one upload in flight
 //     per node, never an older snapshot after a newer one); its failures
@@ -88,8 +88,11 @@ func MirrorPath(backupDir, cluster string) string {
 }
 
 // mirrorInterval is the least time between two background uploads of the
-// state to one node.
-const mirrorInterval = 10 * time.Second
+// state to one node. Each upload is the whole state file (2-4 MB for 2 to
+// 30 workers) to every control-plane node, from what may be a laptop on a
+// slow link; a copy at most this old (and never older than its phase's
+// start) costs a recovery at most this much work done again.
+const mirrorInterval = 30 * time.Second
 
 // mirrorTripLabel counts the copies' round trips apart from the steps'
 // (nodes.CountAs), also when a step's backup makes one.
