@@ -78,15 +78,23 @@ func TestAPIServerChecksDialTheEndpoint(t *testing.T) {
 	})
 	t.Run("apiserver restart gate", func(t *testing.T) {
 		cp1 := rt.Nodes.(memNodes)["cp1"].(*nodes.MemRunner)
-		// The process report of nodes.NewestProcess: kube-apiserver
+		// The process report of nodes.AwaitProcess: kube-apiserver
 		// started 1 s ago, its manifest written 10 s ago.
+		runs := 0
 		cp1.RunFunc = func(ctx context.Context, cmd string, stdin []byte) (nodes.Result, error) {
-			return nodes.Result{Stdout: []byte("123 99900 100 1000 2000 1990\n")}, nil
+			runs++
+			return nodes.Result{Stdout: []byte("123 99900 100 1000 2000 1990\n\n")}, nil
 		}
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// Restarted, but /readyz fails twice: the gate waits for it over
+		// HTTPS without asking the node again.
+		f.notReady.Store(2)
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := (liveGates{}).Component(ctx, rt, Target{Node: "cp1", Role: RoleControlPlane}, APIServer); err != nil {
 			t.Fatalf("gate: %v", err)
+		}
+		if n := f.notReady.Load(); n >= 0 || runs != 1 {
+			t.Errorf("gate passed with readyz failures left %d after %d node commands, want all used up after 1", n+1, runs)
 		}
 	})
 	t.Run("the SSH address is not dialed", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,13 +40,16 @@ type verifyFixture struct {
 	st       *fakeStore
 	proxy    map[string]error // node → the node proxy's /healthz answer
 	progress []string
+	// notReady is how many /readyz requests the apiserver still answers
+	// 503 (a restarted apiserver not ready yet).
+	notReady *atomic.Int32
 }
 
 func newVerifyFixture(t *testing.T) *verifyFixture {
 	t.Helper()
 	ctx := context.Background()
 	rt, cp1, st := testRuntime(t)
-	f := &verifyFixture{rt: rt, st: st, proxy: map[string]error{}}
+	f := &verifyFixture{rt: rt, st: st, proxy: map[string]error{}, notReady: &atomic.Int32{}}
 	cl, err := rt.newCA(ctx, CACluster)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +77,7 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 	}
 	serving := issue(cl, &x509.Certificate{Subject: pkix.Name{CommonName: "kube-apiserver"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	rt.Config.Addresses, rt.Config.APIServerPort = map[string]string{"cp1": "127.0.0.1"}, apiServer(t, serving, cl.Cert)
+	rt.Config.Addresses, rt.Config.APIServerPort = map[string]string{"cp1": "127.0.0.1"}, apiServer(t, serving, cl.Cert, f.notReady)
 
 	w1 := nodes.NewMemRunner("w1")
 	rt.Nodes = memNodes{"cp1": cp1, "w1": w1}
@@ -140,8 +144,9 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 }
 
 // apiServer serves /api and /readyz over TLS with serving, to clients
-// presenting a certificate from clientCA; it returns the port.
-func apiServer(t *testing.T, serving *pki.Issued, clientCA *x509.Certificate) int {
+// presenting a certificate from clientCA, /readyz with a 503 while
+// notReady counts down; it returns the port.
+func apiServer(t *testing.T, serving *pki.Issued, clientCA *x509.Certificate, notReady *atomic.Int32) int {
 	t.Helper()
 	pair, err := tls.X509KeyPair(serving.CertPEM, serving.KeyPEM)
 	if err != nil {
@@ -150,7 +155,10 @@ func apiServer(t *testing.T, serving *pki.Issued, clientCA *x509.Certificate) in
 	pool := x509.NewCertPool()
 	pool.AddCert(clientCA)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/api" && r.URL.Path != "/readyz" {
+		switch {
+		case r.URL.Path == "/readyz" && notReady.Add(-1) >= 0:
+			http.Error(w, "[-]poststarthook/rbac/bootstrap-roles failed: not finished", http.StatusServiceUnavailable)
+		case r.URL.Path != "/api" && r.URL.Path != "/readyz":
 			http.NotFound(w, r)
 		}
 	}))
