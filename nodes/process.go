@@ -43,14 +43,16 @@ const newestFunc = `newest() {
 }`
 
 // awaitScript waits on the node, in one session, for what a restart gate
-// polls: it repeats newest (and, with a port other than 0, the healthz
-// GET https://127.0.0.1:$port/healthz, curl, at most 5 s, the component's
-// serving certificate not checked) every 0.2 s until the newest process started after
-// the manifest was written and answers "ok", or until $within seconds
-// passed. It prints two lines: newest's report ("none" when no process
-// runs) and the healthz answer ("" when not asked, "curl exit N" when the
-// GET failed). The shell's verdict only ends the loop early (awk; without
-// awk it waits the whole time): the caller judges the report itself.
+// used to poll over SSH: every 0.5 s (the rate rotate polled at) it runs
+// newest and, with a port other than 0, GETs
+// https://127.0.0.1:$port/healthz (curl, at most 5 s, the component's
+// serving certificate not checked), until the newest process started
+// after the manifest was written and answers "ok", or until $within
+// seconds passed. It prints two lines: newest's report ("none" when no
+// process runs) and the healthz answer ("" when not asked, "curl exit N"
+// when the GET failed). The shell's verdict only ends the loop early
+// (awk; without awk it waits the whole time): the caller judges the
+// report itself.
 const awaitScript = `set -u
 name=$1; manifest=$2; port=$3; within=$4
 ` + newestFunc + `
@@ -67,7 +69,7 @@ while :; do
     [ "$health" = ok ] && break
   fi
   [ "$(date +%s)" -ge "$end" ] && break
-  sleep 0.2 2>/dev/null || sleep 1
+  sleep 0.5 2>/dev/null || sleep 1
 done
 echo "$line"
 echo "$health"
