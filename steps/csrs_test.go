@@ -87,9 +87,12 @@ func signCSR(t *testing.T, csr *certificatesv1.CertificateSigningRequest, ca *pk
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-func TestKubeletCSRsRequestsTogether(t *testing.T) {
+// csrFixture is a runtime for KubeletCSRs over nodes, each with kubelet
+// facts and prepared keys, and a fake API holding the Node objects of
+// registered.
+func csrFixture(t *testing.T, nodes, registered []string) (*Runtime, *fake.Clientset, *pki.CA) {
+	t.Helper()
 	rt, _, st := testRuntime(t)
-	nodes := []string{"cp1", "w1", "w2", "w3"}
 	rt.Config = testConfig(nodes[:1], nodes[1:])
 	for _, n := range nodes {
 		st.values[kubeletFactsKey(n)] = []byte(`{"RotateCertificates":true,"ServingDNS":["` + n + `"]}`)
@@ -102,7 +105,7 @@ func TestKubeletCSRsRequestsTogether(t *testing.T) {
 	}
 	rt.Out = &Outputs{}
 	var objs []runtime.Object
-	for _, n := range nodes {
+	for _, n := range registered {
 		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: n}}}})
 	}
@@ -112,6 +115,12 @@ func TestKubeletCSRsRequestsTogether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rt, c, newCA
+}
+
+func TestKubeletCSRsRequestsTogether(t *testing.T) {
+	nodes := []string{"cp1", "w1", "w2", "w3"}
+	rt, c, newCA := csrFixture(t, nodes, nodes)
 	total := 2 * len(nodes)
 	batchSigner(t, c, newCA, total) // 8 requests, all in flight at once
 	var mu sync.Mutex
@@ -135,5 +144,24 @@ func TestKubeletCSRsRequestsTogether(t *testing.T) {
 	// Reported in node order, whatever order they were signed in.
 	if len(progress) != total || !strings.Contains(progress[0], "kubelet-client.crt of cp1") || !strings.Contains(progress[total-1], "kubelet-serving.crt of w3") {
 		t.Errorf("progress:\n%s", strings.Join(progress, "\n"))
+	}
+}
+
+// TestKubeletCSRsStopsAtTheFirstFailure: w3 has no Node object, so its
+// serving request fails at once; the signer waits for all eight requests
+// and so never signs. The other requests stop instead of waiting out
+// their timeouts, and only the real failure is reported.
+func TestKubeletCSRsStopsAtTheFirstFailure(t *testing.T) {
+	nodes := []string{"cp1", "w1", "w2", "w3"}
+	rt, c, newCA := csrFixture(t, nodes, nodes[:3])
+	batchSigner(t, c, newCA, 2*len(nodes))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := (KubeletCSRs{}).Apply(ctx, rt, ClusterTarget)
+	if err == nil || !strings.Contains(err.Error(), `"w3" not found`) || strings.Contains(err.Error(), "context") || ctx.Err() != nil {
+		t.Fatalf("Apply = %v (test deadline: %v), want only w3's failure, before the deadline", err, ctx.Err())
+	}
+	if len(rt.Out.Values) != 0 {
+		t.Errorf("stored %d certificates, want none", len(rt.Out.Values))
 	}
 }

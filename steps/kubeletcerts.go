@@ -256,22 +256,38 @@ func (KubeletCSRs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	// The requests are independent (one CSR object each, named per run,
 	// node and kind, so a retry reuses it): in flight together, each
 	// mostly waiting for the controller-manager to sign, they take about
-	// as long as one does.
+	// as long as one does. The first failure stops the others (a signer
+	// that does not sign would otherwise cost a timeout per batch).
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	sem := make(chan struct{}, csrConcurrency)
 	var wg sync.WaitGroup
 	for _, q := range reqs {
 		wg.Go(func() {
-			sem <- struct{}{}
+			select {
+			case sem <- struct{}{}:
+			case <-rctx.Done():
+				q.err = rctx.Err()
+				return
+			}
 			defer func() { <-sem }()
-			q.issued, q.err = rt.requestKubeletCert(ctx, q.node, q.name, nil)
+			if q.issued, q.err = rt.requestKubeletCert(rctx, q.node, q.name, nil); q.err != nil {
+				cancel()
+			}
 		})
 	}
 	wg.Wait()
-	// Results in node order, every failure reported (a retry reuses the
-	// CSR objects already signed).
+	// Results in node order, every failure reported but those of the
+	// requests the first failure stopped (a retry reuses the CSR objects
+	// already signed).
 	var errs []error
+	var first error
 	for _, q := range reqs {
+		if first == nil && q.err != nil {
+			first = q.err
+		}
 		switch {
+		case q.err != nil && ctx.Err() == nil && errors.Is(q.err, context.Canceled):
 		case q.err != nil:
 			errs = append(errs, q.err)
 		case !pki.IssuedBy(q.issued.Cert, newCA.Cert):
@@ -280,6 +296,9 @@ func (KubeletCSRs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			rt.Out.Put(csrKey(q.node, q.name), q.issued.CertPEM)
 			rt.Printf("%s of %s issued through the CSR API: %s", q.name, q.node, pki.Describe(q.issued.Cert))
 		}
+	}
+	if len(errs) == 0 && first != nil {
+		errs = append(errs, first)
 	}
 	return errors.Join(errs...)
 }
