@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -646,13 +645,35 @@ func (e *env) probesCovered(t *testing.T, rep probes.Report, webhookCalls int64,
 	}
 }
 
-// kubeletStartRaces are the conditions a real kubelet reports for a
-// moment when it starts: kubelet.Run begins posting node status before
-// the pod lifecycle event generator's first relist (and, on a loaded
-// machine, can lose that race), so a restarted kubelet may report
-// NotReady until its next status update. Upstream behaviour, not
-// rotate's: a kubelet the rotation restarts may show it.
-var kubeletStartRaces = []string{"pleg has yet to be successful", "container runtime status check may not have completed yet"}
+// kubeletStartRaces are the conditions a real kubelet (v1.37) reports for
+// a moment when it starts, before its first status is Ready: kubelet.Run
+// begins posting node status before the pod lifecycle event generator's
+// first relist, and the CSI plugin marks the node not ready until it has
+// initialized the CSINode object. On a loaded machine a restarted kubelet
+// can post NotReady with these until its next status update. Upstream
+// behaviour, not rotate's: a kubelet the rotation restarts may show it.
+var kubeletStartRaces = []string{
+	"PLEG is not healthy: pleg has yet to be successful",
+	"container runtime status check may not have completed yet",
+	"CSINode is not yet initialized",
+}
+
+var conditionMessage = regexp.MustCompile(`"message":"((?:[^"\\]|\\.)*)"`)
+
+// onlyStartRaces reports whether a kubelet's "Node became not ready" log
+// line gives only start races as the reasons: its condition message (one
+// error, or several as "[a, b]") holds nothing else.
+func onlyStartRaces(line string) bool {
+	m := conditionMessage.FindStringSubmatch(line)
+	if m == nil || m[1] == "" {
+		return false
+	}
+	rest := m[1]
+	for _, r := range kubeletStartRaces {
+		rest = strings.ReplaceAll(rest, r, "")
+	}
+	return strings.Trim(rest, "[], ") == ""
+}
 
 // kubeletStartRace reports whether node's Ready flip during the test is
 // explained by its kubelet's own NotReady reports, all of them the start
@@ -673,9 +694,7 @@ func (e *env) kubeletStartRace(rep probes.Report, node string) (string, bool) {
 			continue
 		}
 		lines = append(lines, ev.Message)
-		if !slices.ContainsFunc(kubeletStartRaces, func(s string) bool { return strings.Contains(ev.Message, s) }) {
-			ok = false
-		}
+		ok = ok && onlyStartRaces(ev.Message)
 	}
 	if len(lines) == 0 {
 		return "none (the node lifecycle controller's verdict, or a line the log scan did not see)", false
@@ -901,4 +920,30 @@ func (e *env) reportTiming(t *testing.T, path string, wall time.Duration) {
 	b, _ := json.Marshal(perPhase)
 	t.Logf("e2e: full rotation wall time %s (3 kills and resumes, hold included): gates waiting on components %s, apply (rotate's own work incl. waits inside rollouts) %s; per phase %s",
 		wall.Round(time.Second), gate.Round(time.Second), apply.Round(time.Second), b)
+}
+
+// TestKubeletStartRaceLines: which "Node became not ready" lines count as
+// a kubelet's start race (no cluster needed).
+func TestKubeletStartRaceLines(t *testing.T) {
+	line := func(msg string) string {
+		return `I1130 12:13:04.955088    4414 setters.go:552] "Node became not ready" node="worker1" condition={"type":"Ready","status":"False","lastHeartbeatTime":"2026-11-30T12:13:04Z","lastTransitionTime":"2026-11-30T12:13:04Z","reason":"KubeletNotReady","message":"` + msg + `"}`
+	}
+	for msg, want := range map[string]bool{
+		"CSINode is not yet initialized":                                                       true,
+		"PLEG is not healthy: pleg has yet to be successful":                                   true,
+		"[CSINode is not yet initialized, PLEG is not healthy: pleg has yet to be successful]": true,
+		"container runtime status check may not have completed yet":                            true,
+		"[CSINode is not yet initialized, container runtime is down]":                          false,
+		"failed to initialize CSINode: timed out":                                              false,
+		"container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady": false,
+		"": false,
+		`PLEG is not healthy: pleg was last seen active 3m0s ago; threshold is 3m0s`: false,
+	} {
+		if got := onlyStartRaces(line(msg)); got != want {
+			t.Errorf("%q: %v, want %v", msg, got, want)
+		}
+	}
+	if onlyStartRaces(`"Node became not ready" node="w1"`) {
+		t.Error("a line without a condition message counted as a start race")
+	}
 }
