@@ -16,6 +16,10 @@ func shellQuote(s string) string {
 // shCommand renders `sh -c SCRIPT sh ARG...`: the script is fixed text and
 // every argument reaches it as a positional parameter ($1, $2, ...), so no
 // path or value is ever parsed as shell syntax.
+// ShCommand is the command line that runs script with sh, args as its
+// positional parameters (each quoted).
+func ShCommand(script string, args ...string) string { return shCommand(script, args...) }
+
 func shCommand(script string, args ...string) string {
 	var b strings.Builder
 	b.WriteString("sh -c ")

@@ -59,6 +59,20 @@ func (c *Config) Plan(opts Options) *Plan {
 	fan := func(s steps.Step, t []steps.Target, n int) PlannedStep {
 		return PlannedStep{Step: s, Targets: t, Concurrency: n}
 	}
+	seq := func(parts ...[]PlannedStep) []PlannedStep {
+		var out []PlannedStep
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	// The etcd CA's steps are there only when the run rotates it.
+	etcd := func(s ...PlannedStep) []PlannedStep {
+		if !c.Steps.Etcd {
+			return nil
+		}
+		return s
+	}
 	// Workers-only steps are dropped when there are no workers.
 	nodeSteps := func(cpStep, wStep steps.Step) []PlannedStep {
 		out := []PlannedStep{one(cpStep, cp)}
@@ -69,13 +83,16 @@ func (c *Config) Plan(opts Options) *Plan {
 	}
 
 	phases := []Phase{
-		{Name: "preflight", Short: "reach every node, check health, prepare the new CAs and certificates", Steps: []PlannedStep{
+		{Name: "preflight", Short: "reach every node, check health, prepare the new CAs and certificates", Steps: seq([]PlannedStep{
 			fan(steps.NodesReachable{}, all, wide),
 			one(steps.ClusterHealthy{}, cluster),
 			one(steps.WorkloadsBaseline{}, cluster),
-			one(steps.NewCAs{}, cluster),
-			fan(steps.PrepareCerts{}, all, wide),
-		}},
+		},
+			// A stacked etcd, healthy, with the members its gates will want,
+			// before anything is made for it.
+			etcd(one(steps.EtcdMembers{}, cluster)),
+			[]PlannedStep{one(steps.NewCAs{}, cluster), fan(steps.PrepareCerts{}, all, wide)},
+		)},
 		{Name: "distribute", Short: "new CAs and old+new bundles to the nodes", Steps: []PlannedStep{
 			fan(steps.Distribute(), all, wide),
 		}},
@@ -88,11 +105,14 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "in-cluster-clients", Short: "restart in-cluster clients so they load the bundle", Steps: []PlannedStep{
 			one(steps.InClusterClientsRestart(), cluster),
 		}},
-		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: []PlannedStep{
-			one(steps.ExtensionAuthSnapshot(), cluster),
-			one(steps.APIServerTrustBoth(), cp),
-			one(steps.ExtensionAuthWidened(), cluster),
-		}},
+		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: seq(
+			etcd(one(steps.EtcdTrustBoth(), cp)),
+			[]PlannedStep{
+				one(steps.ExtensionAuthSnapshot(), cluster),
+				one(steps.APIServerTrustBoth(), cp),
+				one(steps.ExtensionAuthWidened(), cluster),
+			},
+		)},
 		{Name: "scheduler-trust", Short: "schedulers trust old+new", Steps: []PlannedStep{
 			one(steps.SchedulerTrustBoth(), cp),
 		}},
@@ -103,15 +123,14 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "cloud-controller-manager", Short: "cloud-controller-manager trusts old+new, where present", Steps: []PlannedStep{
 			one(steps.CCMTrustBoth(), cp),
 		}},
-		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: append(append(append(
+		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: seq(
 			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
-			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers"))...),
-			one(steps.WorkloadsRestart(), cluster),
-			one(steps.NoKubeletCutOff{}, cluster),
-			one(steps.SwitchIssuance(), cp),
-			one(steps.KubeletCSRs{}, cluster)),
-			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers"))...),
-		},
+			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers")),
+			[]PlannedStep{one(steps.WorkloadsRestart(), cluster), one(steps.NoKubeletCutOff{}, cluster)},
+			etcd(one(steps.EtcdCerts(), cp)),
+			[]PlannedStep{one(steps.SwitchIssuance(), cp), one(steps.KubeletCSRs{}, cluster)},
+			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers")),
+		)},
 		{Name: "cluster-info", Short: "cluster-info carries the new CA; bootstrap signatures recomputed", Steps: []PlannedStep{
 			one(steps.ClusterInfo(), cluster),
 		}},
@@ -119,21 +138,26 @@ func (c *Config) Plan(opts Options) *Plan {
 			fan(steps.VerifyNode{}, all, wide),
 			one(steps.Verify{}, cluster),
 		}},
-		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: append(append(
+		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: seq(
 			[]PlannedStep{
 				one(steps.NoKubeletLockedOut{}, cluster),
 				one(steps.NarrowKCMRootCA(), cp),
 				one(steps.RootCANarrowed(), cluster),
+			},
+			etcd(one(steps.EtcdNarrow(), cp)),
+			[]PlannedStep{
 				one(steps.ControlPlaneCanonical(), cp),
 				one(steps.ExtensionAuthNarrowed(), cluster),
 				one(steps.WebhookCABundlesNarrowed(), cluster),
 			},
-			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers"))...),
-			one(steps.CCMNarrow(), cp),
-			fan(steps.ExtraKubeconfigsNarrowed(), all, wide),
-			fan(steps.Cleanup(), all, wide),
-			one(steps.DiscoveryHash{}, cluster)),
-		},
+			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers")),
+			[]PlannedStep{
+				one(steps.CCMNarrow(), cp),
+				fan(steps.ExtraKubeconfigsNarrowed(), all, wide),
+				fan(steps.Cleanup(), all, wide),
+				one(steps.DiscoveryHash{}, cluster),
+			},
+		)},
 	}
 	for i := range phases {
 		phases[i].Index = i

@@ -221,13 +221,15 @@ func (inv *Inventory) stepsConfig() steps.Config {
 		addExtraKubeconfigs(&c, n.Name, inv.ExtraKubeconfigs.Workers, n.ExtraKubeconfigs)
 	}
 	inv.resolveTopology(&c)
+	c.Etcd = inv.rotates(RootEtcd)
 	if g := inv.NewCA.Generate; g != nil {
-		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName}
+		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName, EtcdCommonName: g.EtcdCommonName}
 	}
 	if f := inv.NewCA.Files; f != nil {
 		c.NewCA = steps.NewCASpec{
 			ClusterCertFile: inv.localPath(f.ClusterCert), ClusterKeyFile: inv.localPath(f.ClusterKey),
 			FrontProxyCertFile: inv.localPath(f.FrontProxyCert), FrontProxyKeyFile: inv.localPath(f.FrontProxyKey),
+			EtcdCertFile: inv.localPath(f.EtcdCert), EtcdKeyFile: inv.localPath(f.EtcdKey),
 		}
 	}
 	return c

@@ -43,6 +43,9 @@ type Inventory struct {
 	NewCA      NewCASpec      `yaml:"newCA"`
 	Rollout    RolloutSpec    `yaml:"rollout"`
 	Hold       *bool          `yaml:"hold"`
+	// Rotate names the trust roots the run rotates (RootCluster, ...);
+	// default: the cluster and front-proxy CAs.
+	Rotate []string `yaml:"rotate"`
 	// ExtraKubeconfigs are kubeconfigs on the nodes besides kubeadm's
 	// (other tools', operators'), per role; a node's own list adds to its
 	// role's.
@@ -158,6 +161,7 @@ type GenerateSpec struct {
 	Validity             time.Duration `yaml:"validity"`
 	ClusterCommonName    string        `yaml:"clusterCommonName"`
 	FrontProxyCommonName string        `yaml:"frontProxyCommonName"`
+	EtcdCommonName       string        `yaml:"etcdCommonName"`
 }
 
 type CAFilesSpec struct {
@@ -165,6 +169,9 @@ type CAFilesSpec struct {
 	ClusterKey     string `yaml:"clusterKey"`
 	FrontProxyCert string `yaml:"frontProxyCert"`
 	FrontProxyKey  string `yaml:"frontProxyKey"`
+	// EtcdCert and EtcdKey are required when rotate lists etcd.
+	EtcdCert string `yaml:"etcdCert"`
+	EtcdKey  string `yaml:"etcdKey"`
 }
 
 type RolloutSpec struct {
@@ -529,6 +536,7 @@ func (inv *Inventory) applyDefaults() {
 		}
 		def(&g.ClusterCommonName, "kubernetes-ca-rotated")
 		def(&g.FrontProxyCommonName, "front-proxy-ca-rotated")
+		def(&g.EtcdCommonName, "etcd-ca-rotated")
 	}
 	r := &inv.Rollout
 	if r.WorkerBatchSize == 0 && r.WorkerBatchPercent == 0 {
@@ -551,6 +559,9 @@ func (inv *Inventory) applyDefaults() {
 	}
 	if inv.Hold == nil {
 		inv.Hold = boolPtr(true)
+	}
+	if len(inv.Rotate) == 0 {
+		inv.Rotate = []string{RootCluster, RootFrontProxy}
 	}
 	inv.applyTopologyDefaults()
 	inv.applyDiscoverDefaults()

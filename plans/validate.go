@@ -66,6 +66,7 @@ func (v *validator) validate() {
 	v.nodes()
 	v.paths()
 	v.kubelet()
+	v.rotate()
 	v.newCA()
 	v.rollout()
 	v.topology()
@@ -279,7 +280,7 @@ func (v *validator) newCA() {
 	case ca.Generate != nil && ca.Files != nil:
 		v.add("newCA", "set either generate or files, not both")
 	case ca.Files != nil:
-		for _, f := range caFiles(ca.Files) {
+		for _, f := range v.caFiles(ca.Files) {
 			if f.value == "" {
 				v.add("newCA.files."+f.key, "required")
 			} else {
@@ -299,17 +300,71 @@ func (v *validator) newCA() {
 		if g.ClusterCommonName == g.FrontProxyCommonName {
 			v.add("newCA.generate.frontProxyCommonName", "must differ from clusterCommonName %q", g.ClusterCommonName)
 		}
+		if v.inv.rotates(RootEtcd) && (g.EtcdCommonName == g.ClusterCommonName || g.EtcdCommonName == g.FrontProxyCommonName) {
+			v.add("newCA.generate.etcdCommonName", "must differ from clusterCommonName and frontProxyCommonName")
+		}
 	}
 }
 
-// caFiles is newCA.files in the documented order.
-func caFiles(f *CAFilesSpec) []struct{ key, value string } {
-	return []struct{ key, value string }{
+// caFiles is newCA.files in the documented order: the etcd CA's only
+// when the run rotates it (and then they are required like the others).
+func (v *validator) caFiles(f *CAFilesSpec) []struct{ key, value string } {
+	out := []struct{ key, value string }{
 		{"clusterCert", f.ClusterCert},
 		{"clusterKey", f.ClusterKey},
 		{"frontProxyCert", f.FrontProxyCert},
 		{"frontProxyKey", f.FrontProxyKey},
 	}
+	if v.inv.rotates(RootEtcd) {
+		out = append(out, []struct{ key, value string }{{"etcdCert", f.EtcdCert}, {"etcdKey", f.EtcdKey}}...)
+	} else if f.EtcdCert != "" || f.EtcdKey != "" {
+		v.add("newCA.files.etcdCert", "set, but rotate does not list etcd")
+	}
+	return out
+}
+
+// The trust roots a run can rotate (the inventory's rotate list).
+const (
+	RootCluster        = "cluster"
+	RootFrontProxy     = "front-proxy"
+	RootEtcd           = "etcd"
+	RootServiceAccount = "service-account"
+)
+
+// rotate checks the rotate list: known roots, each once. The cluster and
+// front-proxy CAs are always rotated together (the twelve phases are
+// theirs); etcd adds its CA to them.
+func (v *validator) rotate() {
+	seen := map[string]bool{}
+	for i, r := range v.inv.Rotate {
+		field := fmt.Sprintf("rotate[%d]", i)
+		switch r {
+		case RootCluster, RootFrontProxy, RootEtcd:
+		case RootServiceAccount:
+			v.add(field, "%q is not supported by this rotate yet; it rotates %s, %s and %s", r, RootCluster, RootFrontProxy, RootEtcd)
+			continue
+		default:
+			v.add(field, "%q is not a trust root rotate knows (%s, %s, %s)", r, RootCluster, RootFrontProxy, RootEtcd)
+			continue
+		}
+		if seen[r] {
+			v.add(field, "%q listed twice", r)
+		}
+		seen[r] = true
+	}
+	if len(v.inv.Rotate) > 0 && (!seen[RootCluster] || !seen[RootFrontProxy]) {
+		v.add("rotate", "must list %s and %s: they are rotated together, etcd in addition to them", RootCluster, RootFrontProxy)
+	}
+}
+
+// rotates says whether the inventory's rotate list names root.
+func (inv *Inventory) rotates(root string) bool {
+	for _, r := range inv.Rotate {
+		if r == root {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *validator) rollout() {

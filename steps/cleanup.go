@@ -11,10 +11,6 @@ import (
 	"github.com/kubeca/rotate/nodes/edit"
 )
 
-// rotateFiles are the files rotate adds next to kubeadm's in the pki dir
-// (see layout.go); cleanup removes them.
-var rotateFiles = []string{fileNewCACert, fileNewCAKey, fileNewFPCACert, fileNewFPCAKey, fileCABundle, fileFPCABundle}
-
 // cleanupStep removes rotate's files, but refuses while a static pod
 // manifest, the kubelet's config or a kubeconfig still names one of them:
 // the component would fail at its next restart (a safety net; every step of phase 12
@@ -90,7 +86,7 @@ func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, err
 			continue
 		}
 		raw := st.Content
-		for _, f := range rotateFiles {
+		for _, f := range c.rotateFiles() {
 			for _, line := range linesNaming(raw, c.pki(f)) {
 				out = append(out, fmt.Sprintf("%s names %s (%s)", p, c.pki(f), line))
 			}

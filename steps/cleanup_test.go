@@ -62,7 +62,7 @@ func TestCleanupRefusesFilesInUse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rt, r, _ := testRuntime(t)
 			rt.Config.ExtraKubeconfigs = map[string][]string{"cp1": tt.extra}
-			for _, f := range rotateFiles {
+			for _, f := range (&Config{}).rotateFiles() {
 				r.SetFile(rt.Config.pki(f), []byte("x"), 0o600)
 			}
 			if tt.setup != nil {

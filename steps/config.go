@@ -21,9 +21,11 @@ type NewCASpec struct {
 	Validity             time.Duration
 	ClusterCommonName    string
 	FrontProxyCommonName string
+	EtcdCommonName       string `json:",omitempty"`
 	// User-supplied PEM files, read at preflight.
 	ClusterCertFile, ClusterKeyFile       string
 	FrontProxyCertFile, FrontProxyKeyFile string
+	EtcdCertFile, EtcdKeyFile             string `json:",omitempty"`
 }
 
 // Workloads selects the pods restarted so they load the CA bundle.
@@ -66,6 +68,8 @@ type Config struct {
 	// ExtraKubeconfigs are kubeconfigs besides kubeadm's, by node (see
 	// extrakubeconfigs.go).
 	ExtraKubeconfigs map[string][]string
+	// Etcd: the run rotates the etcd CA of a stacked etcd too (etcd.go).
+	Etcd bool `json:",omitempty"`
 }
 
 // Timeout is the per-step, per-target deadline for a phase.

@@ -162,6 +162,10 @@ type Gates interface {
 	// Kubelet waits until the kubelet on node, restarted, is Ready and
 	// renews its lease.
 	Kubelet(ctx context.Context, rt *Runtime, node string) error
+	// Etcd waits until the etcd member on t is healthy (serving a
+	// certificate of the new etcd CA when servesNew) in a cluster of every
+	// member preflight recorded, all healthy.
+	Etcd(ctx context.Context, rt *Runtime, t Target, servesNew bool) error
 }
 
 // liveGates asks the node (process start time, local healthz) and the API
@@ -210,6 +214,11 @@ func (liveGates) Component(ctx context.Context, rt *Runtime, t Target, c Compone
 		}
 		return true, "", nil
 	})
+}
+
+// Etcd asks etcd from t's node (etcdHealthy).
+func (liveGates) Etcd(ctx context.Context, rt *Runtime, t Target, servesNew bool) error {
+	return rt.etcdHealthy(ctx, t, servesNew)
 }
 
 // Kubelet waits until the node is Ready and its Lease was renewed

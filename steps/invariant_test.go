@@ -77,27 +77,30 @@ func TestNoTrustNarrowedUnderARunningComponent(t *testing.T) {
 		name   string
 		layout func(t *testing.T) (cp, worker layout)
 		kill   bool
+		etcd   bool // the plan rotates the etcd CA too
 	}{
-		{"hand-written/clean", handWrittenLayout, false},
-		{"hand-written/killed-reverts", handWrittenLayout, true},
-		{"kubeadm/clean", kubeadmLayout, false},
-		{"kubeadm/killed-reverts", kubeadmLayout, true},
+		{"hand-written/clean", handWrittenLayout, false, false},
+		{"hand-written/killed-reverts", handWrittenLayout, true, false},
+		{"kubeadm/clean", kubeadmLayout, false, false},
+		{"kubeadm/killed-reverts", kubeadmLayout, true, false},
+		{"kubeadm+etcd/clean", kubeadmLayout, false, true},
+		{"kubeadm+etcd/killed-reverts", kubeadmLayout, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, worker := tc.layout(t)
-			runModel(t, withCCM(cp), worker, tc.kill)
+			runModel(t, withCCM(cp), worker, tc.kill, tc.etcd)
 		})
 	}
 }
 
 // runModel applies and reverts every node step of the plan, checking the
 // model on every operation.
-func runModel(t *testing.T, cp, worker layout, kill bool) {
+func runModel(t *testing.T, cp, worker layout, kill, etcd bool) {
 	ctx := context.Background()
 	m := &model{}
 	cpn, wn := m.addNode(cpNode, cp), m.addNode(workerNode, worker)
 	st := steps.NewTestStore()
-	runtime := modelRuntime(steps.MemNodes{cpNode: cpn, workerNode: wn}, steps.GateFunc(m.gate))
+	runtime := modelRuntime(steps.MemNodes{cpNode: cpn, workerNode: wn}, steps.GateFunc(m.gate), etcd)
 	m.begin("preflight", "apply", "")
 	prepare(t, st, runtime)
 	before := m.files()
@@ -109,7 +112,7 @@ func runModel(t *testing.T, cp, worker layout, kill bool) {
 		rt  *steps.Runtime
 	}
 	var done []applied
-	for _, ns := range planNodeSteps(t) {
+	for _, ns := range planNodeSteps(t, etcd) {
 		rt := runtime(st.ForStep(), backupID(ns.key+"@"+ns.t.Node))
 		m.begin(ns.key, "apply", ns.t.Node)
 		if err := ns.s.Apply(ctx, rt, ns.t); err != nil {
@@ -182,9 +185,10 @@ var (
 
 // modelRuntime returns the runtime a step gets on the nodes, with the
 // given store and backup id (the orchestrator's per-step scope).
-func modelRuntime(ns steps.MemNodes, gates steps.Gates) func(store steps.Store, backupID string) *steps.Runtime {
+func modelRuntime(ns steps.MemNodes, gates steps.Gates, etcd bool) func(store steps.Store, backupID string) *steps.Runtime {
 	cfg := steps.TestConfig([]string{cpNode}, []string{workerNode})
-	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new"}
+	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new", EtcdCommonName: "etcd-ca-new"}
+	cfg.Etcd = etcd
 	cfg.ExtraKubeconfigs = map[string][]string{cpNode: {extraCP}, workerNode: {extraWorker}}
 	return func(store steps.Store, backupID string) *steps.Runtime {
 		return &steps.Runtime{RunID: "20260101-000000-model", BackupID: backupID, Store: store,
@@ -236,10 +240,14 @@ type nodeStep struct {
 // planNodeSteps is every node-editing step of the real plan (plans.Build)
 // on a control-plane node and a worker, in plan order. Cluster steps
 // change API objects, not node files, and are left out.
-func planNodeSteps(t *testing.T) []nodeStep {
+func planNodeSteps(t *testing.T, etcd bool) []nodeStep {
 	t.Helper()
-	plan := plans.Build(&plans.Inventory{Nodes: plans.NodesSpec{
-		ControlPlane: []plans.NodeSpec{{Name: cpNode}}, Workers: []plans.NodeSpec{{Name: workerNode}}}}, plans.Options{})
+	inv := &plans.Inventory{Nodes: plans.NodesSpec{
+		ControlPlane: []plans.NodeSpec{{Name: cpNode}}, Workers: []plans.NodeSpec{{Name: workerNode}}}}
+	if etcd {
+		inv.Rotate = []string{plans.RootCluster, plans.RootFrontProxy, plans.RootEtcd}
+	}
+	plan := plans.Build(inv, plans.Options{})
 	var out []nodeStep
 	kinds := map[string]bool{}
 	for _, ph := range plan.Phases {

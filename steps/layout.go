@@ -31,7 +31,7 @@ const (
 // CA that must issue its replacement.
 type leafFile struct {
 	name string // base name without extension, in the pki dir
-	ca   string // CACluster or CAFrontProxy
+	ca   string // CACluster, CAFrontProxy or CAEtcd
 }
 
 var controlPlaneLeaves = []leafFile{

@@ -3,7 +3,6 @@ package steps
 import (
 	"context"
 	"fmt"
-	"io/fs"
 
 	"github.com/kubeca/rotate/nodes/edit"
 	"github.com/kubeca/rotate/pki"
@@ -50,14 +49,18 @@ func Distribute() *NodeEdit {
 			if t.Role != RoleControlPlane {
 				return []fileedit.Edit{fileedit.SetContent(c.pki(fileCABundle), cas.bundle, 0o644)}, nil
 			}
-			return []fileedit.Edit{
+			etcd, err := rt.etcdDistribute(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return append([]fileedit.Edit{
 				fileedit.SetContent(c.pki(fileNewCACert), cas.cluster.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileNewCAKey), cas.cluster.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileNewFPCACert), cas.frontProxy.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileNewFPCAKey), cas.frontProxy.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileCABundle), cas.bundle, 0o644),
 				fileedit.SetContent(c.pki(fileFPCABundle), cas.frontProxyBundle, 0o644),
-			}, nil
+			}, etcd...), nil
 		}}
 }
 
@@ -83,11 +86,15 @@ func APIServerTrustBoth() *NodeEdit {
 		Restart: []Component{APIServer},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			return []fileedit.Edit{setFlags(rt, APIServer, map[string]string{
+			flags := map[string]string{
 				"client-ca-file":                c.pki(fileCABundle),
 				"requestheader-client-ca-file":  c.pki(fileFPCABundle),
 				"kubelet-certificate-authority": c.pki(fileCABundle),
-			}, "kubelet-certificate-authority")}, nil
+			}
+			if c.Etcd {
+				flags["etcd-cafile"] = c.pki(fileEtcdCABundle)
+			}
+			return []fileedit.Edit{setFlags(rt, APIServer, flags, "kubelet-certificate-authority")}, nil
 		}}
 }
 
@@ -176,22 +183,16 @@ func SwitchIssuance() *NodeEdit {
 		Restart: []Component{APIServer, ControllerManager},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
-			var edits []fileedit.Edit
+			var names []string
 			for _, lf := range controlPlaneLeaves {
-				for _, ext := range []string{".crt", ".key"} {
-					v, ok, err := rt.Store.Value(ctx, prepKey(t.Node, lf.name+ext))
-					if err != nil {
-						return nil, err
-					}
-					if !ok {
-						return nil, fmt.Errorf("no prepared %s%s for %s", lf.name, ext, t.Node)
-					}
-					mode := fs.FileMode(0o644)
-					if ext == ".key" {
-						mode = 0o600
-					}
-					edits = append(edits, fileedit.SetContent(c.pki(lf.name+ext), v, mode))
-				}
+				names = append(names, lf.name)
+			}
+			if c.Etcd {
+				names = append(names, etcdAPIServerLeaf)
+			}
+			edits, err := rt.preparedLeaves(ctx, t, names...)
+			if err != nil {
+				return nil, err
 			}
 			edits = append(edits, setFlags(rt, ControllerManager, map[string]string{
 				"cluster-signing-cert-file": c.pki(fileNewCACert),
@@ -223,16 +224,20 @@ func ControlPlaneCanonical() *NodeEdit {
 				return nil, err
 			}
 			c := rt.Config
+			apiFlags := map[string]string{
+				"client-ca-file":                c.pki(fileCACert),
+				"requestheader-client-ca-file":  c.pki(fileFPCACert),
+				"kubelet-certificate-authority": c.pki(fileCACert),
+			}
+			if c.Etcd {
+				apiFlags["etcd-cafile"] = c.pki(fileEtcdCACert)
+			}
 			edits := []fileedit.Edit{
 				fileedit.SetContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileCAKey), cas.cluster.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileFPCACert), cas.frontProxy.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileFPCAKey), cas.frontProxy.NewKey, 0o600),
-				setFlags(rt, APIServer, map[string]string{
-					"client-ca-file":                c.pki(fileCACert),
-					"requestheader-client-ca-file":  c.pki(fileFPCACert),
-					"kubelet-certificate-authority": c.pki(fileCACert),
-				}, "kubelet-certificate-authority"),
+				setFlags(rt, APIServer, apiFlags, "kubelet-certificate-authority"),
 				setFlags(rt, ControllerManager, map[string]string{
 					"root-ca-file":                 c.pki(fileCACert),
 					"client-ca-file":               c.pki(fileCACert),
@@ -274,7 +279,7 @@ func Cleanup() Step {
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
 			var edits []fileedit.Edit
-			for _, f := range rotateFiles {
+			for _, f := range c.rotateFiles() {
 				edits = append(edits, fileedit.Remove(c.pki(f)))
 			}
 			return edits, nil

@@ -212,13 +212,21 @@ type NewCAs struct{}
 func (NewCAs) Name() string { return "new-cas" }
 
 func (NewCAs) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
-	for _, n := range []string{CACluster, CAFrontProxy} {
+	for _, n := range rt.Config.caNames() {
 		if _, ok, err := rt.Store.CA(ctx, n); err != nil || !ok {
 			return false, err
 		}
 	}
 	_, ok, err := rt.Store.Value(ctx, keyRotateAdminCert)
 	return ok, err
+}
+
+// caNames are the CAs the run rotates, by their names in the state file.
+func (c *Config) caNames() []string {
+	if c.Etcd {
+		return []string{CACluster, CAFrontProxy, CAEtcd}
+	}
+	return []string{CACluster, CAFrontProxy}
 }
 
 func (NewCAs) Gate(context.Context, *Runtime, Target) error   { return nil }
@@ -243,6 +251,10 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}{
 		{CACluster, fileCACert, fileCAKey, c.NewCA.ClusterCommonName, c.NewCA.ClusterCertFile, c.NewCA.ClusterKeyFile},
 		{CAFrontProxy, fileFPCACert, fileFPCAKey, c.NewCA.FrontProxyCommonName, c.NewCA.FrontProxyCertFile, c.NewCA.FrontProxyKeyFile},
+	}
+	if c.Etcd {
+		specs = append(specs, struct{ name, cert, key, cn, certFile, keyFile string }{
+			CAEtcd, fileEtcdCACert, fileEtcdCAKey, c.NewCA.EtcdCommonName, c.NewCA.EtcdCertFile, c.NewCA.EtcdKeyFile})
 	}
 	var newCluster *pki.CA
 	for _, s := range specs {
@@ -340,8 +352,15 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		if err != nil {
 			return err
 		}
+		leaves := c.leaves()
+		cas := map[string]*pki.CA{CACluster: cluster, CAFrontProxy: fp}
+		if c.Etcd {
+			if cas[CAEtcd], err = rt.etcdPreflight(ctx, r, t); err != nil {
+				return err
+			}
+		}
 		var paths []string
-		for _, lf := range controlPlaneLeaves {
+		for _, lf := range leaves {
 			paths = append(paths, c.pki(lf.name+".crt"))
 		}
 		for _, kc := range edit.ControlPlaneKubeconfigs {
@@ -352,7 +371,7 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			return err
 		}
 		r := nodes.Runner(b)
-		for _, lf := range controlPlaneLeaves {
+		for _, lf := range leaves {
 			p := c.pki(lf.name + ".crt")
 			raw, err := r.ReadFile(ctx, p)
 			if err != nil {
@@ -362,11 +381,7 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			if err != nil {
 				return fmt.Errorf("%s on %s: %w", p, t.Node, err)
 			}
-			ca := cluster
-			if lf.ca == CAFrontProxy {
-				ca = fp
-			}
-			is, err := pki.Reissue(certs[0], ca, pki.ReissueOptions{})
+			is, err := pki.Reissue(certs[0], cas[lf.ca], pki.ReissueOptions{})
 			if err != nil {
 				return fmt.Errorf("re-issue %s of %s: %w", p, t.Node, err)
 			}

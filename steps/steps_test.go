@@ -73,6 +73,9 @@ func (g gateFunc) Component(ctx context.Context, rt *Runtime, t Target, c Compon
 func (g gateFunc) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 	return g(node, "kubelet")
 }
+func (g gateFunc) Etcd(ctx context.Context, rt *Runtime, t Target, servesNew bool) error {
+	return g(t.Node, Etcd.Name)
+}
 
 // testConfig is kubeadm's layout with the given nodes.
 func testConfig(controlPlane, workers []string) *Config {

@@ -272,7 +272,7 @@ type finding struct {
 // run's state.
 type verifyInputs struct {
 	newCA  *x509.Certificate   // the new cluster CA
-	oldCAs []*x509.Certificate // the old cluster and front-proxy CAs
+	oldCAs []*x509.Certificate // the old cluster, front-proxy (and etcd) CAs
 	client tls.Certificate     // rotate's client certificate from the new CA
 	bundle []byte              // old+new cluster CA
 }
@@ -302,6 +302,17 @@ func (rt *Runtime) verifyInputs(ctx context.Context) (verifyInputs, error) {
 		return in, fmt.Errorf("rotate's client certificate: %w", err)
 	}
 	in.newCA, in.oldCAs, in.bundle = newCA[0], append(oldCAs, oldFP...), cas.bundle
+	if rt.Config.Etcd {
+		pair, err := rt.caPair(ctx, CAEtcd)
+		if err != nil {
+			return in, err
+		}
+		oldEtcd, err := pki.ParseCertsPEM(pair.OldCert)
+		if err != nil {
+			return in, err
+		}
+		in.oldCAs = append(in.oldCAs, oldEtcd...)
+	}
 	return in, nil
 }
 
@@ -378,7 +389,7 @@ func (rt *Runtime) verifiedFiles(t Target) []string {
 		for _, kc := range edit.ControlPlaneKubeconfigs {
 			paths = append(paths, c.kubeDir(kc.Name))
 		}
-		for _, lf := range controlPlaneLeaves {
+		for _, lf := range c.leaves() {
 			paths = append(paths, c.pki(lf.name+".crt"))
 		}
 	}
@@ -440,7 +451,7 @@ func (rt *Runtime) verifyControlPlaneCerts(ctx context.Context, n string, oldCAs
 		}
 		srcs = append(srcs, pki.Source{Where: n + ":" + rt.Config.kubeDir(kc.Name), PEM: kc.Client.CertPEM})
 	}
-	for _, lf := range controlPlaneLeaves {
+	for _, lf := range rt.Config.leaves() {
 		raw, err := r.ReadFile(ctx, rt.Config.pki(lf.name+".crt"))
 		if err != nil {
 			problem(err.Error())
