@@ -21,7 +21,9 @@
 //     KCM's, scheduler's and kubelets' logs show no x509 or Unauthorized
 //     lines;
 //   - webhook: the apiserver's calls to an admission webhook whose
-//     serving certificate the cluster CA issued through the CSR API.
+//     serving certificate the cluster CA issued through the CSR API;
+//   - storage: a value written and read back through the apiservers
+//     every second (storage.go): etcd keeps quorum.
 //
 // A report is clean when no request failed with an x509 error, 401 or
 // 403. Connection failures while a component restarts are counted as
@@ -134,7 +136,7 @@ func (o *Options) setDefaults(c *clusterinfo.Cluster) {
 }
 
 // AllProbes lists the probe names.
-var AllProbes = []string{ProbeAdmin, ProbeNode, ProbeNodeProxy, ProbeInCluster, ProbeAggregated, ProbeWebhook, ProbeLease, ProbeLogs}
+var AllProbes = []string{ProbeAdmin, ProbeNode, ProbeNodeProxy, ProbeInCluster, ProbeAggregated, ProbeWebhook, ProbeLease, ProbeLogs, ProbeStorage}
 
 func (o *Options) enabled(name string) bool {
 	return len(o.Probes) == 0 || slices.Contains(o.Probes, name)
@@ -229,7 +231,7 @@ func StartCluster(ctx context.Context, c *clusterinfo.Cluster, opts Options) (*R
 		switch {
 		case opts.enabled(ProbeInCluster):
 			err = Setup(setupCtx, client, opts.Namespace)
-		case opts.enabled(ProbeAggregated), opts.enabled(ProbeWebhook):
+		case opts.enabled(ProbeAggregated), opts.enabled(ProbeWebhook), opts.enabled(ProbeStorage):
 			err = ensureNamespace(setupCtx, client, opts.Namespace)
 		}
 		if err != nil {
@@ -296,6 +298,9 @@ func StartCluster(ctx context.Context, c *clusterinfo.Cluster, opts Options) (*R
 	}
 	if opts.enabled(ProbeLease) {
 		r.startLeases(runCtx)
+	}
+	if opts.enabled(ProbeStorage) {
+		r.startStorage(runCtx)
 	}
 	if opts.enabled(ProbeLogs) {
 		r.startLogScan(runCtx)

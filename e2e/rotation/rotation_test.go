@@ -117,7 +117,47 @@ func (e *env) client(t *testing.T) kubernetes.Interface {
 // credential somebody holds was not trusted by whoever checked it.
 func (e *env) probesClean(t *testing.T, when string) {
 	t.Helper()
-	credentialFailures(t, e.probes.Snapshot(), when)
+	rep := e.probes.Snapshot()
+	credentialFailures(t, rep, when)
+	storageKept(t, rep, when)
+}
+
+// storageKept fails the test unless the storage probe wrote and read back
+// its value every second so far through some apiserver: etcd kept quorum,
+// also while its members restarted one by one.
+func storageKept(t *testing.T, rep probes.Report, when string) {
+	t.Helper()
+	st := rep.Probes[probes.ProbeStorage]
+	if st == nil || st.OK == 0 {
+		t.Errorf("%s: the storage probe never stored a value", when)
+		return
+	}
+	if st.Requests == st.OK {
+		return
+	}
+	for _, f := range rep.Failures {
+		if f.Probe == probes.ProbeStorage {
+			t.Logf("e2e: storage failure %s %s", f.Time.Format("15:04:05.000"), f.Error)
+		}
+	}
+	t.Errorf("%s: storage probe: %d of %d writes+reads failed on every apiserver", when, st.Requests-st.OK, st.Requests)
+}
+
+// checkEtcdRotated reads the etcd CA now on cp1, which must differ from
+// before, and checks every member on it, refusing before's certificates.
+func (e *env) checkEtcdRotated(t *testing.T, ctx context.Context, before *pki.CA, when string) *pki.CA {
+	t.Helper()
+	now, err := verify.ReadCA(e.cp1(), "etcd/ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pki.Fingerprint(now.Cert) == pki.Fingerprint(before.Cert) {
+		t.Fatalf("%s: etcd/ca.crt on cp1 is still the etcd CA from before", when)
+	}
+	if err := verify.EtcdOnCA(ctx, e.info, now, before); err != nil {
+		t.Errorf("%s: %v", when, err)
+	}
+	return now
 }
 
 func credentialFailures(t *testing.T, rep probes.Report, when string) {
@@ -141,6 +181,7 @@ func credentialFailures(t *testing.T, rep probes.Report, when string) {
 
 var (
 	killMidFanOut    = regexp.MustCompile(`\] distribute\s+\S+\s+done`)
+	killMidEtcd      = regexp.MustCompile(`\] etcd-trust-both\s+cp\S*\s+done`)
 	killMidAPIServer = regexp.MustCompile(`\] apiserver-trust-both\s+cp\S*\s+done`)
 	killMidKubelets  = regexp.MustCompile(`\] kubelet-trust-workers\s+\S+\s+done`)
 	killAfterSwitch  = regexp.MustCompile(`\] kubelet-client-cp\s+\S+\s+done`)
@@ -180,6 +221,10 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e0, err := verify.ReadCA(e.cp1(), "etcd/ca")
+	if err != nil {
+		t.Fatal(err)
+	}
 	inv := e.info.Inventory
 	dir := filepath.Join(e.workdir, "run1")
 	os.MkdirAll(dir, 0o700)
@@ -195,6 +240,8 @@ func TestRotation(t *testing.T) {
 		"worker1: create /etc/kubernetes/pki/rotate-ca-bundle.crt",
 		"update ConfigMap kube-public/cluster-info keys kubeconfig",
 		"restart kube-apiserver (static pod)",
+		"+- --trusted-ca-file=/etc/kubernetes/pki/etcd/rotate-ca-bundle.crt",
+		"cp2: update /etc/kubernetes/pki/etcd/server.crt",
 	} {
 		if !strings.Contains(pl.out, want) {
 			t.Errorf("plan --live lacks %q", want)
@@ -232,7 +279,9 @@ func TestRotation(t *testing.T) {
 			watched = e.statusDuringRun(t, ctx, dir)
 		}
 	}
-	for _, kill := range []*regexp.Regexp{killMidAPIServer, killMidKubelets} {
+	// Killed in the middle of the etcd member roll too: one member trusts
+	// both etcd CAs, the others not yet.
+	for _, kill := range []*regexp.Regexp{killMidEtcd, killMidAPIServer, killMidKubelets} {
 		r = rotate(t, ctx, dir, kill, watch, "resume")
 		if !r.killed {
 			t.Fatalf("resume was not killed at %s (exit %d)\n%s", kill, r.code, tail(r.out, 30))
@@ -310,6 +359,7 @@ func TestRotation(t *testing.T) {
 		t.Fatal("ca.crt on cp1 is still the old CA")
 	}
 	e.checkOnCA(t, ctx, c1, c0, "after the rotation")
+	e1 := e.checkEtcdRotated(t, ctx, e0, "after run 1")
 	newClient, err := verify.ClientCert(c1, "e2e-new-ca-client")
 	if err != nil {
 		t.Fatal(err)
@@ -423,6 +473,7 @@ func TestRotation(t *testing.T) {
 		t.Fatal("run 2 completed but ca.crt on cp1 is still run 1's CA")
 	}
 	e.checkOnCA(t, ctx, c2, c1, "after run 2, resumed after the fault")
+	e2 := e.checkEtcdRotated(t, ctx, e1, "after run 2")
 	e.probesClean(t, "after run 2")
 
 	// Rollback from the completed run.
@@ -447,6 +498,9 @@ func TestRotation(t *testing.T) {
 	}
 	// checkOnCA also proves a client certificate from run 2's CA rejected.
 	e.checkOnCA(t, ctx, c1, c2, "after rollback of the completed run")
+	if err := verify.EtcdOnCA(ctx, e.info, e1, e2); err != nil {
+		t.Errorf("after rollback of the completed run: %v", err)
+	}
 	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c1.Cert}, newClient, 200); err != nil {
 		t.Errorf("run 1's client certificate after rollback of run 2: %v", err)
 	}
@@ -454,9 +508,22 @@ func TestRotation(t *testing.T) {
 
 	// Run 3: killed after the signer switch, rolled back from there, still
 	// in slow mode -------------------------------------------------------
+	// The operator's inventory lists only the cluster and front-proxy CAs
+	// (rotate's default): the etcd CA is left as it is.
 	dir3 := filepath.Join(e.workdir, "run3")
 	os.MkdirAll(dir3, 0o700)
-	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv)
+	inv3 := filepath.Join(e.workdir, "inventory-default-roots.yaml")
+	if raw, err := os.ReadFile(inv); err != nil {
+		t.Fatal(err)
+	} else if raw, err = cluster.WithRoots(raw, []string{"cluster", "front-proxy"}); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(inv3, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv3)
+	if strings.Contains(r.out, "] etcd-") {
+		t.Errorf("run 3 does not rotate the etcd CA, but its output names etcd steps:\n%s", tail(r.out, 20))
+	}
 	if !r.killed {
 		t.Fatalf("run 3 was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
 	}
@@ -464,6 +531,9 @@ func TestRotation(t *testing.T) {
 	mustSucceed(t, r, "rollback from after the signer switch")
 	// Run 3's CA must be neither used nor trusted any more.
 	e.checkOnCA(t, ctx, c1, readStateCA(t, filepath.Join(dir3, "rotate.db")), "after rollback from mid-run")
+	if err := verify.EtcdOnCA(ctx, e.info, e1, e2); err != nil {
+		t.Errorf("after run 3 (etcd not listed) and its rollback: %v", err)
+	}
 	calls := e.probes.WebhookCalls()
 	rep := e.probes.Stop()
 	if p := os.Getenv("ROTATE_E2E_REPORT"); p != "" {
@@ -472,6 +542,7 @@ func TestRotation(t *testing.T) {
 		}
 	}
 	credentialFailures(t, rep, "over the whole test")
+	storageKept(t, rep, "over the whole test")
 	e.probesCovered(t, rep, calls, w2.Name)
 }
 

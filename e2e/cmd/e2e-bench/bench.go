@@ -98,7 +98,7 @@ func bench(ctx context.Context, o options) (err error) {
 		if err := grow(ctx, c, n, o.joinParallel); err != nil {
 			return err
 		}
-		inv, workers, err := writeInventory(c, o.workDir, n)
+		inv, workers, err := writeInventory(c, o.workDir, n, o.roots)
 		if err != nil {
 			return err
 		}
@@ -215,13 +215,16 @@ func grow(ctx context.Context, c *cluster.Cluster, n, joinParallel int) error {
 // writeInventory writes the harness's inventory (the joined workers, no
 // spares) with rollout.workerBatchPercent instead of workerBatchSize and
 // returns its path and the workers' names.
-func writeInventory(c *cluster.Cluster, dir string, n int) (string, []string, error) {
+func writeInventory(c *cluster.Cluster, dir string, n int, roots []string) (string, []string, error) {
 	raw, err := c.Inventory()
 	if err != nil {
 		return "", nil, err
 	}
 	raw, err = withBatchPercent(raw, batchPercent)
 	if err != nil {
+		return "", nil, err
+	}
+	if raw, err = cluster.WithRoots(raw, roots); err != nil {
 		return "", nil, err
 	}
 	var inv struct {
@@ -248,38 +251,24 @@ func writeInventory(c *cluster.Cluster, dir string, n int) (string, []string, er
 // withBatchPercent replaces rollout.workerBatchSize by
 // rollout.workerBatchPercent: pct (rotate accepts only one of them).
 func withBatchPercent(raw []byte, pct int) ([]byte, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return nil, err
-	}
-	if len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
-		return nil, errors.New("inventory is not a mapping")
-	}
-	rollout := mapValue(doc.Content[0], "rollout")
-	if rollout == nil || rollout.Kind != yaml.MappingNode {
-		return nil, errors.New("inventory has no rollout mapping")
-	}
-	var kept []*yaml.Node
-	for i := 0; i+1 < len(rollout.Content); i += 2 {
-		if k := rollout.Content[i].Value; k == "workerBatchSize" || k == "workerBatchPercent" {
-			continue
+	return cluster.EditInventory(raw, func(top *yaml.Node) error {
+		rollout := mapValue(top, "rollout")
+		if rollout == nil || rollout.Kind != yaml.MappingNode {
+			return errors.New("inventory has no rollout mapping")
 		}
-		kept = append(kept, rollout.Content[i], rollout.Content[i+1])
-	}
-	rollout.Content = append([]*yaml.Node{
-		{Kind: yaml.ScalarNode, Tag: "!!str", Value: "workerBatchPercent"},
-		{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(pct)},
-	}, kept...)
-	var buf bytes.Buffer
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(&doc); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+		var kept []*yaml.Node
+		for i := 0; i+1 < len(rollout.Content); i += 2 {
+			if k := rollout.Content[i].Value; k == "workerBatchSize" || k == "workerBatchPercent" {
+				continue
+			}
+			kept = append(kept, rollout.Content[i], rollout.Content[i+1])
+		}
+		rollout.Content = append([]*yaml.Node{
+			{Kind: yaml.ScalarNode, Tag: "!!str", Value: "workerBatchPercent"},
+			{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(pct)},
+		}, kept...)
+		return nil
+	})
 }
 
 func mapValue(m *yaml.Node, key string) *yaml.Node {

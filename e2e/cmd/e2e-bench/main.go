@@ -30,6 +30,7 @@ import (
 
 type options struct {
 	workers      []int
+	roots        []string
 	modes        []mode
 	rotateBin    string
 	out          string
@@ -117,6 +118,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&o.harnessBin, "harness-bin", binDir, "dir with a prebuilt e2e-node (default: $ROTATE_BIN_DIR, else built)")
 	fs.StringVar(&o.workDir, "work-dir", "", "where state files, inventories and rotate's logs go (default: a new temp dir, kept)")
 	fs.IntVar(&o.joinParallel, "join-parallel", 4, "spare workers joined at the same time")
+	fs.StringSliceVar(&o.roots, "roots", []string{"cluster", "front-proxy"}, "the inventory's rotate list: the trust roots each run rotates (the harness's inventory adds etcd; the bench's history is of these two)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "do not echo rotate's output (it is always in the work dir's logs)")
 	if err := fs.Parse(args); err != nil {
 		return err

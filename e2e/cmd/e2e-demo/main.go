@@ -73,6 +73,10 @@ func run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	oldEtcd, err := verify.ReadCA(info.Nodes[0], "etcd/ca")
+	if err != nil {
+		return err
+	}
 	oldClient, err := verify.ClientCert(oldCA, "demo-old-ca-client")
 	if err != nil {
 		return err
@@ -152,6 +156,13 @@ func run(ctx context.Context) (err error) {
 		}},
 		{"every kubelet client certificate is from the new CA", func() error { return verify.KubeletCertsIssuedBy(info, newCA.Cert) }},
 		{"every control-plane kubeconfig is on the new CA", func() error { return verify.KubeconfigsIssuedBy(info, newCA.Cert) }},
+		{"every etcd member serves certificates of the new etcd CA and refuses the old one's", func() error {
+			newEtcd, err := verify.ReadCA(info.Nodes[0], "etcd/ca")
+			if err != nil {
+				return err
+			}
+			return verify.EtcdOnCA(ctx, info, newEtcd, oldEtcd)
+		}},
 	}
 	failed := 0
 	for _, ch := range checks {
@@ -168,6 +179,12 @@ func run(ctx context.Context) (err error) {
 		fmt.Println("    ok   probes saw no x509/401/403 error during the rotation")
 	} else {
 		fmt.Println("    FAIL probes saw credential errors")
+		failed++
+	}
+	if st := rep.Probes[probes.ProbeStorage]; st != nil && st.OK > 0 && st.OK == st.Requests {
+		fmt.Printf("    ok   a value was written and read back through the apiservers every second (%d times): etcd kept quorum\n", st.OK)
+	} else {
+		fmt.Println("    FAIL the storage probe could not write and read back a value at some moment (or never ran)")
 		failed++
 	}
 	say("summary")
