@@ -455,6 +455,12 @@ func (EtcdMembers) Check(ctx context.Context, rt *Runtime, t Target) (bool, erro
 	return ok, err
 }
 
+// Preview is Apply: `rotate plan --live` refuses an external or unhealthy
+// etcd as the run would, before it describes any etcd step.
+func (s EtcdMembers) Preview(ctx context.Context, rt *Runtime, t Target) error {
+	return s.Apply(ctx, rt, t)
+}
+
 func (EtcdMembers) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	first := Target{Node: rt.Config.ControlPlane[0], Role: RoleControlPlane}
 	r, err := rt.node(ctx, first)
