@@ -37,6 +37,20 @@ func (rt *Runtime) oldCACarriers(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rt.Config.Etcd {
+		// etcd's clients outside the control plane (a monitoring stack's
+		// client certificate and CA in a Secret) break when the members
+		// narrow to the new etcd CA.
+		pair, err := rt.caPair(ctx, CAEtcd)
+		if err != nil {
+			return nil, err
+		}
+		e, err := parseOldCA(pair)
+		if err != nil {
+			return nil, err
+		}
+		olds = append(olds, e)
+	}
 	var out []string
 	scan := func(kind, ns, name, key string, data []byte) {
 		if line := oldCAInPEM(data, olds); line != "" {
@@ -82,17 +96,25 @@ func (rt *Runtime) oldCAs(ctx context.Context) ([]oldCA, error) {
 	}
 	var out []oldCA
 	for _, p := range []CAPair{cas.cluster, cas.frontProxy} {
-		o, err := pki.ParseCertsPEM(p.OldCert)
+		o, err := parseOldCA(p)
 		if err != nil {
-			return nil, fmt.Errorf("old %s CA: %w", p.Name, err)
+			return nil, err
 		}
-		n, err := pki.ParseCertsPEM(p.NewCert)
-		if err != nil {
-			return nil, fmt.Errorf("new %s CA: %w", p.Name, err)
-		}
-		out = append(out, oldCA{name: p.Name, old: o, new: n})
+		out = append(out, o)
 	}
 	return out, nil
+}
+
+func parseOldCA(p CAPair) (oldCA, error) {
+	o, err := pki.ParseCertsPEM(p.OldCert)
+	if err != nil {
+		return oldCA{}, fmt.Errorf("old %s CA: %w", p.Name, err)
+	}
+	n, err := pki.ParseCertsPEM(p.NewCert)
+	if err != nil {
+		return oldCA{}, fmt.Errorf("new %s CA: %w", p.Name, err)
+	}
+	return oldCA{name: p.Name, old: o, new: n}, nil
 }
 
 // oldCA is one of the run's CAs: its name, the old certificates (ca.crt

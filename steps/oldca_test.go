@@ -66,6 +66,36 @@ func TestOldCACarriers(t *testing.T) {
 	}
 }
 
+// TestOldEtcdCACarriers: with the etcd CA in the run, a monitoring stack's
+// etcd CA and client certificate in a Secret are listed as well.
+func TestOldEtcdCACarriers(t *testing.T) {
+	rt, _, st := testRuntime(t)
+	rt.Config.Etcd = true
+	e0, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca-new"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.cas[CAEtcd] = CAPair{Name: CAEtcd, OldCert: e0.CertPEM, OldKey: e0.KeyPEM, NewCert: e1.CertPEM, NewKey: e1.KeyPEM}
+	leaf := clientCert(t, e0, "prometheus-etcd")
+	rt.Kube = fake.NewClientset(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "monitoring", Name: "etcd-certs"},
+		Data: map[string][]byte{"ca.crt": e0.CertPEM, "client.crt": leaf.CertPEM, "client.key": leaf.KeyPEM}})
+	got, err := rt.oldCACarriers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"Secret monitoring/etcd-certs key ca.crt holds the old etcd CA, not the new one: add the new CA before resuming",
+		"Secret monitoring/etcd-certs key client.crt holds " + pki.Describe(leaf.Cert) + ", issued by the old etcd CA: re-issue it from the new CA before resuming",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("carriers:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 // TestVerifyListsOldCACarriers: the hold report names a Secret that still
 // holds the old CA.
 func TestVerifyListsOldCACarriers(t *testing.T) {
