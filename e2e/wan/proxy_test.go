@@ -53,9 +53,10 @@ func proxyTo(t *testing.T, oneWay time.Duration, target string) string {
 
 // TestDelay: a banner (what an SSH server sends first) arrives a full
 // round trip plus the handshake after connect, every request/response
-// round trip takes at least 2×oneWay, and a burst of chunks arrives
-// oneWay×2 later as a whole, in order — the delay does not serialize
-// throughput.
+// round trip takes at least 2×oneWay, and a burst of chunks arrives as a
+// whole, in order, in a fraction of the time one delay per chunk would
+// take — the delay does not serialize throughput. Upper bounds on single
+// round trips would measure the machine's load, not the proxy.
 func TestDelay(t *testing.T) {
 	const oneWay = 25 * time.Millisecond
 	addr := proxyTo(t, oneWay, echoServer(t, "SSH-2.0-test\r\n"))
@@ -80,12 +81,10 @@ func TestDelay(t *testing.T) {
 		if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
 			t.Fatalf("echo %q, %v", line, err)
 		}
-		rtt := time.Since(t1)
-		if rtt < 2*oneWay {
+		// A lower bound only: how much longer it takes is the machine's
+		// load (CI saw 153 ms beside the e2e suite), not the proxy's.
+		if rtt := time.Since(t1); rtt < 2*oneWay {
 			t.Errorf("round trip %d: %s, want ≥ %s", i, rtt, 2*oneWay)
-		}
-		if rtt > 2*oneWay+40*time.Millisecond {
-			t.Errorf("round trip %d: %s, want about %s", i, rtt, 2*oneWay)
 		}
 	}
 	// A burst of 200 writes: all back about one round trip later.
@@ -105,8 +104,11 @@ func TestDelay(t *testing.T) {
 	if !bytes.Equal(got, want.Bytes()) {
 		t.Fatal("burst came back out of order or changed")
 	}
-	if d := time.Since(t2); d < 2*oneWay || d > 2*oneWay+150*time.Millisecond {
-		t.Errorf("burst of 200 writes took %s, want about one round trip (%s)", d, 2*oneWay)
+	// Not serialized: one delay per chunk would take 200 one-way delays
+	// (5 s); the bound is a fifth of that, far above any load's effect
+	// on one round trip.
+	if d := time.Since(t2); d < 2*oneWay || d >= 40*oneWay {
+		t.Errorf("burst of 200 writes took %s, want about one round trip (%s), far below 200 one-way delays", d, 2*oneWay)
 	}
 }
 
