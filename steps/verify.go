@@ -243,6 +243,10 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 	rep.Attention = append(rep.Attention, carriers...)
 	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) not listed in the inventory's extraKubeconfigs still trust and present the old CA: give them the new CA data and new client certificates before resuming")
+	if rt.Config.Etcd {
+		rep.Attention = append(rep.Attention, fmt.Sprintf("etcd members serve certificates of the new etcd CA: tools that verify them with %s (etcdctl, backup jobs) need %s until trust narrows, when %s becomes the new etcd CA; their own client certificates of the old etcd CA stop working then",
+			rt.Config.pki(fileEtcdCACert), rt.Config.pki(fileEtcdCABundle), rt.Config.pki(fileEtcdCACert)))
+	}
 	if rep.Workloads, err = rt.workloadHoldLines(ctx); err != nil {
 		return err
 	}

@@ -469,3 +469,40 @@ func TestVerifyPerNode(t *testing.T) {
 		t.Fatalf("hold report verified = %q", rep.Verified)
 	}
 }
+
+// TestVerifyEtcd: with the etcd CA in the run, verify requires the
+// members' and the apiserver's etcd certificates from the new etcd CA and
+// tells the operator about tools that verify etcd with etcd/ca.crt.
+func TestVerifyEtcd(t *testing.T) {
+	f := newVerifyFixture(t)
+	f.rt.Config.Etcd = true
+	e0, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca-new"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.st.cas[CAEtcd] = CAPair{Name: CAEtcd, OldCert: e0.CertPEM, OldKey: e0.KeyPEM, NewCert: e1.CertPEM, NewKey: e1.KeyPEM}
+	cp1, _ := f.rt.Nodes.Node(context.Background(), "cp1")
+	leaf := func(ca *pki.CA, name string) []byte {
+		return clientCert(t, ca, name).CertPEM
+	}
+	for _, n := range append(etcdMemberLeaves, etcdAPIServerLeaf) {
+		cp1.(*nodes.MemRunner).SetFile("/etc/kubernetes/pki/"+n+".crt", leaf(e1, n), 0o644)
+	}
+	f.preflight(t)
+	rep, err := f.verify(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const line = "tools that verify them with /etc/kubernetes/pki/etcd/ca.crt (etcdctl, backup jobs) need /etc/kubernetes/pki/etcd/rotate-ca-bundle.crt until trust narrows"
+	if !strings.Contains(strings.Join(rep.Attention, "\n"), line) {
+		t.Errorf("attention lacks %q:\n%s", line, strings.Join(rep.Attention, "\n"))
+	}
+	cp1.(*nodes.MemRunner).SetFile("/etc/kubernetes/pki/etcd/peer.crt", leaf(e0, "peer"), 0o644)
+	if _, err := f.verify(t); err == nil || !strings.Contains(err.Error(), "cp1:/etc/kubernetes/pki/etcd/peer.crt is still issued by the old CA") {
+		t.Errorf("a member's peer certificate from the old etcd CA: %v", err)
+	}
+}
