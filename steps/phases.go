@@ -179,8 +179,12 @@ func KubeletTrustBoth(name string) *NodeEdit {
 // with the new CA, and the apiserver's serving, kubelet-client and
 // front-proxy-client certificates are replaced by ones from the new CAs.
 func SwitchIssuance() *NodeEdit {
+	// The controller-managers restart too: standbys first, so that the
+	// leadership moves once (restarting the leader first, then each
+	// standby just as it waits out the lease, left the lease unrenewed
+	// for 25 s in make demo).
 	return &NodeEdit{StepName: "switch-issuance", Short: "signer and apiserver certificates from the new CAs",
-		Restart: []Component{APIServer, ControllerManager},
+		Restart: []Component{APIServer, ControllerManager}, LeadersLast: []Component{ControllerManager},
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
 			var names []string
