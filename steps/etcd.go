@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/kubeca/rotate/nodes"
@@ -62,9 +63,9 @@ const (
 	keyEtcdMembers     = "prep/etcd-members"
 )
 
-// etcdLeaves are the certificates the etcd CA issues on each
-// control-plane node, re-issued by etcd-certs (the member's own) and
-// switch-issuance (the apiserver's client certificate).
+// The certificates the etcd CA issues on each control-plane node (pki
+// dir, without extension): the member's own, re-issued by etcd-certs, and
+// the apiserver's client certificate, re-issued by switch-issuance.
 var (
 	etcdMemberLeaves  = []string{"etcd/server", "etcd/peer", "etcd/healthcheck-client"}
 	etcdAPIServerLeaf = "apiserver-etcd-client"
@@ -276,7 +277,11 @@ func (rt *Runtime) stackedEtcd(ctx context.Context, r nodes.Runner, t Target) (e
 		if host == "0.0.0.0" || host == "::" || host == "" {
 			host = "127.0.0.1"
 		}
-		m.clientURL = "https://" + joinHostPort(host, atoiOr(pu.Port(), 2379))
+		port, err := strconv.Atoi(pu.Port())
+		if err != nil {
+			port = 2379 // no port in the URL: etcd's client port
+		}
+		m.clientURL = "https://" + joinHostPort(host, port)
 		break
 	}
 	if m.clientURL == "" {
@@ -505,18 +510,4 @@ func (rt *Runtime) etcdPreflight(ctx context.Context, r nodes.Runner, t Target) 
 		return nil, fmt.Errorf("%s on %s is not the etcd CA of %s, where the run read it: every control-plane node must hold the same etcd CA", p, t.Node, rt.Config.ControlPlane[0])
 	}
 	return rt.newCA(ctx, CAEtcd)
-}
-
-func atoiOr(s string, def int) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return def
-		}
-		n = n*10 + int(c-'0')
-	}
-	if s == "" {
-		return def
-	}
-	return n
 }

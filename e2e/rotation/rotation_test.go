@@ -206,9 +206,15 @@ var (
 //     1's CA;
 //  3. start, killed after the signer switch, rollback → run 1's CA.
 //
+// Runs 1 and 2 rotate the etcd CA too (the harness's inventory lists it;
+// run 1 is also killed mid member roll): every member then serves and
+// trusts only the new etcd CA, and after the rollback run 1's again. Run 3
+// lists the default roots and leaves the etcd CA alone.
+//
 // The probes run throughout and must record zero x509/401/403 errors —
 // the real kubelets' own requests and logs, apiserver → kubelet and the
-// admission webhook included — and no lease renewal gap.
+// admission webhook included — no lease renewal gap, and no second in
+// which no apiserver could write and read back a value (etcd quorum).
 func TestRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Minute)
 	defer cancel()
