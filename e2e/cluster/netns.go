@@ -145,7 +145,12 @@ func (c *Cluster) teardownNetwork(ctx context.Context) error {
 			continue
 		}
 		if _, err := run(ctx, "ip", "link", "del", l); err != nil {
-			errs = append(errs, err.Error())
+			// The kernel removes a veth whose peer's namespace was just
+			// deleted asynchronously: gone between the check and the
+			// delete is gone.
+			if _, serr := os.Stat(filepath.Join("/sys/class/net", l)); serr == nil {
+				errs = append(errs, err.Error())
+			}
 		}
 	}
 	if len(errs) > 0 {
