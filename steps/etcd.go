@@ -93,27 +93,13 @@ func (c *Config) rotateFiles() []string {
 	return out
 }
 
-// etcdBundle is the etcd CA bundle old+new.
-func (rt *Runtime) etcdBundle(ctx context.Context) (CAPair, []byte, error) {
-	pair, err := rt.caPair(ctx, CAEtcd)
-	if err != nil {
-		return pair, nil, err
-	}
-	nc, err := pki.ParseCertsPEM(pair.NewCert)
-	if err != nil {
-		return pair, nil, err
-	}
-	b, err := pki.BundleAdd(pair.OldCert, nc...)
-	return pair, b, err
-}
-
 // etcdDistribute is what distribute adds on a control-plane node when the
 // run rotates the etcd CA.
 func (rt *Runtime) etcdDistribute(ctx context.Context) ([]fileedit.Edit, error) {
 	if !rt.Config.Etcd {
 		return nil, nil
 	}
-	pair, bundle, err := rt.etcdBundle(ctx)
+	pair, bundle, err := rt.caBundle(ctx, CAEtcd)
 	if err != nil {
 		return nil, err
 	}
@@ -135,19 +121,21 @@ type etcdStep struct {
 }
 
 func (s *etcdStep) Gate(ctx context.Context, rt *Runtime, t Target) error {
-	if err := s.NodeEdit.Gate(ctx, rt, t); err != nil {
-		return err
-	}
-	return rt.gates().Etcd(ctx, rt, t, s.presentsNew)
+	return s.gate(ctx, rt, t, s.presentsNew)
 }
 
 // RevertGate waits for the restored member: restarted where the revert
 // restarts it, healthy in a quorate cluster either way.
 func (s *etcdStep) RevertGate(ctx context.Context, rt *Runtime, t Target) error {
+	return s.gate(ctx, rt, t, false)
+}
+
+// gate is the step's restart gate (none without a restart), then etcd's.
+func (s *etcdStep) gate(ctx context.Context, rt *Runtime, t Target, servesNew bool) error {
 	if err := s.NodeEdit.Gate(ctx, rt, t); err != nil {
 		return err
 	}
-	return rt.gates().Etcd(ctx, rt, t, false)
+	return rt.gates().Etcd(ctx, rt, t, servesNew)
 }
 
 // EtcdTrustBoth makes the member accept client and peer certificates of
@@ -222,7 +210,7 @@ var errExternalEtcd = errors.New("external etcd: rotating its CA is out of scope
 
 // etcdMember is what rotate needs of a node's etcd manifest.
 type etcdMember struct {
-	name      string
+	name      string // --name
 	trustedCA string // --trusted-ca-file
 	clientURL string // the first --listen-client-urls, as a local URL
 }

@@ -71,15 +71,7 @@ func TestOldCACarriers(t *testing.T) {
 func TestOldEtcdCACarriers(t *testing.T) {
 	rt, _, st := testRuntime(t)
 	rt.Config.Etcd = true
-	e0, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e1, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca-new"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.cas[CAEtcd] = CAPair{Name: CAEtcd, OldCert: e0.CertPEM, OldKey: e0.KeyPEM, NewCert: e1.CertPEM, NewKey: e1.KeyPEM}
+	e0, _ := withEtcdCA(t, st)
 	leaf := clientCert(t, e0, "prometheus-etcd")
 	rt.Kube = fake.NewClientset(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "monitoring", Name: "etcd-certs"},
 		Data: map[string][]byte{"ca.crt": e0.CertPEM, "client.crt": leaf.CertPEM, "client.key": leaf.KeyPEM}})
@@ -114,6 +106,21 @@ func TestVerifyListsOldCACarriers(t *testing.T) {
 	if !strings.Contains(strings.Join(rep.Attention, "\n"), line) {
 		t.Errorf("attention lacks %q:\n%s", line, strings.Join(rep.Attention, "\n"))
 	}
+}
+
+// withEtcdCA puts an etcd CA pair in the test store and returns the old
+// and the new CA.
+func withEtcdCA(t *testing.T, st *fakeStore) (old, new *pki.CA) {
+	t.Helper()
+	var err error
+	if old, err = pki.NewCA(pki.CAOptions{CommonName: "etcd-ca"}); err != nil {
+		t.Fatal(err)
+	}
+	if new, err = pki.NewCA(pki.CAOptions{CommonName: "etcd-ca-new"}); err != nil {
+		t.Fatal(err)
+	}
+	st.cas[CAEtcd] = CAPair{Name: CAEtcd, OldCert: old.CertPEM, OldKey: old.KeyPEM, NewCert: new.CertPEM, NewKey: new.KeyPEM}
+	return old, new
 }
 
 // oldTestCA is the old CA name of the test store, with its key.

@@ -246,15 +246,15 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		}
 		return b, nil
 	}
-	specs := []struct {
+	type caSpec struct {
 		name, cert, key, cn, certFile, keyFile string
-	}{
+	}
+	specs := []caSpec{
 		{CACluster, fileCACert, fileCAKey, c.NewCA.ClusterCommonName, c.NewCA.ClusterCertFile, c.NewCA.ClusterKeyFile},
 		{CAFrontProxy, fileFPCACert, fileFPCAKey, c.NewCA.FrontProxyCommonName, c.NewCA.FrontProxyCertFile, c.NewCA.FrontProxyKeyFile},
 	}
 	if c.Etcd {
-		specs = append(specs, struct{ name, cert, key, cn, certFile, keyFile string }{
-			CAEtcd, fileEtcdCACert, fileEtcdCAKey, c.NewCA.EtcdCommonName, c.NewCA.EtcdCertFile, c.NewCA.EtcdKeyFile})
+		specs = append(specs, caSpec{CAEtcd, fileEtcdCACert, fileEtcdCAKey, c.NewCA.EtcdCommonName, c.NewCA.EtcdCertFile, c.NewCA.EtcdKeyFile})
 	}
 	var newCluster *pki.CA
 	for _, s := range specs {
@@ -448,22 +448,25 @@ func (rt *Runtime) caPair(ctx context.Context, name string) (CAPair, error) {
 
 // bundles returns B = old+new for the cluster and front-proxy CAs.
 func (rt *Runtime) bundles(ctx context.Context) (cluster, frontProxy []byte, err error) {
-	mk := func(name string) ([]byte, error) {
-		pair, err := rt.caPair(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		nc, err := pki.ParseCertsPEM(pair.NewCert)
-		if err != nil {
-			return nil, err
-		}
-		return pki.BundleAdd(pair.OldCert, nc...)
-	}
-	if cluster, err = mk(CACluster); err != nil {
+	if _, cluster, err = rt.caBundle(ctx, CACluster); err != nil {
 		return nil, nil, err
 	}
-	frontProxy, err = mk(CAFrontProxy)
+	_, frontProxy, err = rt.caBundle(ctx, CAFrontProxy)
 	return cluster, frontProxy, err
+}
+
+// caBundle is the named CA's material and its bundle old+new, PEM.
+func (rt *Runtime) caBundle(ctx context.Context, name string) (CAPair, []byte, error) {
+	pair, err := rt.caPair(ctx, name)
+	if err != nil {
+		return pair, nil, err
+	}
+	nc, err := pki.ParseCertsPEM(pair.NewCert)
+	if err != nil {
+		return pair, nil, err
+	}
+	b, err := pki.BundleAdd(pair.OldCert, nc...)
+	return pair, b, err
 }
 
 // runStamp is the date-time part of a run id ("20261127-041840").

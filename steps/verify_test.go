@@ -476,15 +476,7 @@ func TestVerifyPerNode(t *testing.T) {
 func TestVerifyEtcd(t *testing.T) {
 	f := newVerifyFixture(t)
 	f.rt.Config.Etcd = true
-	e0, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e1, err := pki.NewCA(pki.CAOptions{CommonName: "etcd-ca-new"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.st.cas[CAEtcd] = CAPair{Name: CAEtcd, OldCert: e0.CertPEM, OldKey: e0.KeyPEM, NewCert: e1.CertPEM, NewKey: e1.KeyPEM}
+	e0, e1 := withEtcdCA(t, f.st)
 	cp1, _ := f.rt.Nodes.Node(context.Background(), "cp1")
 	leaf := func(ca *pki.CA, name string) []byte {
 		return clientCert(t, ca, name).CertPEM

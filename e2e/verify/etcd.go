@@ -36,15 +36,11 @@ func EtcdOnCA(ctx context.Context, info clusterinfo.Cluster, ca, other *pki.CA) 
 	var problems []string
 	for _, n := range info.ControlPlanes() {
 		for _, port := range []string{"2379", "2380"} {
-			cfg := &tls.Config{RootCAs: pool, ServerName: n.Address, Certificates: []tls.Certificate{good}}
-			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
-			conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.Address, port))
+			leaf, err := servedLeaf(ctx, n.Address, port, &tls.Config{RootCAs: pool, ServerName: n.Address, Certificates: []tls.Certificate{good}})
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("%s:%s: %v", n.Name, port, err))
 				continue
 			}
-			leaf := conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
-			conn.Close()
 			if !pki.IssuedBy(leaf, ca.Cert) {
 				problems = append(problems, fmt.Sprintf("%s:%s serves %s", n.Name, port, pki.Describe(leaf)))
 			}

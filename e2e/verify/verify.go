@@ -67,14 +67,11 @@ func ServingIssuer(ctx context.Context, info clusterinfo.Cluster, want *x509.Cer
 	pool.AddCert(want)
 	var problems []string
 	for _, n := range info.ControlPlanes() {
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: pool, ServerName: n.Address}}
-		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.Address, "6443"))
+		leaf, err := servedLeaf(ctx, n.Address, "6443", &tls.Config{RootCAs: pool, ServerName: n.Address})
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", n.Name, err))
 			continue
 		}
-		leaf := conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
-		conn.Close()
 		if !pki.IssuedBy(leaf, want) {
 			problems = append(problems, fmt.Sprintf("%s serves %s", n.Name, pki.Describe(leaf)))
 		}
@@ -83,6 +80,18 @@ func ServingIssuer(ctx context.Context, info clusterinfo.Cluster, want *x509.Cer
 		return fmt.Errorf("apiserver serving certificates not from %s: %s", pki.Describe(want), strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// servedLeaf completes a TLS handshake with host:port under cfg and
+// returns the certificate the server presented.
+func servedLeaf(ctx context.Context, host, port string, cfg *tls.Config) (*x509.Certificate, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 }
 
 // Answer is one apiserver's response.
