@@ -73,6 +73,14 @@ func (c *Config) Plan(opts Options) *Plan {
 		}
 		return s
 	}
+	// The service-account key's steps are there only when the run rotates
+	// it.
+	sa := func(s ...PlannedStep) []PlannedStep {
+		if !c.Steps.ServiceAccount {
+			return nil
+		}
+		return s
+	}
 	// Workers-only steps are dropped when there are no workers.
 	nodeSteps := func(cpStep, wStep steps.Step) []PlannedStep {
 		out := []PlannedStep{one(cpStep, cp)}
@@ -112,6 +120,7 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.APIServerTrustBoth(), cp),
 				one(steps.ExtensionAuthWidened(), cluster),
 			},
+			sa(one(steps.ServiceAccountKeys{}, cluster)),
 		)},
 		{Name: "scheduler-trust", Short: "schedulers trust old+new", Steps: []PlannedStep{
 			one(steps.SchedulerTrustBoth(), cp),
@@ -145,6 +154,10 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.RootCANarrowed(), cluster),
 			},
 			etcd(one(steps.EtcdNarrow(), cp)),
+			// Last before the old key goes: the restarts since the kubelets
+			// re-issued the tokens count toward the wait for clients to
+			// re-read them.
+			sa(one(steps.ServiceAccountTokens{}, cluster)),
 			[]PlannedStep{
 				one(steps.ControlPlaneCanonical(), cp),
 				one(steps.ExtensionAuthNarrowed(), cluster),

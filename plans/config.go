@@ -222,6 +222,7 @@ func (inv *Inventory) stepsConfig() steps.Config {
 	}
 	inv.resolveTopology(&c)
 	c.Etcd = inv.rotates(RootEtcd)
+	c.ServiceAccount = inv.rotates(RootServiceAccount)
 	if g := inv.NewCA.Generate; g != nil {
 		c.NewCA = steps.NewCASpec{Algorithm: g.Algorithm, Validity: g.Validity, ClusterCommonName: g.ClusterCommonName, FrontProxyCommonName: g.FrontProxyCommonName, EtcdCommonName: g.EtcdCommonName}
 	}

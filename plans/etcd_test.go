@@ -42,6 +42,13 @@ func TestEtcdStepsOrdered(t *testing.T) {
 		{"etcd-narrow", "control-plane-canonical"},
 		{"control-plane-canonical", "cleanup"},
 	}
+	stepsBefore(t, pos, before)
+}
+
+// stepsBefore checks that each pair's first step comes before its second
+// in the plan (pos: step name → index).
+func stepsBefore(t *testing.T, pos map[string]int, before [][2]string) {
+	t.Helper()
 	for _, b := range before {
 		i, ok1 := pos[b[0]]
 		j, ok2 := pos[b[1]]

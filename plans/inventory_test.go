@@ -194,13 +194,15 @@ func TestInventoryErrors(t *testing.T) {
 		{"negative rollout timeouts", valid + "rollout:\n  timeouts:\n    default: -1m\n    phases:\n      servers: -2m\n", []string{
 			"rollout.timeouts.default (line 20): must be positive, got -1m0s", "rollout.timeouts.phases.servers (line 22): must be positive, got -2m0s"}, 2},
 		{"unknown trust root", valid + "rotate: [cluster, front-proxy, etcdd]\n", []string{
-			`rotate[2] (line 18): "etcdd" is not a trust root rotate knows (cluster, front-proxy, etcd)`}, 1},
-		{"service-account not yet", valid + "rotate: [cluster, front-proxy, service-account]\n", []string{
-			`rotate[2] (line 18): "service-account" is not supported by this rotate yet`}, 1},
+			`rotate[2] (line 18): "etcdd" is not a trust root rotate knows (cluster, front-proxy, etcd, service-account)`}, 1},
+		{"service-account twice", valid + "rotate: [cluster, front-proxy, service-account, service-account]\n", []string{
+			`rotate[3] (line 18): "service-account" listed twice`}, 1},
+		{"service-account without the cluster CAs", valid + "rotate: [service-account]\n", []string{
+			`rotate (line 18): must list cluster and front-proxy`}, 1},
 		{"trust root twice", valid + "rotate: [cluster, front-proxy, etcd, etcd]\n", []string{
 			`rotate[3] (line 18): "etcd" listed twice`}, 1},
 		{"etcd without the cluster CAs", valid + "rotate: [etcd]\n", []string{
-			`rotate (line 18): must list cluster and front-proxy: they are rotated together, etcd in addition to them`}, 1},
+			`rotate (line 18): must list cluster and front-proxy: they are rotated together, etcd and service-account in addition to them`}, 1},
 		{"etcd CA files required with etcd", valid + "rotate: [cluster, front-proxy, etcd]\nnewCA:\n  files:\n    clusterCert: admin.conf\n    clusterKey: admin.conf\n    frontProxyCert: admin.conf\n    frontProxyKey: admin.conf\n", []string{
 			"newCA.files.etcdCert", "newCA.files.etcdKey"}, 2},
 		{"etcd CA files without etcd", valid + "newCA:\n  files:\n    clusterCert: admin.conf\n    clusterKey: admin.conf\n    frontProxyCert: admin.conf\n    frontProxyKey: admin.conf\n    etcdCert: admin.conf\n", []string{

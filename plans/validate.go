@@ -339,12 +339,9 @@ func (v *validator) rotate() {
 	for i, r := range v.inv.Rotate {
 		field := fmt.Sprintf("rotate[%d]", i)
 		switch r {
-		case RootCluster, RootFrontProxy, RootEtcd:
-		case RootServiceAccount:
-			v.add(field, "%q is not supported by this rotate yet; it rotates %s, %s and %s", r, RootCluster, RootFrontProxy, RootEtcd)
-			continue
+		case RootCluster, RootFrontProxy, RootEtcd, RootServiceAccount:
 		default:
-			v.add(field, "%q is not a trust root rotate knows (%s, %s, %s)", r, RootCluster, RootFrontProxy, RootEtcd)
+			v.add(field, "%q is not a trust root rotate knows (%s, %s, %s, %s)", r, RootCluster, RootFrontProxy, RootEtcd, RootServiceAccount)
 			continue
 		}
 		if seen[r] {
@@ -353,7 +350,7 @@ func (v *validator) rotate() {
 		seen[r] = true
 	}
 	if len(v.inv.Rotate) > 0 && (!seen[RootCluster] || !seen[RootFrontProxy]) {
-		v.add("rotate", "must list %s and %s: they are rotated together, etcd in addition to them", RootCluster, RootFrontProxy)
+		v.add("rotate", "must list %s and %s: they are rotated together, %s and %s in addition to them", RootCluster, RootFrontProxy, RootEtcd, RootServiceAccount)
 	}
 }
 

@@ -70,6 +70,9 @@ type Config struct {
 	ExtraKubeconfigs map[string][]string
 	// Etcd: the run rotates the etcd CA of a stacked etcd too (etcd.go).
 	Etcd bool `json:",omitempty"`
+	// ServiceAccount: the run rotates the service-account signing key too
+	// (serviceaccount.go).
+	ServiceAccount bool `json:",omitempty"`
 }
 
 // Timeout is the per-step, per-target deadline for a phase.

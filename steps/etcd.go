@@ -90,6 +90,9 @@ func (c *Config) rotateFiles() []string {
 	if c.Etcd {
 		out = append(out, fileNewEtcdCACert, fileNewEtcdCAKey, fileEtcdCABundle)
 	}
+	if c.ServiceAccount {
+		out = append(out, fileNewSAKey, fileNewSAPub, fileSABundle)
+	}
 	return out
 }
 

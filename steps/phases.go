@@ -53,6 +53,10 @@ func Distribute() *NodeEdit {
 			if err != nil {
 				return nil, err
 			}
+			sa, err := rt.saDistribute(ctx)
+			if err != nil {
+				return nil, err
+			}
 			return append([]fileedit.Edit{
 				fileedit.SetContent(c.pki(fileNewCACert), cas.cluster.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileNewCAKey), cas.cluster.NewKey, 0o600),
@@ -60,7 +64,7 @@ func Distribute() *NodeEdit {
 				fileedit.SetContent(c.pki(fileNewFPCAKey), cas.frontProxy.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileCABundle), cas.bundle, 0o644),
 				fileedit.SetContent(c.pki(fileFPCABundle), cas.frontProxyBundle, 0o644),
-			}, etcd...), nil
+			}, append(etcd, sa...)...), nil
 		}}
 }
 
@@ -93,6 +97,9 @@ func APIServerTrustBoth() *NodeEdit {
 			}
 			if c.Etcd {
 				flags["etcd-cafile"] = c.pki(fileEtcdCABundle)
+			}
+			if c.ServiceAccount {
+				flags["service-account-key-file"] = c.pki(fileSABundle)
 			}
 			return []fileedit.Edit{setFlags(rt, APIServer, flags, "kubelet-certificate-authority")}, nil
 		}}
@@ -198,10 +205,15 @@ func SwitchIssuance() *NodeEdit {
 			if err != nil {
 				return nil, err
 			}
-			edits = append(edits, setFlags(rt, ControllerManager, map[string]string{
+			kcm := map[string]string{
 				"cluster-signing-cert-file": c.pki(fileNewCACert),
 				"cluster-signing-key-file":  c.pki(fileNewCAKey),
-			}))
+			}
+			if c.ServiceAccount {
+				kcm["service-account-private-key-file"] = c.pki(fileNewSAKey)
+				edits = append(edits, setFlags(rt, APIServer, map[string]string{"service-account-signing-key-file": c.pki(fileNewSAKey)}))
+			}
+			edits = append(edits, setFlags(rt, ControllerManager, kcm, "service-account-private-key-file"))
 			return edits, nil
 		}}
 }
@@ -236,21 +248,37 @@ func ControlPlaneCanonical() *NodeEdit {
 			if c.Etcd {
 				apiFlags["etcd-cafile"] = c.pki(fileEtcdCACert)
 			}
+			kcmFlags := map[string]string{
+				"root-ca-file":                 c.pki(fileCACert),
+				"client-ca-file":               c.pki(fileCACert),
+				"requestheader-client-ca-file": c.pki(fileFPCACert),
+				"cluster-signing-cert-file":    c.pki(fileCACert),
+				"cluster-signing-key-file":     c.pki(fileCAKey),
+			}
+			var saEdits []fileedit.Edit
+			if c.ServiceAccount {
+				k, err := rt.saKeys(ctx)
+				if err != nil {
+					return nil, err
+				}
+				apiFlags["service-account-key-file"] = c.pki(fileSAPub)
+				apiFlags["service-account-signing-key-file"] = c.pki(fileSAKey)
+				kcmFlags["service-account-private-key-file"] = c.pki(fileSAKey)
+				saEdits = []fileedit.Edit{
+					fileedit.SetContent(c.pki(fileSAKey), k.pair.NewKey, 0o600),
+					fileedit.SetContent(c.pki(fileSAPub), k.pair.NewCert, 0o644),
+				}
+			}
 			edits := []fileedit.Edit{
 				fileedit.SetContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileCAKey), cas.cluster.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileFPCACert), cas.frontProxy.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileFPCAKey), cas.frontProxy.NewKey, 0o600),
 				setFlags(rt, APIServer, apiFlags, "kubelet-certificate-authority"),
-				setFlags(rt, ControllerManager, map[string]string{
-					"root-ca-file":                 c.pki(fileCACert),
-					"client-ca-file":               c.pki(fileCACert),
-					"requestheader-client-ca-file": c.pki(fileFPCACert),
-					"cluster-signing-cert-file":    c.pki(fileCACert),
-					"cluster-signing-key-file":     c.pki(fileCAKey),
-				}),
+				setFlags(rt, ControllerManager, kcmFlags, "service-account-private-key-file"),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
 			}
+			edits = append(edits, saEdits...)
 			for _, kc := range edit.ControlPlaneKubeconfigs {
 				edits = append(edits, kubeconfigCA(c.kubeDir(kc.Name), cas.cluster.NewCert, kc.Optional))
 			}

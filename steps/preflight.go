@@ -223,10 +223,14 @@ func (NewCAs) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
 
 // caNames are the CAs the run rotates, by their names in the state file.
 func (c *Config) caNames() []string {
+	out := []string{CACluster, CAFrontProxy}
 	if c.Etcd {
-		return []string{CACluster, CAFrontProxy, CAEtcd}
+		out = append(out, CAEtcd)
 	}
-	return []string{CACluster, CAFrontProxy}
+	if c.ServiceAccount {
+		out = append(out, CAServiceAccount)
+	}
+	return out
 }
 
 func (NewCAs) Gate(context.Context, *Runtime, Target) error   { return nil }
@@ -307,6 +311,13 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			newCluster = ca
 		}
 	}
+	if c.ServiceAccount {
+		pair, err := rt.newServiceAccountKey(ctx, r, first.Node)
+		if err != nil {
+			return err
+		}
+		rt.Out.PutCA(pair)
+	}
 	// rotate's own identity for the API once servers trust the new CA.
 	subject := pkix.Name{CommonName: "rotate", Organization: []string{"system:masters"}}
 	if rt.AdminCert != nil {
@@ -356,6 +367,11 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		cas := map[string]*pki.CA{CACluster: cluster, CAFrontProxy: fp}
 		if c.Etcd {
 			if cas[CAEtcd], err = rt.etcdPreflight(ctx, r, t); err != nil {
+				return err
+			}
+		}
+		if c.ServiceAccount {
+			if err := rt.saPreflight(ctx, r, t); err != nil {
 				return err
 			}
 		}

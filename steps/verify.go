@@ -247,6 +247,11 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		rep.Attention = append(rep.Attention, fmt.Sprintf("etcd members serve certificates of the new etcd CA: tools that verify them with %s (etcdctl, backup jobs) need %s until trust narrows, when %s becomes the new etcd CA; their own client certificates of the old etcd CA stop working then",
 			rt.Config.pki(fileEtcdCACert), rt.Config.pki(fileEtcdCABundle), rt.Config.pki(fileEtcdCACert)))
 	}
+	saLines, err := rt.saHoldLines(ctx)
+	if err != nil {
+		return err
+	}
+	rep.Attention = append(rep.Attention, saLines...)
 	if rep.Workloads, err = rt.workloadHoldLines(ctx); err != nil {
 		return err
 	}

@@ -1,0 +1,174 @@
+package steps
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kubeca/rotate/nodes"
+)
+
+// fakeToken is a JWT-shaped token with the given key id, issue time and
+// pod (the signature is not checked by the scan).
+func fakeToken(kid string, iat time.Time, ns, pod string) string {
+	enc := func(v any) string {
+		b, _ := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	claims := map[string]any{"iat": iat.Unix(), "kubernetes.io": map[string]any{"namespace": ns, "pod": map[string]string{"name": pod}}}
+	return enc(map[string]string{"alg": "RS256", "kid": kid}) + "." + enc(claims) + ".c2lnbmF0dXJl"
+}
+
+// The scan script, run by a real sh over a kubelet root laid out like the
+// kubelet's, finds every projected token (default and custom paths), skips
+// the volume's other files, and never prints a signature.
+func TestTokenScanScript(t *testing.T) {
+	root := t.TempDir()
+	iat := time.Unix(1796055721, 0)
+	files := map[string]string{
+		"pods/u1/volumes/kubernetes.io~projected/kube-api-access-a/token":     fakeToken("old", iat, "kube-system", "kube-proxy-x"),
+		"pods/u1/volumes/kubernetes.io~projected/kube-api-access-a/ca.crt":    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+		"pods/u1/volumes/kubernetes.io~projected/kube-api-access-a/namespace": "kube-system",
+		"pods/u2/volumes/kubernetes.io~projected/vault-token/vault":           fakeToken("new", iat.Add(time.Minute), "apps", "web-1"),
+		"pods/u2/volumes/kubernetes.io~configmap/cfg/token":                   fakeToken("old", iat, "apps", "not-projected"),
+	}
+	for p, c := range files {
+		f := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte(c), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command("sh", "-c", nodes.ShCommand(tokenScanScript, root)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "c2lnbmF0dXJl") {
+		t.Fatalf("the scan printed a token's signature:\n%s", out)
+	}
+	toks := parseTokenScan(string(out))
+	if len(toks) != 2 {
+		t.Fatalf("scan found %d tokens, want 2:\n%s", len(toks), out)
+	}
+	got := map[string]podToken{}
+	for _, tk := range toks {
+		got[tk.Pod] = tk
+	}
+	if tk := got["kube-system/kube-proxy-x"]; tk.KeyID != "old" || !tk.IssuedAt.Equal(iat) {
+		t.Errorf("kube-proxy token %+v, want kid old issued %s", tk, iat)
+	}
+	if tk := got["apps/web-1"]; tk.KeyID != "new" {
+		t.Errorf("custom-path token %+v, want kid new", tk)
+	}
+}
+
+// tokenNode is a node whose projected tokens are signed by the stale key
+// until its kubelet restarts, then by the wanted one.
+type tokenNode struct {
+	*nodes.MemRunner
+	mu        sync.Mutex
+	stale     bool
+	restarts  int
+	restartOK bool
+}
+
+func newTokenNode(name string, stale bool, iat time.Time) *tokenNode {
+	n := &tokenNode{MemRunner: nodes.NewMemRunner(name), stale: stale, restartOK: true}
+	n.RunFunc = func(ctx context.Context, cmd string, stdin []byte) (nodes.Result, error) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if cmd == "systemctl restart kubelet" {
+			if !n.restartOK {
+				return nodes.Result{}, errors.New("exit status 5")
+			}
+			n.restarts++
+			n.stale = false
+			return nodes.Result{}, nil
+		}
+		kid := "new"
+		if n.stale {
+			kid = "old"
+		}
+		tok := fakeToken(kid, iat, "default", "app-"+name)
+		head, rest, _ := strings.Cut(tok, ".")
+		claims, _, _ := strings.Cut(rest, ".")
+		return nodes.Result{Stdout: []byte("/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/k/token " + head + "." + claims + "\n")}, nil
+	}
+	return n
+}
+
+// Before trust narrows, a node whose pods still hold tokens of the old key
+// has its kubelet restarted (once) and waited for; nodes whose tokens are
+// already re-issued are left alone.
+func TestTokensSignedByRestartsStaleKubelets(t *testing.T) {
+	iat := time.Now().Add(-5 * time.Minute) // re-issued long ago: no settling wait
+	cp1, w1 := newTokenNode("cp1", false, iat), newTokenNode("w1", true, iat)
+	var mu sync.Mutex
+	var gated []string
+	rt := &Runtime{Nodes: memNodes{"cp1": cp1, "w1": w1}, Out: &Outputs{}, Config: testConfig([]string{"cp1"}, []string{"w1"}),
+		Gates: gateFunc(func(node, c string) error { mu.Lock(); gated = append(gated, node+"/"+c); mu.Unlock(); return nil })}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new"); err != nil {
+		t.Fatal(err)
+	}
+	if cp1.restarts != 0 || w1.restarts != 1 {
+		t.Errorf("kubelet restarts cp1=%d w1=%d, want 0 and 1", cp1.restarts, w1.restarts)
+	}
+	if len(gated) != 1 || gated[0] != "w1/kubelet" {
+		t.Errorf("gates %v, want the restarted kubelet of w1 only", gated)
+	}
+}
+
+// A kubelet that cannot be restarted fails the step, naming the node.
+func TestTokensSignedByRestartFails(t *testing.T) {
+	w1 := newTokenNode("w1", true, time.Now().Add(-time.Hour))
+	w1.restartOK = false
+	rt := &Runtime{Nodes: memNodes{"w1": w1}, Out: &Outputs{}, Config: testConfig(nil, []string{"w1"}),
+		Gates: gateFunc(func(string, string) error { return nil })}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new")
+	if err == nil || !strings.Contains(err.Error(), "w1") || !strings.Contains(err.Error(), "restart kubelet") {
+		t.Fatalf("err = %v, want the failed kubelet restart on w1", err)
+	}
+}
+
+// Tokens re-issued just now are waited on until clients that re-read their
+// token file once a minute have read them; the wait never exceeds
+// tokenSettle from now, whatever the apiserver's clock says.
+func TestTokensSignedBySettles(t *testing.T) {
+	now := time.Now()
+	clock := now
+	var mu sync.Mutex
+	w1 := newTokenNode("w1", false, now.Add(time.Hour)) // an apiserver clock far ahead
+	rt := &Runtime{Nodes: memNodes{"w1": w1}, Out: &Outputs{}, Config: testConfig(nil, []string{"w1"}),
+		Gates: gateFunc(func(string, string) error { return nil }),
+		Now: func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			clock = clock.Add(10 * time.Second) // each look is ten seconds later
+			return clock
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	waited := clock.Sub(now)
+	mu.Unlock()
+	if waited < tokenSettle || waited > tokenSettle+30*time.Second {
+		t.Errorf("waited %s of the step's clock, want about %s", waited, tokenSettle)
+	}
+}
