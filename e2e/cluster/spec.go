@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/kubeca/rotate/e2e/clusterinfo"
 )
 
 // Defaults.
@@ -224,7 +226,8 @@ func (n Node) nodeMounts() [][2]string {
 func (n Node) RootHome() string { return filepath.Join(n.Dir, "root-home") }
 func (n Node) HomeDir() string  { return filepath.Join(n.Dir, "home") }
 
-func mntFile(dir, node string) string { return filepath.Join(dir, "ns", node+".mnt") }
+// mntFile is clusterinfo.Cluster.MountNS.
+func mntFile(dir, node string) string { return (&clusterinfo.Cluster{Dir: dir}).MountNS(node) }
 func utsFile(dir, node string) string { return filepath.Join(dir, "ns", node+".uts") }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)

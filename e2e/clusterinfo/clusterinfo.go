@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -100,4 +101,12 @@ func (c *Cluster) ControlPlanes() []Node {
 		}
 	}
 	return out
+}
+
+// MountNS is the host path of node's persistent mount namespace (the
+// harness bind-mounts it under Dir/ns): what is mounted inside the node
+// only, such as the tmpfs of a pod's projected volume, is seen through it
+// (nsenter --mount=MountNS).
+func (c *Cluster) MountNS(node string) string {
+	return filepath.Join(c.Dir, "ns", node+".mnt")
 }

@@ -2,36 +2,49 @@ package probes
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/kubeca/rotate/pki"
 )
 
-// podIdentity is what a pod of the prober Deployment loaded when it
-// started: the CA bundle from kube-root-ca.crt and a token bound to it.
+// podIdentity is what a pod of the prober Deployment uses: the CA bundle
+// from kube-root-ca.crt, loaded when it started, and the service-account
+// token the kubelet mounted for it, as last read.
 type podIdentity struct {
 	uid      types.UID
 	name     string
+	node     string
 	caPEM    []byte
 	token    string
-	issuedAt time.Time
-	expires  time.Time
+	keyID    string    // the token's signing key
+	issuedAt time.Time // the token's iat
+	readAt   time.Time
 }
 
-// inCluster emulates a client running in the prober pod. It loads its CA
-// and token once per pod and reloads them only when the Deployment's
-// current Ready pod is another one (after a rollout restart), and renews
-// the token (not the CA) at 80% of its lifetime like the kubelet.
+// inCluster emulates a client-go client running in the prober pod: it
+// loads its CA once per pod (rest.InClusterConfig) and reads the token the
+// kubelet wrote into the pod's projected volume, re-reading it every
+// tokenReread (client-go's cached file token source) — so it sees what
+// the real kubelet does with the pod's token (re-issues it at 80 % of its
+// lifetime and whenever the kubelet restarts) no sooner than a real pod
+// would. It switches to another pod only when the Deployment's current
+// Ready pod is another one (after a rollout restart).
 type inCluster struct {
 	r    *Runner
 	ns   string
@@ -44,7 +57,10 @@ type inCluster struct {
 	err string
 }
 
-const tokenSeconds = 3607 // the kubelet's default projected token lifetime
+// tokenReread is how often a client re-reads its token file: client-go
+// re-reads every minute less a 10 s leeway; the probe takes the full
+// minute, the slower of the two.
+const tokenReread = time.Minute
 
 func (r *Runner) startInCluster(ctx context.Context, _ kubernetes.Interface) {
 	ic := &inCluster{r: r, ns: r.opts.Namespace, kube: r.primaryKube}
@@ -76,8 +92,9 @@ func (pc *podCheck) interpret(ctx context.Context, class Class, _ int, _ []byte)
 	return pc.ic.interpret(ctx, class, pc.used)
 }
 
-// refresh finds the Deployment's current Ready pod and reloads when it is
-// a different pod.
+// refresh finds the Deployment's current Ready pod: for another pod it
+// loads the CA and the token; for the same pod it re-reads the token file
+// once tokenReread has passed.
 func (ic *inCluster) refresh(ctx context.Context) {
 	client, err := ic.kube()
 	if err != nil {
@@ -92,12 +109,13 @@ func (ic *inCluster) refresh(ctx context.Context) {
 	ic.mu.Lock()
 	cur := ic.id
 	ic.mu.Unlock()
-	if cur != nil && cur.uid == pod.UID && time.Now().Before(cur.issuedAt.Add(time.Duration(float64(cur.expires.Sub(cur.issuedAt))*0.8))) {
+	samePod := cur != nil && cur.uid == pod.UID
+	if samePod && time.Since(cur.readAt) < tokenReread {
 		return
 	}
-	id := &podIdentity{uid: pod.UID, name: pod.Name}
-	if cur != nil && cur.uid == pod.UID {
-		id.caPEM = cur.caPEM // token renewal only: the CA was read at start
+	id := &podIdentity{uid: pod.UID, name: pod.Name, node: pod.Spec.NodeName}
+	if samePod {
+		id.caPEM = cur.caPEM // the CA was read at start
 	} else {
 		cm, err := client.CoreV1().ConfigMaps(ic.ns).Get(rctx, "kube-root-ca.crt", metav1.GetOptions{})
 		if err != nil {
@@ -106,30 +124,79 @@ func (ic *inCluster) refresh(ctx context.Context) {
 		}
 		id.caPEM = []byte(cm.Data["ca.crt"])
 	}
-	exp := int64(tokenSeconds)
-	tr, err := client.CoreV1().ServiceAccounts(ic.ns).CreateToken(rctx, ProberName, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: &exp,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
+	tok, err := ic.r.podToken(rctx, pod)
 	if err != nil {
-		ic.note(fmt.Sprintf("pod %s: token request: %v", pod.Name, err))
+		ic.note(fmt.Sprintf("pod %s: read its token on %s: %v", pod.Name, pod.Spec.NodeName, err))
 		return
 	}
-	id.token = tr.Status.Token
-	id.issuedAt = time.Now()
-	id.expires = tr.Status.ExpirationTimestamp.Time
-	if !id.expires.After(id.issuedAt) {
-		id.expires = id.issuedAt.Add(time.Hour)
-	}
+	id.token, id.readAt = tok.token, time.Now()
+	id.keyID, id.issuedAt = tok.keyID, tok.issuedAt
 	ic.mu.Lock()
-	ic.id = id
-	ic.gen++
-	ic.mu.Unlock()
-	if cur == nil || cur.uid != pod.UID {
-		ic.r.rec.event(time.Now(), ProbeInCluster, "pod", fmt.Sprintf("pod %s (%s) started: loaded CA %s and a bound token", pod.Name, pod.UID, certIDs(id.caPEM)))
+	changed := !samePod || cur.token != id.token
+	if changed {
+		ic.gen++
 	}
+	ic.id = id
+	ic.mu.Unlock()
+	switch {
+	case !samePod:
+		ic.r.rec.event(time.Now(), ProbeInCluster, "pod", fmt.Sprintf("pod %s (%s) on %s started: loaded CA %s and its token (key %s, issued %s)",
+			pod.Name, pod.UID, id.node, certIDs(id.caPEM), id.keyID, id.issuedAt.Format("15:04:05")))
+	case changed:
+		ic.r.rec.event(time.Now(), ProbeInCluster, "pod", fmt.Sprintf("pod %s: the kubelet re-issued its token (key %s, issued %s); re-read",
+			pod.Name, id.keyID, id.issuedAt.Format("15:04:05")))
+	}
+}
+
+// mountedToken is a pod's service-account token as the kubelet wrote it.
+type mountedToken struct {
+	token    string
+	keyID    string
+	issuedAt time.Time
+}
+
+// podToken reads the token of pod's default service-account volume
+// (kube-api-access-*) inside its node's mount namespace, where the kubelet
+// mounted the volume's tmpfs.
+func (r *Runner) podToken(ctx context.Context, pod *v1.Pod) (mountedToken, error) {
+	if pod.Spec.NodeName == "" {
+		return mountedToken{}, fmt.Errorf("pod %s is not on a node", pod.Name)
+	}
+	script := `cat "/var/lib/kubelet/pods/$1/volumes/kubernetes.io~projected/"kube-api-access-*/token`
+	out, err := exec.CommandContext(ctx, "nsenter", "--mount="+r.cluster.MountNS(pod.Spec.NodeName), "--",
+		"sh", "-c", script, "sh", string(pod.UID)).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return mountedToken{}, err
+	}
+	t := mountedToken{token: strings.TrimSpace(string(out))}
+	if t.keyID, err = pki.TokenKeyID(t.token); err != nil {
+		return mountedToken{}, err
+	}
+	t.issuedAt = tokenIssuedAt(t.token)
+	return t, nil
+}
+
+// tokenIssuedAt is a JWT's iat claim (zero when it has none).
+func tokenIssuedAt(token string) time.Time {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}
+	}
+	var c struct {
+		Iat int64 `json:"iat"`
+	}
+	if json.Unmarshal(raw, &c) != nil || c.Iat == 0 {
+		return time.Time{}
+	}
+	return time.Unix(c.Iat, 0)
 }
 
 func (ic *inCluster) note(msg string) {
@@ -171,9 +238,9 @@ func (ic *inCluster) interpret(ctx context.Context, class Class, id *podIdentity
 	case apierrors.IsNotFound(err), err == nil && (pod.UID != id.uid || pod.DeletionTimestamp != nil):
 		return class, fmt.Sprintf("token bound to pod %s which is gone", id.name), true
 	case err != nil:
-		return class, fmt.Sprintf("token of pod %s (%s, issued %s); its pod could not be read: %v", id.name, id.uid, id.issuedAt.Format("15:04:05.000"), err), false
+		return class, fmt.Sprintf("token of pod %s (%s, key %s, issued %s); its pod could not be read: %v", id.name, id.uid, id.keyID, id.issuedAt.Format("15:04:05"), err), false
 	}
-	return class, fmt.Sprintf("token of pod %s (%s, issued %s), which exists", id.name, id.uid, id.issuedAt.Format("15:04:05.000")), false
+	return class, fmt.Sprintf("token of pod %s (%s, key %s, issued %s, read %s), which exists", id.name, id.uid, id.keyID, id.issuedAt.Format("15:04:05"), id.readAt.Format("15:04:05.000")), false
 }
 
 // currentReadyPod returns the newest Ready, not terminating pod of the

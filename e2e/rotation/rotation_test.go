@@ -11,6 +11,7 @@ package rotation
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -161,6 +163,70 @@ func (e *env) checkEtcdRotated(t *testing.T, ctx context.Context, before *pki.CA
 	return now
 }
 
+func sortedIDs(ids ...string) []string {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return out
+}
+
+// readCA reads the CA name.crt/name.key in cp1's pki dir.
+func (e *env) readCA(t *testing.T, name string) *pki.CA {
+	t.Helper()
+	ca, err := verify.ReadCA(e.cp1(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// readPubKeyID is the key id of the public key file name in cp1's pki dir.
+func (e *env) readPubKeyID(t *testing.T, name string) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(e.cp1().EtcKubernetes, "pki", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pki.PublicKeyIDs(raw)
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("%s on cp1: %v %v", name, ids, err)
+	}
+	return ids[0]
+}
+
+// checkSAKeyRotated reads the service-account key now on cp1, which must
+// differ from before, and checks the cluster on it alone (checkSAKeyIs).
+func (e *env) checkSAKeyRotated(t *testing.T, ctx context.Context, ca *pki.CA, admin tls.Certificate, before verify.SAKey, when string) verify.SAKey {
+	t.Helper()
+	now, err := verify.ReadSAKey(e.cp1())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.ID == before.ID {
+		t.Fatalf("%s: sa.key on cp1 is still the service-account key from before (%s)", when, before.ID)
+	}
+	e.checkSAKeyIs(t, ctx, ca, admin, now, before, when)
+	return now
+}
+
+// checkSAKeyIs checks that sa.key on every control-plane node is current,
+// that every apiserver publishes only current, accepts a token it signs
+// and rejects one previous signs, and that every pod's token on every
+// node is signed by current: the kubelets re-issued them.
+func (e *env) checkSAKeyIs(t *testing.T, ctx context.Context, ca *pki.CA, admin tls.Certificate, current, previous verify.SAKey, when string) {
+	t.Helper()
+	for _, n := range e.info.ControlPlanes() {
+		if k, err := verify.ReadSAKey(n); err != nil || k.ID != current.ID {
+			t.Errorf("%s: sa.key on %s is %s (%v), want %s", when, n.Name, k.ID, err, current.ID)
+		}
+	}
+	if err := verify.ServiceAccountKeyIs(ctx, e.info, e.client(t), []*x509.Certificate{ca.Cert}, admin, current, previous); err != nil {
+		t.Errorf("%s: %v", when, err)
+	}
+	if err := verify.PodTokensSignedBy(ctx, e.info, current.ID); err != nil {
+		t.Errorf("%s: %v", when, err)
+	}
+}
+
 func credentialFailures(t *testing.T, rep probes.Report, when string) {
 	t.Helper()
 	x509s, unauth := rep.Count("", probes.X509), rep.Count("", probes.Unauthorized)
@@ -229,6 +295,10 @@ func TestRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	e0, err := verify.ReadCA(e.cp1(), "etcd/ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0, err := verify.ReadSAKey(e.cp1())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,6 +379,8 @@ func TestRotation(t *testing.T) {
 		"workload: " + stubbornOnDelete + ": updateStrategy OnDelete, not restarted",
 		"workload: " + stubbornNeverReady + ": not all pods available before the run",
 		"attention: " + stubbornSecret + " key ca.crt holds the old cluster CA",
+		"legacy token Secret(s) hold a token signed by the old service-account key and stop working when trust narrows",
+		"the controller-manager does not re-sign them): " + stubbornToken,
 		"cluster lock: lease kube-system/rotate-lock held by rotate run "} {
 		if !strings.Contains(st.out, want) {
 			t.Errorf("status at the hold lacks %q:\n%s", want, st.out)
@@ -332,6 +404,17 @@ func TestRotation(t *testing.T) {
 	}
 	e.joined[spare] = time.Now()
 	e.setKubeletUnreachable(t, unreachable, false)
+	// The apiservers accept and publish both service-account keys.
+	if ids, err := verify.PublishedKeyIDs(ctx, e.info, []*x509.Certificate{c0.Cert, e.readCA(t, "rotate-ca").Cert}, oldClient); err != nil {
+		t.Errorf("at the hold: %v", err)
+	} else {
+		newSA := e.readPubKeyID(t, "rotate-sa.pub")
+		for n, got := range ids {
+			if !slices.Equal(got, sortedIDs(s0.ID, newSA)) {
+				t.Errorf("at the hold apiserver %s publishes %v, want the old and new service-account keys %v", n, got, sortedIDs(s0.ID, newSA))
+			}
+		}
+	}
 	e.probesClean(t, "at the hold")
 	r = rotate(t, ctx, dir, nil, nil, "resume")
 	mustSucceed(t, r, "resume past the hold")
@@ -371,6 +454,7 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s1 := e.checkSAKeyRotated(t, ctx, c1, newClient, s0, "after run 1")
 	if err := verify.ExpectRejected(ctx, e.info, []*x509.Certificate{c1.Cert}, oldClient); err != nil {
 		t.Errorf("old-CA client certificate after narrowing: %v", err)
 	}
@@ -481,6 +565,11 @@ func TestRotation(t *testing.T) {
 	}
 	e.checkOnCA(t, ctx, c2, c1, "after run 2, resumed after the fault")
 	e2 := e.checkEtcdRotated(t, ctx, e1, "after run 2")
+	c2Client, err := verify.ClientCert(c2, "e2e-run2-ca-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := e.checkSAKeyRotated(t, ctx, c2, c2Client, s1, "after run 2")
 	e.probesClean(t, "after run 2")
 
 	// Rollback from the completed run.
@@ -511,6 +600,7 @@ func TestRotation(t *testing.T) {
 	if err := verify.ExpectClientStatus(ctx, e.info, []*x509.Certificate{c1.Cert}, newClient, 200); err != nil {
 		t.Errorf("run 1's client certificate after rollback of run 2: %v", err)
 	}
+	e.checkSAKeyIs(t, ctx, c1, newClient, s1, s2, "after rollback of the completed run")
 	e.probesClean(t, "after rollback of run 2")
 
 	// Run 3: killed after the signer switch, rolled back from there, still
@@ -528,8 +618,8 @@ func TestRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv3)
-	if strings.Contains(r.out, "] etcd-") {
-		t.Errorf("run 3 does not rotate the etcd CA, but its output names etcd steps:\n%s", tail(r.out, 20))
+	if strings.Contains(r.out, "] etcd-") || strings.Contains(r.out, "] service-account-") {
+		t.Errorf("run 3 rotates neither the etcd CA nor the service-account key, but its output names their steps:\n%s", tail(r.out, 20))
 	}
 	if !r.killed {
 		t.Fatalf("run 3 was not killed after the signer switch (exit %d)\n%s", r.code, tail(r.out, 30))
@@ -541,6 +631,7 @@ func TestRotation(t *testing.T) {
 	if err := verify.EtcdOnCA(ctx, e.info, e1, e2); err != nil {
 		t.Errorf("after run 3 (etcd not listed) and its rollback: %v", err)
 	}
+	e.checkSAKeyIs(t, ctx, c1, newClient, s1, s2, "after run 3 (service-account not listed) and its rollback")
 	calls := e.probes.WebhookCalls()
 	rep := e.probes.Stop()
 	if p := os.Getenv("ROTATE_E2E_REPORT"); p != "" {

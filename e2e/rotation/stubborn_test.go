@@ -30,6 +30,10 @@ const (
 	stubbornOnDelete   = "DaemonSet " + stubbornNS + "/on-delete"
 	stubbornNeverReady = "Deployment " + stubbornNS + "/never-ready"
 	stubbornSecret     = "Secret " + stubbornNS + "/legacy-ca"
+	// stubbornToken is a legacy service-account token Secret: the
+	// controller-manager signed its token with the old key, and nobody
+	// re-signs it.
+	stubbornToken = stubbornNS + "/legacy-token"
 )
 
 // createStubbornWorkloads creates, before the run: a Deployment that is
@@ -38,7 +42,7 @@ const (
 // someone deletes them), and a Deployment whose pods never become Ready
 // (an HTTP readiness probe nothing answers on the fake runtime); and a
 // Secret holding the cluster's CA (old by the end of the run), as other
-// tools keep it.
+// tools keep it; and a legacy service-account token Secret.
 func (e *env) createStubbornWorkloads(t *testing.T, ctx context.Context, ca *pki.CA) {
 	t.Helper()
 	cs := e.client(t)
@@ -47,6 +51,10 @@ func (e *env) createStubbornWorkloads(t *testing.T, ctx context.Context, ca *pki
 	}
 	if _, err := cs.CoreV1().Secrets(stubbornNS).Create(ctx, &v1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "legacy-ca"},
 		Data: map[string][]byte{"ca.crt": pki.EncodeCertsPEM(ca.Cert)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Secrets(stubbornNS).Create(ctx, &v1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "legacy-token",
+		Annotations: map[string]string{v1.ServiceAccountNameKey: "default"}}, Type: v1.SecretTypeServiceAccountToken}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	podSpec := func(name string, probe *v1.Probe) v1.PodTemplateSpec {
@@ -90,6 +98,16 @@ func (e *env) createStubbornWorkloads(t *testing.T, ctx context.Context, ca *pki
 		t.Fatalf("stubborn workloads: %v", err)
 	}
 	if _, err := apps.Deployments(stubbornNS).Patch(ctx, "paused", types.MergePatchType, []byte(`{"spec":{"paused":true}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The controller-manager's tokens controller fills the token in.
+	if err := verify.Eventually(ctx, time.Minute, func(ctx context.Context) error {
+		sec, err := cs.CoreV1().Secrets(stubbornNS).Get(ctx, "legacy-token", metav1.GetOptions{})
+		if err == nil && len(sec.Data["token"]) == 0 {
+			err = fmt.Errorf("Secret %s has no token yet", stubbornToken)
+		}
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("e2e: stubborn workloads: %s, %s, %s", stubbornPaused, stubbornOnDelete, stubbornNeverReady)
