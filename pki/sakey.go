@@ -191,3 +191,22 @@ func TokenKeyID(token string) (string, error) {
 	}
 	return h.Kid, nil
 }
+
+// DroppedPublicKeys are the key ids of the "PUBLIC KEY" blocks of before
+// (a --service-account-key-file) that after does not hold: replacing
+// before by after narrows which tokens the file's reader accepts. Files
+// without such blocks (certificates, private keys) drop none.
+func DroppedPublicKeys(before, after []byte) []string {
+	if !bytes.Contains(before, []byte("-----BEGIN PUBLIC KEY-----")) {
+		return nil
+	}
+	ids, _ := PublicKeyIDs(before)
+	kept, _ := PublicKeyIDs(after)
+	var out []string
+	for _, id := range ids {
+		if !slices.Contains(kept, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -77,30 +77,32 @@ func TestNoTrustNarrowedUnderARunningComponent(t *testing.T) {
 		name   string
 		layout func(t *testing.T) (cp, worker layout)
 		kill   bool
-		etcd   bool // the plan rotates the etcd CA too
+		roots  []string // what the plan rotates besides the cluster and front-proxy CAs
 	}{
-		{"hand-written/clean", handWrittenLayout, false, false},
-		{"hand-written/killed-reverts", handWrittenLayout, true, false},
-		{"kubeadm/clean", kubeadmLayout, false, false},
-		{"kubeadm/killed-reverts", kubeadmLayout, true, false},
-		{"kubeadm+etcd/clean", kubeadmLayout, false, true},
-		{"kubeadm+etcd/killed-reverts", kubeadmLayout, true, true},
+		{"hand-written/clean", handWrittenLayout, false, nil},
+		{"hand-written/killed-reverts", handWrittenLayout, true, nil},
+		{"kubeadm/clean", kubeadmLayout, false, nil},
+		{"kubeadm/killed-reverts", kubeadmLayout, true, nil},
+		{"kubeadm+etcd/clean", kubeadmLayout, false, []string{plans.RootEtcd}},
+		{"kubeadm+etcd/killed-reverts", kubeadmLayout, true, []string{plans.RootEtcd}},
+		{"kubeadm+all/clean", kubeadmLayout, false, []string{plans.RootEtcd, plans.RootServiceAccount}},
+		{"kubeadm+all/killed-reverts", kubeadmLayout, true, []string{plans.RootEtcd, plans.RootServiceAccount}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, worker := tc.layout(t)
-			runModel(t, withCCM(cp), worker, tc.kill, tc.etcd)
+			runModel(t, withCCM(cp), worker, tc.kill, tc.roots)
 		})
 	}
 }
 
 // runModel applies and reverts every node step of the plan, checking the
 // model on every operation.
-func runModel(t *testing.T, cp, worker layout, kill, etcd bool) {
+func runModel(t *testing.T, cp, worker layout, kill bool, roots []string) {
 	ctx := context.Background()
 	m := &model{}
 	cpn, wn := m.addNode(cpNode, cp), m.addNode(workerNode, worker)
 	st := steps.NewTestStore()
-	runtime := modelRuntime(steps.MemNodes{cpNode: cpn, workerNode: wn}, steps.GateFunc(m.gate), etcd)
+	runtime := modelRuntime(steps.MemNodes{cpNode: cpn, workerNode: wn}, steps.GateFunc(m.gate), roots)
 	m.begin("preflight", "apply", "")
 	prepare(t, st, runtime)
 	before := m.files()
@@ -112,7 +114,7 @@ func runModel(t *testing.T, cp, worker layout, kill, etcd bool) {
 		rt  *steps.Runtime
 	}
 	var done []applied
-	for _, ns := range planNodeSteps(t, etcd) {
+	for _, ns := range planNodeSteps(t, roots) {
 		rt := runtime(st.ForStep(), backupID(ns.key+"@"+ns.t.Node))
 		m.begin(ns.key, "apply", ns.t.Node)
 		if err := ns.s.Apply(ctx, rt, ns.t); err != nil {
@@ -185,10 +187,11 @@ var (
 
 // modelRuntime returns the runtime a step gets on the nodes, with the
 // given store and backup id (the orchestrator's per-step scope).
-func modelRuntime(ns steps.MemNodes, gates steps.Gates, etcd bool) func(store steps.Store, backupID string) *steps.Runtime {
+func modelRuntime(ns steps.MemNodes, gates steps.Gates, roots []string) func(store steps.Store, backupID string) *steps.Runtime {
 	cfg := steps.TestConfig([]string{cpNode}, []string{workerNode})
 	cfg.NewCA = steps.NewCASpec{ClusterCommonName: "kubernetes-new", FrontProxyCommonName: "front-proxy-ca-new", EtcdCommonName: "etcd-ca-new"}
-	cfg.Etcd = etcd
+	cfg.Etcd = slices.Contains(roots, plans.RootEtcd)
+	cfg.ServiceAccount = slices.Contains(roots, plans.RootServiceAccount)
 	cfg.ExtraKubeconfigs = map[string][]string{cpNode: {extraCP}, workerNode: {extraWorker}}
 	return func(store steps.Store, backupID string) *steps.Runtime {
 		return &steps.Runtime{RunID: "20260101-000000-model", BackupID: backupID, Store: store,
@@ -240,12 +243,12 @@ type nodeStep struct {
 // planNodeSteps is every node-editing step of the real plan (plans.Build)
 // on a control-plane node and a worker, in plan order. Cluster steps
 // change API objects, not node files, and are left out.
-func planNodeSteps(t *testing.T, etcd bool) []nodeStep {
+func planNodeSteps(t *testing.T, roots []string) []nodeStep {
 	t.Helper()
 	inv := &plans.Inventory{Nodes: plans.NodesSpec{
 		ControlPlane: []plans.NodeSpec{{Name: cpNode}}, Workers: []plans.NodeSpec{{Name: workerNode}}}}
-	if etcd {
-		inv.Rotate = []string{plans.RootCluster, plans.RootFrontProxy, plans.RootEtcd}
+	if len(roots) > 0 {
+		inv.Rotate = append([]string{plans.RootCluster, plans.RootFrontProxy}, roots...)
 	}
 	plan := plans.Build(inv, plans.Options{})
 	var out []nodeStep
@@ -543,7 +546,9 @@ func (n *modelNode) change(p string, op func() error) error {
 	return nil
 }
 
-// droppedCAs names the CA certificates in before that after lacks.
+// droppedCAs names the CA certificates in before that after lacks, and
+// the public keys (service-account verification keys) of "PUBLIC KEY"
+// blocks in before that after does not hold.
 func droppedCAs(before, after []byte) []string {
 	have := map[string]bool{}
 	certs, _ := pki.ScanPEM(after)
@@ -556,6 +561,9 @@ func droppedCAs(before, after []byte) []string {
 		if c.IsCA && !have[pki.Fingerprint(c)] {
 			out = append(out, pki.Describe(c))
 		}
+	}
+	for _, id := range pki.DroppedPublicKeys(before, after) {
+		out = append(out, "service-account key "+id)
 	}
 	return out
 }

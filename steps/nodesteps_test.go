@@ -97,10 +97,10 @@ func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 	ctx := context.Background()
 	ns := steps.MemNodes{cpNode: memNode(cpNode, cp), workerNode: memNode(workerNode, worker)}
 	st := steps.NewTestStore()
-	runtime := modelRuntime(ns, steps.GateFunc(func(string, string) error { return nil }), false)
+	runtime := modelRuntime(ns, steps.GateFunc(func(string, string) error { return nil }), nil)
 	prepare(t, st, runtime)
 
-	for _, tc := range planNodeSteps(t, false) {
+	for _, tc := range planNodeSteps(t, nil) {
 		name := tc.key + "@" + tc.t.Node
 		r := ns[tc.t.Node].(*nodes.MemRunner)
 		// Where the step has nothing to do, Check is true from the start.

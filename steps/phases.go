@@ -264,12 +264,15 @@ func ControlPlaneCanonical() *NodeEdit {
 				apiFlags["service-account-key-file"] = c.pki(fileSAPub)
 				apiFlags["service-account-signing-key-file"] = c.pki(fileSAKey)
 				kcmFlags["service-account-private-key-file"] = c.pki(fileSAKey)
+				// Before the manifests, like the CA files: a static pod
+				// restarted as soon as its manifest changes must find
+				// sa.pub holding the new key already.
 				saEdits = []fileedit.Edit{
 					fileedit.SetContent(c.pki(fileSAKey), k.pair.NewKey, 0o600),
 					fileedit.SetContent(c.pki(fileSAPub), k.pair.NewCert, 0o644),
 				}
 			}
-			edits := []fileedit.Edit{
+			edits := append(saEdits, []fileedit.Edit{
 				fileedit.SetContent(c.pki(fileCACert), cas.cluster.NewCert, 0o644),
 				fileedit.SetContent(c.pki(fileCAKey), cas.cluster.NewKey, 0o600),
 				fileedit.SetContent(c.pki(fileFPCACert), cas.frontProxy.NewCert, 0o644),
@@ -277,8 +280,7 @@ func ControlPlaneCanonical() *NodeEdit {
 				setFlags(rt, APIServer, apiFlags, "kubelet-certificate-authority"),
 				setFlags(rt, ControllerManager, kcmFlags, "service-account-private-key-file"),
 				setFlags(rt, Scheduler, map[string]string{"client-ca-file": c.pki(fileCACert)}, "client-ca-file"),
-			}
-			edits = append(edits, saEdits...)
+			}...)
 			for _, kc := range edit.ControlPlaneKubeconfigs {
 				edits = append(edits, kubeconfigCA(c.kubeDir(kc.Name), cas.cluster.NewCert, kc.Optional))
 			}

@@ -210,7 +210,9 @@ type pendingRestore struct {
 // A restoration is late when it narrows trust in place:
 //   - it removes the file (the backup says there was none);
 //   - the file holds a CA certificate (IsCA) that the restored content
-//     does not hold (ca.crt going from the new CA back to the old one);
+//     does not hold (ca.crt going from the new CA back to the old one),
+//     or a public key that it does not hold (sa.pub going from the new
+//     service-account key back to the old one);
 //   - the file holds the private key of such a CA certificate (ca.key
 //     with ca.crt), so that a signer never pairs a restored key with a
 //     certificate it does not belong to.
@@ -248,7 +250,7 @@ func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, m
 	for i, p := range ps {
 		l := lostCAs(p.cur, p.want)
 		lost = append(lost, l...)
-		narrows[i] = !p.b.Exists || len(l) > 0
+		narrows[i] = !p.b.Exists || len(l) > 0 || len(pki.DroppedPublicKeys(p.cur, p.want)) > 0
 	}
 	var st RestoreStages
 	var keys, manifests, rest []nodes.Backup

@@ -31,6 +31,14 @@ func TestPlanRestore(t *testing.T) {
 	}
 	c0, c1 := mk("kubernetes"), mk("kubernetes-new")
 	l0, l1 := leaf(c0), leaf(c1)
+	pub := func(ca *pki.CA) string {
+		p, err := pki.PublicKeyPEM(ca.Key.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(p)
+	}
+	saPub, saKey := "/etc/kubernetes/pki/sa.pub", "/etc/kubernetes/pki/sa.key"
 	b := string(c0.CertPEM) + string(c1.CertPEM)
 	const (
 		ca, caKey, bundle = "/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/pki/ca.key", "/etc/kubernetes/pki/rotate-ca-bundle.crt"
@@ -68,6 +76,14 @@ func TestPlanRestore(t *testing.T) {
 			before: map[string]string{}, after: map[string]string{"/etc/kubernetes/pki/rotate-ca.crt": string(c1.CertPEM), "/etc/kubernetes/pki/rotate-ca.key": string(c1.KeyPEM)},
 			edited: []string{"/etc/kubernetes/pki/rotate-ca.crt", "/etc/kubernetes/pki/rotate-ca.key"},
 			late:   []string{"/etc/kubernetes/pki/rotate-ca.key", "/etc/kubernetes/pki/rotate-ca.crt"}},
+		{name: "sa.pub losing the new service-account key narrows; sa.key early",
+			before: map[string]string{saPub: pub(c0), saKey: string(c0.KeyPEM), manifest: "key-file: bundle"},
+			after:  map[string]string{saPub: pub(c1), saKey: string(c1.KeyPEM), manifest: "key-file: sa.pub"},
+			edited: []string{saKey, saPub, manifest},
+			early:  []string{saKey, manifest}, late: []string{saPub}},
+		{name: "a key file gaining the old key back widens",
+			before: map[string]string{saPub: pub(c0) + pub(c1)}, after: map[string]string{saPub: pub(c1)},
+			edited: []string{saPub}, early: []string{saPub}},
 		{name: "in place already, or never the step's: nothing",
 			before: map[string]string{ca: string(c0.CertPEM), conf: "a"}, after: map[string]string{ca: string(c0.CertPEM), conf: "b"},
 			edited: []string{ca}},
