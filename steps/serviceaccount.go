@@ -508,6 +508,9 @@ func (rt *Runtime) legacyTokenSecrets(ctx context.Context, ids []string) ([]stri
 	}
 	var out []string
 	for _, s := range list.Items {
+		if s.Type != corev1.SecretTypeServiceAccountToken {
+			continue
+		}
 		kid, err := pki.TokenKeyID(string(s.Data["token"]))
 		if err != nil || !slices.Contains(ids, kid) {
 			continue
@@ -529,6 +532,13 @@ func (rt *Runtime) saHoldLines(ctx context.Context) ([]string, error) {
 	}
 	lines := []string{"service-account key: apiservers accept tokens of the old key (" + k.oldIDs + ") and the new (" + k.newID + ") and publish both in /openid/v1/jwks; " +
 		"anything outside the cluster that verifies service-account tokens with the published keys (OIDC federation to a cloud's IAM, Vault's kubernetes auth with a copied key) must have the new key before trust narrows"}
+	stale, err := rt.oldKeyPodTokens(ctx, strings.Split(k.oldIDs, ","))
+	if err != nil {
+		return nil, err
+	}
+	if len(stale) > 0 {
+		lines = append(lines, fmt.Sprintf("pods still hold service-account tokens signed by the old key (%s): service-account-tokens restarts those nodes' kubelets before trust narrows, which re-issues them", short(stale)))
+	}
 	secrets, err := rt.legacyTokenSecrets(ctx, strings.Split(k.oldIDs, ","))
 	if err != nil {
 		return nil, err
@@ -539,6 +549,30 @@ func (rt *Runtime) saHoldLines(ctx context.Context) ([]string, error) {
 			len(secrets), short(secrets)))
 	}
 	return lines, nil
+}
+
+// oldKeyPodTokens names, per node, the pods whose projected tokens a key
+// of ids signed ("node: pod", or the token's path). A node that cannot be
+// read is named too: its tokens are unknown.
+func (rt *Runtime) oldKeyPodTokens(ctx context.Context, ids []string) ([]string, error) {
+	var out []string
+	for _, n := range rt.Config.nodeNames() {
+		r, err := rt.node(ctx, Target{Node: n})
+		if err != nil {
+			return nil, err
+		}
+		toks, err := rt.scanTokens(ctx, r)
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: tokens not read: %v", n, err))
+			continue
+		}
+		for _, tk := range toks {
+			if slices.Contains(ids, tk.KeyID) {
+				out = append(out, n+": "+tk.String())
+			}
+		}
+	}
+	return out, nil
 }
 
 // kubeletRoot is the kubelet's root directory (where pods' volumes are).

@@ -13,7 +13,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
 )
 
 // fakeToken is a JWT-shaped token with the given key id, issue time and
@@ -80,6 +85,7 @@ type tokenNode struct {
 	stale     bool
 	restarts  int
 	restartOK bool
+	kids      [2]string // the stale and the wanted key id ("old", "new" when empty)
 }
 
 func newTokenNode(name string, stale bool, iat time.Time) *tokenNode {
@@ -96,8 +102,14 @@ func newTokenNode(name string, stale bool, iat time.Time) *tokenNode {
 			return nodes.Result{}, nil
 		}
 		kid := "new"
+		if n.kids[1] != "" {
+			kid = n.kids[1]
+		}
 		if n.stale {
 			kid = "old"
+			if n.kids[0] != "" {
+				kid = n.kids[0]
+			}
 		}
 		tok := fakeToken(kid, iat, "default", "app-"+name)
 		head, rest, _ := strings.Cut(tok, ".")
@@ -171,4 +183,68 @@ func TestTokensSignedBySettles(t *testing.T) {
 	if waited < tokenSettle || waited > tokenSettle+30*time.Second {
 		t.Errorf("waited %s of the step's clock, want about %s", waited, tokenSettle)
 	}
+}
+
+// At the hold: legacy token Secrets signed by the old key and pods whose
+// token files are still the old key's are named; JWKS consumers are
+// reminded; a Secret of another type or another key is not named.
+func TestSAHoldLines(t *testing.T) {
+	oldKey := rsaPEM(t)
+	oldPair, err := pki.NewSigningKeyLike(oldKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newPair, err := pki.NewSigningKeyLike(oldKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newFakeStore()
+	st.cas[CAServiceAccount] = CAPair{Name: CAServiceAccount, OldCert: oldPair.PubPEM, OldKey: oldPair.KeyPEM, NewCert: newPair.PubPEM, NewKey: newPair.KeyPEM}
+	now := time.Now()
+	secret := func(ns, name string, typ corev1.SecretType, kid string) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Type: typ,
+			Data: map[string][]byte{"token": []byte(fakeToken(kid, now, ns, ""))}}
+	}
+	kube := fake.NewSimpleClientset(
+		secret("ci", "deployer-token", corev1.SecretTypeServiceAccountToken, oldPair.KeyID),
+		secret("ci", "fresh-token", corev1.SecretTypeServiceAccountToken, newPair.KeyID),
+		secret("ci", "opaque", corev1.SecretTypeOpaque, oldPair.KeyID),
+	)
+	cfg := testConfig([]string{"cp1"}, []string{"w1"})
+	cfg.ServiceAccount = true
+	rt := &Runtime{Store: st, Kube: kube, Out: &Outputs{}, Config: cfg,
+		Nodes: memNodes{"cp1": newTokenNode("cp1", false, now), "w1": newTokenNode("w1", true, now)}}
+	// The token nodes sign with "new"/"old"; map them to the run's ids.
+	rt.Nodes.(memNodes)["w1"].(*tokenNode).kids = [2]string{oldPair.KeyID, newPair.KeyID}
+	rt.Nodes.(memNodes)["cp1"].(*tokenNode).kids = [2]string{oldPair.KeyID, newPair.KeyID}
+	lines, err := rt.saHoldLines(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(lines, "\n")
+	for _, want := range []string{"publish both in /openid/v1/jwks", "OIDC federation",
+		"pods still hold service-account tokens signed by the old key (w1: pod default/app-w1)",
+		"1 legacy token Secret(s) hold a token signed by the old service-account key", ": ci/deployer-token;"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("hold lines lack %q:\n%s", want, all)
+		}
+	}
+	for _, not := range []string{"ci/fresh-token", "ci/opaque", "cp1: pod"} {
+		if strings.Contains(all, not) {
+			t.Errorf("hold lines name %q:\n%s", not, all)
+		}
+	}
+}
+
+func rsaPEM(t *testing.T) []byte {
+	t.Helper()
+	k, err := pki.GenerateKey(pki.RSA2048, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pki.EncodeKeyPEM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -18,9 +18,12 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/kubeca/rotate/e2e/cluster"
 	"github.com/kubeca/rotate/e2e/probes"
 	"github.com/kubeca/rotate/e2e/verify"
+	"github.com/kubeca/rotate/internal/kubeconfig"
 	"github.com/kubeca/rotate/pki"
 )
 
@@ -74,6 +77,10 @@ func run(ctx context.Context) (err error) {
 		return err
 	}
 	oldEtcd, err := verify.ReadCA(info.Nodes[0], "etcd/ca")
+	if err != nil {
+		return err
+	}
+	oldSA, err := verify.ReadSAKey(info.Nodes[0])
 	if err != nil {
 		return err
 	}
@@ -162,6 +169,28 @@ func run(ctx context.Context) (err error) {
 				return err
 			}
 			return verify.EtcdOnCA(ctx, info, newEtcd, oldEtcd)
+		}},
+		{"every apiserver publishes only the new service-account key, accepts its tokens and rejects the old key's", func() error {
+			newSA, err := verify.ReadSAKey(info.Nodes[0])
+			if err != nil {
+				return err
+			}
+			cfg, err := kubeconfig.Load(filepath.Join(info.Nodes[0].EtcKubernetes, "admin.conf"), "")
+			if err != nil {
+				return err
+			}
+			kc, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				return err
+			}
+			return verify.ServiceAccountKeyIs(ctx, info, kc, []*x509.Certificate{newCA.Cert}, newClient, newSA, oldSA)
+		}},
+		{"every pod's token on every node is signed by the new service-account key", func() error {
+			newSA, err := verify.ReadSAKey(info.Nodes[0])
+			if err != nil {
+				return err
+			}
+			return verify.PodTokensSignedBy(ctx, info, newSA.ID)
 		}},
 	}
 	failed := 0
