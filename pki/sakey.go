@@ -3,7 +3,9 @@ package pki
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -47,6 +49,25 @@ func NewSigningKeyLike(oldKeyPEM []byte, r io.Reader) (SigningKey, error) {
 	if err != nil {
 		return SigningKey{}, err
 	}
+	return signingKey(k, keyPEM)
+}
+
+// LoadSigningKey reads a service-account signing key supplied as PEM: one
+// RSA or ECDSA private key (what the apiserver signs tokens with).
+func LoadSigningKey(keyPEM []byte) (SigningKey, error) {
+	k, err := ParseKeyPEM(keyPEM)
+	if err != nil {
+		return SigningKey{}, err
+	}
+	switch k.(type) {
+	case *rsa.PrivateKey, *ecdsa.PrivateKey:
+	default:
+		return SigningKey{}, fmt.Errorf("a %s key cannot sign service-account tokens (RSA or ECDSA)", KeyShape(k.Public()))
+	}
+	return signingKey(k, keyPEM)
+}
+
+func signingKey(k crypto.Signer, keyPEM []byte) (SigningKey, error) {
 	pub, err := PublicKeyPEM(k.Public())
 	if err != nil {
 		return SigningKey{}, err

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
@@ -103,4 +104,31 @@ func TestTokenKeyID(t *testing.T) {
 			t.Errorf("TokenKeyID(%q): no error", bad)
 		}
 	}
+}
+
+// A supplied signing key must be one the apiserver signs with.
+func TestLoadSigningKey(t *testing.T) {
+	p, _ := EncodeKeyPEM(rsaKey(t, 2048))
+	k, err := LoadSigningKey(p)
+	if err != nil || k.KeyID == "" || !strings.HasPrefix(string(k.PubPEM), "-----BEGIN PUBLIC KEY-----") {
+		t.Fatalf("LoadSigningKey(RSA) = %+v, %v", k.KeyID, err)
+	}
+	ed, err := ed25519PEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSigningKey(ed); err == nil || !strings.Contains(err.Error(), "Ed25519") {
+		t.Fatalf("LoadSigningKey(Ed25519) err = %v, want a refusal naming the key type", err)
+	}
+	if _, err := LoadSigningKey([]byte("junk")); err == nil {
+		t.Fatal("LoadSigningKey(junk): no error")
+	}
+}
+
+func ed25519PEM() ([]byte, error) {
+	_, k, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return nil, err
+	}
+	return EncodeKeyPEM(k)
 }

@@ -232,6 +232,9 @@ func (inv *Inventory) stepsConfig() steps.Config {
 			FrontProxyCertFile: inv.localPath(f.FrontProxyCert), FrontProxyKeyFile: inv.localPath(f.FrontProxyKey),
 			EtcdCertFile: inv.localPath(f.EtcdCert), EtcdKeyFile: inv.localPath(f.EtcdKey),
 		}
+		if f.ServiceAccountKey != "" {
+			c.NewCA.ServiceAccountKeyFile = inv.localPath(f.ServiceAccountKey)
+		}
 	}
 	return c
 }

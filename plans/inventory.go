@@ -172,6 +172,10 @@ type CAFilesSpec struct {
 	// EtcdCert and EtcdKey are required when rotate lists etcd.
 	EtcdCert string `yaml:"etcdCert"`
 	EtcdKey  string `yaml:"etcdKey"`
+	// ServiceAccountKey is the new service-account signing key (PEM, RSA
+	// or ECDSA), optional when rotate lists service-account: without it
+	// one like the old is generated.
+	ServiceAccountKey string `yaml:"serviceAccountKey"`
 }
 
 type RolloutSpec struct {

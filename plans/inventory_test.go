@@ -209,6 +209,10 @@ func TestInventoryErrors(t *testing.T) {
 			"newCA.files.etcdCert (line 24): set, but rotate does not list etcd"}, 1},
 		{"etcd CA named like the cluster CA", valid + "rotate: [cluster, front-proxy, etcd]\nnewCA:\n  generate:\n    clusterCommonName: same\n    etcdCommonName: same\n", []string{
 			"newCA.generate.etcdCommonName (line 22): must differ from clusterCommonName and frontProxyCommonName"}, 1},
+		{"service-account key file without service-account", valid + "newCA:\n  files:\n    clusterCert: admin.conf\n    clusterKey: admin.conf\n    frontProxyCert: admin.conf\n    frontProxyKey: admin.conf\n    serviceAccountKey: admin.conf\n", []string{
+			"newCA.files.serviceAccountKey", "set, but rotate does not list service-account"}, 1},
+		{"service-account key file missing", valid + "rotate: [cluster, front-proxy, service-account]\nnewCA:\n  files:\n    clusterCert: admin.conf\n    clusterKey: admin.conf\n    frontProxyCert: admin.conf\n    frontProxyKey: admin.conf\n    serviceAccountKey: nope.key\n", []string{
+			"newCA.files.serviceAccountKey", "nope.key"}, 1},
 		{"negative validity", valid + "newCA:\n  generate:\n    validity: -1h\n", []string{
 			"newCA.generate.validity (line 20): -1h0m0s is too short for a CA"}, 1},
 		{"missing identity file", edit("identityFile: id_ed25519", "identityFile: nope"), []string{

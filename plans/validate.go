@@ -287,6 +287,12 @@ func (v *validator) newCA() {
 				v.localFile("newCA.files."+f.key, f.value, "")
 			}
 		}
+		switch k := ca.Files.ServiceAccountKey; {
+		case k != "" && !v.inv.rotates(RootServiceAccount):
+			v.add("newCA.files.serviceAccountKey", "set, but rotate does not list service-account")
+		case k != "":
+			v.localFile("newCA.files.serviceAccountKey", k, "")
+		}
 	default:
 		g := ca.Generate
 		switch g.Algorithm {

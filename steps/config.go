@@ -26,6 +26,9 @@ type NewCASpec struct {
 	ClusterCertFile, ClusterKeyFile       string
 	FrontProxyCertFile, FrontProxyKeyFile string
 	EtcdCertFile, EtcdKeyFile             string `json:",omitempty"`
+	// ServiceAccountKeyFile is the new service-account signing key; ""
+	// generates one like the old.
+	ServiceAccountKeyFile string `json:",omitempty"`
 }
 
 // Workloads selects the pods restarted so they load the CA bundle.

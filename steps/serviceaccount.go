@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path"
 	"slices"
 	"sort"
@@ -114,8 +115,19 @@ func (rt *Runtime) newServiceAccountKey(ctx context.Context, r nodes.Runner, nod
 	if !slices.Contains(ids, signing) {
 		return CAPair{}, fmt.Errorf("%s on %s does not hold the public key of %s: tokens the apiserver signs would not verify; fix the pair before rotating it", c.pki(fileSAPub), node, c.pki(fileSAKey))
 	}
-	nk, err := pki.NewSigningKeyLike(oldKey, nil)
-	if err != nil {
+	var nk pki.SigningKey
+	if f := c.NewCA.ServiceAccountKeyFile; f != "" {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return CAPair{}, fmt.Errorf("new service-account key: %w", err)
+		}
+		if nk, err = pki.LoadSigningKey(raw); err != nil {
+			return CAPair{}, fmt.Errorf("new service-account key %s: %w", f, err)
+		}
+		if slices.Contains(ids, nk.KeyID) {
+			return CAPair{}, fmt.Errorf("new service-account key %s is the key the cluster uses now (%s): give a new one", f, nk.KeyID)
+		}
+	} else if nk, err = pki.NewSigningKeyLike(oldKey, nil); err != nil {
 		return CAPair{}, fmt.Errorf("generate the new service-account key: %w", err)
 	}
 	rt.Printf("service-account key: old %s (%s), new %s", signing, pki.KeyShape(k.Public()), nk.KeyID)
