@@ -217,13 +217,19 @@ func (rt *Runtime) saPreflight(ctx context.Context, r nodes.Runner, t Target) er
 			}
 		}
 	}
+	// The same keys, by key id (a copy may be encoded differently).
 	for name, want := range map[string][]byte{fileSAKey: pair.OldKey, fileSAPub: pair.OldCert} {
 		cur, err := r.ReadFile(ctx, c.pki(name))
 		if err != nil {
 			return fmt.Errorf("read %s on %s: %w", c.pki(name), t.Node, err)
 		}
-		if strings.TrimSpace(string(cur)) != strings.TrimSpace(string(want)) {
-			return fmt.Errorf("%s on %s differs from %s's: every control-plane node must hold the same service-account key", c.pki(name), t.Node, c.ControlPlane[0])
+		have, err := pki.PublicKeyIDs(cur)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", c.pki(name), t.Node, err)
+		}
+		if wantIDs, _ := pki.PublicKeyIDs(want); !slices.Equal(have, wantIDs) {
+			return fmt.Errorf("%s on %s holds key %s, not %s as on %s: every control-plane node must hold the same service-account key",
+				c.pki(name), t.Node, strings.Join(have, ","), strings.Join(wantIDs, ","), c.ControlPlane[0])
 		}
 	}
 	return nil

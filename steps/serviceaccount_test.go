@@ -2,8 +2,10 @@ package steps
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
 	"os/exec"
@@ -290,5 +292,58 @@ func TestNewServiceAccountKey(t *testing.T) {
 	r.SetFile("/etc/kubernetes/pki/sa.pub", other.PubPEM, 0o644)
 	if _, err := rt.newServiceAccountKey(ctx, r, "cp1"); err == nil || !strings.Contains(err.Error(), "does not hold the public key of /etc/kubernetes/pki/sa.key") {
 		t.Fatalf("mismatched pair: err = %v", err)
+	}
+}
+
+// Preflight on every control-plane node: kubeadm's flags and paths, no
+// external signer, and the same key as the first node (by key id, however
+// it is encoded).
+func TestSAPreflight(t *testing.T) {
+	ctx := context.Background()
+	oldPEM := rsaPEM(t)
+	old, _ := pki.LoadSigningKey(oldPEM)
+	st := newFakeStore()
+	st.cas[CAServiceAccount] = CAPair{Name: CAServiceAccount, OldCert: old.PubPEM, OldKey: oldPEM}
+	apiserver := func(extra ...string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - name: kube-apiserver\n    command:\n    - kube-apiserver\n" +
+			"    - --service-account-key-file=/etc/kubernetes/pki/sa.pub\n    - --service-account-signing-key-file=/etc/kubernetes/pki/sa.key\n" + strings.Join(extra, "")
+	}
+	node := func(manifest string, key, pub []byte) *nodes.MemRunner {
+		r := nodes.NewMemRunner("cp2")
+		r.SetFile("/etc/kubernetes/manifests/kube-apiserver.yaml", []byte(manifest), 0o600)
+		r.SetFile("/etc/kubernetes/manifests/kube-controller-manager.yaml", []byte(kcmManifest), 0o600)
+		r.SetFile("/etc/kubernetes/pki/sa.key", key, 0o600)
+		r.SetFile("/etc/kubernetes/pki/sa.pub", pub, 0o644)
+		return r
+	}
+	rt := &Runtime{Store: st, Out: &Outputs{}, Config: testConfig([]string{"cp1", "cp2"}, nil)}
+	cp2 := Target{Node: "cp2", Role: RoleControlPlane}
+	// The same key in PKCS#8 on this node: accepted.
+	k, _ := pki.ParseKeyPEM(oldPEM)
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})
+	if err := rt.saPreflight(ctx, node(apiserver(), same, old.PubPEM), cp2); err != nil {
+		t.Fatalf("same key, other encoding: %v", err)
+	}
+	other := rsaPEM(t)
+	otherKey, _ := pki.LoadSigningKey(other)
+	for _, tc := range []struct {
+		name     string
+		r        *nodes.MemRunner
+		wantErrs []string
+	}{
+		{"another key", node(apiserver(), other, otherKey.PubPEM), []string{"/etc/kubernetes/pki/sa.", "on cp2 holds key", "same service-account key"}},
+		{"external signer", node(apiserver("    - --service-account-signing-endpoint=/run/signer.sock\n"), oldPEM, old.PubPEM), []string{"external signer", "out of scope"}},
+		{"other path", node(strings.Replace(apiserver(), "pki/sa.pub", "keys/sa.pub", 1), oldPEM, old.PubPEM), []string{"--service-account-key-file is \"/etc/kubernetes/keys/sa.pub\"", "kubeadm's paths only"}},
+	} {
+		err := rt.saPreflight(ctx, tc.r, cp2)
+		for _, w := range tc.wantErrs {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, w)
+			}
+		}
 	}
 }
