@@ -276,6 +276,11 @@ func (ServiceAccountKeys) Revert(ctx context.Context, rt *Runtime, t Target) err
 	return rt.tokensSignedBy(ctx, strings.Split(k.oldIDs, ","), k.newID, "old")
 }
 
+// Describe is what plan --live shows: what the step waits for.
+func (s ServiceAccountKeys) Describe(_ context.Context, rt *Runtime, _ Target) ([]string, error) {
+	return s.Explain(rt.Config), nil
+}
+
 func (ServiceAccountKeys) Explain(*Config) []string {
 	return []string{"every apiserver publishes the old and the new service-account key (/openid/v1/jwks)",
 		"on rollback: every pod's projected token is signed by the old key again before the new key is dropped"}
@@ -297,6 +302,11 @@ func (ServiceAccountTokens) Apply(ctx context.Context, rt *Runtime, t Target) er
 		return err
 	}
 	return rt.tokensSignedBy(ctx, []string{k.newID}, k.oldIDs, "new")
+}
+
+// Describe is what plan --live shows: what the step waits for.
+func (s ServiceAccountTokens) Describe(_ context.Context, rt *Runtime, _ Target) ([]string, error) {
+	return s.Explain(rt.Config), nil
 }
 
 func (ServiceAccountTokens) Explain(*Config) []string {
