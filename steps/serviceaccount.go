@@ -137,9 +137,10 @@ func (rt *Runtime) newServiceAccountKey(ctx context.Context, r nodes.Runner, nod
 // saKeys is the run's service-account material: the pair, the bundle of
 // old+new public keys, and the key ids.
 type saKeys struct {
-	pair          CAPair
-	bundle        []byte
-	oldIDs, newID string
+	pair   CAPair
+	bundle []byte
+	oldIDs []string // sa.pub may hold more than one key
+	newID  string
 }
 
 func (rt *Runtime) saKeys(ctx context.Context) (saKeys, error) {
@@ -159,7 +160,7 @@ func (rt *Runtime) saKeys(ctx context.Context) (saKeys, error) {
 	if err != nil || len(newIDs) != 1 {
 		return saKeys{}, fmt.Errorf("the run's new service-account public key: %v", err)
 	}
-	return saKeys{pair: pair, bundle: b, oldIDs: strings.Join(oldIDs, ","), newID: newIDs[0]}, nil
+	return saKeys{pair: pair, bundle: b, oldIDs: oldIDs, newID: newIDs[0]}, nil
 }
 
 // saDistribute is what distribute adds on a control-plane node when the
@@ -251,7 +252,7 @@ func (ServiceAccountKeys) Apply(ctx context.Context, rt *Runtime, t Target) erro
 	if err != nil {
 		return err
 	}
-	want := append(strings.Split(k.oldIDs, ","), k.newID)
+	want := append(slices.Clone(k.oldIDs), k.newID)
 	return rt.waitFor(ctx, "every apiserver to publish the old and new service-account keys", func(ctx context.Context) (bool, string, error) {
 		for _, n := range rt.Config.ControlPlane {
 			ids, err := rt.jwksKeyIDs(ctx, n)
@@ -273,7 +274,7 @@ func (ServiceAccountKeys) Revert(ctx context.Context, rt *Runtime, t Target) err
 	if err != nil {
 		return err
 	}
-	return rt.tokensSignedBy(ctx, strings.Split(k.oldIDs, ","), k.newID, "old")
+	return rt.tokensSignedBy(ctx, k.oldIDs, []string{k.newID}, "old")
 }
 
 // Describe is what plan --live shows: what the step waits for.
@@ -432,13 +433,12 @@ func (t podToken) String() string {
 
 // tokensSignedBy waits, on every node at once (bounded like the other
 // fan-outs), until no projected token is signed by one of the keys in
-// stale (comma-separated ids); a kubelet whose tokens still are is
+// stale; a kubelet whose tokens still are is
 // restarted once (a restarted kubelet requests every running pod's token
 // anew) and waited for. Then it waits until tokenSettle after the newest
 // token signed by a key of want, so that clients caching their token file
 // have read the re-issued one. which is "new" or "old", for messages.
-func (rt *Runtime) tokensSignedBy(ctx context.Context, want []string, stale, which string) error {
-	staleIDs := strings.Split(stale, ",")
+func (rt *Runtime) tokensSignedBy(ctx context.Context, want, stale []string, which string) error {
 	var (
 		mu     sync.Mutex
 		newest time.Time
@@ -452,7 +452,7 @@ func (rt *Runtime) tokensSignedBy(ctx context.Context, want []string, stale, whi
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			last, err := rt.nodeTokensSignedBy(ctx, n, want, staleIDs, which)
+			last, err := rt.nodeTokensSignedBy(ctx, n, want, stale, which)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -558,16 +558,16 @@ func (rt *Runtime) saHoldLines(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	lines := []string{"service-account key: apiservers accept tokens of the old key (" + k.oldIDs + ") and the new (" + k.newID + ") and publish both in /openid/v1/jwks; " +
+	lines := []string{"service-account key: apiservers accept tokens of the old key (" + strings.Join(k.oldIDs, ", ") + ") and the new (" + k.newID + ") and publish both in /openid/v1/jwks; " +
 		"anything outside the cluster that verifies service-account tokens with the published keys (OIDC federation to a cloud's IAM, Vault's kubernetes auth with a copied key) must have the new key before trust narrows"}
-	stale, err := rt.oldKeyPodTokens(ctx, strings.Split(k.oldIDs, ","))
+	stale, err := rt.oldKeyPodTokens(ctx, k.oldIDs)
 	if err != nil {
 		return nil, err
 	}
 	if len(stale) > 0 {
 		lines = append(lines, fmt.Sprintf("pods still hold service-account tokens signed by the old key (%s): service-account-tokens restarts those nodes' kubelets before trust narrows, which re-issues them", short(stale)))
 	}
-	secrets, err := rt.legacyTokenSecrets(ctx, strings.Split(k.oldIDs, ","))
+	secrets, err := rt.legacyTokenSecrets(ctx, k.oldIDs)
 	if err != nil {
 		return nil, err
 	}

@@ -133,7 +133,7 @@ func TestTokensSignedByRestartsStaleKubelets(t *testing.T) {
 		Gates: gateFunc(func(node, c string) error { mu.Lock(); gated = append(gated, node+"/"+c); mu.Unlock(); return nil })}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new"); err != nil {
+	if err := rt.tokensSignedBy(ctx, []string{"new"}, []string{"old"}, "new"); err != nil {
 		t.Fatal(err)
 	}
 	if cp1.restarts != 0 || w1.restarts != 1 {
@@ -152,7 +152,7 @@ func TestTokensSignedByRestartFails(t *testing.T) {
 		Gates: gateFunc(func(string, string) error { return nil })}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new")
+	err := rt.tokensSignedBy(ctx, []string{"new"}, []string{"old"}, "new")
 	if err == nil || !strings.Contains(err.Error(), "w1") || !strings.Contains(err.Error(), "restart kubelet") {
 		t.Fatalf("err = %v, want the failed kubelet restart on w1", err)
 	}
@@ -176,7 +176,7 @@ func TestTokensSignedBySettles(t *testing.T) {
 		}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := rt.tokensSignedBy(ctx, []string{"new"}, "old", "new"); err != nil {
+	if err := rt.tokensSignedBy(ctx, []string{"new"}, []string{"old"}, "new"); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
