@@ -370,11 +370,6 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 				return err
 			}
 		}
-		if c.ServiceAccount {
-			if err := rt.saPreflight(ctx, r, t); err != nil {
-				return err
-			}
-		}
 		var paths []string
 		for _, lf := range leaves {
 			paths = append(paths, c.pki(lf.name+".crt"))
@@ -382,11 +377,19 @@ func (PrepareCerts) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		for _, kc := range edit.ControlPlaneKubeconfigs {
 			paths = append(paths, c.kubeDir(kc.Name))
 		}
+		if c.ServiceAccount {
+			paths = append(paths, c.saPreflightPaths()...)
+		}
 		b := nodes.NewBatched(r)
 		if err := b.Prefetch(ctx, paths...); err != nil { // one round trip
 			return err
 		}
 		r := nodes.Runner(b)
+		if c.ServiceAccount {
+			if err := rt.saPreflight(ctx, r, t); err != nil {
+				return err
+			}
+		}
 		for _, lf := range leaves {
 			p := c.pki(lf.name + ".crt")
 			raw, err := r.ReadFile(ctx, p)

@@ -181,6 +181,12 @@ func (rt *Runtime) saDistribute(ctx context.Context) ([]fileedit.Edit, error) {
 	}, nil
 }
 
+// saPreflightPaths are the files saPreflight reads (PrepareCerts fetches
+// them with the node's other files in one round trip).
+func (c *Config) saPreflightPaths() []string {
+	return []string{c.manifest(APIServer), c.manifest(ControllerManager), c.pki(fileSAKey), c.pki(fileSAPub)}
+}
+
 // saPreflight checks, on control-plane node t, that the apiserver and the
 // controller-manager use kubeadm's sa.key and sa.pub and that they are the
 // pair the run read from the first control-plane node.
