@@ -312,7 +312,15 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		}
 	}
 	if c.ServiceAccount {
-		pair, err := rt.newServiceAccountKey(ctx, r, first.Node)
+		oldKey, err := read(fileSAKey)
+		if err != nil {
+			return err
+		}
+		oldPub, err := read(fileSAPub)
+		if err != nil {
+			return err
+		}
+		pair, err := rt.newServiceAccountKey(oldKey, oldPub, first.Node)
 		if err != nil {
 			return err
 		}

@@ -81,25 +81,11 @@ const (
 // once a minute (transport.NewCachedFileTokenSource), plus a margin.
 const tokenSettle = 70 * time.Second
 
-// newServiceAccountKey reads the old pair from r (the first control-plane
-// node) and makes the new key like it.
-func (rt *Runtime) newServiceAccountKey(ctx context.Context, r nodes.Runner, node string) (CAPair, error) {
+// newServiceAccountKey checks the old pair (sa.key and sa.pub as read from
+// node, the first control-plane node) and makes the new key like it, or
+// reads the inventory's.
+func (rt *Runtime) newServiceAccountKey(oldKey, oldPub []byte, node string) (CAPair, error) {
 	c := rt.Config
-	read := func(name string) ([]byte, error) {
-		b, err := r.ReadFile(ctx, c.pki(name))
-		if err != nil {
-			return nil, fmt.Errorf("read %s on %s: %w", c.pki(name), node, err)
-		}
-		return b, nil
-	}
-	oldKey, err := read(fileSAKey)
-	if err != nil {
-		return CAPair{}, err
-	}
-	oldPub, err := read(fileSAPub)
-	if err != nil {
-		return CAPair{}, err
-	}
 	k, err := pki.ParseKeyPEM(oldKey)
 	if err != nil {
 		return CAPair{}, fmt.Errorf("%s on %s: %w", c.pki(fileSAKey), node, err)

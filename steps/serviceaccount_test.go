@@ -254,18 +254,14 @@ func rsaPEM(t *testing.T) []byte {
 // The new key is generated like the old or read from the inventory's
 // file; the old pair must match, and a supplied key must be new.
 func TestNewServiceAccountKey(t *testing.T) {
-	ctx := context.Background()
 	oldPEM := rsaPEM(t)
 	old, err := pki.LoadSigningKey(oldPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := nodes.NewMemRunner("cp1")
-	r.SetFile("/etc/kubernetes/pki/sa.key", oldPEM, 0o600)
-	r.SetFile("/etc/kubernetes/pki/sa.pub", old.PubPEM, 0o644)
 	rt := &Runtime{Out: &Outputs{}, Config: testConfig([]string{"cp1"}, nil)}
 
-	pair, err := rt.newServiceAccountKey(ctx, r, "cp1")
+	pair, err := rt.newServiceAccountKey(oldPEM, old.PubPEM, "cp1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,18 +275,17 @@ func TestNewServiceAccountKey(t *testing.T) {
 	newPEM := rsaPEM(t)
 	os.WriteFile(supplied, newPEM, 0o600)
 	rt.Config.NewCA.ServiceAccountKeyFile = supplied
-	if pair, err = rt.newServiceAccountKey(ctx, r, "cp1"); err != nil || string(pair.NewKey) != string(newPEM) {
+	if pair, err = rt.newServiceAccountKey(oldPEM, old.PubPEM, "cp1"); err != nil || string(pair.NewKey) != string(newPEM) {
 		t.Fatalf("supplied key not used: %v", err)
 	}
 	os.WriteFile(supplied, oldPEM, 0o600)
-	if _, err := rt.newServiceAccountKey(ctx, r, "cp1"); err == nil || !strings.Contains(err.Error(), "is the key the cluster uses now") {
+	if _, err := rt.newServiceAccountKey(oldPEM, old.PubPEM, "cp1"); err == nil || !strings.Contains(err.Error(), "is the key the cluster uses now") {
 		t.Fatalf("the old key supplied as new: err = %v", err)
 	}
 
 	rt.Config.NewCA.ServiceAccountKeyFile = ""
 	other, _ := pki.LoadSigningKey(rsaPEM(t))
-	r.SetFile("/etc/kubernetes/pki/sa.pub", other.PubPEM, 0o644)
-	if _, err := rt.newServiceAccountKey(ctx, r, "cp1"); err == nil || !strings.Contains(err.Error(), "does not hold the public key of /etc/kubernetes/pki/sa.key") {
+	if _, err := rt.newServiceAccountKey(oldPEM, other.PubPEM, "cp1"); err == nil || !strings.Contains(err.Error(), "does not hold the public key of /etc/kubernetes/pki/sa.key") {
 		t.Fatalf("mismatched pair: err = %v", err)
 	}
 }
