@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -89,11 +88,7 @@ func ForgeToken(k SAKey, uid string, now time.Time) (string, error) {
 // PublishedKeyIDs is, per apiserver, the sorted key ids of its
 // /openid/v1/jwks, read with the client certificate admin.
 func PublishedKeyIDs(ctx context.Context, info clusterinfo.Cluster, roots []*x509.Certificate, admin tls.Certificate) (map[string][]string, error) {
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{admin}}}}
+	c := apiClient(roots, admin)
 	out := map[string][]string{}
 	for _, n := range info.ControlPlanes() {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+net.JoinHostPort(n.Address, "6443")+"/openid/v1/jwks", nil)
@@ -141,10 +136,6 @@ func ServiceAccountKeyIs(ctx context.Context, info clusterinfo.Cluster, kc kuber
 	if err != nil {
 		return err
 	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
 	var problems []string
 	published, err := PublishedKeyIDs(ctx, info, roots, admin)
 	if err != nil {
@@ -155,15 +146,13 @@ func ServiceAccountKeyIs(ctx context.Context, info clusterinfo.Cluster, kc kuber
 			problems = append(problems, fmt.Sprintf("%s publishes keys %v, want only %s", n, ids, current.ID))
 		}
 	}
+	c := apiClient(roots)
 	for _, n := range info.ControlPlanes() {
-		base := "https://" + net.JoinHostPort(n.Address, "6443")
-		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-		call := func(method, path, token string, body []byte) (int, []byte, error) {
-			c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-			req, _ := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
-			if token != "" {
-				req.Header.Set("Authorization", "Bearer "+token)
-			}
+		// review asks the apiserver who the bearer of token is.
+		review := func(token string) (int, []byte, error) {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+net.JoinHostPort(n.Address, "6443")+"/apis/authentication.k8s.io/v1/selfsubjectreviews",
+				strings.NewReader(`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`))
+			req.Header.Set("Authorization", "Bearer "+token)
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := c.Do(req)
 			if err != nil {
@@ -173,15 +162,14 @@ func ServiceAccountKeyIs(ctx context.Context, info clusterinfo.Cluster, kc kuber
 			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 			return resp.StatusCode, b, nil
 		}
-		review := []byte(`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`)
-		code, body, err := call(http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews", good, review)
+		code, body, err := review(good)
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Sprintf("%s: token of the current key: %v", n.Name, err))
 		case code != http.StatusCreated || !strings.Contains(string(body), `"username":"system:serviceaccount:default:default"`):
 			problems = append(problems, fmt.Sprintf("%s: a token of the current key (%s) answered %d, want 201 as system:serviceaccount:default:default: %s", n.Name, current.ID, code, firstLine(string(body))))
 		}
-		code, body, err = call(http.MethodPost, "/apis/authentication.k8s.io/v1/selfsubjectreviews", bad, review)
+		code, body, err = review(bad)
 		switch {
 		case err != nil:
 			problems = append(problems, fmt.Sprintf("%s: token of the previous key: %v", n.Name, err))

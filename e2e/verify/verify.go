@@ -94,6 +94,16 @@ func servedLeaf(ctx context.Context, host, port string, cfg *tls.Config) (*x509.
 	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 }
 
+// apiClient is an HTTPS client that verifies servers against roots alone
+// and presents certs.
+func apiClient(roots []*x509.Certificate, certs ...tls.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs}}}
+}
+
 // Answer is one apiserver's response.
 type Answer struct {
 	Code int
@@ -103,15 +113,9 @@ type Answer struct {
 // ClientStatus is what every apiserver answers to GET /api with cert,
 // verifying servers against roots.
 func ClientStatus(ctx context.Context, info clusterinfo.Cluster, roots []*x509.Certificate, cert tls.Certificate) (map[string]Answer, error) {
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
+	c := apiClient(roots, cert)
 	out := map[string]Answer{}
 	for _, n := range info.ControlPlanes() {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			RootCAs: pool, Certificates: []tls.Certificate{cert},
-		}}}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+net.JoinHostPort(n.Address, "6443")+"/api", nil)
 		resp, err := c.Do(req)
 		if err != nil {
