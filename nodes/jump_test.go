@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -150,4 +152,37 @@ func TestJumpHost(t *testing.T) {
 			t.Fatalf("Dial = %v, want the jump host named", err)
 		}
 	})
+}
+
+// Logins to one jump host are limited (its sshd drops unauthenticated
+// connections beyond MaxStartups); another jump host has its own slots.
+func TestJumpSlotLimitsLoginsPerJumpHost(t *testing.T) {
+	ctx := context.Background()
+	var releases []func()
+	for i := 0; i < jumpHandshakes; i++ {
+		r, err := jumpSlot(ctx, "bastion-a:22")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, r)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := jumpSlot(short, "bastion-a:22"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("login %d to one jump host: err = %v, want it to wait", jumpHandshakes+1, err)
+	}
+	other, err := jumpSlot(ctx, "bastion-b:22")
+	if err != nil {
+		t.Fatalf("another jump host: %v", err)
+	}
+	other()
+	releases[0]()
+	r, err := jumpSlot(ctx, "bastion-a:22")
+	if err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	r()
+	for _, r := range releases[1:] {
+		r()
+	}
 }

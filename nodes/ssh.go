@@ -132,12 +132,49 @@ type authError struct{ err error }
 func (e *authError) Error() string { return e.err.Error() }
 func (e *authError) Unwrap() error { return e.err }
 
+// jumpHandshakes is how many logins to one jump host run at once. Every
+// node behind it has its own connection to it, and OpenSSH's sshd drops
+// unauthenticated connections beyond MaxStartups (default 10:30:100,
+// dropping from the 11th), so a wide fan-out must not open them all at
+// once. Nodes reached directly each have their own sshd: no limit.
+const jumpHandshakes = 8
+
+var jumpSlots = struct {
+	sync.Mutex
+	by map[string]chan struct{}
+}{by: map[string]chan struct{}{}}
+
+// jumpSlot waits for a login slot at the jump host addr; release frees it.
+func jumpSlot(ctx context.Context, addr string) (release func(), err error) {
+	jumpSlots.Lock()
+	ch, ok := jumpSlots.by[addr]
+	if !ok {
+		ch = make(chan struct{}, jumpHandshakes)
+		jumpSlots.by[addr] = ch
+	}
+	jumpSlots.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 func dialOnce(ctx context.Context, cfg Config, hk *hostKeys) (*Client, error) {
+	jc := cfg.jump()
+	if jc != nil {
+		release, err := jumpSlot(ctx, jc.addr())
+		if err != nil {
+			return nil, fmt.Errorf("connect to node %s through %s: %w", cfg.Name, jc.label(), err)
+		}
+		defer release()
+	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	var jump *ssh.Client
 	var raw net.Conn
-	if jc := cfg.jump(); jc != nil {
+	if jc != nil {
 		var err error
 		if jump, err = handshake(ctx, dctx, *jc, hk, nil); err != nil {
 			return nil, err

@@ -52,7 +52,13 @@ func (c *Config) Plan(opts Options) *Plan {
 	all = append(append(all, cp...), workers...)
 	cluster := []steps.Target{steps.ClusterTarget}
 	batch := c.WorkerBatch
-	wide := 8 // read-only and file-distribution fan-out
+	// Steps that only read, check or move files (no restart) act on this
+	// many nodes at once: each node has its own sshd, the connections are
+	// open after nodes-reachable, and each step is a few round trips, so
+	// waiting for the slowest of 8 at a time made them grow with the
+	// workers (preflight 2 s with 2 workers, 10.5 s with 30). Logins
+	// through one jump host are limited apart (nodes.jumpHandshakes).
+	wide := 32
 	one := func(s steps.Step, t []steps.Target) PlannedStep {
 		return PlannedStep{Step: s, Targets: t, Concurrency: 1}
 	}
@@ -110,7 +116,7 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "publication", Short: "wait until kube-root-ca.crt and token Secrets hold old+new", Steps: []PlannedStep{
 			one(steps.RootCAPublished(), cluster),
 		}},
-		{Name: "in-cluster-clients", Short: "restart in-cluster clients so they load the bundle", Steps: []PlannedStep{
+		{Name: "in-cluster-clients", Short: "restart in-cluster clients so they load the bundle (waited for in servers)", Steps: []PlannedStep{
 			one(steps.InClusterClientsRestart(), cluster),
 		}},
 		{Name: "apiserver-trust", Short: "apiservers accept client certificates of old and new CAs", Steps: seq(
@@ -135,7 +141,9 @@ func (c *Config) Plan(opts Options) *Plan {
 		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: seq(
 			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
 			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers")),
-			[]PlannedStep{one(steps.WorkloadsRestart(), cluster), one(steps.NoKubeletCutOff{}, cluster)},
+			// The in-cluster clients restarted in phase 4 roll out while
+			// trust widens; they must have the bundle before issuance switches.
+			[]PlannedStep{one(steps.InClusterClientsRolledOut(), cluster), one(steps.WorkloadsRestart(), cluster), one(steps.NoKubeletCutOff{}, cluster)},
 			etcd(one(steps.EtcdCerts(), cp)),
 			[]PlannedStep{one(steps.SwitchIssuance(), cp), one(steps.KubeletCSRs{}, cluster)},
 			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers")),

@@ -128,7 +128,7 @@ func TestVerifyPhasePerNode(t *testing.T) {
 	}
 	c := inv.Config()
 	nodes := append(append([]string{}, c.Steps.ControlPlane...), c.Steps.Workers...)
-	want := []string{"verify-nodes on " + strings.Join(nodes, ",") + " (8)", "verify on cluster (1)"}
+	want := []string{"verify-nodes on " + strings.Join(nodes, ",") + " (32)", "verify on cluster (1)"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("verify phase = %q, want %q", got, want)
 	}

@@ -368,13 +368,13 @@ func TestRollWorkloads(t *testing.T) {
 				defer mu.Unlock()
 				lines = append(lines, msg)
 			}
-			var tasks []rollTask
+			var rs []rollout
 			for _, w := range tt.ws {
-				tasks = append(tasks, rollTask{observed{workload: w}, decision{restart: true, wait: true, healthyBefore: tt.healthyBefore}, tt.timeout})
+				rs = append(rs, rollout{Kind: w.kind, Namespace: w.namespace, Name: w.name, Wait: true, HealthyBefore: tt.healthyBefore, Timeout: tt.timeout})
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			late, regressed, err := rt.rollWorkloads(ctx, tasks, "v1", tt.limit)
+			late, regressed, err := rt.rollWorkloads(ctx, rs, "v1", tt.limit, restartAndWait)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("rollWorkloads: %v", err)

@@ -67,17 +67,29 @@ const (
 	skipAnnotation = "rotate.kubeca.io/skip"
 )
 
-// Names of the two restart steps (checkpoint keys; the hold report reads
-// their records).
+// Names of the two restart steps and of the wait for the first
+// (checkpoint keys; the hold report reads the restart steps' records).
 const (
 	stepSystemWorkloads = "system-workloads"
+	stepSystemRolledOut = "system-workloads-rolled-out"
 	stepWorkloads       = "workloads"
 )
 
-// InClusterClientsRestart restarts the in-cluster clients (phase 4): a
-// rollout that does not finish in time fails the step.
+// InClusterClientsRestart restarts the in-cluster clients (phase 4)
+// without waiting: their rollouts run while trust widens (phases 5-8),
+// the longest wait of a rotation on a cluster with many nodes (a
+// DaemonSet rolls one node at a time). InClusterClientsRolledOut waits
+// for them before any server presents a certificate of the new CA.
 func InClusterClientsRestart() *RestartWorkloads {
-	return &RestartWorkloads{StepName: stepSystemWorkloads, InCluster: true}
+	return &RestartWorkloads{StepName: stepSystemWorkloads, InCluster: true, Deferred: true}
+}
+
+// InClusterClientsRolledOut waits for the rollouts system-workloads
+// started (phase 9, before the kubelets and issuance change): a workload
+// all available before the run that does not finish in time fails the
+// step.
+func InClusterClientsRolledOut() *RolledOut {
+	return &RolledOut{StepName: stepSystemRolledOut, Restart: InClusterClientsRestart()}
 }
 
 // WorkloadsRestart restarts every other selected workload (phase 9): a
@@ -639,6 +651,10 @@ type RestartWorkloads struct {
 	// InCluster: the in-cluster clients' namespaces (phase 4); otherwise
 	// the configured selection without them (phase 9).
 	InCluster bool
+	// Deferred: restart only, and record what to wait for (rolloutsKey);
+	// a RolledOut step waits and records the findings. Check then asks
+	// only that every restart is in place.
+	Deferred bool
 }
 
 func (s *RestartWorkloads) Name() string { return s.StepName }
@@ -651,11 +667,45 @@ func (s *RestartWorkloads) SelfTimed() {}
 // key).
 func workloadReportKey(step string) string { return "report/workloads/" + step }
 
+// rolloutsKey is where a deferred restart step records its rollouts and
+// findings for the step that waits (state key).
+func rolloutsKey(step string) string { return "rollouts/" + step }
+
 // rollTask is one workload a restart step restarts, and how it waits.
 type rollTask struct {
 	observed
 	decision
 	timeout time.Duration
+}
+
+// rollout is a rollTask as rollWorkloads needs it, and as a deferred
+// restart records it (state JSON).
+type rollout struct {
+	Kind          string        `json:"kind"`
+	Namespace     string        `json:"namespace"`
+	Name          string        `json:"name"`
+	Selector      string        `json:"selector,omitempty"`
+	Wait          bool          `json:"wait,omitempty"`
+	HealthyBefore bool          `json:"healthyBefore,omitempty"`
+	Timeout       time.Duration `json:"timeout"`
+}
+
+func (r rollout) workload() workload { return workload{r.Kind, r.Namespace, r.Name} }
+
+func rollouts(tasks []rollTask) []rollout {
+	out := make([]rollout, 0, len(tasks))
+	for _, t := range tasks {
+		out = append(out, rollout{Kind: t.kind, Namespace: t.namespace, Name: t.name, Selector: t.view.selector,
+			Wait: t.wait, HealthyBefore: t.healthyBefore, Timeout: t.timeout})
+	}
+	return out
+}
+
+// recordedRollouts is what a deferred restart step leaves for its wait.
+type recordedRollouts struct {
+	Value    string            `json:"value"` // the restartedAt value
+	Rollouts []rollout         `json:"rollouts,omitempty"`
+	Findings []workloadFinding `json:"findings,omitempty"`
 }
 
 // restartPlan is what the step does with the selected workloads.
@@ -695,7 +745,7 @@ func (s *RestartWorkloads) Check(ctx context.Context, rt *Runtime, t Target) (bo
 	}
 	v := restartedAt(rt.RunID, false)
 	for _, task := range p.tasks {
-		if task.view.template.Annotations[workloadAnnotation] != v || task.wait && task.view.pending != "" {
+		if task.view.template.Annotations[workloadAnnotation] != v || !s.Deferred && task.wait && task.view.pending != "" {
 			return false, nil
 		}
 	}
@@ -713,7 +763,14 @@ func (s *RestartWorkloads) Apply(ctx context.Context, rt *Runtime, t Target) err
 	for _, f := range p.findings {
 		rt.Printf("workload %s", f)
 	}
-	late, regressed, err := rt.rollWorkloads(ctx, p.tasks, restartedAt(rt.RunID, false), rt.Config.WorkloadConcurrency)
+	v := restartedAt(rt.RunID, false)
+	if s.Deferred {
+		if _, _, err := rt.rollWorkloads(ctx, rollouts(p.tasks), v, rt.Config.WorkloadConcurrency, restartOnly); err != nil {
+			return err
+		}
+		return s.record(rt, p)
+	}
+	late, regressed, err := rt.rollWorkloads(ctx, rollouts(p.tasks), v, rt.Config.WorkloadConcurrency, restartAndWait)
 	if err != nil {
 		return err
 	}
@@ -721,6 +778,11 @@ func (s *RestartWorkloads) Apply(ctx context.Context, rt *Runtime, t Target) err
 		return err
 	}
 	return putJSON(rt, workloadReportKey(s.StepName), append(p.findings, late...))
+}
+
+// record keeps a deferred restart's rollouts and findings for its wait.
+func (s *RestartWorkloads) record(rt *Runtime, p restartPlan) error {
+	return putJSON(rt, rolloutsKey(s.StepName), recordedRollouts{Value: restartedAt(rt.RunID, false), Rollouts: rollouts(p.tasks), Findings: p.findings})
 }
 
 // regressionError names the workloads, healthy before the run, whose
@@ -742,14 +804,21 @@ func regressionError(regressed []workloadFinding) error {
 // Gate records the findings when Check found the restart in place (Apply
 // records them otherwise).
 func (s *RestartWorkloads) Gate(ctx context.Context, rt *Runtime, t Target) error {
-	if _, ok := rt.Out.Values[workloadReportKey(s.StepName)]; ok {
+	key := workloadReportKey(s.StepName)
+	if s.Deferred {
+		key = rolloutsKey(s.StepName)
+	}
+	if _, ok := rt.Out.Values[key]; ok {
 		return nil
 	}
 	p, err := s.plan(ctx, rt)
 	if err != nil {
 		return err
 	}
-	return putJSON(rt, workloadReportKey(s.StepName), p.findings)
+	if s.Deferred {
+		return s.record(rt, p)
+	}
+	return putJSON(rt, key, p.findings)
 }
 
 // narrowingSkew is how much earlier than verify's check (the operator
@@ -809,7 +878,7 @@ func (s *RestartWorkloads) Revert(ctx context.Context, rt *Runtime, t Target) er
 	if err != nil {
 		return fmt.Errorf("before re-rolling workloads: %w", err)
 	}
-	late, regressed, err := rt.rollWorkloads(ctx, tasks, rev, rt.Config.WorkloadConcurrency)
+	late, regressed, err := rt.rollWorkloads(ctx, rollouts(tasks), rev, rt.Config.WorkloadConcurrency, restartAndWait)
 	if err != nil {
 		return err
 	}
@@ -863,8 +932,11 @@ func (s *RestartWorkloads) Describe(ctx context.Context, rt *Runtime, t Target) 
 		return nil, err
 	}
 	out := []string{fmt.Sprintf("rollout restart of %d workload(s), %d at a time", len(p.tasks), rt.Config.WorkloadConcurrency)}
+	if s.Deferred {
+		out[0] += ", not waiting here: step " + stepSystemRolledOut + " waits for them"
+	}
 	for _, task := range p.tasks {
-		if task.wait {
+		if task.wait && !s.Deferred {
 			out = append(out, fmt.Sprintf("restart %s, wait up to %s", task, task.timeout))
 		}
 	}
@@ -960,13 +1032,22 @@ func (rt *Runtime) rolledOut(ctx context.Context, w workload, value string) (boo
 	return kind.status(ctx, rt.Kube.AppsV1(), w.namespace, w.name, value)
 }
 
-// rollWorkloads restarts every task's workload, with at most limit in
-// flight, and waits up to its timeout for each task that waits. It
-// returns the rollouts that did not finish in time (whyTimedOut findings):
-// late for workloads not all available before the run, regressed for
-// those that were. An error is a restart that failed or a wait cut short
-// by ctx.
-func (rt *Runtime) rollWorkloads(ctx context.Context, tasks []rollTask, value string, limit int) (late, regressed []workloadFinding, err error) {
+// rollMode is what rollWorkloads does with each rollout.
+type rollMode int
+
+const (
+	restartAndWait rollMode = iota
+	restartOnly             // a deferred restart: RolledOut waits
+	waitOnly                // RolledOut
+)
+
+// rollWorkloads restarts every rollout's workload (unless waitOnly), with
+// at most limit in flight, and waits up to its timeout for each that
+// waits (unless restartOnly). It returns the rollouts that did not finish
+// in time (whyTimedOut findings): late for workloads not all available
+// before the run, regressed for those that were. An error is a restart
+// that failed or a wait cut short by ctx.
+func (rt *Runtime) rollWorkloads(ctx context.Context, rs []rollout, value string, limit int, mode rollMode) (late, regressed []workloadFinding, err error) {
 	if limit < 1 {
 		limit = 1
 	}
@@ -975,17 +1056,21 @@ func (rt *Runtime) rollWorkloads(ctx context.Context, tasks []rollTask, value st
 	var errs []string
 	var wg sync.WaitGroup
 	finished := 0
-	for _, task := range tasks {
+	for _, r := range rs {
 		sem <- struct{}{}
 		wg.Add(1)
-		go func(task rollTask) {
+		go func(r rollout) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			w := task.workload
-			err := rt.restartWorkload(ctx, w, value)
+			w := r.workload()
+			var err error
+			if mode != waitOnly {
+				err = rt.restartWorkload(ctx, w, value)
+			}
+			wait := r.Wait && mode != restartOnly
 			var last string
-			if err == nil && task.wait {
-				wctx, cancel := context.WithTimeout(ctx, task.timeout)
+			if err == nil && wait {
+				wctx, cancel := context.WithTimeout(ctx, r.Timeout)
 				err = rt.waitFor(wctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
 					done, why, err := rt.rolledOut(ctx, w, value)
 					if ctx.Err() == nil {
@@ -999,25 +1084,28 @@ func (rt *Runtime) rollWorkloads(ctx context.Context, tasks []rollTask, value st
 			defer mu.Unlock()
 			switch {
 			case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-				f := workloadFinding{Kind: w.kind, Namespace: w.namespace, Name: w.name, Selector: task.view.selector,
-					Why: whyTimedOut, Detail: fmt.Sprintf("within %s (last: %s)", task.timeout, last)}
-				if task.healthyBefore {
+				f := workloadFinding{Kind: w.kind, Namespace: w.namespace, Name: w.name, Selector: r.Selector,
+					Why: whyTimedOut, Detail: fmt.Sprintf("within %s (last: %s)", r.Timeout, last)}
+				if r.HealthyBefore {
 					regressed = append(regressed, f)
 				} else {
 					late = append(late, f)
 				}
 				finished++
-				rt.Printf("%s: rollout not finished within %s (last: %s) (%d/%d)", w, task.timeout, last, finished, len(tasks))
+				rt.Printf("%s: rollout not finished within %s (last: %s) (%d/%d)", w, r.Timeout, last, finished, len(rs))
 			case err != nil:
 				errs = append(errs, err.Error())
-			case task.wait:
+			case wait:
 				finished++
-				rt.Printf("rolled out %s (%d/%d)", w, finished, len(tasks))
+				rt.Printf("rolled out %s (%d/%d)", w, finished, len(rs))
+			case mode == restartOnly && r.Wait:
+				finished++
+				rt.Printf("restarted %s, its rollout is waited for later (%d/%d)", w, finished, len(rs))
 			default:
 				finished++
-				rt.Printf("restarted %s, not waiting for it (%d/%d)", w, finished, len(tasks))
+				rt.Printf("restarted %s, not waiting for it (%d/%d)", w, finished, len(rs))
 			}
-		}(task)
+		}(r)
 	}
 	wg.Wait()
 	byName := func(fs []workloadFinding) {
@@ -1027,7 +1115,7 @@ func (rt *Runtime) rollWorkloads(ctx context.Context, tasks []rollTask, value st
 	byName(regressed)
 	if len(errs) > 0 {
 		sort.Strings(errs)
-		return late, regressed, fmt.Errorf("%d of %d rollouts failed:\n  - %s", len(errs), len(tasks), strings.Join(errs, "\n  - "))
+		return late, regressed, fmt.Errorf("%d of %d rollouts failed:\n  - %s", len(errs), len(rs), strings.Join(errs, "\n  - "))
 	}
 	return late, regressed, nil
 }

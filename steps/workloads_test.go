@@ -420,3 +420,80 @@ func TestClassifyAgainstBaseline(t *testing.T) {
 		})
 	}
 }
+
+// The in-cluster clients' restart does not wait: it restarts, records
+// what to wait for, and is done while a rollout is still running; the
+// wait step later fails on a workload healthy before the run that does
+// not finish in time, waits for one that does, and records the restart's
+// findings for the hold.
+func TestDeferredRestartThenRolledOut(t *testing.T) {
+	ctx := context.Background()
+	objs := append(workloadsCluster(), stuckDeployment("slow"))
+	rt, c, st := workloadsRuntime(t, objs...)
+	rt.RunID = "20261130-034235-abc"
+	rt.Config.Workloads.Timeouts = map[string]time.Duration{"apps/slow": 300 * time.Millisecond}
+	recordBaseline(t, rt, st)
+	var mu sync.Mutex
+	var progress []string
+	rt.Progress = func(m string) { mu.Lock(); progress = append(progress, m); mu.Unlock() }
+
+	restart := &RestartWorkloads{StepName: stepSystemWorkloads, Deferred: true}
+	wait := &RolledOut{StepName: stepSystemRolledOut, Restart: restart}
+	if _, err := wait.Check(ctx, rt, ClusterTarget); err == nil || !strings.Contains(err.Error(), "step system-workloads recorded no rollouts") {
+		t.Fatalf("wait before the restart: err = %v, want that the restart must run first", err)
+	}
+	if err := restart.Apply(ctx, rt, ClusterTarget); err != nil {
+		t.Fatalf("deferred restart: %v (it must not wait for apps/slow)", err)
+	}
+	const value = "2026-11-30T03:42:35Z"
+	if got := templateAnnotations(t, c, workload{"Deployment", "apps", "slow"})[workloadAnnotation]; got != value {
+		t.Errorf("apps/slow restartedAt = %q, want %q", got, value)
+	}
+	if !contains(progress, "restarted Deployment apps/slow, its rollout is waited for later") {
+		t.Errorf("progress lacks the deferred restart of apps/slow: %q", progress)
+	}
+	if _, ok := rt.Out.Values[workloadReportKey(stepSystemWorkloads)]; ok {
+		t.Error("the deferred restart recorded the hold findings; the wait step records them")
+	}
+	st.Commit(rt.Out)
+	rt.Out = &Outputs{}
+	if done, err := restart.Check(ctx, rt, ClusterTarget); err != nil || !done {
+		t.Errorf("restart Check with apps/slow still rolling = %v, %v, want done (restarts in place)", done, err)
+	}
+	if done, err := wait.Check(ctx, rt, ClusterTarget); err != nil || done {
+		t.Errorf("wait Check with apps/slow still rolling = %v, %v, want not done", done, err)
+	}
+	lines, err := wait.Describe(ctx, rt, ClusterTarget)
+	if err != nil || !contains(lines, "wait up to 300ms for Deployment apps/slow") {
+		t.Errorf("Describe = %q, %v", lines, err)
+	}
+
+	err = wait.Apply(ctx, rt, ClusterTarget)
+	if err == nil || !strings.Contains(err.Error(), "Deployment apps/slow: rollout not finished within 300ms") {
+		t.Fatalf("wait: err = %v, want the regression of apps/slow", err)
+	}
+
+	// apps/slow finishes: the wait passes and records the findings.
+	d, err := c.AppsV1().Deployments("apps").Get(ctx, "slow", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: 3, AvailableReplicas: 3}
+	if _, err := c.AppsV1().Deployments("apps").UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rt.Out = &Outputs{}
+	if err := wait.Apply(ctx, rt, ClusterTarget); err != nil {
+		t.Fatalf("wait after apps/slow finished: %v", err)
+	}
+	var recorded []workloadFinding
+	if err := json.Unmarshal(rt.Out.Values[workloadReportKey(stepSystemWorkloads)], &recorded); err != nil {
+		t.Fatalf("recorded findings: %v", err)
+	}
+	if len(recorded) != 7 {
+		t.Errorf("recorded %d findings, want the 7 of the baseline: %q", len(recorded), whys(recorded))
+	}
+	if done, err := wait.Check(ctx, rt, ClusterTarget); err != nil || !done {
+		t.Errorf("wait Check after = %v, %v", done, err)
+	}
+}
