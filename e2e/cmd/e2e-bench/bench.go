@@ -319,7 +319,13 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 		return res, fmt.Errorf("cluster not settled before the run: %w", err)
 	}
 	logf("%s: rotate start --no-hold (%s)", tag, inv)
-	wall, startErr := rot("start", "--inventory", inv, "--state", statePath, "--no-hold")
+	b0, t0, cerr := cpuTicks()
+	argv := append(append(append([]string(nil), prefix...), o.rotateBin), "start", "--inventory", inv, "--state", statePath, "--no-hold")
+	wall, cpu, startErr := runMeasured(ctx, dir, filepath.Join(dir, "start.log"), fmt.Sprintf("    [%s start] ", tag), o.quiet, argv)
+	if b1, t1, err := cpuTicks(); cerr == nil && err == nil {
+		res.HostCPUBusy = hostBusy(b0, t0, b1, t1)
+	}
+	res.RotateCPUSeconds = round3(cpu.Seconds())
 	res.RotationSeconds = wall.Seconds()
 	after, serr := status(ctx, o.rotateBin, statePath)
 	if serr != nil {
@@ -409,9 +415,16 @@ func checkDelay(s cluster.Spec, nsName string, rtt time.Duration) error {
 // runLogged runs argv in dir, its output to logPath and (unless quiet)
 // to stdout with prefix, and returns its wall time.
 func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (time.Duration, error) {
+	wall, _, err := runMeasured(ctx, dir, logPath, prefix, quiet, argv)
+	return wall, err
+}
+
+// runMeasured is runLogged that also returns the CPU time (user+system)
+// the command used.
+func runMeasured(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (wall, cpu time.Duration, err error) {
 	lf, err := os.Create(logPath)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer lf.Close()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -420,7 +433,7 @@ func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, arg
 	cmd.Stdout, cmd.Stderr = pw, pw
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	done := make(chan struct{})
 	go func() {
@@ -436,13 +449,50 @@ func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, arg
 		io.Copy(io.Discard, pr)
 	}()
 	err = cmd.Wait()
-	wall := time.Since(t0)
+	wall = time.Since(t0)
+	if ps := cmd.ProcessState; ps != nil {
+		cpu = ps.UserTime() + ps.SystemTime()
+	}
 	pw.Close()
 	<-done
 	if err != nil {
-		return wall, fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
+		return wall, cpu, fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
 	}
-	return wall, nil
+	return wall, cpu, nil
+}
+
+// cpuTicks is the host's busy and total CPU time (/proc/stat's cpu line,
+// in clock ticks; idle and iowait are not busy).
+func cpuTicks() (busy, total uint64, err error) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total, nil
+}
+
+// hostBusy is the fraction of the host's CPU time that was busy between
+// two cpuTicks samples.
+func hostBusy(b0, t0, b1, t1 uint64) float64 {
+	if t1 <= t0 {
+		return 0
+	}
+	return round3(float64(b1-b0) / float64(t1-t0))
 }
 
 // status runs `rotate status -o json` (in the host namespace: not timed).

@@ -54,12 +54,18 @@ type result struct {
 	// (they return once the kubelet is healthy) outside both; OwnSeconds
 	// the rest of the rotation's wall time: rotate's own work, node I/O
 	// and state writes included.
-	GateSeconds    float64       `json:"gateSeconds"`
-	WaitSeconds    float64       `json:"waitSeconds"`
-	RestartSeconds float64       `json:"restartSeconds"`
-	OwnSeconds     float64       `json:"ownSeconds"`
-	OwnFraction    float64       `json:"ownFraction"`
-	Phases         []phaseResult `json:"phases"`
+	GateSeconds    float64 `json:"gateSeconds"`
+	WaitSeconds    float64 `json:"waitSeconds"`
+	RestartSeconds float64 `json:"restartSeconds"`
+	OwnSeconds     float64 `json:"ownSeconds"`
+	OwnFraction    float64 `json:"ownFraction"`
+	// HostCPUBusy is the fraction of this machine's CPU time that was busy
+	// during the rotation (every node and rotate share it: a saturated
+	// machine slows every restart, which real nodes would not);
+	// RotateCPUSeconds the CPU time rotate itself used.
+	HostCPUBusy      float64       `json:"hostCPUBusy"`
+	RotateCPUSeconds float64       `json:"rotateCPUSeconds"`
+	Phases           []phaseResult `json:"phases"`
 	// RoundTrips are the rotation's SSH round trips, RollbackRoundTrips
 	// the rollback's (the state's counters after it, minus the rotation's).
 	RoundTrips         trips `json:"roundTrips"`
@@ -285,7 +291,7 @@ func (rep *report) write(path string) error {
 func (rep *report) table() string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tsettle\tin gates\twaits\trestarts\town\town/wall\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
+	fmt.Fprintln(tw, "mode\tN\trotation\trollback\tsettle\tin gates\twaits\trestarts\town\town/wall\thost CPU busy\trotate CPU\tRT cps\tRT workers min/med/max\tRT total\tdials\trollback RT total\t")
 	for _, r := range rep.Runs {
 		var cps []string
 		for _, k := range sortedKeys(r.RoundTrips.ControlPlane) {
@@ -295,8 +301,8 @@ func (rep *report) table() string {
 		if r.Error != "" {
 			failed = " FAILED"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
-			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.SettleSeconds), secs(r.GateSeconds), secs(r.WaitSeconds), secs(r.RestartSeconds), secs(r.OwnSeconds), r.OwnFraction,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.0f%%\t%s\t%s\t%d/%d/%d\t%d\t%d\t%d\t%s\n", r.Mode.Name, r.Workers,
+			secs(r.RotationSeconds), secs(r.RollbackSeconds), secs(r.SettleSeconds), secs(r.GateSeconds), secs(r.WaitSeconds), secs(r.RestartSeconds), secs(r.OwnSeconds), r.OwnFraction, 100*r.HostCPUBusy, secs(r.RotateCPUSeconds),
 			strings.Join(cps, "/"), r.RoundTrips.WorkerMin, r.RoundTrips.WorkerMedian, r.RoundTrips.WorkerMax,
 			r.RoundTrips.Total, r.RoundTrips.Dials, r.RollbackRoundTrips.Total, failed)
 	}

@@ -53,3 +53,19 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("got %+v", got)
 	}
 }
+
+func TestHostBusy(t *testing.T) {
+	b0, t0, err := cpuTicks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if t0 == 0 || b0 > t0 {
+		t.Fatalf("cpuTicks = %d busy of %d", b0, t0)
+	}
+	if got := hostBusy(100, 1000, 250, 1200); got != 0.75 {
+		t.Errorf("hostBusy = %v, want 0.75 (150 of 200 ticks busy)", got)
+	}
+	if got := hostBusy(100, 1000, 100, 1000); got != 0 {
+		t.Errorf("hostBusy over no time = %v, want 0", got)
+	}
+}
