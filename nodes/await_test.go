@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -95,5 +97,75 @@ func TestAwaitProcessSSH(t *testing.T) {
 	srv.Close()
 	if _, health, err = AwaitProcess(ctx, c, name, manifest, port, time.Second); err != nil || health != "curl exit 7" {
 		t.Fatalf("nothing listening: %q %v, want curl exit 7", health, err)
+	}
+}
+
+// TestRestartReportSSH runs a restart command through a real sshd that
+// starts a real process and reports its start by the node's clock, in
+// one round trip; the restart command's own output and failure are kept.
+func TestRestartReportSSH(t *testing.T) {
+	_, cfg := startNode(t, "restart", sshdtest.Options{})
+	c := dial(t, cfg)
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	name := fmt.Sprintf("rotate-restart-%d", os.Getpid())
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	raw, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(string(bytes.TrimSpace(b))); err == nil {
+				if p, err := os.FindProcess(pid); err == nil {
+					p.Kill()
+				}
+			}
+		}
+	})
+
+	if _, ok, err := RestartReport(ctx, c, "true", name); err != nil || ok {
+		t.Fatalf("nothing running: ok %v, err %v", ok, err)
+	}
+	before := time.Now()
+	// The command prints a line of its own, like a restart script might.
+	cmd := fmt.Sprintf("echo restarting; %s 300 </dev/null >/dev/null 2>&1 & echo $! > %s", bin, pidFile)
+	started, ok, err := RestartReport(ctx, c, cmd, name)
+	after := time.Now()
+	if err != nil || !ok {
+		t.Fatalf("RestartReport: ok %v, err %v", ok, err)
+	}
+	// Clock ticks are 10 ms; /proc/uptime has two decimals.
+	if started.Before(before.Add(-50*time.Millisecond)) || started.After(after.Add(50*time.Millisecond)) {
+		t.Errorf("started %s, want between %s and %s", started.Format(time.RFC3339Nano), before.Format(time.RFC3339Nano), after.Format(time.RFC3339Nano))
+	}
+
+	if _, _, err := RestartReport(ctx, c, "echo nope >&2; exit 7", name); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("failing restart command: err = %v, want its exit and stderr", err)
+	}
+}
+
+func TestParseStartReport(t *testing.T) {
+	// Started 250 ticks (2.5 s) after boot, 100 s of uptime, now 1000.25:
+	// it started at 902.75.
+	got, err := parseStartReport("42 250 100 100.00 1000.250000000 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Unix(902, 750_000_000); got.Sub(want).Abs() > time.Microsecond {
+		t.Errorf("start = %s, want %s", got.Format(time.RFC3339Nano), want.Format(time.RFC3339Nano))
+	}
+	for _, bad := range []string{"", "42 250 0 100 1000 0", "42 x 100 100 1000 0"} {
+		if _, err := parseStartReport(bad); err == nil {
+			t.Errorf("parseStartReport(%q) succeeded", bad)
+		}
 	}
 }

@@ -204,6 +204,15 @@ func (m *MemRunner) begin(ctx context.Context, op, p string) error {
 
 // Run records cmd and answers with RunFunc, or an empty success.
 func (m *MemRunner) Run(ctx context.Context, cmd string, stdin []byte) (Result, error) {
+	if inner, ok := restartCommandOf(cmd); ok {
+		// RestartReport: run (and record) the restart command itself; a
+		// fake node has no process whose start it could report.
+		res, err := m.Run(ctx, inner, stdin)
+		if err == nil {
+			res.Stdout = append(res.Stdout, "none\n"...)
+		}
+		return res, err
+	}
 	if err := m.begin(ctx, "run", cmd); err != nil {
 		return Result{}, err
 	}

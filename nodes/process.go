@@ -131,6 +131,89 @@ func parseProcessReport(out string) (pid string, newer bool, err error) {
 	return f[0], processAge < manifestAge, nil
 }
 
+// restartScript runs the restart command $1 (under sh -c, as Run would)
+// and then prints, as its last line, newest's report for the process
+// named $2 ("none" when none runs): one round trip for the restart and
+// the new process's start.
+const restartScript = `set -u
+restart=$1; name=$2; manifest=/dev/null
+sh -c "$restart" || exit $?
+` + newestFunc + `
+newest || echo none
+`
+
+// RestartReport runs command on the node (a restart that returns once
+// the process is up, such as the inventory's kubelet restart command) and
+// says when the newest process named name in the node's network
+// namespace started, by the node's clock (to about a clock tick; the
+// caller leaves a margin). ok is false when no such process is found
+// there (another network namespace, or not running).
+func RestartReport(ctx context.Context, r Runner, command, name string) (started time.Time, ok bool, err error) {
+	res, err := r.Run(ctx, shCommand(restartScript, command, name), nil)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	out := strings.TrimRight(string(res.Stdout), "\n")
+	if i := strings.LastIndexByte(out, '\n'); i >= 0 {
+		out = out[i+1:]
+	}
+	if started, err = parseStartReport(out); err != nil {
+		// "none", or the last line of a restart command that put its
+		// output past the report's: the start is unknown, which only makes
+		// the caller wait longer.
+		return time.Time{}, false, nil
+	}
+	return started, true, nil
+}
+
+// restartCommandOf is the restart command of a RestartReport command
+// line (for fakes, which run it themselves).
+func restartCommandOf(cmd string) (string, bool) {
+	rest, ok := strings.CutPrefix(cmd, shCommand(restartScript)+" ")
+	if !ok || !strings.HasPrefix(rest, "'") {
+		return "", false
+	}
+	var b strings.Builder
+	rest = rest[1:]
+	for {
+		i := strings.IndexByte(rest, '\'')
+		if i < 0 {
+			return "", false
+		}
+		b.WriteString(rest[:i])
+		rest = rest[i+1:]
+		if r, ok := strings.CutPrefix(rest, `\''`); ok {
+			b.WriteByte('\'')
+			rest = r
+			continue
+		}
+		return b.String(), true
+	}
+}
+
+// parseStartReport reads newest's line as the process's start by the
+// node's clock: now less its age (uptime minus its start since boot).
+func parseStartReport(out string) (time.Time, error) {
+	f := strings.Fields(out)
+	if len(f) != 6 {
+		return time.Time{}, fmt.Errorf("unexpected process report %q", out)
+	}
+	var v [4]float64
+	for i := range v {
+		var err error
+		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
+			return time.Time{}, fmt.Errorf("unexpected process report %q: %w", out, err)
+		}
+	}
+	ticks, hz, uptime, now := v[0], v[1], v[2], v[3]
+	if hz <= 0 {
+		return time.Time{}, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
+	}
+	start := now - (uptime - ticks/hz)
+	sec := int64(start)
+	return time.Unix(sec, int64((start-float64(sec))*1e9)), nil
+}
+
 // MakeDir creates dir and its missing parents on the node; dir itself gets
 // mode.
 func MakeDir(ctx context.Context, r Runner, dir string, mode fs.FileMode) error {

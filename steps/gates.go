@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -221,10 +222,16 @@ func (liveGates) Etcd(ctx context.Context, rt *Runtime, t Target, servesNew bool
 	return rt.etcdHealthy(ctx, t, servesNew)
 }
 
-// Kubelet waits until the node is Ready and its Lease was renewed
-// after the gate started, i.e. by the kubelet running now with its current
-// credentials.
+// Kubelet waits until the node is Ready and its Lease was renewed by the
+// kubelet running now, with its current credentials: renewed after the
+// restarted kubelet started (KubeletStarts, the node's clock, which the
+// kubelet writes renewTime with), which a kubelet does as soon as it
+// runs; without that record (a gate after a resume that found the
+// restart done, or a kubelet in another network namespace than rotate's
+// shell), renewed after the gate started, which takes up to a renewal
+// interval (a quarter of nodeLeaseDurationSeconds: 10 s by default).
 func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
+	started, known := rt.KubeletStarts.take(node)
 	var first *metav1.MicroTime
 	return rt.waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
 		lease, err := rt.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
@@ -232,11 +239,15 @@ func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 			return false, "lease: " + err.Error(), nil
 		}
 		renew := leaseRenew(lease)
-		if first == nil {
+		switch {
+		case known:
+			if !renew.After(started.Add(kubeletStartMargin)) {
+				return false, "lease not renewed since the restarted kubelet started (" + started.Format(time.RFC3339Nano) + ", node clock)", nil
+			}
+		case first == nil:
 			first = &renew
 			return false, "waiting for the next lease renewal", nil
-		}
-		if !renew.After(first.Time) {
+		case !renew.After(first.Time):
 			return false, "lease not renewed since " + first.Format(time.RFC3339), nil
 		}
 		n, err := rt.Kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
@@ -248,6 +259,50 @@ func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 		}
 		return true, "", nil
 	})
+}
+
+// kubeletStartMargin is added to the restarted kubelet's start before a
+// renewal counts as its own. The start is read to a clock tick (10 ms) and
+// the node's time to /proc/uptime's 10 ms; a renewal by the previous
+// kubelet is older than the new one's start (a restart stops it first),
+// and a kubelet's first renewal comes after it loaded its configuration
+// and reached an apiserver, hundreds of milliseconds at least.
+const kubeletStartMargin = 50 * time.Millisecond
+
+// KubeletStarts records, per node, when the kubelet rotate restarted last
+// started (node clock), for the Kubelet gate that follows. Every copy of
+// a Runtime shares it; nil records nothing.
+type KubeletStarts struct {
+	mu sync.Mutex
+	by map[string]time.Time
+}
+
+func NewKubeletStarts() *KubeletStarts { return &KubeletStarts{by: map[string]time.Time{}} }
+
+func (k *KubeletStarts) record(node string, at time.Time, ok bool) {
+	if k == nil {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if ok {
+		k.by[node] = at
+	} else {
+		delete(k.by, node)
+	}
+}
+
+// take returns and forgets node's record: it proves only the restart it
+// followed.
+func (k *KubeletStarts) take(node string) (time.Time, bool) {
+	if k == nil {
+		return time.Time{}, false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.by[node]
+	delete(k.by, node)
+	return at, ok
 }
 
 func leaseRenew(l *coordinationv1.Lease) metav1.MicroTime {
@@ -266,13 +321,17 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// restartKubelet runs the inventory's restart command on the node.
+// restartKubelet runs the inventory's restart command on the node and
+// records when the kubelet running after it started (KubeletStarts), in
+// the same round trip.
 func (rt *Runtime) restartKubelet(ctx context.Context, r nodes.Runner) error {
 	// The command returns once the kubelet is healthy again: a wait on
 	// the node, not rotate's work.
 	defer waits.Start(ctx, waits.Restart)()
-	if _, err := r.Run(ctx, rt.Config.KubeletRestartCommand, nil); err != nil {
+	started, ok, err := nodes.RestartReport(ctx, r, rt.Config.KubeletRestartCommand, "kubelet")
+	if err != nil {
 		return fmt.Errorf("restart kubelet on %s (%s): %w", r.Name(), rt.Config.KubeletRestartCommand, err)
 	}
+	rt.KubeletStarts.record(r.Name(), started, ok)
 	return nil
 }

@@ -116,6 +116,9 @@ type Runtime struct {
 	Out      *Outputs
 	// Config is the inventory-derived configuration the real phases read.
 	Config *Config
+	// KubeletStarts is when the kubelets rotate restarted started, for
+	// their gates; nil: not recorded (the gates then wait for a renewal).
+	KubeletStarts *KubeletStarts
 	// Gates waits for restarted components; nil means the live gates
 	// (process start and health on the node, readiness in the API).
 	Gates Gates
