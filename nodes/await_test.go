@@ -26,18 +26,7 @@ func TestAwaitProcessSSH(t *testing.T) {
 	ctx := testCtx(t)
 	dir := t.TempDir()
 	name := fmt.Sprintf("rotate-await-%d", os.Getpid())
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep binary")
-	}
-	raw, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, name)
-	if err := os.WriteFile(bin, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := renamedSleep(t, dir, name)
 	manifest := filepath.Join(dir, "component.yaml")
 	if err := os.WriteFile(manifest, []byte("kind: Pod\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -109,18 +98,7 @@ func TestRestartReportSSH(t *testing.T) {
 	ctx := testCtx(t)
 	dir := t.TempDir()
 	name := fmt.Sprintf("rotate-restart-%d", os.Getpid())
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep binary")
-	}
-	raw, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, name)
-	if err := os.WriteFile(bin, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := renamedSleep(t, dir, name)
 	pidFile := filepath.Join(dir, "pid")
 	t.Cleanup(func() {
 		if b, err := os.ReadFile(pidFile); err == nil {
@@ -168,4 +146,23 @@ func TestParseStartReport(t *testing.T) {
 			t.Errorf("parseStartReport(%q) succeeded", bad)
 		}
 	}
+}
+
+// renamedSleep is a copy of sleep(1) named name in dir: a process the
+// node-side scripts find by name.
+func renamedSleep(t *testing.T, dir, name string) string {
+	t.Helper()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	raw, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
