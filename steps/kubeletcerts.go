@@ -9,7 +9,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -260,23 +259,15 @@ func (KubeletCSRs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	// that does not sign would otherwise cost a timeout per batch).
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sem := make(chan struct{}, csrConcurrency)
-	var wg sync.WaitGroup
-	for _, q := range reqs {
-		wg.Go(func() {
-			select {
-			case sem <- struct{}{}:
-			case <-rctx.Done():
-				q.err = rctx.Err()
-				return
-			}
-			defer func() { <-sem }()
-			if q.issued, q.err = rt.requestKubeletCert(rctx, q.node, q.name, nil); q.err != nil {
-				cancel()
-			}
-		})
-	}
-	wg.Wait()
+	forEachBounded(len(reqs), csrConcurrency, func(i int) {
+		q := reqs[i]
+		if q.err = rctx.Err(); q.err != nil {
+			return // stopped before it started
+		}
+		if q.issued, q.err = rt.requestKubeletCert(rctx, q.node, q.name, nil); q.err != nil {
+			cancel()
+		}
+	})
 	// Results in node order, every failure reported but those of the
 	// requests the first failure stopped (a retry reuses the CSR objects
 	// already signed).

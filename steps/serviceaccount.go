@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -435,27 +436,19 @@ func (rt *Runtime) tokensSignedBy(ctx context.Context, want, stale []string, whi
 		mu     sync.Mutex
 		newest time.Time
 		errs   *multierror.Error
-		wg     sync.WaitGroup
 	)
-	sem := make(chan struct{}, 8)
-	for _, n := range rt.Config.nodeNames() {
-		wg.Add(1)
-		go func(n string) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			last, err := rt.nodeTokensSignedBy(ctx, n, want, stale, which)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = multierror.Append(errs, err)
-			}
-			if last.After(newest) {
-				newest = last
-			}
-		}(n)
-	}
-	wg.Wait()
+	names := rt.Config.nodeNames()
+	forEachBounded(len(names), tokenScanConcurrency, func(i int) {
+		last, err := rt.nodeTokensSignedBy(ctx, names[i], want, stale, which)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			errs = multierror.Append(errs, err)
+		}
+		if last.After(newest) {
+			newest = last
+		}
+	})
 	if err := errs.ErrorOrNil(); err != nil {
 		return err
 	}
@@ -575,25 +568,36 @@ func (rt *Runtime) saHoldLines(ctx context.Context) ([]string, error) {
 // of ids signed ("node: pod", or the token's path). A node that cannot be
 // read is named too: its tokens are unknown.
 func (rt *Runtime) oldKeyPodTokens(ctx context.Context, ids []string) ([]string, error) {
-	var out []string
-	for _, n := range rt.Config.nodeNames() {
+	names := rt.Config.nodeNames()
+	per := make([][]string, len(names)) // node order, whatever finishes first
+	errs := make([]error, len(names))
+	forEachBounded(len(names), tokenScanConcurrency, func(i int) {
+		n := names[i]
 		r, err := rt.node(ctx, Target{Node: n})
 		if err != nil {
-			return nil, err
+			errs[i] = err
+			return
 		}
 		toks, err := rt.scanTokens(ctx, r)
 		if err != nil {
-			out = append(out, fmt.Sprintf("%s: tokens not read: %v", n, err))
-			continue
+			per[i] = []string{fmt.Sprintf("%s: tokens not read: %v", n, err)}
+			return
 		}
 		for _, tk := range toks {
 			if slices.Contains(ids, tk.KeyID) {
-				out = append(out, n+": "+tk.String())
+				per[i] = append(per[i], n+": "+tk.String())
 			}
 		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
-	return out, nil
+	return slices.Concat(per...), nil
 }
+
+// tokenScanConcurrency bounds the nodes whose token files are read (and
+// whose kubelets may restart) at once.
+const tokenScanConcurrency = 8
 
 // kubeletRoot is the kubelet's root directory (where pods' volumes are).
 func (c *Config) kubeletRoot() string { return path.Dir(c.Paths.KubeletConfig) }

@@ -1048,66 +1048,55 @@ const (
 // before the run, regressed for those that were. An error is a restart
 // that failed or a wait cut short by ctx.
 func (rt *Runtime) rollWorkloads(ctx context.Context, rs []rollout, value string, limit int, mode rollMode) (late, regressed []workloadFinding, err error) {
-	if limit < 1 {
-		limit = 1
-	}
-	sem := make(chan struct{}, limit)
 	var mu sync.Mutex
 	var errs []string
-	var wg sync.WaitGroup
 	finished := 0
-	for _, r := range rs {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(r rollout) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			w := r.workload()
-			var err error
-			if mode != waitOnly {
-				err = rt.restartWorkload(ctx, w, value)
-			}
-			wait := r.Wait && mode != restartOnly
-			var last string
-			if err == nil && wait {
-				wctx, cancel := context.WithTimeout(ctx, r.Timeout)
-				err = rt.waitFor(wctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
-					done, why, err := rt.rolledOut(ctx, w, value)
-					if ctx.Err() == nil {
-						last = why // not the read cut short by the deadline
-					}
-					return done, why, err
-				})
-				cancel()
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-				f := workloadFinding{Kind: w.kind, Namespace: w.namespace, Name: w.name, Selector: r.Selector,
-					Why: whyTimedOut, Detail: fmt.Sprintf("within %s (last: %s)", r.Timeout, last)}
-				if r.HealthyBefore {
-					regressed = append(regressed, f)
-				} else {
-					late = append(late, f)
+	forEachBounded(len(rs), limit, func(i int) {
+		r := rs[i]
+		w := r.workload()
+		var err error
+		if mode != waitOnly {
+			err = rt.restartWorkload(ctx, w, value)
+		}
+		wait := r.Wait && mode != restartOnly
+		var last string
+		if err == nil && wait {
+			wctx, cancel := context.WithTimeout(ctx, r.Timeout)
+			err = rt.waitFor(wctx, "rollout of "+w.String(), func(ctx context.Context) (bool, string, error) {
+				done, why, err := rt.rolledOut(ctx, w, value)
+				if ctx.Err() == nil {
+					last = why // not the read cut short by the deadline
 				}
-				finished++
-				rt.Printf("%s: rollout not finished within %s (last: %s) (%d/%d)", w, r.Timeout, last, finished, len(rs))
-			case err != nil:
-				errs = append(errs, err.Error())
-			case wait:
-				finished++
-				rt.Printf("rolled out %s (%d/%d)", w, finished, len(rs))
-			case mode == restartOnly && r.Wait:
-				finished++
-				rt.Printf("restarted %s, its rollout is waited for later (%d/%d)", w, finished, len(rs))
-			default:
-				finished++
-				rt.Printf("restarted %s, not waiting for it (%d/%d)", w, finished, len(rs))
+				return done, why, err
+			})
+			cancel()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			f := workloadFinding{Kind: w.kind, Namespace: w.namespace, Name: w.name, Selector: r.Selector,
+				Why: whyTimedOut, Detail: fmt.Sprintf("within %s (last: %s)", r.Timeout, last)}
+			if r.HealthyBefore {
+				regressed = append(regressed, f)
+			} else {
+				late = append(late, f)
 			}
-		}(r)
-	}
-	wg.Wait()
+			finished++
+			rt.Printf("%s: rollout not finished within %s (last: %s) (%d/%d)", w, r.Timeout, last, finished, len(rs))
+		case err != nil:
+			errs = append(errs, err.Error())
+		case wait:
+			finished++
+			rt.Printf("rolled out %s (%d/%d)", w, finished, len(rs))
+		case mode == restartOnly && r.Wait:
+			finished++
+			rt.Printf("restarted %s, its rollout is waited for later (%d/%d)", w, finished, len(rs))
+		default:
+			finished++
+			rt.Printf("restarted %s, not waiting for it (%d/%d)", w, finished, len(rs))
+		}
+	})
 	byName := func(fs []workloadFinding) {
 		sort.Slice(fs, func(i, j int) bool { return fs[i].workload().String() < fs[j].workload().String() })
 	}
