@@ -224,14 +224,21 @@ func (liveGates) Etcd(ctx context.Context, rt *Runtime, t Target, servesNew bool
 
 // Kubelet waits until the node is Ready and its Lease was renewed by the
 // kubelet running now, with its current credentials: renewed after the
-// restarted kubelet started (KubeletStarts, the node's clock, which the
-// kubelet writes renewTime with), which a kubelet does as soon as it
-// runs; without that record (a gate after a resume that found the
-// restart done, or a kubelet in another network namespace than rotate's
-// shell), renewed after the gate started, which takes up to a renewal
-// interval (a quarter of nodeLeaseDurationSeconds: 10 s by default).
+// kubelet rotate last restarted there started (KubeletStarts, the node's
+// clock, which the kubelet writes renewTime with), which a kubelet does
+// as soon as it runs; without that record (a gate after a resume that
+// found the restart done, or a kubelet in another network namespace than
+// rotate's shell), renewed after the gate started, which takes up to a
+// renewal interval (a quarter of nodeLeaseDurationSeconds: 10 s by
+// default).
+//
+// The record serves every gate until the next restart: a step's revert
+// passes the gate before its late restorations and again after them
+// (RevertGate), and late restorations only remove or narrow files the
+// restarted kubelet no longer reads (fileedit.PlanRestore), so the
+// kubelet that renewed after its start is still the proof.
 func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
-	started, known := rt.KubeletStarts.take(node)
+	started, known := rt.KubeletStarts.last(node)
 	var first *metav1.MicroTime
 	return rt.waitFor(ctx, "kubelet on "+node+" to renew its lease and be Ready", func(ctx context.Context) (bool, string, error) {
 		lease, err := rt.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
@@ -270,8 +277,9 @@ func (liveGates) Kubelet(ctx context.Context, rt *Runtime, node string) error {
 const kubeletStartMargin = 50 * time.Millisecond
 
 // KubeletStarts records, per node, when the kubelet rotate restarted last
-// started (node clock), for the Kubelet gate that follows. Every copy of
-// a Runtime shares it; nil records nothing.
+// started (node clock), for the Kubelet gates that follow, in this
+// process only: a resumed run has none and waits for a renewal. Every copy
+// of a Runtime shares it; nil records nothing.
 type KubeletStarts struct {
 	mu sync.Mutex
 	by map[string]time.Time
@@ -292,16 +300,14 @@ func (k *KubeletStarts) record(node string, at time.Time, ok bool) {
 	}
 }
 
-// take returns and forgets node's record: it proves only the restart it
-// followed.
-func (k *KubeletStarts) take(node string) (time.Time, bool) {
+// last is node's record: when the kubelet rotate restarted last started.
+func (k *KubeletStarts) last(node string) (time.Time, bool) {
 	if k == nil {
 		return time.Time{}, false
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	at, ok := k.by[node]
-	delete(k.by, node)
 	return at, ok
 }
 
