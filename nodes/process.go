@@ -108,27 +108,42 @@ type Process struct {
 	StartedAfterWrite bool
 }
 
-// parseProcessReport reads newest's line and says whether the process
-// started after the manifest was written: its age (uptime minus its start)
-// is below the manifest's (now minus mtime).
-func parseProcessReport(out string) (pid string, newer bool, err error) {
+// newestReport is newest's line: the process, its age and the node's
+// time now (seconds, from its start ticks and the uptime), and the
+// manifest's mtime.
+type newestReport struct {
+	pid             string
+	age, now, mtime float64
+}
+
+func parseNewest(out string) (newestReport, error) {
 	f := strings.Fields(out)
 	if len(f) != 6 {
-		return "", false, fmt.Errorf("unexpected process report %q", out)
+		return newestReport{}, fmt.Errorf("unexpected process report %q", out)
 	}
 	var v [5]float64
 	for i := range v {
+		var err error
 		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
-			return "", false, fmt.Errorf("unexpected process report %q: %w", out, err)
+			return newestReport{}, fmt.Errorf("unexpected process report %q: %w", out, err)
 		}
 	}
 	ticks, hz, uptime, now, mtime := v[0], v[1], v[2], v[3], v[4]
 	if hz <= 0 {
-		return "", false, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
+		return newestReport{}, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
 	}
-	processAge := uptime - ticks/hz
-	manifestAge := now - mtime
-	return f[0], processAge < manifestAge, nil
+	return newestReport{pid: f[0], age: uptime - ticks/hz, now: now, mtime: mtime}, nil
+}
+
+// parseProcessReport reads newest's line and says whether the process
+// started after the manifest was written: its age (uptime minus its start)
+// is below the manifest's (now minus mtime).
+func parseProcessReport(out string) (pid string, newer bool, err error) {
+	r, err := parseNewest(out)
+	if err != nil {
+		return "", false, err
+	}
+	return r.pid, r.age < r.now-r.mtime, nil
 }
 
 // restartScript runs the restart command $1 (under sh -c, as Run would)
@@ -192,24 +207,13 @@ func restartCommandOf(cmd string) (string, bool) {
 }
 
 // parseStartReport reads newest's line as the process's start by the
-// node's clock: now less its age (uptime minus its start since boot).
+// node's clock: now less its age.
 func parseStartReport(out string) (time.Time, error) {
-	f := strings.Fields(out)
-	if len(f) != 6 {
-		return time.Time{}, fmt.Errorf("unexpected process report %q", out)
+	r, err := parseNewest(out)
+	if err != nil {
+		return time.Time{}, err
 	}
-	var v [4]float64
-	for i := range v {
-		var err error
-		if v[i], err = strconv.ParseFloat(f[i+1], 64); err != nil {
-			return time.Time{}, fmt.Errorf("unexpected process report %q: %w", out, err)
-		}
-	}
-	ticks, hz, uptime, now := v[0], v[1], v[2], v[3]
-	if hz <= 0 {
-		return time.Time{}, fmt.Errorf("unexpected process report %q: clock ticks per second %v", out, hz)
-	}
-	start := now - (uptime - ticks/hz)
+	start := r.now - r.age
 	sec := int64(start)
 	return time.Unix(sec, int64((start-float64(sec))*1e9)), nil
 }
