@@ -311,7 +311,7 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 		prefix = []string{"nsenter", "--net=" + wan.NetNSPath(nsName), "--"}
 	}
 	tag := fmt.Sprintf("N=%d %s", n, m.Name)
-	rot := func(args ...string) (time.Duration, error) {
+	rot := func(args ...string) (wall, cpu time.Duration, err error) {
 		argv := append(append(append([]string(nil), prefix...), o.rotateBin), args...)
 		return runLogged(ctx, dir, filepath.Join(dir, args[0]+".log"), fmt.Sprintf("    [%s %s] ", tag, args[0]), o.quiet, argv)
 	}
@@ -320,8 +320,7 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 	}
 	logf("%s: rotate start --no-hold (%s)", tag, inv)
 	b0, t0, cerr := cpuTicks()
-	argv := append(append(append([]string(nil), prefix...), o.rotateBin), "start", "--inventory", inv, "--state", statePath, "--no-hold")
-	wall, cpu, startErr := runMeasured(ctx, dir, filepath.Join(dir, "start.log"), fmt.Sprintf("    [%s start] ", tag), o.quiet, argv)
+	wall, cpu, startErr := rot("start", "--inventory", inv, "--state", statePath, "--no-hold")
 	if b1, t1, err := cpuTicks(); cerr == nil && err == nil {
 		res.HostCPUBusy = hostBusy(b0, t0, b1, t1)
 	}
@@ -338,7 +337,7 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 		logf("%s: rotate start failed (%v); rolling back so the cluster is left on its old CA", tag, startErr)
 	}
 	logf("%s: rotate rollback", tag)
-	rbWall, rbErr := rot("rollback", "--state", statePath)
+	rbWall, _, rbErr := rot("rollback", "--state", statePath)
 	res.RollbackSeconds = rbWall.Seconds()
 	if rb, err := status(ctx, o.rotateBin, statePath); err == nil && serr == nil {
 		res.fromRollback(after, rb, workers)
@@ -413,15 +412,9 @@ func checkDelay(s cluster.Spec, nsName string, rtt time.Duration) error {
 }
 
 // runLogged runs argv in dir, its output to logPath and (unless quiet)
-// to stdout with prefix, and returns its wall time.
-func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (time.Duration, error) {
-	wall, _, err := runMeasured(ctx, dir, logPath, prefix, quiet, argv)
-	return wall, err
-}
-
-// runMeasured is runLogged that also returns the CPU time (user+system)
-// the command used.
-func runMeasured(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (wall, cpu time.Duration, err error) {
+// to stdout with prefix, and returns its wall time and the CPU time
+// (user+system) it used.
+func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (wall, cpu time.Duration, err error) {
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return 0, 0, err
