@@ -484,7 +484,7 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 			hold = "  [hold afterwards until `rotate resume`]"
 		}
 		fmt.Fprintf(o.Out, "\nphase %d/%d %s: %s%s\n", ph.Index, plan.Last(), ph.Name, ph.Short, hold)
-		for _, ps := range ph.Steps {
+		for i, ps := range ph.Steps {
 			var ts []string
 			for _, t := range ps.Targets {
 				ts = append(ts, t.String())
@@ -495,6 +495,9 @@ func printPlan(ctx context.Context, out io.Writer, cfg *plans.Config, plan *plan
 			}
 			if o := steps.OrderingOf(ps.Step); o != nil {
 				mode += ", " + o.String()
+			}
+			if ps.Background {
+				mode += ", in the background alongside " + strings.Join(ph.Alongside(i), ", ")
 			}
 			fmt.Fprintf(o.Out, "  step %s on %s (%s)\n", ps.Step.Name(), strings.Join(ts, ", "), mode)
 			if x, ok := ps.Step.(steps.Explainer); ok && rt == nil {

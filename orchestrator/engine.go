@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
@@ -274,8 +273,33 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	}
 	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
 	start := time.Now()
-	for _, ps := range ph.Steps {
-		if err := e.runStep(ctx, ph, ps); err != nil {
+	var bg *lane // a background step running (at most one, plans.Validate)
+	for i, ps := range ph.Steps {
+		if bg != nil && ps.Step.Name() == bg.until {
+			if err := bg.wait(); err != nil {
+				return err
+			}
+			bg = nil
+		}
+		if bg != nil && bg.failed() {
+			return bg.wait() // at a step boundary: nothing else is running
+		}
+		if ps.Background {
+			log.Info("background step started", "step", ps.Step.Name(), "until", ps.Until)
+			bg = goLane(ps.Step.Name(), ps.Until, ph.Alongside(i), func(stop <-chan struct{}) error {
+				return e.runStep(ctx, stop, ph, ps)
+			})
+			continue
+		}
+		if err := e.runStep(ctx, nil, ph, ps); err != nil {
+			if bg != nil {
+				return bg.abandon(err)
+			}
+			return err
+		}
+	}
+	if bg != nil {
+		if err := bg.wait(); err != nil {
 			return err
 		}
 	}
@@ -292,7 +316,9 @@ func (e *Engine) stepContext(ctx context.Context, phase string, st steps.Step) (
 	return context.WithTimeout(ctx, e.rt.Config.Timeout(phase))
 }
 
-func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedStep) error {
+// runStep runs one step on its targets; once stop is closed (nil: never)
+// no new target starts.
+func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Phase, ps plans.PlannedStep) error {
 	name := ps.Step.Name()
 	targets := ps.Targets
 	if o := steps.OrderingOf(ps.Step); o != nil {
@@ -308,7 +334,7 @@ func (e *Engine) runStep(ctx context.Context, ph plans.Phase, ps plans.PlannedSt
 	defer func() {
 		log.Debug("fan-out over", "targets", total, "done", done, "duration", time.Since(start).Round(time.Millisecond))
 	}()
-	return FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
+	return fanOut(ctx, stop, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		err := e.runTarget(ctx, ph, ps.Step, t)
 		doneMu.Lock()
 		if err == nil {
@@ -516,31 +542,12 @@ func (e *Engine) Rollback(ctx context.Context) error {
 			todo = append(todo, r)
 		}
 	}
-	// Partial steps (no DoneSeq) are the most recent: revert them first,
-	// the later in the plan first (a run recovered from a state copy can
-	// have several, see recover.go), then completed ones newest first.
-	pos := e.planPositions()
-	sort.SliceStable(todo, func(i, j int) bool {
-		a, b := todo[i], todo[j]
-		if (a.DoneSeq == 0) != (b.DoneSeq == 0) {
-			return a.DoneSeq == 0
-		}
-		if a.DoneSeq == 0 {
-			return pos[a.Phase+"/"+a.Step] > pos[b.Phase+"/"+b.Step]
-		}
-		return a.DoneSeq > b.DoneSeq
-	})
+	sortForRevert(e.plan, todo)
 	e.printer.Linef("rolling back run %s of cluster %s: %d step target(s) to revert", run.ID, run.Cluster, len(todo))
-	n := 0
-	for _, g := range revertGroups(todo) {
-		changes, ckErr, err := e.revertGroup(ctx, g, n, len(todo))
-		if ckErr != nil {
-			return ckErr
-		}
-		if err != nil {
-			return e.rollbackFailed(ctx, m, err, changes)
-		}
-		n += len(g)
+	if out := e.revertAll(ctx, revertGroups(todo), len(todo)); out.ckErr != nil {
+		return out.ckErr
+	} else if out.err != nil {
+		return e.rollbackFailed(ctx, m, out.err, out.changes)
 	}
 	if err := e.fire(ctx, m, evFinishRollback, transitionArgs{}); err != nil {
 		return err
@@ -571,7 +578,7 @@ func revertGroups(todo []state.StepRecord) [][]state.StepRecord {
 // Every target that started finishes; no new one starts after a failure.
 // It returns the failed targets' change events and their errors, and
 // apart from them the error of a checkpoint that could not be written.
-func (e *Engine) revertGroup(ctx context.Context, g []state.StepRecord, first, total int) (changes []state.Event, ckErr, err error) {
+func (e *Engine) revertGroup(ctx context.Context, stop <-chan struct{}, g []state.StepRecord, first, total int) (changes []state.Event, ckErr, err error) {
 	ps, err := lookupPlanned(e.plan, g[0])
 	if err != nil {
 		return nil, nil, err
@@ -585,7 +592,7 @@ func (e *Engine) revertGroup(ctx context.Context, g []state.StepRecord, first, t
 		index[r.Target] = i
 	}
 	var mu sync.Mutex
-	err = FanOut(ctx, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
+	err = fanOut(ctx, stop, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		i := index[t.String()]
 		evs, cerr, err := e.revertTarget(ctx, ps.Step, t, g[i], first+i+1, total)
 		if cerr != nil || err != nil {
@@ -654,17 +661,6 @@ func (e *Engine) rollbackFailed(ctx context.Context, m interface{ Current() stri
 		e.syncBestEffort(context.WithoutCancel(ctx), "after the failed rollback")
 	}
 	return &RunError{Phase: StateRollingBack, Err: err}
-}
-
-// planPositions numbers the plan's steps ("phase/step") in plan order.
-func (e *Engine) planPositions() map[string]int {
-	pos := map[string]int{}
-	for _, ph := range e.plan.Phases {
-		for _, ps := range ph.Steps {
-			pos[ph.Name+"/"+ps.Step.Name()] = len(pos)
-		}
-	}
-	return pos
 }
 
 // changedNodes reports whether any step after the first phase was started:

@@ -15,6 +15,21 @@ import (
 // already running finish, no new ones start, and every error is returned
 // (a *multierror.Error naming each target).
 func FanOut(ctx context.Context, targets []steps.Target, limit int, fn func(ctx context.Context, t steps.Target) error) error {
+	return fanOut(ctx, nil, targets, limit, fn)
+}
+
+// fanOut is FanOut that also starts no new target once stop is closed
+// (those running finish; the ones not started are not an error: the
+// caller stopped it because something else failed).
+func fanOut(ctx context.Context, stop <-chan struct{}, targets []steps.Target, limit int, fn func(ctx context.Context, t steps.Target) error) error {
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
 	if limit < 1 {
 		limit = 1
 	}
@@ -22,6 +37,9 @@ func FanOut(ctx context.Context, targets []steps.Target, limit int, fn func(ctx 
 		for _, t := range targets {
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if stopped() {
+				return nil
 			}
 			if err := fn(ctx, t); err != nil {
 				return err
@@ -47,9 +65,9 @@ func FanOut(ctx context.Context, targets []steps.Target, limit int, fn func(ctx 
 			return result.ErrorOrNil()
 		}
 		mu.Lock()
-		stop := failed
+		halt := failed || stopped()
 		mu.Unlock()
-		if stop {
+		if halt {
 			<-sem
 			break
 		}

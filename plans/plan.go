@@ -22,6 +22,32 @@ type PlannedStep struct {
 	// Concurrency bounds how many targets run at once (1: one at a time,
 	// in order, each gated before the next).
 	Concurrency int
+	// Background makes the phase start this step and go on with the steps
+	// after it while it runs, up to the step named by Until (the end of the
+	// phase when Until is ""), which waits for it; a rollback reverts it
+	// alongside the same steps. It is for a step that nothing in between
+	// needs and whose nodes no step in between touches (Validate checks
+	// the nodes): the worker kubelets restarting while the control plane
+	// waits on its own gates.
+	Background bool
+	Until      string
+}
+
+// Alongside names the steps that the phase's step i runs alongside: for
+// a background step, those after it up to its Until; otherwise none.
+func (ph Phase) Alongside(i int) []string {
+	ps := ph.Steps[i]
+	if !ps.Background {
+		return nil
+	}
+	var out []string
+	for _, o := range ph.Steps[i+1:] {
+		if o.Step.Name() == ps.Until {
+			break
+		}
+		out = append(out, o.Step.Name())
+	}
+	return out
 }
 
 // Phase is one of the thirteen phases (0 to 12).
@@ -96,9 +122,48 @@ func (p *Plan) Validate() error {
 				problems = append(problems, fmt.Sprintf("phase %s: step %s has concurrency %d", ph.Name, n, ps.Concurrency))
 			}
 		}
+		for i := range ph.Steps {
+			problems = append(problems, ph.checkBackground(i)...)
+		}
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid plan: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// checkBackground checks a background step: its Until is a later step of
+// its phase, no other background step starts before it is joined, and no
+// step it runs alongside acts on one of its nodes.
+func (ph Phase) checkBackground(i int) []string {
+	ps := ph.Steps[i]
+	if !ps.Background {
+		if ps.Until != "" {
+			return []string{fmt.Sprintf("phase %s: step %s has until %s but is not a background step", ph.Name, ps.Step.Name(), ps.Until)}
+		}
+		return nil
+	}
+	var problems []string
+	along := ph.Alongside(i)
+	if ps.Until != "" && i+1+len(along) >= len(ph.Steps) {
+		problems = append(problems, fmt.Sprintf("phase %s: background step %s runs until %s, which is not a later step of the phase", ph.Name, ps.Step.Name(), ps.Until))
+	}
+	mine := map[string]bool{}
+	for _, t := range ps.Targets {
+		if t.Node != "" {
+			mine[t.Node] = true
+		}
+	}
+	for _, o := range ph.Steps[i+1 : i+1+len(along)] {
+		if o.Background {
+			problems = append(problems, fmt.Sprintf("phase %s: background step %s starts before background step %s is waited for", ph.Name, o.Step.Name(), ps.Step.Name()))
+		}
+		for _, t := range o.Targets {
+			if mine[t.Node] {
+				problems = append(problems, fmt.Sprintf("phase %s: step %s acts on node %s while background step %s does", ph.Name, o.Step.Name(), t.Node, ps.Step.Name()))
+				break
+			}
+		}
+	}
+	return problems
 }
