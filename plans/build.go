@@ -87,13 +87,16 @@ func (c *Config) Plan(opts Options) *Plan {
 		}
 		return s
 	}
-	// Workers-only steps are dropped when there are no workers.
-	nodeSteps := func(cpStep, wStep steps.Step) []PlannedStep {
-		out := []PlannedStep{one(cpStep, cp)}
-		if len(workers) > 0 {
-			out = append(out, fan(wStep, workers, batch))
+	// The worker kubelets restart in batches in the background while the
+	// control plane goes on with the steps up to until ("": the phase's
+	// end), none of which acts on a worker: on real nodes a batch costs
+	// the same at any size, and the control plane's steps are mostly
+	// waits on its own gates. Dropped when there are no workers.
+	workersAlongside := func(s steps.Step, until string) []PlannedStep {
+		if len(workers) == 0 {
+			return nil
 		}
-		return out
+		return []PlannedStep{{Step: s, Targets: workers, Concurrency: batch, Background: true, Until: until}}
 	}
 
 	phases := []Phase{
@@ -139,14 +142,15 @@ func (c *Config) Plan(opts Options) *Plan {
 			one(steps.CCMTrustBoth(), cp),
 		}},
 		{Name: "servers", Short: "kubelets trust both, workloads restart, issuance switches to the new CAs", Steps: seq(
-			[]PlannedStep{one(steps.WebhookCABundles(), cluster)},
-			nodeSteps(steps.KubeletTrustBoth("kubelet-trust-cp"), steps.KubeletTrustBoth("kubelet-trust-workers")),
+			workersAlongside(steps.KubeletTrustBoth("kubelet-trust-workers"), "no-kubelet-cut-off"),
+			[]PlannedStep{one(steps.WebhookCABundles(), cluster), one(steps.KubeletTrustBoth("kubelet-trust-cp"), cp)},
 			// The in-cluster clients restarted in phase 4 roll out while
 			// trust widens; they must have the bundle before issuance switches.
 			[]PlannedStep{one(steps.InClusterClientsRolledOut(), cluster), one(steps.WorkloadsRestart(), cluster), one(steps.NoKubeletCutOff{}, cluster)},
 			etcd(one(steps.EtcdCerts(), cp)),
 			[]PlannedStep{one(steps.SwitchIssuance(), cp), one(steps.KubeletCSRs{}, cluster)},
-			nodeSteps(steps.KubeletClientCert("kubelet-client-cp"), steps.KubeletClientCert("kubelet-client-workers")),
+			workersAlongside(steps.KubeletClientCert("kubelet-client-workers"), ""),
+			[]PlannedStep{one(steps.KubeletClientCert("kubelet-client-cp"), cp)},
 		)},
 		{Name: "cluster-info", Short: "cluster-info carries the new CA; bootstrap signatures recomputed", Steps: []PlannedStep{
 			one(steps.ClusterInfo(), cluster),
@@ -156,8 +160,12 @@ func (c *Config) Plan(opts Options) *Plan {
 			one(steps.Verify{}, cluster),
 		}},
 		{Name: "narrow-trust", Short: "drop the old CAs: the point after which old-CA certificates fail", Steps: seq(
+			[]PlannedStep{one(steps.NoKubeletLockedOut{}, cluster)},
+			// The worker kubelets need nothing from the control plane's
+			// narrowing (they were switched to C1 in phase 9) and it
+			// nothing from them: they narrow alongside it.
+			workersAlongside(steps.KubeletNarrow("kubelet-narrow-workers"), "extra-kubeconfigs-narrowed"),
 			[]PlannedStep{
-				one(steps.NoKubeletLockedOut{}, cluster),
 				one(steps.NarrowKCMRootCA(), cp),
 				one(steps.RootCANarrowed(), cluster),
 			},
@@ -171,8 +179,8 @@ func (c *Config) Plan(opts Options) *Plan {
 				one(steps.ExtensionAuthNarrowed(), cluster),
 				one(steps.WebhookCABundlesNarrowed(), cluster),
 			},
-			nodeSteps(steps.KubeletNarrow("kubelet-narrow-cp"), steps.KubeletNarrow("kubelet-narrow-workers")),
 			[]PlannedStep{
+				one(steps.KubeletNarrow("kubelet-narrow-cp"), cp),
 				one(steps.CCMNarrow(), cp),
 				fan(steps.ExtraKubeconfigsNarrowed(), all, wide),
 				fan(steps.Cleanup(), all, wide),

@@ -13,7 +13,7 @@ import (
 
 // Version is bumped whenever the phase or step list changes shape; a state
 // file records it and resume refuses a different one.
-const Version = 4
+const Version = 5
 
 // PlannedStep is one step with its targets.
 type PlannedStep struct {
