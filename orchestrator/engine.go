@@ -591,6 +591,13 @@ func (e *Engine) revertGroup(ctx context.Context, stop <-chan struct{}, g []stat
 		}
 		index[r.Target] = i
 	}
+	if o := steps.OrderingOf(ps.Step); o != nil && len(targets) > 1 {
+		// The revert restarts the same components: the nodes that hold
+		// their leader leases now (the forward run may have moved them)
+		// go last here too, or each leadership moves twice.
+		rt := e.stepRuntime(plans.StepKey(g[0].Phase, g[0].Step, steps.ClusterTarget))
+		targets = o.Order(tripLabel(ctx, g[0].Phase, g[0].Step, true), &rt, targets)
+	}
 	var mu sync.Mutex
 	err = fanOut(ctx, stop, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		i := index[t.String()]

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -306,5 +310,50 @@ func TestSortForRevertBackground(t *testing.T) {
 	}
 	if s, want := strings.Join(got, " "), "cp:1 after:1 workers:4 api:1 cp:2 first:1 before:1"; s != want {
 		t.Fatalf("revert groups %s, want %s", s, want)
+	}
+}
+
+// leaderStep restarts the controller-manager: the current leader goes
+// last, forward and in the rollback.
+type leaderStep struct{ laneStep }
+
+func (leaderStep) Ordering() *steps.Ordering {
+	return &steps.Ordering{Leaders: []steps.Component{steps.ControllerManager}}
+}
+
+// TestRevertLeaderLast: the rollback orders a control-plane step's
+// targets by who leads now, not by the forward run's order: the forward
+// run moved the leadership, and restarting the new leader first would
+// move it twice.
+func TestRevertLeaderLast(t *testing.T) {
+	ctx := context.Background()
+	w := newLaneWorld()
+	holder := "cp1_0f3a"
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kube-controller-manager", Namespace: metav1.NamespaceSystem},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
+	kube := fake.NewSimpleClientset(lease)
+	cp := append(append([]steps.Target{}, laneCP...), steps.Target{Node: "cp3", Role: steps.RoleControlPlane})
+	p := &plans.Plan{Version: 1, Phases: []plans.Phase{{Name: "narrow", Steps: []plans.PlannedStep{
+		{Step: leaderStep{laneStep{name: "canonical", w: w}}, Targets: cp, Concurrency: 1},
+	}}}}
+	s := state.NewMemStore()
+	e := New(Options{Store: s, Plan: p, Runtime: steps.Runtime{Kube: kube}})
+	if err := e.Start(ctx, state.Run{ID: "r", Cluster: "leaders"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(w.log, ","); got != "apply canonical@cp2,apply canonical@cp3,apply canonical@cp1" {
+		t.Fatalf("forward order %s, want the leader cp1 last", got)
+	}
+	// cp1's restart handed the lease to cp3.
+	newHolder := "cp3_77c1"
+	lease.Spec.HolderIdentity = &newHolder
+	if _, err := kube.CoordinationV1().Leases(metav1.NamespaceSystem).Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(w.log[3:], ","); got != "revert canonical@cp1,revert canonical@cp2,revert canonical@cp3" {
+		t.Fatalf("revert order %s, want the leader now, cp3, last", got)
 	}
 }
