@@ -98,3 +98,32 @@ func TestFanOut(t *testing.T) {
 		}
 	})
 }
+
+// TestFanOutStop: once stop is closed no new target starts, the running
+// ones finish, and the targets not started are no error (the caller
+// stopped it for a failure of its own).
+func TestFanOutStop(t *testing.T) {
+	ctx := context.Background()
+	for _, limit := range []int{1, 3} {
+		stop := make(chan struct{})
+		var mu sync.Mutex
+		var ran []string
+		err := fanOut(ctx, stop, fanTargets(10), limit, func(ctx context.Context, tg steps.Target) error {
+			mu.Lock()
+			ran = append(ran, tg.Node)
+			mu.Unlock()
+			if tg.Node == "node-00" {
+				close(stop)
+				return nil
+			}
+			<-stop // the others end only after the stop: no slot frees before it
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("limit %d: %v", limit, err)
+		}
+		if len(ran) != limit {
+			t.Errorf("limit %d: ran %v, want only the %d started before the stop", limit, ran, limit)
+		}
+	}
+}
