@@ -274,8 +274,9 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
 	start := time.Now()
 	var bg *lane // a background step running (at most one, plans.Validate)
-	for i, ps := range ph.Steps {
-		if bg != nil && ps.Step.Name() == bg.until {
+	var until string
+	for _, ps := range ph.Steps {
+		if bg != nil && ps.Step.Name() == until {
 			if err := bg.wait(); err != nil {
 				return err
 			}
@@ -286,7 +287,8 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 		}
 		if ps.Background {
 			log.Info("background step started", "step", ps.Step.Name(), "until", ps.Until)
-			bg = goLane(ps.Step.Name(), ps.Until, ph.Alongside(i), func(stop <-chan struct{}) error {
+			until = ps.Until
+			bg = goLane(func(stop <-chan struct{}) error {
 				return e.runStep(ctx, stop, ph, ps)
 			})
 			continue

@@ -12,13 +12,9 @@ import (
 
 // A lane is a background step (plans.PlannedStep.Background) running
 // beside the phase's other steps, forward or in a rollback: started by
-// the engine, waited for before the step named by its Until, and told to
-// start no new target once the other side fails.
+// the engine, waited for where the plan says, and told to start no new
+// target once the other side fails.
 type lane struct {
-	step  string
-	until string
-	along map[string]bool // the steps it runs alongside
-
 	stopOnce sync.Once
 	stopCh   chan struct{}
 	done     chan struct{}
@@ -26,16 +22,26 @@ type lane struct {
 }
 
 // goLane runs fn(stop) in a goroutine.
-func goLane(step, until string, along []string, fn func(stop <-chan struct{}) error) *lane {
-	l := &lane{step: step, until: until, along: map[string]bool{}, stopCh: make(chan struct{}), done: make(chan struct{})}
-	for _, s := range along {
-		l.along[s] = true
-	}
+func goLane(fn func(stop <-chan struct{}) error) *lane {
+	l := &lane{stopCh: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		l.err = fn(l.stopCh)
 	}()
 	return l
+}
+
+// stepKey names a step in the plan as the revert order keys it.
+func stepKey(phase, step string) string { return phase + "/" + step }
+
+// alongKeys keys the steps that the phase's step i runs alongside (none
+// unless it is a background step).
+func alongKeys(ph plans.Phase, i int) map[string]bool {
+	keys := map[string]bool{}
+	for _, o := range ph.Alongside(i) {
+		keys[stepKey(ph.Name, o)] = true
+	}
+	return keys
 }
 
 // failed reports, without waiting, whether the lane ended in an error.
@@ -70,41 +76,38 @@ func (l *lane) abandon(err error) error {
 // and before them, so its rollback lane runs alongside them again.
 func sortForRevert(p *plans.Plan, todo []state.StepRecord) {
 	pos := map[string]int{}
-	window := map[string][]string{} // background step → the steps it runs alongside
+	window := map[string]map[string]bool{} // step → the steps it runs alongside
 	for _, ph := range p.Phases {
 		for i, ps := range ph.Steps {
-			key := ph.Name + "/" + ps.Step.Name()
+			key := stepKey(ph.Name, ps.Step.Name())
 			pos[key] = len(pos)
-			for _, o := range ph.Alongside(i) {
-				window[key] = append(window[key], ph.Name+"/"+o)
-			}
+			window[key] = alongKeys(ph, i)
 		}
 	}
 	newest := map[string]uint64{}
 	for _, r := range todo {
-		if k := r.Phase + "/" + r.Step; r.DoneSeq > newest[k] {
+		if k := stepKey(r.Phase, r.Step); r.DoneSeq > newest[k] {
 			newest[k] = r.DoneSeq
 		}
 	}
-	seq := func(r state.StepRecord) uint64 {
-		k := r.Phase + "/" + r.Step
-		n := newest[k]
-		for _, o := range window[k] {
+	seq := map[string]uint64{} // where a step's targets go among the completed ones
+	for k, n := range newest {
+		for o := range window[k] {
 			n = max(n, newest[o])
 		}
-		return n
+		seq[k] = n
 	}
 	sort.SliceStable(todo, func(i, j int) bool {
 		a, b := todo[i], todo[j]
 		if (a.DoneSeq == 0) != (b.DoneSeq == 0) {
 			return a.DoneSeq == 0
 		}
-		ka, kb := a.Phase+"/"+a.Step, b.Phase+"/"+b.Step
+		ka, kb := stepKey(a.Phase, a.Step), stepKey(b.Phase, b.Step)
 		if a.DoneSeq == 0 {
 			return pos[ka] > pos[kb]
 		}
-		if sa, sb := seq(a), seq(b); sa != sb {
-			return sa > sb
+		if seq[ka] != seq[kb] {
+			return seq[ka] > seq[kb]
 		}
 		if ka != kb {
 			return len(window[ka]) > 0 // the background step first
@@ -137,9 +140,10 @@ func (o revertOutcome) failed() bool { return o.ckErr != nil || o.err != nil }
 // targets have finished.
 func (e *Engine) revertAll(ctx context.Context, groups [][]state.StepRecord, total int) revertOutcome {
 	var (
-		bg    *lane
-		bgOut revertOutcome
-		out   revertOutcome
+		bg      *lane
+		bgAlong map[string]bool // the steps bg reverts alongside
+		bgOut   revertOutcome
+		out     revertOutcome
 	)
 	// join waits for the lane (at once told to stop if out failed) and
 	// adds what it left to out.
@@ -157,23 +161,18 @@ func (e *Engine) revertAll(ctx context.Context, groups [][]state.StepRecord, tot
 	}
 	n := 0
 	for _, g := range groups {
-		key := g[0].Phase + "/" + g[0].Step
-		if bg != nil && (!bg.along[key] || bg.failed()) {
+		if bg != nil && (!bgAlong[stepKey(g[0].Phase, g[0].Step)] || bg.failed()) {
 			join()
 		}
 		if out.failed() {
 			return out
 		}
 		ph, _, _ := e.plan.Phase(g[0].Phase)
-		if i := stepIndex(ph, g[0].Step); i >= 0 && ph.Steps[i].Background {
+		if i := ph.StepIndex(g[0].Step); i >= 0 && ph.Steps[i].Background {
 			join()
-			var along []string
-			for _, o := range ph.Alongside(i) {
-				along = append(along, ph.Name+"/"+o)
-			}
 			first := n
-			bgOut = revertOutcome{}
-			bg = goLane(key, "", along, func(stop <-chan struct{}) error {
+			bgOut, bgAlong = revertOutcome{}, alongKeys(ph, i)
+			bg = goLane(func(stop <-chan struct{}) error {
 				bgOut.changes, bgOut.ckErr, bgOut.err = e.revertGroup(ctx, stop, g, first, total)
 				if bgOut.failed() {
 					return errors.Join(bgOut.ckErr, bgOut.err)
@@ -194,14 +193,4 @@ func (e *Engine) revertAll(ctx context.Context, groups [][]state.StepRecord, tot
 	}
 	join()
 	return out
-}
-
-// stepIndex is the index of the named step in the phase, or -1.
-func stepIndex(ph plans.Phase, step string) int {
-	for i, ps := range ph.Steps {
-		if ps.Step.Name() == step {
-			return i
-		}
-	}
-	return -1
 }

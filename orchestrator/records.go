@@ -75,10 +75,8 @@ func lookupPlanned(p *plans.Plan, r state.StepRecord) (plans.PlannedStep, error)
 	if !ok {
 		return plans.PlannedStep{}, fmt.Errorf("state records phase %q that the plan does not have", r.Phase)
 	}
-	for _, ps := range ph.Steps {
-		if ps.Step.Name() == r.Step {
-			return ps, nil
-		}
+	if i := ph.StepIndex(r.Step); i >= 0 {
+		return ph.Steps[i], nil
 	}
 	return plans.PlannedStep{}, fmt.Errorf("state records step %s/%s on %s that the plan does not have", r.Phase, r.Step, r.Target)
 }

@@ -33,6 +33,16 @@ type PlannedStep struct {
 	Until      string
 }
 
+// StepIndex is the index of the named step in the phase, or -1.
+func (ph Phase) StepIndex(name string) int {
+	for i, ps := range ph.Steps {
+		if ps.Step.Name() == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // Alongside names the steps that the phase's step i runs alongside: for
 // a background step, those after it up to its Until; otherwise none.
 func (ph Phase) Alongside(i int) []string {
