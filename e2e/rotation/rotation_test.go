@@ -252,6 +252,14 @@ var (
 	killMidAPIServer = regexp.MustCompile(`\] apiserver-trust-both\s+cp\S*\s+done`)
 	killMidKubelets  = regexp.MustCompile(`\] kubelet-trust-workers\s+\S+\s+done`)
 	killAfterSwitch  = regexp.MustCompile(`\] kubelet-client-cp\s+\S+\s+done`)
+	// killAtHandover: switch-issuance has just restarted the controller-
+	// manager leader, its last target; the lease is still the stopped
+	// process's until a standby has watched it for a lease duration. A
+	// rollback from here that restarts that standby first (the revert's
+	// first target) starts its watch over: before rollback waited for a
+	// live leader, the lease went 54 s unrenewed here (26 s in CI when
+	// killed later, at killAfterSwitch).
+	killAtHandover = regexp.MustCompile(`\] kubelet-csrs\s+cluster\s+running`)
 )
 
 // TestRotation is one cluster, three rotations, each from the CA the one
@@ -273,7 +281,9 @@ var (
 //     1's CA;
 //
 // and back to static pods replaced at once:
-//  3. start, killed after the signer switch, rollback → run 1's CA.
+//  3. start, killed right after the signer switch restarted the
+//     controller-manager leader, rollback (which must wait for the lease
+//     handover before restarting a standby) → run 1's CA.
 //
 // Runs 1 and 2 rotate the etcd CA and the service-account key too (the
 // harness's inventory lists them; run 1 is also killed mid member roll):
@@ -631,7 +641,7 @@ func TestRotation(t *testing.T) {
 	} else if err := os.WriteFile(inv3, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r = rotate(t, ctx, dir3, killAfterSwitch, nil, "start", "--no-hold", "--inventory", inv3)
+	r = rotate(t, ctx, dir3, killAtHandover, nil, "start", "--no-hold", "--inventory", inv3)
 	if strings.Contains(r.out, "] etcd-") || strings.Contains(r.out, "] service-account-") {
 		t.Errorf("run 3 rotates neither the etcd CA nor the service-account key, but its output names their steps:\n%s", tail(r.out, 20))
 	}
