@@ -325,6 +325,7 @@ func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Pha
 	targets := ps.Targets
 	if o := steps.OrderingOf(ps.Step); o != nil {
 		rt := e.stepRuntime(plans.StepKey(ph.Name, name, steps.ClusterTarget))
+		rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", name, "op", "order")
 		targets = o.Order(tripLabel(ctx, ph.Name, name, false), &rt, targets)
 	}
 	total := len(targets)
@@ -593,11 +594,13 @@ func (e *Engine) revertGroup(ctx context.Context, stop <-chan struct{}, g []stat
 		}
 		index[r.Target] = i
 	}
-	if o := steps.OrderingOf(ps.Step); o != nil && len(targets) > 1 {
-		// The revert restarts the same components: the nodes that hold
-		// their leader leases now (the forward run may have moved them)
-		// go last here too, or each leadership moves twice.
+	if o := steps.OrderingOf(ps.Step); o != nil {
+		// The revert restarts the same components: it waits for a live
+		// leader as the forward run does, and the nodes that hold the
+		// leader leases now (the forward run may have moved them) go last
+		// here too, or each leadership moves twice.
 		rt := e.stepRuntime(plans.StepKey(g[0].Phase, g[0].Step, steps.ClusterTarget))
+		rt.Log = e.log.With("run", rt.RunID, "phase", g[0].Phase, "step", g[0].Step, "op", "revert order")
 		targets = o.Order(tripLabel(ctx, g[0].Phase, g[0].Step, true), &rt, targets)
 	}
 	var mu sync.Mutex

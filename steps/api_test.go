@@ -12,7 +12,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -427,39 +426,6 @@ func TestRollWorkloads(t *testing.T) {
 				if ann := templateAnnotations(t, c, w); ann[workloadAnnotation] != "v1" {
 					t.Errorf("%s: template annotations %v, want %s=v1", w, ann, workloadAnnotation)
 				}
-			}
-		})
-	}
-}
-
-// TestLeadersLast: the holders of the leader leases go last, the first
-// component's holder very last; nodes holding none keep their order; an
-// unreadable lease orders nothing.
-func TestLeadersLast(t *testing.T) {
-	lease := func(name, holder string) runtime.Object {
-		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespaceSystem},
-			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
-	}
-	targets := []Target{{Node: "cp1"}, {Node: "cp2"}, {Node: "cp3"}}
-	for _, tc := range []struct {
-		name   string
-		leases []runtime.Object
-		want   string
-	}{
-		{"both on cp1", []runtime.Object{lease(ControllerManager.Name, "cp1_a"), lease(Scheduler.Name, "cp1_b")}, "cp2,cp3,cp1"},
-		{"controller-manager on cp1, scheduler on cp2", []runtime.Object{lease(ControllerManager.Name, "cp1_a"), lease(Scheduler.Name, "cp2_b")}, "cp3,cp2,cp1"},
-		{"scheduler only, on cp1", []runtime.Object{lease(Scheduler.Name, "cp1_b")}, "cp2,cp3,cp1"},
-		{"no leases", nil, "cp1,cp2,cp3"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rt, _ := kubeRuntime(t, tc.leases...)
-			o := (&NodeEdit{LeadersLast: []Component{ControllerManager, Scheduler}}).Ordering()
-			var got []string
-			for _, tg := range o.Order(context.Background(), rt, targets) {
-				got = append(got, tg.Node)
-			}
-			if strings.Join(got, ",") != tc.want {
-				t.Errorf("order = %v, want %s", got, tc.want)
 			}
 		})
 	}

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"path"
 	"sort"
-	"strings"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
@@ -282,55 +279,6 @@ func (s *NodeEdit) Describe(ctx context.Context, rt *Runtime, t Target) ([]strin
 		out = append(out, notes...)
 	}
 	return out, nil
-}
-
-// Orderer is implemented by steps that may choose the order of their
-// targets at run time.
-type Orderer interface {
-	// Ordering is how the step orders its targets, or nil when it keeps
-	// the planned order.
-	Ordering() *Ordering
-}
-
-// OrderingOf is s's Ordering, or nil when s keeps the planned order.
-func OrderingOf(s Step) *Ordering {
-	if o, ok := s.(Orderer); ok {
-		return o.Ordering()
-	}
-	return nil
-}
-
-// Ordering puts the nodes that hold the components' leader leases last,
-// so that standbys go first and each leadership moves once: a standby
-// just restarted must watch the lease for a whole lease duration before
-// it may take it, so restarting a new leader soon after the old one
-// would leave the lease unheld for longer.
-type Ordering struct {
-	Leaders []Component // the first one's holder goes very last
-}
-
-// String is the ordering as `rotate plan` shows it.
-func (o *Ordering) String() string { return "current leader last" }
-
-// Order returns targets with the current holders of the leader leases
-// last: a permutation of targets; a lease that cannot be read orders
-// nothing.
-func (o *Ordering) Order(ctx context.Context, rt *Runtime, targets []Target) []Target {
-	rank := map[string]int{} // node -> how late it goes
-	for i, c := range o.Leaders {
-		lease, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, c.Name, metav1.GetOptions{})
-		if err != nil || lease.Spec.HolderIdentity == nil {
-			continue
-		}
-		holder := *lease.Spec.HolderIdentity
-		if j := strings.IndexByte(holder, '_'); j >= 0 {
-			holder = holder[:j]
-		}
-		rank[holder] = max(rank[holder], len(o.Leaders)-i)
-	}
-	out := append([]Target(nil), targets...)
-	sort.SliceStable(out, func(i, j int) bool { return rank[out[i].Node] < rank[out[j].Node] })
-	return out
 }
 
 // Ordering implements Orderer: with LeadersLast, the current leaders go
