@@ -54,6 +54,27 @@ func TestAwaitProcessSSH(t *testing.T) {
 		t.Fatalf("process started after the write: %+v %v (pid %d)", p, err, cmd.Process.Pid)
 	}
 
+	// A newer process of the same name in another network namespace (on
+	// the e2e cluster, another node's) is not this node's component.
+	other := exec.Command("unshare", "--net", bin, "300")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", other.Process.Pid)); strings.Contains(string(b), name) {
+			break // unshare has exec'd it
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the process in its own network namespace did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p, _, err = AwaitProcess(ctx, c, name, manifest, 0, 30*time.Second)
+	if err != nil || p.PID != strconv.Itoa(cmd.Process.Pid) {
+		t.Fatalf("newest process in the node's network namespace: %+v %v, want pid %d (not %d, in another namespace)", p, err, cmd.Process.Pid, other.Process.Pid)
+	}
+
 	// The manifest written after the process started: it is the old one.
 	setMtime(time.Now().Add(time.Hour))
 	p, _, err = AwaitProcess(ctx, c, name, manifest, 0, time.Second)
