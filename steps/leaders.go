@@ -3,6 +3,7 @@ package steps
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -82,7 +83,8 @@ type leaderLease struct {
 	firstHolder string
 	firstRenew  metav1.MicroTime
 	last        *coordinationv1.Lease
-	live        bool // renewed or taken over since first read; or not followed
+	live        bool   // renewed or taken over since first read; or not followed
+	readErr     string // the last read's error, if it failed
 }
 
 // holderNode is the node part of a leader election identity
@@ -125,31 +127,14 @@ func (o *Ordering) liveHolders(ctx context.Context, rt *Runtime) map[string]stri
 		}
 		budget = max(budget, leaderWaitLeases*d)
 	}
-	holders := map[string]string{}
 	if len(follow) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, budget)
 		err := rt.waitFor(wctx, "a live leader of "+leaseNames(follow), func(ctx context.Context) (bool, string, error) {
 			var why []string
 			for _, ll := range follow {
-				if ll.live {
-					continue
+				if w := ll.poll(ctx, rt); w != "" {
+					why = append(why, w)
 				}
-				l, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, ll.name, metav1.GetOptions{})
-				if err != nil {
-					why = append(why, "lease "+ll.name+": "+err.Error())
-					continue
-				}
-				ll.last = l
-				holder := ""
-				if l.Spec.HolderIdentity != nil {
-					holder = *l.Spec.HolderIdentity
-				}
-				renewed := l.Spec.RenewTime != nil && !l.Spec.RenewTime.Equal(&ll.firstRenew)
-				if holder != "" && (holder != ll.firstHolder || renewed) {
-					ll.live = true
-					continue
-				}
-				why = append(why, "lease "+ll.name+" not renewed since "+ll.firstRenew.UTC().Format(time.RFC3339))
 			}
 			return len(why) == 0, strings.Join(why, "; "), nil
 		})
@@ -157,18 +142,52 @@ func (o *Ordering) liveHolders(ctx context.Context, rt *Runtime) map[string]stri
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			for _, ll := range follow {
 				if !ll.live {
-					rt.Printf("no live %s leader within %s: lease kube-system/%s not renewed since %s (holder %q); going on",
-						ll.name, budget, ll.name, ll.firstRenew.UTC().Format(time.RFC3339), holderNode(ll.last))
+					rt.Printf("%s; going on", ll.missed(budget))
 				}
 			}
 		}
 	}
+	holders := map[string]string{}
 	for _, ll := range read {
 		if h := holderNode(ll.last); h != "" {
 			holders[ll.name] = h
 		}
 	}
 	return holders
+}
+
+// poll reads the lease again, unless it is live already; it says why it
+// is not live ("" once it is).
+func (ll *leaderLease) poll(ctx context.Context, rt *Runtime) string {
+	if ll.live {
+		return ""
+	}
+	l, err := rt.Kube.CoordinationV1().Leases(metav1.NamespaceSystem).Get(ctx, ll.name, metav1.GetOptions{})
+	if err != nil {
+		ll.readErr = err.Error()
+		return "lease " + ll.name + ": " + ll.readErr
+	}
+	ll.last, ll.readErr = l, ""
+	holder := ""
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	renewed := l.Spec.RenewTime != nil && !l.Spec.RenewTime.Equal(&ll.firstRenew)
+	if holder != "" && (holder != ll.firstHolder || renewed) {
+		ll.live = true
+		return ""
+	}
+	return "lease " + ll.name + " not renewed since " + ll.firstRenew.UTC().Format(time.RFC3339)
+}
+
+// missed says that no live holder came within budget.
+func (ll *leaderLease) missed(budget time.Duration) string {
+	msg := fmt.Sprintf("no live %s leader within %s: lease kube-system/%s not renewed since %s",
+		ll.name, budget, ll.name, ll.firstRenew.UTC().Format(time.RFC3339))
+	if ll.readErr != "" {
+		return msg + ", and its last read failed: " + ll.readErr
+	}
+	return fmt.Sprintf("%s (holder %q)", msg, holderNode(ll.last))
 }
 
 func leaseNames(ls []*leaderLease) string {
