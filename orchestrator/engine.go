@@ -323,11 +323,8 @@ func (e *Engine) stepContext(ctx context.Context, phase string, st steps.Step) (
 func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Phase, ps plans.PlannedStep) error {
 	name := ps.Step.Name()
 	targets := ps.Targets
-	if o := steps.OrderingOf(ps.Step); o != nil {
-		rt := e.stepRuntime(plans.StepKey(ph.Name, name, steps.ClusterTarget))
-		rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", name, "op", "order")
-		targets = o.Order(tripLabel(ctx, ph.Name, name, false), &rt, targets)
-	}
+	targets, orderWaits := e.orderTargets(ctx, ph.Name, ps.Step, targets, false)
+	var firstMu sync.Mutex
 	total := len(targets)
 	var doneMu sync.Mutex
 	done := 0
@@ -338,7 +335,11 @@ func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Pha
 		log.Debug("fan-out over", "targets", total, "done", done, "duration", time.Since(start).Round(time.Millisecond))
 	}()
 	return fanOut(ctx, stop, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
-		err := e.runTarget(ctx, ph, ps.Step, t)
+		firstMu.Lock()
+		pre := orderWaits // the first target to run carries the step's wait for a live leader
+		orderWaits = nil
+		firstMu.Unlock()
+		err := e.runTarget(ctx, ph, ps.Step, t, pre)
 		doneMu.Lock()
 		if err == nil {
 			done++
@@ -352,7 +353,30 @@ func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Pha
 	})
 }
 
-func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t steps.Target) error {
+// orderTargets orders a step's targets at run time when the step chooses
+// its order (steps.Ordering: after a live leader, the current leader
+// last), and returns the time it waited, a wait on the cluster like a
+// gate's, for the step's timing.
+func (e *Engine) orderTargets(ctx context.Context, phase string, st steps.Step, targets []steps.Target, revert bool) ([]steps.Target, []waits.Span) {
+	o := steps.OrderingOf(st)
+	if o == nil {
+		return targets, nil
+	}
+	op := "order"
+	if revert {
+		op = "revert order"
+	}
+	rt := e.stepRuntime(plans.StepKey(phase, st.Name(), steps.ClusterTarget))
+	rt.Log = e.log.With("run", rt.RunID, "phase", phase, "step", st.Name(), "op", op)
+	rt.Progress = func(msg string) { e.printer.Detail(st.Name(), "leaders", msg) }
+	wctx, clock := waits.With(tripLabel(ctx, phase, st.Name(), revert))
+	targets = o.Order(wctx, &rt, targets)
+	return targets, clock.Spans()
+}
+
+// runTarget runs one target of a step; pre are waits of the step's own
+// before it (orderTargets), recorded with this target's.
+func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t steps.Target, pre []waits.Span) error {
 	key := plans.StepKey(ph.Name, st.Name(), t)
 	rec, ok, err := e.store.Step(ctx, key)
 	if err != nil {
@@ -384,6 +408,9 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	rt.Log.Info("step started")
 
 	skipped, tm, err := execute(sctx, st, &rt, t)
+	if len(pre) > 0 {
+		tm.waits = waits.Merge(append(pre, tm.waits...), waits.MaxSpans)
+	}
 	rec.ApplyTime, rec.GateTime, rec.Waits = tm.apply, tm.gate, tm.waits
 	if err != nil {
 		if sctx.Err() != nil && ctx.Err() == nil {
@@ -594,15 +621,11 @@ func (e *Engine) revertGroup(ctx context.Context, stop <-chan struct{}, g []stat
 		}
 		index[r.Target] = i
 	}
-	if o := steps.OrderingOf(ps.Step); o != nil {
-		// The revert restarts the same components: it waits for a live
-		// leader as the forward run does, and the nodes that hold the
-		// leader leases now (the forward run may have moved them) go last
-		// here too, or each leadership moves twice.
-		rt := e.stepRuntime(plans.StepKey(g[0].Phase, g[0].Step, steps.ClusterTarget))
-		rt.Log = e.log.With("run", rt.RunID, "phase", g[0].Phase, "step", g[0].Step, "op", "revert order")
-		targets = o.Order(tripLabel(ctx, g[0].Phase, g[0].Step, true), &rt, targets)
-	}
+	// The revert restarts the same components: it waits for a live
+	// leader as the forward run does, and the nodes that hold the leader
+	// leases now (the forward run may have moved them) go last here too,
+	// or each leadership moves twice.
+	targets, _ = e.orderTargets(ctx, g[0].Phase, ps.Step, targets, true)
 	var mu sync.Mutex
 	err = fanOut(ctx, stop, targets, ps.Concurrency, func(ctx context.Context, t steps.Target) error {
 		i := index[t.String()]

@@ -12,8 +12,11 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/kubeca/rotate/internal/waits"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -321,6 +324,21 @@ func (leaderStep) Ordering() *steps.Ordering {
 	return &steps.Ordering{Leaders: []steps.Component{steps.ControllerManager}}
 }
 
+// startLeaderStep runs a plan of one leader-ordered step on cp1-cp3.
+func startLeaderStep(t *testing.T, w *laneWorld, kube *fake.Clientset) (*Engine, state.Store) {
+	t.Helper()
+	cp := append(append([]steps.Target{}, laneCP...), steps.Target{Node: "cp3", Role: steps.RoleControlPlane})
+	p := &plans.Plan{Version: 1, Phases: []plans.Phase{{Name: "narrow", Steps: []plans.PlannedStep{
+		{Step: leaderStep{laneStep{name: "canonical", w: w}}, Targets: cp, Concurrency: 1},
+	}}}}
+	s := state.NewMemStore()
+	e := New(Options{Store: s, Plan: p, Runtime: steps.Runtime{Kube: kube}})
+	if err := e.Start(context.Background(), state.Run{ID: "r", Cluster: "leaders"}, false); err != nil {
+		t.Fatal(err)
+	}
+	return e, s
+}
+
 // TestRevertLeaderLast: the rollback orders a control-plane step's
 // targets by who leads now, not by the forward run's order: the forward
 // run moved the leadership, and restarting the new leader first would
@@ -332,15 +350,7 @@ func TestRevertLeaderLast(t *testing.T) {
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kube-controller-manager", Namespace: metav1.NamespaceSystem},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
 	kube := fake.NewSimpleClientset(lease)
-	cp := append(append([]steps.Target{}, laneCP...), steps.Target{Node: "cp3", Role: steps.RoleControlPlane})
-	p := &plans.Plan{Version: 1, Phases: []plans.Phase{{Name: "narrow", Steps: []plans.PlannedStep{
-		{Step: leaderStep{laneStep{name: "canonical", w: w}}, Targets: cp, Concurrency: 1},
-	}}}}
-	s := state.NewMemStore()
-	e := New(Options{Store: s, Plan: p, Runtime: steps.Runtime{Kube: kube}})
-	if err := e.Start(ctx, state.Run{ID: "r", Cluster: "leaders"}, false); err != nil {
-		t.Fatal(err)
-	}
+	e, _ := startLeaderStep(t, w, kube)
 	if got := strings.Join(w.log, ","); got != "apply canonical@cp2,apply canonical@cp3,apply canonical@cp1" {
 		t.Fatalf("forward order %s, want the leader cp1 last", got)
 	}
@@ -355,5 +365,47 @@ func TestRevertLeaderLast(t *testing.T) {
 	}
 	if got := strings.Join(w.log[3:], ","); got != "revert canonical@cp1,revert canonical@cp2,revert canonical@cp3" {
 		t.Fatalf("revert order %s, want the leader now, cp3, last", got)
+	}
+}
+
+// TestOrderWaitTimed: the wait for a live leader before a leader-ordered
+// step is a wait on the cluster, recorded with the step's first target
+// (the bench counts it out of rotate's own time), not with the others.
+func TestOrderWaitTimed(t *testing.T) {
+	ctx := context.Background()
+	w := newLaneWorld()
+	holder := "cp1_0f3a"
+	kube := fake.NewSimpleClientset()
+	var mu sync.Mutex
+	reads := 0
+	start := time.Now()
+	kube.PrependReactor("get", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reads++
+		at := metav1.NewMicroTime(start)
+		if reads >= 3 { // renewed after the first poll
+			at = metav1.NewMicroTime(start.Add(2 * time.Second))
+		}
+		return true, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kube-controller-manager", Namespace: metav1.NamespaceSystem},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &at}}, nil
+	})
+	_, s := startLeaderStep(t, w, kube)
+	recs, err := s.Steps(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := map[string]time.Duration{}
+	for _, r := range recs {
+		for _, sp := range r.Waits {
+			if sp.Kind == waits.Cluster {
+				waited[r.Target] += sp.To.Sub(sp.From)
+			}
+		}
+	}
+	// The first read, a poll that sees no renewal, then after a poll
+	// interval (500 ms) one that does.
+	if waited["cp2"] < 400*time.Millisecond || waited["cp3"] != 0 || waited["cp1"] != 0 {
+		t.Errorf("recorded waits %v, want the wait for a live leader (one poll) on the first target, cp2, only", waited)
 	}
 }
