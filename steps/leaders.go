@@ -40,11 +40,12 @@ func OrderingOf(s Step) *Ordering {
 // in v1.37), so after a step restarted the leader the lease stays held by
 // the stopped process until a standby has watched it for a lease
 // duration. Restarting that standby meanwhile, as the next step's first
-// target, starts its watch over: in CI the rollback's `kubeconfigs`
-// revert did that right after `switch-issuance` restarted the leader, and
-// the lease went 26 s without renewal. Order waits for the handover
-// instead; with a live leader it waits for one renewal (the retry period,
-// 2 s by default).
+// target, starts its watch over: a run killed right after
+// `switch-issuance` restarted the leader, then rolled back, had the
+// revert of `switch-issuance` restart the standbys first, and the lease
+// went 54 s without renewal (26 s in CI, killed a little later). Order
+// waits for the handover instead; with a live leader it waits for one
+// renewal (the retry period, 2 s by default).
 type Ordering struct {
 	Leaders []Component // the first one's holder goes very last
 }
@@ -83,7 +84,7 @@ type leaderLease struct {
 	firstHolder string
 	firstRenew  metav1.MicroTime
 	last        *coordinationv1.Lease
-	live        bool   // renewed or taken over since first read; or not followed
+	live        bool   // renewed or taken over since first read
 	readErr     string // the last read's error, if it failed
 }
 
@@ -111,10 +112,10 @@ func (o *Ordering) liveHolders(ctx context.Context, rt *Runtime) map[string]stri
 		if err != nil {
 			continue
 		}
-		ll := &leaderLease{name: c.Name, last: l, live: l.Spec.RenewTime == nil}
+		ll := &leaderLease{name: c.Name, last: l}
 		read = append(read, ll)
-		if ll.live {
-			continue
+		if l.Spec.RenewTime == nil {
+			continue // never renewed: ordered by its holder, not waited for
 		}
 		ll.firstRenew = *l.Spec.RenewTime
 		if l.Spec.HolderIdentity != nil {
