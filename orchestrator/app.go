@@ -103,7 +103,7 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	if c.Log != nil {
 		s.pool.SetLogger(c.Log)
 	}
-	rt, err := runtimeFor(ctx, cfg, storeAdapter{s: store}, poolSource{s.pool})
+	rt, err := runtimeFor(ctx, cfg, storeAdapter{s: store}, poolSource{s.pool}, c.Log)
 	if err != nil {
 		s.pool.Close()
 		return nil, err
@@ -119,9 +119,9 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	return s, nil
 }
 
-func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps.NodeSource) (steps.Runtime, error) {
+func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps.NodeSource, log *slog.Logger) (steps.Runtime, error) {
 	kc := cfg.Kubeconfig
-	kube, trust, restCfg, err := steps.KubeClient(kc, cfg.Context, st)
+	kube, trust, restCfg, err := steps.KubeClient(kc, cfg.Context, st, log)
 	if err != nil {
 		return steps.Runtime{}, err
 	}
@@ -204,7 +204,7 @@ func discoverWorkers(ctx context.Context, inv *plans.Inventory) error {
 		return nil
 	}
 	cfg := inv.Config()
-	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, nil)
+	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -436,7 +436,7 @@ func PrintPlan(ctx context.Context, o PlanOptions) error {
 		mem := state.NewMemStore()
 		pool := nodes.NewPool(NodeConfigs(cfg, o.InsecureIgnoreHostKeys))
 		defer pool.Close()
-		r, err := runtimeFor(ctx, cfg, storeAdapter{s: mem}, poolSource{pool})
+		r, err := runtimeFor(ctx, cfg, storeAdapter{s: mem}, poolSource{pool}, nil)
 		if err != nil {
 			return err
 		}

@@ -138,7 +138,7 @@ func liveLock(ctx context.Context, store state.Store, recorded *LockStatus) *Loc
 	if err != nil {
 		return failed(err)
 	}
-	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, storeAdapter{s: store})
+	kube, _, _, err := steps.KubeClient(cfg.Kubeconfig, cfg.Context, storeAdapter{s: store}, nil)
 	if err != nil {
 		return failed(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -170,8 +171,11 @@ func (t *Trust) transport() *http.Transport {
 // dial its endpoint, Config.APIServerEndpoint); the kubeconfig's
 // tls-server-name (a load balancer's address outside the serving
 // certificate) and proxy-url are kept.
-func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interface, *Trust, *rest.Config, error) {
-	kt, err := kubeconfig.LoadTLS(kubeconfigPath, context)
+//
+// With a logger that logs at debug level, every API request is logged:
+// method, path, status and duration (never a header or a body).
+func KubeClient(kubeconfigPath, kubeContext string, store Store, log *slog.Logger) (kubernetes.Interface, *Trust, *rest.Config, error) {
+	kt, err := kubeconfig.LoadTLS(kubeconfigPath, kubeContext)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -199,6 +203,9 @@ func KubeClient(kubeconfigPath, context string, store Store) (kubernetes.Interfa
 	rc.Transport = tr
 	rc.QPS, rc.Burst = 50, 100
 	rc.Timeout = 30 * time.Second
+	if log != nil && log.Enabled(context.Background(), slog.LevelDebug) {
+		rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return requestLog{rt: rt, log: log} }
+	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("kubeconfig %s: %w", kubeconfigPath, err)
@@ -216,4 +223,25 @@ func (t *Trust) AdminCert() *x509.Certificate {
 		}
 	}
 	return nil
+}
+
+// requestLog logs each API request at debug level: method, path (no
+// query: it may carry a selector but never a secret, and is not needed to
+// see where time goes), status and duration.
+type requestLog struct {
+	rt  http.RoundTripper
+	log *slog.Logger
+}
+
+func (l requestLog) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := l.rt.RoundTrip(req)
+	attrs := []any{"method", req.Method, "path", req.URL.Path, "duration", time.Since(start).Round(time.Millisecond)}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	} else {
+		attrs = append(attrs, "status", resp.StatusCode)
+	}
+	l.log.Debug("api request", attrs...)
+	return resp, err
 }

@@ -64,7 +64,7 @@ current-context: c
 			if err := os.WriteFile(p, []byte(kc), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cs, _, _, err := KubeClient(p, "", nil)
+			cs, _, _, err := KubeClient(p, "", nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -313,6 +313,9 @@ func runOnce(ctx context.Context, o options, c *cluster.Cluster, nsName string, 
 	tag := fmt.Sprintf("N=%d %s", n, m.Name)
 	rot := func(args ...string) (wall, cpu time.Duration, err error) {
 		argv := append(append(append([]string(nil), prefix...), o.rotateBin), args...)
+		if o.verbose {
+			argv = append(argv, "--verbose")
+		}
 		return runLogged(ctx, dir, filepath.Join(dir, args[0]+".log"), fmt.Sprintf("    [%s %s] ", tag, args[0]), o.quiet, argv)
 	}
 	if _, err := settle(ctx, c); err != nil {

@@ -41,6 +41,7 @@ type options struct {
 	workDir      string
 	joinParallel int
 	quiet        bool
+	verbose      bool // rotate -v: its debug log (node operations, API requests) in the work dir's logs
 }
 
 // mode is a network mode: direct (rotate in the host namespace) or
@@ -120,6 +121,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.joinParallel, "join-parallel", 4, "spare workers joined at the same time")
 	fs.StringSliceVar(&o.roots, "roots", []string{"cluster", "front-proxy"}, "the inventory's rotate list: the trust roots each run rotates (the harness's inventory adds etcd; the bench's history is of these two)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "do not echo rotate's output (it is always in the work dir's logs)")
+	fs.BoolVar(&o.verbose, "rotate-verbose", false, "run rotate with -v: every node operation and API request, timed, in the work dir's logs (to see where a run's time goes)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
