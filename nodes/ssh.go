@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -22,8 +23,8 @@ import (
 )
 
 // Client is an SSH connection to one node. It implements Runner and
-// ExactWriter and is safe for concurrent use (each call opens its own
-// session on the shared connection).
+// ExactWriter and is safe for concurrent use (each call runs on its own
+// session channel of the shared connection, one round trip: exec.go).
 type Client struct {
 	cfg  Config
 	log  *slog.Logger // debug: every operation, with node, op and duration
@@ -34,6 +35,9 @@ type Client struct {
 	// trips counts the round trips to the node (roundtrips.go); nil:
 	// not counted.
 	trips *RoundTrips
+	// spares is the session channel opened ahead of the next operation
+	// (exec.go).
+	spares spares
 }
 
 var _ Runner = (*Client)(nil)
@@ -318,6 +322,7 @@ func (c *Client) Config() Config { return c.cfg }
 
 // Close closes the connection.
 func (c *Client) Close() error {
+	c.closeSpare()
 	err := c.conn.Close()
 	if c.jump != nil {
 		c.jump.Close()
@@ -482,7 +487,14 @@ const pidMarker = "rotate-pid:"
 // command whose connection is gone dies) and sudo when becoming root. The
 // leading exec keeps the reported pid the one to signal: timeout itself, or
 // sudo, which relays TERM to it.
-func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
+//
+// Input of at most inlineInputMax bytes travels inside the command, as a
+// base64 here-document decoded into the command's stdin, and send is nil;
+// larger input is returned as send, for the channel. sshd gives a session
+// channel no window for input until its command runs, so input on the
+// channel costs a second round trip (exec.go); inside the command it does
+// not.
+func (c *Client) remoteCommand(inner string, timeout time.Duration, stdin []byte) (cmd string, send []byte) {
 	var b strings.Builder
 	b.WriteString("printf '" + pidMarker + "%s\\n' \"$$\" >&2; exec ")
 	if c.cfg.become() {
@@ -493,9 +505,27 @@ func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
 		// the one reported; KILL 5s after TERM for commands that ignore it.
 		fmt.Fprintf(&b, "timeout -k 5 %.3f ", (timeout + 2*time.Second).Seconds())
 	}
-	b.WriteString(inner)
-	return b.String()
+	if len(stdin) == 0 || len(stdin) > inlineInputMax {
+		b.WriteString(inner)
+		return b.String(), stdin
+	}
+	b.WriteString("sh -c " + shellQuote("base64 -d | "+inner) + " <<'" + inlineEnd + "'\n")
+	enc := base64.StdEncoding.EncodeToString(stdin)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\n" + inlineEnd + "\n")
+	return b.String(), nil
 }
+
+// inlineInputMax bounds the input sent inside the command: sshd passes the
+// command to the login shell as one argument, which Linux limits to 128 KiB
+// (MAX_ARG_STRLEN); base64 makes 64 KiB about 87 KiB.
+const inlineInputMax = 64 << 10
+
+// inlineEnd ends the here-document of inline input; base64 has no "_".
+const inlineEnd = "ROTATE_INPUT_END"
 
 // kill sends TERM to a remote command started by run, from a new session.
 func (c *Client) kill(ctx context.Context, pid int) {
@@ -621,30 +651,23 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 
 	type outcome struct {
 		res Result
+		x   exited
 		err error
 	}
 	var (
-		mu   sync.Mutex
-		sess *ssh.Session
+		mu sync.Mutex
+		sc ssh.Channel
 	)
 	stderr := &stderrSniffer{rest: &capBuffer{max: maxStderr}}
 	ch := make(chan outcome, 1)
 	c.trips.Trip(ctx, c.cfg.Name)
 	go func() {
-		s, err := c.conn.NewSession()
-		if err != nil {
-			ch <- outcome{err: err}
-			return
-		}
-		mu.Lock()
-		sess = s
-		mu.Unlock()
-		defer s.Close()
 		var stdout bytes.Buffer
-		s.Stdout, s.Stderr = &stdout, stderr
-		s.Stdin = bytes.NewReader(stdin)
-		err = s.Run(c.remoteCommand(inner, timeout))
-		ch <- outcome{res: Result{Stdout: stdout.Bytes(), Stderr: stderr.bytes()}, err: err}
+		cmd, send := c.remoteCommand(inner, timeout, stdin)
+		x, err := c.exec(cmd, send, &stdout, stderr,
+			func(s ssh.Channel) { mu.Lock(); sc = s; mu.Unlock() },
+			func() bool { return stderr.remotePid() > 0 })
+		ch <- outcome{res: Result{Stdout: stdout.Bytes(), Stderr: stderr.bytes()}, x: x, err: err}
 	}()
 
 	var out outcome
@@ -656,8 +679,8 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 		// through, timeout(1) ends the command on its own shortly after.
 		c.kill(ctx, stderr.remotePid())
 		mu.Lock()
-		if sess != nil {
-			sess.Close()
+		if sc != nil {
+			sc.Close()
 		}
 		mu.Unlock()
 		// What the command printed before it was stopped (ApplyFiles
@@ -673,27 +696,26 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 		}
 		return partial, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ctx.Err())
 	}
-	res, err := out.res, out.err
-	if err == nil {
-		return res, nil
-	}
-	var ee *ssh.ExitError
-	var missing *ssh.ExitMissingError
+	res, x, err := out.res, out.x, out.err
 	switch {
-	case errors.As(err, &ee):
-		res.ExitStatus = ee.ExitStatus()
+	case err == nil && x.status == 0:
+		return res, nil
+	case err == nil && (x.status > 0 || x.signal != ""):
+		res.ExitStatus = x.status
 		if be := c.becomeError(op, res); be != nil {
 			return res, be
 		}
 		xe := &ExitError{Node: c.cfg.Name, Op: op, Result: res}
-		if ee.Signal() != "" {
-			xe.Signal = ee.Signal()
+		if x.signal != "" {
+			xe.Signal = x.signal
 			xe.Result.ExitStatus = -1
 			res.ExitStatus = -1
 		}
 		return res, xe
-	case errors.As(err, &missing), connectionBroken(err), !c.Alive():
-		// Make sure the connection counts as gone, so Pool re-dials.
+	case err == nil, connectionBroken(err), !c.Alive():
+		// No exit status: the channel or the connection went away under
+		// the command. Make sure the connection counts as gone, so Pool
+		// re-dials.
 		c.conn.Close()
 		c.markDone()
 		return res, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, ErrConnectionLost)

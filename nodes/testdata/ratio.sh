@@ -1,16 +1,23 @@
 #!/bin/sh
-# Runs the nodes/ WriteFile benchmarks (one small file to 10 real sshd nodes,
-# FanOut versus sequential; see nodes/bench_test.go) and prints the
-# benchmark lines followed by "fan-out vs sequential: N.Nx".
+# Runs the nodes/ benchmarks and prints their lines followed by the ratios:
+#   - one small file written to 10 real sshd nodes, fan-out versus
+#     sequential (nodes/bench_test.go): "fan-out vs sequential: N.Nx";
+#   - one small operation through a 50 ms round trip, a plain SSH session
+#     versus the Client's one-round-trip exec (nodes/latency_bench_test.go):
+#     "one-round-trip exec vs session: N.Nx".
 # Usage (from the repository root, as root, with openssh-server installed):
 #   sh nodes/testdata/ratio.sh [extra go test flags]
 set -eu
-out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
+out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)|Operation(Session|OneTrip)' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
 printf '%s\n' "$out"
 printf '%s\n' "$out" | awk '
-  /^BenchmarkWriteFileFanOut/    { for (i = 1; i < NF; i++) if ($(i+1) == "ns/op") fan = $i }
-  /^BenchmarkWriteFileSequential/ { for (i = 1; i < NF; i++) if ($(i+1) == "ns/op") seq = $i }
+  function nsop(   i) { for (i = 1; i < NF; i++) if ($(i+1) == "ns/op") return $i }
+  /^BenchmarkWriteFileFanOut/     { fan = nsop() }
+  /^BenchmarkWriteFileSequential/ { seq = nsop() }
+  /^BenchmarkOperationSession/    { sess = nsop() }
+  /^BenchmarkOperationOneTrip/    { one = nsop() }
   END {
-    if (fan == "" || seq == "") { print "ratio.sh: benchmark results missing" > "/dev/stderr"; exit 1 }
+    if (fan == "" || seq == "" || sess == "" || one == "") { print "ratio.sh: benchmark results missing" > "/dev/stderr"; exit 1 }
     printf "fan-out vs sequential: %.1fx (sequential %.1f ms, fan-out %.1f ms per round of writes)\n", seq / fan, seq / 1e6, fan / 1e6
+    printf "one-round-trip exec vs session, 50 ms round trip: %.1fx (session %.1f ms, one-round-trip %.1f ms per operation)\n", sess / one, sess / 1e6, one / 1e6
   }'

@@ -1,0 +1,176 @@
+package nodes
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kubeca/rotate/nodes/sshdtest"
+)
+
+// spareState reports whether c holds a spare channel and whether the
+// server has closed it (its requests channel is closed then).
+func spareState(c *Client) (have, closedByServer bool) {
+	c.spares.mu.Lock()
+	defer c.spares.mu.Unlock()
+	s := c.spares.spare
+	if s == nil {
+		return false, false
+	}
+	select {
+	case _, ok := <-s.reqs:
+		return true, !ok
+	default:
+		return true, false
+	}
+}
+
+// waitSpare waits until cond holds for c's spare, or fails after 20 s.
+func waitSpare(t *testing.T, c *Client, what string, cond func(have, closed bool) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond(spareState(c)) {
+		if time.Now().After(deadline) {
+			have, closed := spareState(c)
+			t.Fatalf("waited 20s for %s: spare held %v, closed by the server %v", what, have, closed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An operation leaves a spare session channel open for the next one, and
+// input larger than a channel window (2 MB at OpenSSH) still arrives whole
+// behind the exec request that was not waited for.
+func TestExecSpareAndLargeInput(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	ctx := testCtx(t)
+	if _, err := c.Run(ctx, "true", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitSpare(t, c, "a spare channel after the first operation", func(have, closed bool) bool { return have && !closed })
+
+	in := make([]byte, 5<<20+17)
+	if _, err := rand.Read(in); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(in)
+	res, err := c.Run(ctx, "sha256sum | cut -d' ' -f1", in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.TrimSpace(string(res.Stdout)), hex.EncodeToString(sum[:]); got != want {
+		t.Fatalf("the command read other input than was sent: sha256 %s, want %s", got, want)
+	}
+	// Exit status and stderr come back as with a plain session.
+	res, err = c.Run(ctx, "echo out; echo err >&2; exit 3", nil)
+	var xe *ExitError
+	if !errors.As(err, &xe) || res.ExitStatus != 3 || string(res.Stdout) != "out\n" || string(res.Stderr) != "err\n" {
+		t.Fatalf("exit 3: res %+v, err %v", res, err)
+	}
+	res, err = c.Run(ctx, "kill -KILL $$", nil)
+	if !errors.As(err, &xe) || xe.Signal != "KILL" || res.ExitStatus != -1 {
+		t.Fatalf("killed by a signal: res %+v, err %v", res, err)
+	}
+}
+
+// A spare that was closed while it waited never ran the command: the
+// operation is sent again on a new channel and runs exactly once. (OpenSSH
+// 9.2 closes no idle session channel, not even with ChannelTimeout, so the
+// test closes it, which is what a server's close looks like from here: the
+// exec request cannot be sent.)
+func TestExecSpareClosed(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	if _, err := c.Run(ctx, "true", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitSpare(t, c, "a spare channel", func(have, closed bool) bool { return have })
+	c.spares.mu.Lock()
+	c.spares.spare.ch.Close()
+	c.spares.mu.Unlock()
+	res, err := c.Run(ctx, "cat >> "+dir+"/ran; cat "+dir+"/ran", []byte("once\n"))
+	if err != nil {
+		t.Fatalf("operation on a closed spare: %v", err)
+	}
+	if string(res.Stdout) != "once\n" {
+		t.Fatalf("the command ran %q times, want once", res.Stdout)
+	}
+	if !c.Alive() {
+		t.Fatal("the connection was given up over a closed spare")
+	}
+}
+
+// Concurrent operations on one connection each get their own channel;
+// the spare is taken by one of them at most.
+func TestExecConcurrent(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 5 {
+				want := fmt.Sprintf("%d-%d", i, j)
+				res, err := c.Run(ctx, "cat", []byte(want))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(res.Stdout, []byte(want)) {
+					errs <- fmt.Errorf("got %q, want %q", res.Stdout, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// Input reaches the command byte for byte whichever way it travels:
+// inside the command (up to inlineInputMax) or on the channel (beyond),
+// as root and through sudo, with every byte value.
+func TestExecInput(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	user := cfg
+	user.User, user.Become = sshdtest.AddUser(t, sshdtest.SudoNoPassword), true
+	for _, login := range []struct {
+		name string
+		cfg  Config
+	}{{"root", cfg}, {"sudo", user}} {
+		c := dial(t, login.cfg)
+		for _, n := range []int{1, 255, inlineInputMax, inlineInputMax + 1} {
+			in := make([]byte, n)
+			for i := range in {
+				in[i] = byte(i * 7)
+			}
+			if _, inChannel := c.remoteCommand("cat", time.Second, in); (len(inChannel) > 0) != (n > inlineInputMax) {
+				t.Fatalf("%d bytes: sent on the channel %v, want %v", n, len(inChannel) > 0, n > inlineInputMax)
+			}
+			sum := sha256.Sum256(in)
+			res, err := c.Run(testCtx(t), "id -u; sha256sum | cut -d' ' -f1", in)
+			if err != nil {
+				t.Fatalf("%s, %d bytes: %v", login.name, n, err)
+			}
+			if got, want := string(res.Stdout), "0\n"+hex.EncodeToString(sum[:])+"\n"; got != want {
+				t.Fatalf("%s, %d bytes: got %q, want %q", login.name, n, got, want)
+			}
+		}
+	}
+}
