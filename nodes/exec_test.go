@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -144,33 +146,68 @@ func TestExecConcurrent(t *testing.T) {
 }
 
 // Input reaches the command byte for byte whichever way it travels:
-// inside the command (up to inlineInputMax) or on the channel (beyond),
-// as root and through sudo, with every byte value.
+// inside the command (as long as the command line stays under
+// maxCommandLine) or on the channel (beyond), as root and through sudo,
+// with every byte value. The largest inline input runs for real, so a
+// command line over Linux's 128 KiB argument limit would fail here.
 func TestExecInput(t *testing.T) {
 	_, cfg := startNode(t, "n", sshdtest.Options{})
 	user := cfg
 	user.User, user.Become = sshdtest.AddUser(t, sshdtest.SudoNoPassword), true
+	const cmd = "id -u; sha256sum | cut -d' ' -f1"
 	for _, login := range []struct {
 		name string
 		cfg  Config
 	}{{"root", cfg}, {"sudo", user}} {
 		c := dial(t, login.cfg)
-		for _, n := range []int{1, 255, inlineInputMax, inlineInputMax + 1} {
+		inline := func(n int) bool {
+			_, send := c.remoteCommand(shCommand(cmd), login.cfg.CommandTimeout, make([]byte, n))
+			return len(send) == 0
+		}
+		largest := sort.Search(1<<20, func(n int) bool { return !inline(n + 1) })
+		if largest < 64<<10 {
+			t.Fatalf("%s: only %d bytes of input fit in the command", login.name, largest)
+		}
+		for _, n := range []int{1, 255, largest, largest + 1} {
 			in := make([]byte, n)
 			for i := range in {
 				in[i] = byte(i * 7)
 			}
-			if _, inChannel := c.remoteCommand("cat", time.Second, in); (len(inChannel) > 0) != (n > inlineInputMax) {
-				t.Fatalf("%d bytes: sent on the channel %v, want %v", n, len(inChannel) > 0, n > inlineInputMax)
+			if got, want := inline(n), n <= largest; got != want {
+				t.Fatalf("%s, %d bytes: inline %v, want %v", login.name, n, got, want)
 			}
 			sum := sha256.Sum256(in)
-			res, err := c.Run(testCtx(t), "id -u; sha256sum | cut -d' ' -f1", in)
+			res, err := c.Run(testCtx(t), cmd, in)
 			if err != nil {
 				t.Fatalf("%s, %d bytes: %v", login.name, n, err)
 			}
 			if got, want := string(res.Stdout), "0\n"+hex.EncodeToString(sum[:])+"\n"; got != want {
 				t.Fatalf("%s, %d bytes: got %q, want %q", login.name, n, got, want)
 			}
+		}
+	}
+}
+
+// A batch whose paths fill the command line leaves no room for inline
+// input: its contents go on the channel, and the batch still runs.
+func TestExecInputWithLongBatch(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	dir := t.TempDir()
+	var ops []FileOp
+	// About 84 KB of quoted paths (one session) and 42 KB of input:
+	// inline, its command line would pass 128 KiB.
+	for i := 0; i < 400; i++ {
+		data := []byte(fmt.Sprintf("%-20d", i))
+		ops = append(ops, FileOp{Kind: OpWrite, Path: fmt.Sprintf("%s/%s-%04d", dir, strings.Repeat("p", 200), i), Data: data, Mode: 0o600})
+	}
+	if err := ApplyFiles(testCtx(t), c, ops); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 199, 399} {
+		got, err := os.ReadFile(ops[i].Path)
+		if err != nil || string(got) != string(ops[i].Data) {
+			t.Fatalf("%s: %q, %v", ops[i].Path, got, err)
 		}
 	}
 }

@@ -488,12 +488,12 @@ const pidMarker = "rotate-pid:"
 // leading exec keeps the reported pid the one to signal: timeout itself, or
 // sudo, which relays TERM to it.
 //
-// Input of at most inlineInputMax bytes travels inside the command, as a
-// base64 here-document decoded into the command's stdin, and send is nil;
-// larger input is returned as send, for the channel. sshd gives a session
-// channel no window for input until its command runs, so input on the
-// channel costs a second round trip (exec.go); inside the command it does
-// not.
+// Input travels inside the command when the command line stays under
+// maxCommandLine with it: as a base64 here-document that a wrapper shell
+// decodes into the command's stdin, and send is nil. Larger input is
+// returned as send, for the channel. sshd gives a session channel no
+// window for input until its command runs, so input on the channel costs a
+// second round trip (exec.go); inside the command it does not.
 func (c *Client) remoteCommand(inner string, timeout time.Duration, stdin []byte) (cmd string, send []byte) {
 	var b strings.Builder
 	b.WriteString("printf '" + pidMarker + "%s\\n' \"$$\" >&2; exec ")
@@ -505,27 +505,37 @@ func (c *Client) remoteCommand(inner string, timeout time.Duration, stdin []byte
 		// the one reported; KILL 5s after TERM for commands that ignore it.
 		fmt.Fprintf(&b, "timeout -k 5 %.3f ", (timeout + 2*time.Second).Seconds())
 	}
-	if len(stdin) == 0 || len(stdin) > inlineInputMax {
+	if len(stdin) == 0 || b.Len()+len(inner)+inlineLen(len(stdin)) > maxCommandLine {
 		b.WriteString(inner)
 		return b.String(), stdin
 	}
-	b.WriteString("sh -c " + shellQuote("base64 -d | "+inner) + " <<'" + inlineEnd + "'\n")
+	// inner's words become the wrapper's "$@": inner is not quoted again.
+	b.WriteString(inlineWrapper + inner + " <<'" + inlineEnd + "'\n")
 	enc := base64.StdEncoding.EncodeToString(stdin)
-	for len(enc) > 76 {
-		b.WriteString(enc[:76] + "\n")
-		enc = enc[76:]
+	for len(enc) > inlineLine {
+		b.WriteString(enc[:inlineLine] + "\n")
+		enc = enc[inlineLine:]
 	}
 	b.WriteString(enc + "\n" + inlineEnd + "\n")
 	return b.String(), nil
 }
 
-// inlineInputMax bounds the input sent inside the command: sshd passes the
-// command to the login shell as one argument, which Linux limits to 128 KiB
-// (MAX_ARG_STRLEN); base64 makes 64 KiB about 87 KiB.
-const inlineInputMax = 64 << 10
+// maxCommandLine bounds a command line with its inline input: sshd passes
+// the command to the login shell as one argument, which Linux limits to
+// 128 KiB (MAX_ARG_STRLEN).
+const maxCommandLine = 120 << 10
 
-// inlineEnd ends the here-document of inline input; base64 has no "_".
-const inlineEnd = "ROTATE_INPUT_END"
+const (
+	inlineWrapper = `sh -c 'base64 -d | "$@"' rotate-input `
+	inlineEnd     = "ROTATE_INPUT_END" // base64 has no "_"
+	inlineLine    = 76
+)
+
+// inlineLen is what n bytes of inline input add to a command line.
+func inlineLen(n int) int {
+	enc := base64.StdEncoding.EncodedLen(n)
+	return len(inlineWrapper) + enc + enc/inlineLine + 2*len(inlineEnd) + 8
+}
 
 // kill sends TERM to a remote command started by run, from a new session.
 func (c *Client) kill(ctx context.Context, pid int) {
