@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -192,8 +193,23 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return err
 	}
-	health, err := rt.verifyHealth(ctx, in.bundle)
-	if err != nil {
+	// The health checks and the attention list only read, each waiting on
+	// the API or on a server probe: they run at once, so that a run
+	// through a slow link waits a few round trips here, not twenty.
+	var (
+		health                                    []finding
+		unlisted                                  []UnlistedNode
+		bundles, pods, servers, carriers, saLines []string
+	)
+	if err := together(
+		func() (err error) { health, err = rt.verifyHealth(ctx, in.bundle); return },
+		func() (err error) { unlisted, err = rt.unlistedNodes(ctx); return },
+		func() (err error) { bundles, err = rt.oldOnlyBundles(ctx); return },
+		func() (err error) { pods, err = rt.stalePods(ctx); return },
+		func() (err error) { servers, err = rt.oldCAServers(ctx); return },
+		func() (err error) { carriers, err = rt.oldCACarriers(ctx); return },
+		func() (err error) { saLines, err = rt.saHoldLines(ctx); return },
+	); err != nil {
 		return err
 	}
 	regressions, healthPre := base.split(health)
@@ -212,9 +228,7 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 
 	// Attention list for the hold.
-	if rep.Unlisted, err = rt.unlistedNodes(ctx); err != nil {
-		return err
-	}
+	rep.Unlisted = unlisted
 	for _, u := range rep.Unlisted {
 		if u.lockedOut() && !u.Accepted {
 			rep.Attention = append(rep.Attention, lockoutAdvice(u, in.newCA))
@@ -222,34 +236,14 @@ func (Verify) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			rt.Printf("%s", u)
 		}
 	}
-	att, err := rt.oldOnlyBundles(ctx)
-	if err != nil {
-		return err
-	}
-	rep.Attention = append(rep.Attention, att...)
-	podNotes, err := rt.stalePods(ctx)
-	if err != nil {
-		return err
-	}
-	rep.Attention = append(rep.Attention, podNotes...)
-	servers, err := rt.oldCAServers(ctx)
-	if err != nil {
-		return err
-	}
+	rep.Attention = append(rep.Attention, bundles...)
+	rep.Attention = append(rep.Attention, pods...)
 	rep.Attention = append(rep.Attention, servers...)
-	carriers, err := rt.oldCACarriers(ctx)
-	if err != nil {
-		return err
-	}
 	rep.Attention = append(rep.Attention, carriers...)
 	rep.Attention = append(rep.Attention, "kubeconfigs outside the control plane (operators, CI, external tools) not listed in the inventory's extraKubeconfigs still trust and present the old CA: give them the new CA data and new client certificates before resuming")
 	if rt.Config.Etcd {
 		rep.Attention = append(rep.Attention, fmt.Sprintf("etcd members serve certificates of the new etcd CA: tools that verify them with %s (etcdctl, backup jobs) need %s until trust narrows, when %s becomes the new etcd CA; their own client certificates of the old etcd CA stop working then",
 			rt.Config.pki(fileEtcdCACert), rt.Config.pki(fileEtcdCABundle), rt.Config.pki(fileEtcdCACert)))
-	}
-	saLines, err := rt.saHoldLines(ctx)
-	if err != nil {
-		return err
 	}
 	rep.Attention = append(rep.Attention, saLines...)
 	if rep.Workloads, err = rt.workloadHoldLines(ctx); err != nil {
@@ -602,4 +596,25 @@ func short(s []string) string {
 		return strings.Join(s[:8], ", ") + fmt.Sprintf(" and %d more", len(s)-8)
 	}
 	return strings.Join(s, ", ")
+}
+
+// together runs fns at once and returns the error of the first of them,
+// in argument order, that failed.
+func together(fns ...func() error) error {
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn()
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
