@@ -13,7 +13,9 @@
 package nodes
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -80,4 +82,32 @@ func BenchmarkWriteFileSequential(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(benchNodes), "nodes")
+}
+
+// BenchmarkApplyFiles is one batch of 40 file writes of 1.5 KB on a real
+// sshd, half of them replacing a file (its owner and mode kept), as a
+// control-plane step's batch is: the time is the node's work (the
+// processes the write script starts, one fsync per file), the link being
+// local. The metric ms/write is per file.
+func BenchmarkApplyFiles(b *testing.B) {
+	_, cfg := startNode(b, "n", sshdtest.Options{})
+	c := dial(b, cfg)
+	dir := b.TempDir()
+	var ops []FileOp
+	for i := 0; i < 40; i++ {
+		p := filepath.Join(dir, "f"+strconv.Itoa(i))
+		if i%2 == 0 {
+			if err := os.WriteFile(p, []byte("old"), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ops = append(ops, FileOp{Kind: OpWrite, Path: p, Data: bytes.Repeat([]byte("x"), 1500)})
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := ApplyFiles(context.Background(), c, ops); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N*len(ops)), "ms/write")
 }

@@ -2,13 +2,15 @@
 # Runs the nodes/ benchmarks and prints their lines followed by the ratios:
 #   - one small file written to 10 real sshd nodes, fan-out versus
 #     sequential (nodes/bench_test.go): "fan-out vs sequential: N.Nx";
+#   - (BenchmarkApplyFiles: a 40-file batch on a real sshd, ms per write;
+#     no ratio, it has no other variant to compare with)
 #   - one small operation through a 50 ms round trip, a plain SSH session
 #     versus the Client's one-round-trip exec (nodes/latency_bench_test.go):
 #     "one-round-trip exec vs session: N.Nx".
 # Usage (from the repository root, as root, with openssh-server installed):
 #   sh nodes/testdata/ratio.sh [extra go test flags]
 set -eu
-out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)|Operation(Session|OneTrip)' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
+out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)|Operation(Session|OneTrip)|ApplyFiles$' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
 printf '%s\n' "$out"
 printf '%s\n' "$out" | awk '
   function nsop(   i) { for (i = 1; i < NF; i++) if ($(i+1) == "ns/op") return $i }
