@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -133,9 +134,23 @@ func (ClusterHealthy) RevertGate(ctx context.Context, rt *Runtime, t Target) err
 
 func (ClusterHealthy) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	var problems []string
-	for _, n := range rt.Config.ControlPlane {
-		if ok, why, err := rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(n)); err != nil || !ok {
-			problems = append(problems, fmt.Sprintf("apiserver on %s not ready: %s%v", n, why, errOrNil(err)))
+	// Each apiserver is asked at once (a new TLS connection each: a few
+	// round trips through a slow link), the answers kept in order.
+	notReady := make([]string, len(rt.Config.ControlPlane))
+	var wg sync.WaitGroup
+	for i, n := range rt.Config.ControlPlane {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, why, err := rt.apiServerReady(ctx, rt.Config.APIServerEndpoint(n)); err != nil || !ok {
+				notReady[i] = fmt.Sprintf("apiserver on %s not ready: %s%v", n, why, errOrNil(err))
+			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range notReady {
+		if p != "" {
+			problems = append(problems, p)
 		}
 	}
 	list, err := rt.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
