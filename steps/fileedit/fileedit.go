@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/kubeca/rotate/internal/redact"
@@ -152,20 +153,30 @@ type Backups struct {
 	ID    string // scopes the backups, e.g. to one step on one target
 }
 
-// Apply backs up each file (first copy wins, scoped to b.ID) and then
-// writes it atomically, in order. It returns whether anything changed.
+// Apply backs up every file it is about to change (first copy wins,
+// scoped to b.ID), then writes each atomically, in order. It returns
+// whether anything changed. The backups all come first, so that on a
+// batched runner they are read from what the step's read already holds:
+// a write queued before a backup's read would make that read a round trip
+// of its own (a write may change what a known symlink resolves to).
 func Apply(ctx context.Context, r nodes.Runner, b Backups, edits []Edit) (bool, error) {
 	ps, err := planEdits(ctx, r, edits)
 	if err != nil {
 		return false, err
 	}
+	var paths []string
+	for _, p := range ps {
+		if !p.noop && !slices.Contains(paths, p.edit.Path) {
+			paths = append(paths, p.edit.Path)
+		}
+	}
+	if _, err := nodes.BackupFiles(ctx, r, b.Store, b.Dir, b.ID, paths); err != nil {
+		return false, err // names the path and the node
+	}
 	changed := false
 	for _, p := range ps {
 		if p.noop {
 			continue
-		}
-		if _, err := nodes.BackupFile(ctx, r, b.Store, b.Dir, b.ID, p.edit.Path); err != nil {
-			return changed, fmt.Errorf("back up %s on %s: %w", p.edit.Path, r.Name(), err)
 		}
 		switch {
 		case p.edit.Symlink != "":
