@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/kubeca/rotate/nodes"
+	"github.com/kubeca/rotate/pki"
 	"github.com/kubeca/rotate/plans"
 	"github.com/kubeca/rotate/state"
 	"github.com/kubeca/rotate/steps"
@@ -175,6 +177,14 @@ func Start(ctx context.Context, o StartOptions) error {
 		return err
 	}
 	defer s.close()
+	// preflight re-issues the control-plane certificates with keys like
+	// the old ones; RSA keys are made while the run reaches the nodes
+	// (pki/keypool.go). kubeadm gives the CA and its leaves one algorithm.
+	if ca := s.engine.rt.Trust.KubeconfigCA(); ca != nil {
+		if pub, ok := ca.PublicKey.(*rsa.PublicKey); ok {
+			pki.PrepareRSAKeys(pub.N.BitLen(), cfg.Steps.ReissuedCerts())
+		}
+	}
 	run := state.Run{ID: newRunID(), Cluster: inv.Cluster.Name, InventoryPath: cfg.InventoryPath, InventoryDigest: inv.Digest}
 	s.engine.rt.RunID = run.ID
 	// The inventory travels with the run, resolved, so resume and rollback

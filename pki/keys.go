@@ -85,6 +85,9 @@ func GenerateKey(a KeyAlgorithm, r io.Reader) (crypto.Signer, error) {
 func generateLike(pub crypto.PublicKey, r io.Reader) (crypto.Signer, error) {
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
+		if k := preparedRSA(p.N.BitLen(), r); k != nil {
+			return k, nil
+		}
 		return rsa.GenerateKey(r, p.N.BitLen())
 	case *ecdsa.PublicKey:
 		return ecdsa.GenerateKey(p.Curve, r)

@@ -83,6 +83,12 @@ func (c *Config) leaves() []leafFile {
 	return out
 }
 
+// ReissuedCerts is how many certificates preflight re-issues on the
+// control-plane nodes, each with a new key like its old one.
+func (c *Config) ReissuedCerts() int {
+	return len(c.ControlPlane) * (len(c.leaves()) + len(edit.ControlPlaneKubeconfigs))
+}
+
 // rotateFiles are the files rotate adds next to kubeadm's in the pki dir
 // (see layout.go) for this run; cleanup removes them.
 func (c *Config) rotateFiles() []string {

@@ -213,6 +213,14 @@ func KubeClient(kubeconfigPath, kubeContext string, store Store, log *slog.Logge
 	return cs, trust, rc, nil
 }
 
+// KubeconfigCA is the first CA certificate of the kubeconfig, if any.
+func (t *Trust) KubeconfigCA() *x509.Certificate {
+	if len(t.basePool) == 0 {
+		return nil
+	}
+	return t.basePool[0]
+}
+
 // AdminCert is the parsed client certificate of the kubeconfig, if any.
 func (t *Trust) AdminCert() *x509.Certificate {
 	for _, c := range t.baseCerts {
