@@ -386,6 +386,9 @@ func statefulSetView(d *appsv1.StatefulSet) workloadView {
 	return v
 }
 
+// listConcurrency bounds the API lists a step runs at once.
+const listConcurrency = 8
+
 // listWorkloads returns the selected workloads, sorted. Kinds rotate does
 // not know select nothing (the inventory rejects them).
 func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds []string) ([]observed, error) {
@@ -397,21 +400,40 @@ func (rt *Runtime) listWorkloads(ctx context.Context, namespaces, exclude, kinds
 	if len(nsList) == 0 {
 		nsList = []string{metav1.NamespaceAll}
 	}
-	var out []observed
+	// One list per namespace and kind, a few at a time: through a slow
+	// link each is a round trip of its own.
+	type list struct {
+		ns, kind string
+		items    []workloadView
+		err      error
+	}
+	var lists []*list
 	for _, ns := range nsList {
 		for _, k := range kinds {
-			kind, ok := workloadKinds[k]
-			if !ok {
-				continue
+			if _, ok := workloadKinds[k]; ok {
+				lists = append(lists, &list{ns: ns, kind: k})
 			}
-			items, err := kind.list(ctx, rt.Kube.AppsV1(), ns)
-			if err != nil {
-				return nil, err
-			}
-			for _, v := range items {
-				if !excl[v.meta.Namespace] {
-					out = append(out, observed{workload{kind: k, namespace: v.meta.Namespace, name: v.meta.Name}, v})
-				}
+		}
+	}
+	sem := make(chan struct{}, listConcurrency)
+	var wg sync.WaitGroup
+	for _, l := range lists {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			l.items, l.err = workloadKinds[l.kind].list(ctx, rt.Kube.AppsV1(), l.ns)
+		}()
+	}
+	wg.Wait()
+	var out []observed
+	for _, l := range lists {
+		if l.err != nil {
+			return nil, l.err
+		}
+		for _, v := range l.items {
+			if !excl[v.meta.Namespace] {
+				out = append(out, observed{workload{kind: l.kind, namespace: v.meta.Namespace, name: v.meta.Name}, v})
 			}
 		}
 	}
