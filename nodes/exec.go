@@ -29,8 +29,9 @@ import (
 // the request and flows as soon as the window opens.
 //
 // Whether the command ran is known from its first output: every command
-// prints its pid marker first (remoteCommand). A spare the server closed
-// while it waited (an sshd ChannelTimeout, say) ends with neither that
+// prints its pid marker first (remoteCommand). A spare that was closed
+// while it waited (OpenSSH 9.2 closes no idle session channel, not even
+// with ChannelTimeout, but another server may) ends with neither that
 // marker nor an exit status: the command never ran, and the operation is
 // sent once more on a freshly opened channel. An exec sshd refuses without
 // closing the channel (it cannot fork) is not answered at all, as no
