@@ -21,12 +21,13 @@ import (
 // So each Client keeps one session channel open ahead of need (a spare):
 // an operation takes it, and a new spare is opened in the background while
 // the command runs. The exec request is sent without asking for a reply.
-// What remains is one round trip: the request out, the output and the exit
-// status back. Input rides inside the command when it is small
-// (remoteCommand): sshd opens a session channel's window for input only
-// once its command runs, so input sent on the channel (a state copy of
-// megabytes) waits for that, one more round trip. It is sent right behind
-// the request and flows as soon as the window opens.
+// What remains is one round trip for an operation without input (reads,
+// commands): the request out, the output and the exit status back. Input
+// (writes) costs one more: sshd opens a session channel's window for input
+// only once its command runs. It is sent right behind the request and
+// flows as soon as the window opens. (Carrying it inside the command
+// instead would save that round trip but put private keys in the login
+// shell's argument list, which other users of the node can read.)
 //
 // Whether the command ran is known from its first output: every command
 // prints its pid marker first (remoteCommand). A spare that was closed

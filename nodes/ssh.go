@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -488,13 +487,11 @@ const pidMarker = "rotate-pid:"
 // leading exec keeps the reported pid the one to signal: timeout itself, or
 // sudo, which relays TERM to it.
 //
-// Input travels inside the command when the command line stays under
-// maxCommandLine with it: as a base64 here-document that a wrapper shell
-// decodes into the command's stdin, and send is nil. Larger input is
-// returned as send, for the channel. sshd gives a session channel no
-// window for input until its command runs, so input on the channel costs a
-// second round trip (exec.go); inside the command it does not.
-func (c *Client) remoteCommand(inner string, timeout time.Duration, stdin []byte) (cmd string, send []byte) {
+// Input never travels inside the command line: sshd runs the command as
+// the login shell's argument, which any user of the node may read in
+// /proc while that shell starts, and inputs hold private keys and
+// kubeconfigs. It goes on the channel (exec.go).
+func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
 	var b strings.Builder
 	b.WriteString("printf '" + pidMarker + "%s\\n' \"$$\" >&2; exec ")
 	if c.cfg.become() {
@@ -505,36 +502,8 @@ func (c *Client) remoteCommand(inner string, timeout time.Duration, stdin []byte
 		// the one reported; KILL 5s after TERM for commands that ignore it.
 		fmt.Fprintf(&b, "timeout -k 5 %.3f ", (timeout + 2*time.Second).Seconds())
 	}
-	if len(stdin) == 0 || b.Len()+len(inner)+inlineLen(len(stdin)) > maxCommandLine {
-		b.WriteString(inner)
-		return b.String(), stdin
-	}
-	// inner's words become the wrapper's "$@": inner is not quoted again.
-	b.WriteString(inlineWrapper + inner + " <<'" + inlineEnd + "'\n")
-	enc := base64.StdEncoding.EncodeToString(stdin)
-	for len(enc) > inlineLine {
-		b.WriteString(enc[:inlineLine] + "\n")
-		enc = enc[inlineLine:]
-	}
-	b.WriteString(enc + "\n" + inlineEnd + "\n")
-	return b.String(), nil
-}
-
-// maxCommandLine bounds a command line with its inline input: sshd passes
-// the command to the login shell as one argument, which Linux limits to
-// 128 KiB (MAX_ARG_STRLEN).
-const maxCommandLine = 120 << 10
-
-const (
-	inlineWrapper = `sh -c 'base64 -d | "$@"' rotate-input `
-	inlineEnd     = "ROTATE_INPUT_END" // base64 has no "_"
-	inlineLine    = 76
-)
-
-// inlineLen is what n bytes of inline input add to a command line.
-func inlineLen(n int) int {
-	enc := base64.StdEncoding.EncodedLen(n)
-	return len(inlineWrapper) + enc + enc/inlineLine + 2*len(inlineEnd) + 8
+	b.WriteString(inner)
+	return b.String()
 }
 
 // kill sends TERM to a remote command started by run, from a new session.
@@ -673,8 +642,7 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 	c.trips.Trip(ctx, c.cfg.Name)
 	go func() {
 		var stdout bytes.Buffer
-		cmd, send := c.remoteCommand(inner, timeout, stdin)
-		x, err := c.exec(cmd, send, &stdout, stderr,
+		x, err := c.exec(c.remoteCommand(inner, timeout), stdin, &stdout, stderr,
 			func(s ssh.Channel) { mu.Lock(); sc = s; mu.Unlock() },
 			func() bool { return stderr.remotePid() > 0 })
 		ch <- outcome{res: Result{Stdout: stdout.Bytes(), Stderr: stderr.bytes()}, x: x, err: err}

@@ -4,9 +4,9 @@
 #     sequential (nodes/bench_test.go): "fan-out vs sequential: N.Nx";
 #   - (BenchmarkApplyFiles: a 40-file batch on a real sshd, ms per write;
 #     no ratio, it has no other variant to compare with)
-#   - one small operation through a 50 ms round trip, a plain SSH session
-#     versus the Client's one-round-trip exec (nodes/latency_bench_test.go):
-#     "one-round-trip exec vs session: N.Nx".
+#   - one small operation with input through a 50 ms round trip, a plain
+#     SSH session versus the Client's exec (nodes/latency_bench_test.go):
+#     "rotate's exec vs session: N.Nx".
 # Usage (from the repository root, as root, with openssh-server installed):
 #   sh nodes/testdata/ratio.sh [extra go test flags]
 set -eu
@@ -21,5 +21,5 @@ printf '%s\n' "$out" | awk '
   END {
     if (fan == "" || seq == "" || sess == "" || one == "") { print "ratio.sh: benchmark results missing" > "/dev/stderr"; exit 1 }
     printf "fan-out vs sequential: %.1fx (sequential %.1f ms, fan-out %.1f ms per round of writes)\n", seq / fan, seq / 1e6, fan / 1e6
-    printf "one-round-trip exec vs session, 50 ms round trip: %.1fx (session %.1f ms, one-round-trip %.1f ms per operation)\n", sess / one, sess / 1e6, one / 1e6
+    printf "rotate'"'"'s exec vs session, an operation with input through a 50 ms round trip: %.1fx (session %.1f ms, exec %.1f ms)\n", sess / one, sess / 1e6, one / 1e6
   }'
