@@ -64,7 +64,7 @@ func BenchmarkOperationSession(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(benchRTT), "RTT/op")
 }
 
-func BenchmarkOperationOneTrip(b *testing.B) {
+func BenchmarkOperationExec(b *testing.B) {
 	c := delayedClient(b)
 	ctx := context.Background()
 	b.ResetTimer()

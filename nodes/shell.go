@@ -34,8 +34,8 @@ func shCommand(script string, args ...string) string {
 
 // The scripts below run on the node under /bin/sh (dash, bash or busybox
 // ash all do) and need only GNU coreutils, 8.20 or later (2012: dd's
-// iflag=count_bytes and status=none, cp --attributes-only, base64 for
-// inline input). LC_ALL=C makes error messages
+// iflag=count_bytes and status=none, cp --attributes-only). LC_ALL=C
+// makes error messages
 // matchable. Exit codes 64-79 are the scripts' own refusals; their stderr
 // says why and never contains file contents.
 

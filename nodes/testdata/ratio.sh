@@ -10,14 +10,14 @@
 # Usage (from the repository root, as root, with openssh-server installed):
 #   sh nodes/testdata/ratio.sh [extra go test flags]
 set -eu
-out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)|Operation(Session|OneTrip)|ApplyFiles$' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
+out=$(go test -run '^$' -bench 'WriteFile(FanOut|Sequential)|Operation(Session|Exec)|ApplyFiles$' -benchtime "${BENCHTIME:-20x}" "$@" ./nodes/)
 printf '%s\n' "$out"
 printf '%s\n' "$out" | awk '
   function nsop(   i) { for (i = 1; i < NF; i++) if ($(i+1) == "ns/op") return $i }
   /^BenchmarkWriteFileFanOut/     { fan = nsop() }
   /^BenchmarkWriteFileSequential/ { seq = nsop() }
   /^BenchmarkOperationSession/    { sess = nsop() }
-  /^BenchmarkOperationOneTrip/    { one = nsop() }
+  /^BenchmarkOperationExec/    { one = nsop() }
   END {
     if (fan == "" || seq == "" || sess == "" || one == "") { print "ratio.sh: benchmark results missing" > "/dev/stderr"; exit 1 }
     printf "fan-out vs sequential: %.1fx (sequential %.1f ms, fan-out %.1f ms per round of writes)\n", seq / fan, seq / 1e6, fan / 1e6
