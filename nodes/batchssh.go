@@ -141,19 +141,60 @@ func (c *Client) ReadFiles(ctx context.Context, paths []string) ([]FileState, er
 	}
 	out := make([]FileState, 0, len(paths))
 	for _, chunk := range argChunks(len(paths), func(i int) []string { return paths[i : i+1] }) {
-		part := paths[chunk[0]:chunk[1]]
-		op := fmt.Sprintf("read %d files", len(part))
-		res, err := c.run(ctx, op, shCommand(readFilesScript, part...), nil)
+		states, err := c.readFiles(ctx, paths[chunk[0]:chunk[1]])
 		if err != nil {
 			return nil, err
-		}
-		states, err := parseReadFiles(c.cfg.Name, part, res.Stdout)
-		if err != nil {
-			return nil, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, err)
 		}
 		out = append(out, states...)
 	}
 	return out, nil
+}
+
+// readFiles reads paths in one session of readFilesFastScript, and those
+// it cannot vouch for in a second one of readFilesScript (readfast.go).
+func (c *Client) readFiles(ctx context.Context, paths []string) ([]FileState, error) {
+	if !fastReadable(paths) {
+		return c.readFilesCarefully(ctx, paths)
+	}
+	op := fmt.Sprintf("read %d files", len(paths))
+	boundary := newBoundary()
+	res, err := c.run(ctx, op, shCommand(readFilesFastScript, append([]string{boundary}, paths...)...), nil)
+	if err != nil {
+		return nil, err
+	}
+	states, redo, err := parseReadFilesFast(c.cfg.Name, boundary, paths, res.Stdout)
+	if err != nil {
+		return nil, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, err)
+	}
+	if len(redo) == 0 {
+		return states, nil
+	}
+	again := make([]string, len(redo))
+	for k, i := range redo {
+		again[k] = paths[i]
+	}
+	redone, err := c.readFilesCarefully(ctx, again)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range redo {
+		states[i] = redone[k]
+	}
+	return states, nil
+}
+
+// readFilesCarefully reads paths in one session of readFilesScript.
+func (c *Client) readFilesCarefully(ctx context.Context, paths []string) ([]FileState, error) {
+	op := fmt.Sprintf("read %d files", len(paths))
+	res, err := c.run(ctx, op, shCommand(readFilesScript, paths...), nil)
+	if err != nil {
+		return nil, err
+	}
+	states, err := parseReadFiles(c.cfg.Name, paths, res.Stdout)
+	if err != nil {
+		return nil, fmt.Errorf("%s on %s: %w", op, c.cfg.Name, err)
+	}
+	return states, nil
 }
 
 // argChunks splits n items, whose positional arguments args(i) gives, into

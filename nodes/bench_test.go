@@ -111,3 +111,45 @@ func BenchmarkApplyFiles(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N*len(ops)), "ms/write")
 }
+
+// BenchmarkReadFilesFast and BenchmarkReadFilesCareful read one batch of
+// 13 files of 1.5 KB and a symlink on a real sshd, as a control-plane
+// step's first read does, with the fast script (readfast.go) and with the
+// careful per-file one it falls back to: the time is the node's work (the
+// processes each script starts), the link being local.
+func BenchmarkReadFilesFast(b *testing.B) { benchReadFiles(b, false) }
+
+func BenchmarkReadFilesCareful(b *testing.B) { benchReadFiles(b, true) }
+
+func benchReadFiles(b *testing.B, careful bool) {
+	_, cfg := startNode(b, "n", sshdtest.Options{})
+	c := dial(b, cfg)
+	dir := b.TempDir()
+	var paths []string
+	for i := 0; i < 13; i++ {
+		p := filepath.Join(dir, "f"+strconv.Itoa(i))
+		if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 1500), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	if err := os.Symlink(paths[0], filepath.Join(dir, "current")); err != nil {
+		b.Fatal(err)
+	}
+	paths = append(paths, filepath.Join(dir, "current"))
+	read := c.readFiles
+	if careful {
+		read = c.readFilesCarefully
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		states, err := read(ctx, paths)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(states[13].Content) != 1500 {
+			b.Fatalf("read %+v", states[13])
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package nodes
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"syscall"
+	"testing"
+
+	"github.com/kubeca/rotate/nodes/sshdtest"
+)
+
+// TestReadFilesFastSSH: the fast read of a mixed batch (readfast.go) is one
+// round trip and answers exactly what the careful per-file script does,
+// path by path: contents with any bytes (a forged frame header too),
+// missing paths, a stat error, symlinks (dangling, to a directory),
+// directories, a FIFO, paths with spaces and one path twice.
+func TestReadFilesFastSSH(t *testing.T) {
+	t.Parallel()
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	pool := NewPool([]Config{cfg})
+	defer pool.Close()
+	ctx := testCtx(t)
+	r, err := pool.Get(ctx, "n")
+	must(t, err)
+	c := dial(t, cfg)
+
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	files := map[string]string{
+		"bin":   "line\n\x00nul\x00\r\n\xff\xfe end without newline",
+		"empty": "",
+		"forge": "a\nrotate-00 C 1 0\n\nrotate-00 L\n",
+		"x b":   "with a space",
+		"b":     "the suffix of another path",
+		"big":   string(make([]byte, 300<<10)),
+	}
+	for name, content := range files {
+		must(t, os.WriteFile(p(name), []byte(content), 0o640))
+	}
+	must(t, os.Symlink("bin", p("link")))
+	must(t, os.Symlink(p("nowhere"), p("dangling")))
+	must(t, os.Symlink(dir, p("dirlink")))
+	must(t, syscall.Mkfifo(p("fifo"), 0o600))
+	paths := []string{p("bin"), p("missing"), p("empty"), p("forge"), p("x b"), p("b"), p("big"),
+		p("link"), p("dangling"), p("dirlink"), dir, p("fifo"), p("bin") + "/child", p("b"), p("missing/deeper")}
+
+	trips := pool.RoundTrips()
+	before := trips.Counts().Nodes["n"]
+	fast, err := ReadFiles(ctx, r, paths)
+	must(t, err)
+	if got := trips.Counts().Nodes["n"] - before; got != 1 {
+		t.Errorf("the fast read took %d round trips, want 1 (something was read again)", got)
+	}
+	careful, err := c.readFilesCarefully(ctx, paths)
+	must(t, err)
+	for i := range paths {
+		if !sameFileState(fast[i], careful[i]) {
+			t.Errorf("%s:\nfast    %+v\ncareful %+v", paths[i], fast[i], careful[i])
+		}
+	}
+	if string(fast[3].Content) != files["forge"] || fast[12].Err == nil || fast[1].Info.Exists || fast[1].Err != nil {
+		t.Errorf("forged header %q, ENOTDIR %v, missing %+v", fast[3].Content, fast[12].Err, fast[1])
+	}
+}
+
+// sameFileState compares two states, errors by their text.
+func sameFileState(a, b FileState) bool {
+	if fmt.Sprint(a.Err) != fmt.Sprint(b.Err) || a.HasContent != b.HasContent || string(a.Content) != string(b.Content) {
+		return false
+	}
+	return reflect.DeepEqual(a.Info, b.Info)
+}
+
+// TestParseReadFilesFast: a path whose description changed around the
+// read, or whose content does not match its size, is read again; a stat
+// line no path accounts for makes every path be read again; output that
+// is cut short or not the script's is an error.
+func TestParseReadFilesFast(t *testing.T) {
+	const b = "rotate-b"
+	paths := []string{"/a", "/l", "/gone"}
+	const tz = "2026-12-01 08:00:00.000000000 +0000"
+	lst := func(mode string, size int, path string) string {
+		return fmt.Sprintf("%s 0 0 %d root root 7 %s %s", mode, size, tz, path)
+	}
+	st := func(size int, path string) string { return fmt.Sprintf("81a4 %d 0 0 7 %s %s", size, tz, path) }
+	frame := func(data, header string) string { return data + "\n" + b + " " + header + "\n" }
+	out := func(aSize, aAfter int, content string) string {
+		pre := lst("81a4", aSize, "/a") + "\n" + lst("a1ff", 2, "/l")
+		preT := st(aSize, "/a") + "\n" + st(aSize, "/l")
+		post := lst("81a4", aAfter, "/a") + "\n" + lst("a1ff", 2, "/l")
+		postT := st(aAfter, "/a") + "\n" + st(aAfter, "/l")
+		return frame(pre+"\n", "L") + frame(preT+"\n", "R") +
+			frame(content, "C 1 0") +
+			frame("/a\n", "T 2 0") + frame(content, "C 2 0") +
+			frame("stat: cannot statx '/gone': No such file or directory", "E 3") +
+			frame(post+"\n", "M") + frame(postT+"\n", "Z")
+	}
+	forged := "x\nrotate-other C 2 0\n" // a header of another boundary
+	states, redo, err := parseReadFilesFast("n", b, paths, []byte(out(len(forged), len(forged), forged)))
+	must(t, err)
+	if len(redo) != 0 || string(states[0].Content) != forged || states[1].Info.LinkTarget != "/a" || string(states[1].Content) != forged || states[2].Info.Exists || states[2].Err != nil {
+		t.Errorf("clean read: redo %v, states %+v", redo, states)
+	}
+	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(out(3, 4, "abc"))); err != nil || !reflect.DeepEqual(redo, []int{0, 1}) {
+		t.Errorf("changed during the read: redo %v, err %v", redo, err)
+	}
+	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(out(3, 3, "xy"))); err != nil || !reflect.DeepEqual(redo, []int{0, 1}) {
+		t.Errorf("content shorter than described: redo %v, err %v", redo, err)
+	}
+	stray := frame(lst("81a4", 1, "/other"), "L") + out(3, 3, "abc")[len(frame(lst("81a4", 3, "/a")+"\n"+lst("a1ff", 2, "/l")+"\n", "L")):]
+	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(stray)); err != nil || len(redo) != 3 {
+		t.Errorf("a line of no path: redo %v, err %v", redo, err)
+	}
+	good := out(3, 3, "abc")
+	for name, bad := range map[string]string{
+		"cut short":      good[:len(good)-30],
+		"no stat frames": frame("abc", "C 1 0"),
+		"bad header":     frame("", "Q 1"),
+		"bad index":      frame("", "C 9 0") + good,
+	} {
+		if _, _, err := parseReadFilesFast("n", b, paths, []byte(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
