@@ -1,10 +1,12 @@
 package nodes
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 
 	"golang.org/x/crypto/ssh"
@@ -17,26 +19,57 @@ import (
 // input), then the input and the command's output. Over a 50 ms link that
 // is 150 ms for an operation whose work on the node takes a few
 // milliseconds, and a rotation makes hundreds of them one after another.
+// Sending the exec request without waiting for its reply saves one; the
+// input would still wait for the other, as sshd opens a session channel's
+// window for input only once its command runs. (Carrying the input inside
+// the command instead would save that round trip but put private keys in
+// the login shell's argument list, which other users of the node can
+// read.)
 //
-// So each Client keeps one session channel open ahead of need (a spare):
-// an operation takes it, and a new spare is opened in the background while
-// the command runs. The exec request is sent without asking for a reply.
-// What remains is one round trip for an operation without input (reads,
-// commands): the request out, the output and the exit status back. Input
-// (writes) costs one more: sshd opens a session channel's window for input
-// only once its command runs. It is sent right behind the request and
-// flows as soon as the window opens. (Carrying it inside the command
-// instead would save that round trip but put private keys in the login
-// shell's argument list, which other users of the node can read.)
+// So each Client keeps session channels warm ahead of need (spares,
+// spareChannels of them):
+// opened, and already running a small fixed command, the stub
+// (stubScript), as root when becoming root. An operation takes the spare
+// and sends the stub, as plain input, the length of its command line, the
+// command line (timedCommand's: no secret, it is in the process list once
+// it runs anyway), then its input, and reads the output and the exit
+// status: one round trip, with or without input. The stub reads exactly
+// the command line, prints the run marker on stderr and execs it, so the
+// command reads its input from where the stub stopped. A new spare is
+// warmed in the background while the command runs.
 //
-// Whether the command ran is known from its first output: every command
-// prints its pid marker first (remoteCommand). A spare that was closed
-// while it waited (OpenSSH 9.2 closes no idle session channel, not even
-// with ChannelTimeout, but another server may) ends with neither that
-// marker nor an exit status: the command never ran, and the operation is
-// sent once more on a freshly opened channel. An exec sshd refuses without
-// closing the channel (it cannot fork) is not answered at all, as no
-// reply was asked for; the command's timeout ends that wait.
+// Whether the command ran is known from the run marker: a spare whose
+// stub ended without it (its channel was closed while it waited, sudo
+// refused it, the stub could not start) never ran the command, and the
+// operation is sent once more on a freshly opened channel, as a plain
+// exec (whose failure, such as sudo's refusal, is then reported as
+// usual). Every command, warm or not, prints its pid marker first
+// (loginCommand): on a warm channel it is the stub's, which execs the
+// command, so it is the command's pid too.
+//
+// What this costs: spareChannels idle shells per connection on each node (under sudo
+// when becoming root: sudo then logs the stub, not each command), and one
+// dd per operation to read the command line.
+
+// stubScript is the warm channel's command (see above): "LEN\n", then LEN
+// bytes of a command line, on stdin.
+const stubScript = `IFS= read -r n || exit 70
+case $n in ''|*[!0-9]*) exit 70 ;; esac
+c=$(dd bs="$n" count=1 iflag=fullblock status=none) || exit 70
+printf '` + runMarker + `\n' >&2
+eval "exec $c"`
+
+// runMarker is the stderr line the stub prints once it has the command
+// line, right before it runs it.
+const runMarker = "rotate-run"
+
+// warmInput is what an operation sends a warm channel: its command line
+// framed for the stub, then its input.
+func warmInput(cmd string, stdin []byte) []byte {
+	head := strconv.Itoa(len(cmd)) + "\n" + cmd
+	out := make([]byte, 0, len(head)+len(stdin))
+	return append(append(out, head...), stdin...)
+}
 
 // session is a session channel and its requests.
 type session struct {
@@ -44,26 +77,34 @@ type session struct {
 	reqs <-chan *ssh.Request
 }
 
-// spares holds at most one open, unused session channel of a Client.
+// spareChannels is how many warm spares a Client keeps. A spare is warm
+// two round trips after it is asked for (the channel's open, then sshd
+// opening its window once the stub runs), and a step's operations follow
+// one another about one round trip apart (a read, then the writes it
+// decided), so with one spare every second operation would find it still
+// warming; with two, the one taken was warmed while the one before ran.
+const spareChannels = 2
+
+// spares holds the warm, unused session channels of a Client.
 type spares struct {
 	mu      sync.Mutex
-	spare   *session
-	opening bool
+	warm    []*session
+	opening int
 	closed  bool
 }
 
-// take returns the spare channel if there is one (fresh: false), else opens
-// one (fresh: true); either way a new spare is opened in the background.
-func (c *Client) take() (s *session, fresh bool, err error) {
+// take returns a warm spare, or nil when there is none; either way the
+// spares are made up again in the background.
+func (c *Client) take() *session {
 	c.spares.mu.Lock()
-	s, c.spares.spare = c.spares.spare, nil
-	c.spares.mu.Unlock()
-	defer c.refill()
-	if s != nil {
-		return s, false, nil
+	var s *session
+	if len(c.spares.warm) > 0 {
+		s = c.spares.warm[0]
+		c.spares.warm = append(c.spares.warm[:0], c.spares.warm[1:]...)
 	}
-	s, err = c.open()
-	return s, true, err
+	c.spares.mu.Unlock()
+	c.refill()
+	return s
 }
 
 func (c *Client) open() (*session, error) {
@@ -74,42 +115,54 @@ func (c *Client) open() (*session, error) {
 	return &session{ch: ch, reqs: reqs}, nil
 }
 
-// refill opens a spare in the background unless one is there or being
-// opened. A failure is not reported: the next operation opens its own
-// channel and reports its failure.
-func (c *Client) refill() {
-	c.spares.mu.Lock()
-	if c.spares.spare != nil || c.spares.opening || c.spares.closed {
-		c.spares.mu.Unlock()
-		return
+// warm opens a session channel running the stub.
+func (c *Client) warm() (*session, error) {
+	s, err := c.open()
+	if err != nil {
+		return nil, err
 	}
-	c.spares.opening = true
-	c.spares.mu.Unlock()
-	go func() {
-		s, err := c.open()
-		c.spares.mu.Lock()
-		defer c.spares.mu.Unlock()
-		c.spares.opening = false
-		if err != nil {
-			return
-		}
-		if c.spares.spare != nil || c.spares.closed {
-			s.ch.Close()
-			return
-		}
-		c.spares.spare = s
-	}()
+	cmd := c.loginCommand(shCommand(stubScript))
+	if _, err := s.ch.SendRequest("exec", false, ssh.Marshal(struct{ Command string }{cmd})); err != nil {
+		s.ch.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
-// closeSpare closes the spare and opens no more (Client.Close).
+// refill warms spares in the background up to spareChannels. A failure is
+// not reported: the next operation opens its own channel and reports its
+// failure.
+func (c *Client) refill() {
+	c.spares.mu.Lock()
+	defer c.spares.mu.Unlock()
+	for !c.spares.closed && len(c.spares.warm)+c.spares.opening < spareChannels {
+		c.spares.opening++
+		go func() {
+			s, err := c.warm()
+			c.spares.mu.Lock()
+			defer c.spares.mu.Unlock()
+			c.spares.opening--
+			if err != nil {
+				return
+			}
+			if c.spares.closed {
+				s.ch.Close()
+				return
+			}
+			c.spares.warm = append(c.spares.warm, s)
+		}()
+	}
+}
+
+// closeSpare closes the spares and warms no more (Client.Close).
 func (c *Client) closeSpare() {
 	c.spares.mu.Lock()
 	defer c.spares.mu.Unlock()
 	c.spares.closed = true
-	if c.spares.spare != nil {
-		c.spares.spare.ch.Close()
-		c.spares.spare = nil
+	for _, s := range c.spares.warm {
+		s.ch.Close()
 	}
+	c.spares.warm = nil
 }
 
 // exited is how a command ended: its exit status, or -1 and the signal
@@ -119,34 +172,39 @@ type exited struct {
 	signal string
 }
 
-// exec runs cmd on a session channel (see the top of this file), writing
-// its output to stdout and stderr. started is called with each channel
-// before anything is sent on it, so that a caller giving up can close it;
-// ran reports whether the command printed its pid marker.
-func (c *Client) exec(cmd string, stdin []byte, stdout, stderr io.Writer, started func(ssh.Channel), ran func() bool) (exited, error) {
-	s, fresh, err := c.take()
+// exec runs cmd (timedCommand's) on the warm spare, or on a fresh
+// session channel when there is none or its stub did not run cmd (see the
+// top of this file), writing its output to stdout and stderr. started is
+// called with each channel before anything is sent on it, so that a
+// caller giving up can close it.
+func (c *Client) exec(cmd string, stdin []byte, stdout *bytes.Buffer, stderr *stderrSniffer, started func(ssh.Channel)) (exited, error) {
+	if s := c.take(); s != nil {
+		started(s.ch)
+		stderr.expect(true)
+		x, err := runOn(s, "", warmInput(cmd, stdin), stdout, stderr)
+		if stderr.started() {
+			return x, err
+		}
+		stdout.Reset()
+	}
+	stderr.expect(false)
+	s, err := c.open()
 	if err != nil {
 		return exited{}, err
 	}
 	started(s.ch)
-	x, err := runOn(s, cmd, stdin, stdout, stderr)
-	if !fresh && x.status < 0 && x.signal == "" && !ran() {
-		if s, err = c.open(); err != nil {
-			return exited{}, err
-		}
-		started(s.ch)
-		x, err = runOn(s, cmd, stdin, stdout, stderr)
-	}
-	return x, err
+	return runOn(s, c.loginCommand(cmd), stdin, stdout, stderr)
 }
 
-// runOn sends the exec request and then the input, without waiting in
-// between, and reads the output and the exit status until the server
-// closes the channel.
+// runOn sends the exec request (unless cmd is "": a warm channel's stub
+// runs already) and then the input, without waiting in between, and reads
+// the output and the exit status until the server closes the channel.
 func runOn(s *session, cmd string, stdin []byte, stdout, stderr io.Writer) (exited, error) {
 	defer s.ch.Close()
-	if _, err := s.ch.SendRequest("exec", false, ssh.Marshal(struct{ Command string }{cmd})); err != nil {
-		return exited{status: -1}, err
+	if cmd != "" {
+		if _, err := s.ch.SendRequest("exec", false, ssh.Marshal(struct{ Command string }{cmd})); err != nil {
+			return exited{status: -1}, err
+		}
 	}
 	// Behind the request (the channel keeps the order). A write failure
 	// shows in the exit status, as with ssh.Session, so it is not an error

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,29 +9,36 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kubeca/rotate/nodes/sshdtest"
 )
 
-// spareState reports whether c holds a spare channel and whether the
-// server has closed it (its requests channel is closed then).
+// spareState reports whether c holds all its spare channels and whether
+// the server has closed any (its requests channel is closed then).
 func spareState(c *Client) (have, closedByServer bool) {
 	c.spares.mu.Lock()
 	defer c.spares.mu.Unlock()
-	s := c.spares.spare
-	if s == nil {
-		return false, false
+	for _, s := range c.spares.warm {
+		select {
+		case _, ok := <-s.reqs:
+			closedByServer = closedByServer || !ok
+		default:
+		}
 	}
-	select {
-	case _, ok := <-s.reqs:
-		return true, !ok
-	default:
-		return true, false
-	}
+	return len(c.spares.warm) == spareChannels, closedByServer
+}
+
+// spareSessions are c's warm spares.
+func spareSessions(c *Client) []*session {
+	c.spares.mu.Lock()
+	defer c.spares.mu.Unlock()
+	return append([]*session(nil), c.spares.warm...)
 }
 
 // waitSpare waits until cond holds for c's spare, or fails after 20 s.
@@ -96,9 +104,9 @@ func TestExecSpareClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSpare(t, c, "a spare channel", func(have, closed bool) bool { return have })
-	c.spares.mu.Lock()
-	c.spares.spare.ch.Close()
-	c.spares.mu.Unlock()
+	for _, s := range spareSessions(c) {
+		s.ch.Close()
+	}
 	res, err := c.Run(ctx, "cat >> "+dir+"/ran; cat "+dir+"/ran", []byte("once\n"))
 	if err != nil {
 		t.Fatalf("operation on a closed spare: %v", err)
@@ -108,6 +116,45 @@ func TestExecSpareClosed(t *testing.T) {
 	}
 	if !c.Alive() {
 		t.Fatal("the connection was given up over a closed spare")
+	}
+}
+
+// Spares whose stubs died while they waited (here killed; sudo refusing
+// it looks the same from here) never ran the command: the operation is
+// sent again on a new channel and runs exactly once.
+func TestExecWarmStubDied(t *testing.T) {
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	c := dial(t, cfg)
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	if _, err := c.Run(ctx, "true", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitSpare(t, c, "a warm spare", func(have, closed bool) bool { return have })
+	for _, s := range spareSessions(c) {
+		line, err := bufio.NewReader(s.ch.Stderr()).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, pidMarker) {
+			t.Fatalf("the stub's first stderr line %q, %v", line, err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, pidMarker)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill the stub %d: %v", pid, err)
+		}
+	}
+	res, err := c.Run(ctx, "cat >> "+dir+"/ran; cat "+dir+"/ran", []byte("once\n"))
+	if err != nil {
+		t.Fatalf("operation on a dead stub: %v", err)
+	}
+	if string(res.Stdout) != "once\n" {
+		t.Fatalf("the command ran %q times, want once", res.Stdout)
+	}
+	// The next operation finds a warm spare again.
+	waitSpare(t, c, "a warm spare again", func(have, closed bool) bool { return have && !closed })
+	if res, err := c.Run(ctx, "cat", []byte("warm")); err != nil || string(res.Stdout) != "warm" {
+		t.Fatalf("on the new spare: %q, %v", res.Stdout, err)
 	}
 }
 

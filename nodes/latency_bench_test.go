@@ -2,8 +2,8 @@
 // through a link with a 50 ms round trip (e2e/wan's delay proxy in front
 // of a real sshd): a plain ssh.Session (channel open, exec request and its
 // reply, then the input: three round trips) against Client's exec
-// (exec.go: a spare channel, no wait for the reply; two round trips with
-// input, one without). `make bench` prints
+// (exec.go: a warm spare channel whose stub takes the command line and
+// the input as one stream: one round trip). `make bench` prints
 // their ratio (nodes/testdata/ratio.sh); the metric "RTT/op" is the time
 // of one operation in round trips.
 package nodes

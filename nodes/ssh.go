@@ -482,28 +482,39 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin []byte) (Result, err
 const pidMarker = "rotate-pid:"
 
 // remoteCommand wraps an `sh -c ...` command line with the remote-side
-// timeout (coreutils timeout signals the whole process group, so even a
-// command whose connection is gone dies) and sudo when becoming root. The
-// leading exec keeps the reported pid the one to signal: timeout itself, or
-// sudo, which relays TERM to it.
+// timeout (timedCommand) and the login part (loginCommand): the command a
+// fresh session channel runs.
 //
 // Input never travels inside the command line: sshd runs the command as
 // the login shell's argument, which any user of the node may read in
 // /proc while that shell starts, and inputs hold private keys and
 // kubeconfigs. It goes on the channel (exec.go).
 func (c *Client) remoteCommand(inner string, timeout time.Duration) string {
+	return c.loginCommand(timedCommand(inner, timeout))
+}
+
+// loginCommand is what the login shell runs: it prints the pid marker and
+// execs cmd, through sudo when becoming root. The exec keeps the reported
+// pid the one to signal: timeout itself, or sudo, which relays TERM to it.
+func (c *Client) loginCommand(cmd string) string {
 	var b strings.Builder
 	b.WriteString("printf '" + pidMarker + "%s\\n' \"$$\" >&2; exec ")
 	if c.cfg.become() {
 		b.WriteString("sudo -n -- ")
 	}
-	if timeout > 0 {
-		// A little later than the client gives up, so the client's error is
-		// the one reported; KILL 5s after TERM for commands that ignore it.
-		fmt.Fprintf(&b, "timeout -k 5 %.3f ", (timeout + 2*time.Second).Seconds())
-	}
-	b.WriteString(inner)
+	b.WriteString(cmd)
 	return b.String()
+}
+
+// timedCommand wraps inner with coreutils timeout, which signals the
+// whole process group, so even a command whose connection is gone dies.
+func timedCommand(inner string, timeout time.Duration) string {
+	if timeout <= 0 {
+		return inner
+	}
+	// A little later than the client gives up, so the client's error is
+	// the one reported; KILL 5s after TERM for commands that ignore it.
+	return fmt.Sprintf("timeout -k 5 %.3f %s", (timeout + 2*time.Second).Seconds(), inner)
 }
 
 // kill sends TERM to a remote command started by run, from a new session.
@@ -532,15 +543,20 @@ func (c *Client) kill(ctx context.Context, pid int) {
 	}
 }
 
-// stderrSniffer takes the pid marker line off stderr. It is normally the
-// first line, but sshd or a login shell may print something first (e.g.
-// "Could not chdir to home directory"), so the leading lines are searched.
+// stderrSniffer takes the pid marker line off stderr, and on a warm
+// channel (exec.go) the run marker line after it. They are normally the
+// first lines, but sshd, a login shell or sudo may print something first
+// (e.g. "Could not chdir to home directory"), so the leading lines are
+// searched.
 type stderrSniffer struct {
-	mu   sync.Mutex
-	head []byte
-	done bool
-	pid  int
-	rest *capBuffer
+	mu      sync.Mutex
+	head    []byte
+	off     int // head[:off] holds no marker
+	done    bool
+	pid     int
+	wantRun bool // a run marker follows the pid marker
+	ran     bool
+	rest    *capBuffer
 }
 
 const sniffLimit = 8 << 10
@@ -554,26 +570,37 @@ func (w *stderrSniffer) Write(p []byte) (int, error) {
 		return n, nil
 	}
 	w.head = append(w.head, p...)
-	for off := 0; ; {
-		i := bytes.IndexByte(w.head[off:], '\n')
+	for {
+		i := bytes.IndexByte(w.head[w.off:], '\n')
 		if i < 0 {
 			break
 		}
-		line := w.head[off : off+i]
-		if bytes.HasPrefix(line, []byte(pidMarker)) {
+		line := w.head[w.off : w.off+i]
+		switch {
+		case w.pid == 0 && bytes.HasPrefix(line, []byte(pidMarker)):
 			w.pid, _ = strconv.Atoi(string(line[len(pidMarker):]))
-			_, _ = w.rest.Write(w.head[:off])
-			_, _ = w.rest.Write(w.head[off+i+1:])
-			w.head, w.done = nil, true
+		case w.pid != 0 && w.wantRun && string(line) == runMarker:
+			w.ran = true
+		default:
+			w.off += i + 1
+			continue
+		}
+		w.head = append(w.head[:w.off], w.head[w.off+i+1:]...)
+		if w.pid != 0 && (!w.wantRun || w.ran) {
+			w.flush()
 			return n, nil
 		}
-		off += i + 1
 	}
 	if len(w.head) > sniffLimit {
-		_, _ = w.rest.Write(w.head)
-		w.head, w.done = nil, true
+		w.flush()
 	}
 	return n, nil
+}
+
+// flush gives up looking for markers; w.mu is held.
+func (w *stderrSniffer) flush() {
+	_, _ = w.rest.Write(w.head)
+	w.head, w.off, w.done = nil, 0, true
 }
 
 func (w *stderrSniffer) remotePid() int {
@@ -582,12 +609,27 @@ func (w *stderrSniffer) remotePid() int {
 	return w.pid
 }
 
+// started reports whether the command was started: its pid marker came
+// (its run marker too on a warm channel).
+func (w *stderrSniffer) started() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pid > 0 && (!w.wantRun || w.ran)
+}
+
+// expect starts over for a channel: warm or not.
+func (w *stderrSniffer) expect(warm bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.head, w.off, w.done, w.pid, w.ran, w.wantRun = nil, 0, false, 0, false, warm
+	w.rest.Reset()
+}
+
 func (w *stderrSniffer) bytes() []byte {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.done {
-		_, _ = w.rest.Write(w.head)
-		w.head, w.done = nil, true
+		w.flush()
 	}
 	return w.rest.Bytes()
 }
@@ -642,9 +684,8 @@ func (c *Client) runOnce(ctx context.Context, op, inner string, stdin []byte) (R
 	c.trips.Trip(ctx, c.cfg.Name)
 	go func() {
 		var stdout bytes.Buffer
-		x, err := c.exec(c.remoteCommand(inner, timeout), stdin, &stdout, stderr,
-			func(s ssh.Channel) { mu.Lock(); sc = s; mu.Unlock() },
-			func() bool { return stderr.remotePid() > 0 })
+		x, err := c.exec(timedCommand(inner, timeout), stdin, &stdout, stderr,
+			func(s ssh.Channel) { mu.Lock(); sc = s; mu.Unlock() })
 		ch <- outcome{res: Result{Stdout: stdout.Bytes(), Stderr: stderr.bytes()}, x: x, err: err}
 	}()
 
