@@ -111,7 +111,7 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 		return nil, err
 	}
 	// Copies of the state on the control-plane nodes (mirror.go).
-	s.mirror = newMirror(poolSource{s.pool}, cfg.Steps.ControlPlane, MirrorPath(cfg.Steps.Paths.BackupDir, cfg.Steps.Cluster), store.Snapshot, c.Log)
+	s.mirror = newMirror(poolSource{s.pool}, cfg.Steps.ControlPlane, MirrorPath(cfg.Steps.Paths.BackupDir, cfg.Steps.Cluster), compressed(store.Snapshot), c.Log)
 	ms := withMirror(store, s.mirror, append(append([]string(nil), cfg.Steps.ControlPlane...), cfg.Steps.Workers...))
 	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
 	snap.mirrorStatus = s.mirror.activeStatus

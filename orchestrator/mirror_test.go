@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -417,5 +418,27 @@ func TestMirrorSyncNeverWaits(t *testing.T) {
 	}
 	if d1, d3 := mkdirs(ns["cp1"]), mkdirs(ns["cp3"]); d1 != 1 || d3 != 2 {
 		t.Fatalf("directory made %d times on cp1 and %d on cp3, want 1 and 2 (again after the failure)", d1, d3)
+	}
+}
+
+// TestCopyCompression: the copies are gzipped and read back whole; a raw
+// copy (older versions) is read as it is; a damaged gzip copy is refused.
+func TestCopyCompression(t *testing.T) {
+	raw := bytes.Repeat([]byte("-----BEGIN CERTIFICATE-----\nMIIC\x00\x00\x00\x00"), 4096)
+	gz, err := compressed(func(context.Context) ([]byte, error) { return raw, nil })(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gz) >= len(raw)/5 {
+		t.Errorf("gzipped copy is %d bytes of %d", len(gz), len(raw))
+	}
+	for name, tc := range map[string]struct{ in, want []byte }{"gzipped": {gz, raw}, "raw": {raw, raw}} {
+		got, err := decodeCopy(tc.in)
+		if err != nil || !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	if _, err := decodeCopy(gz[:len(gz)/2]); err == nil {
+		t.Error("a copy cut short was accepted")
 	}
 }

@@ -108,6 +108,9 @@ func (rc *recovery) install(ctx context.Context, statePath string) error {
 	if err != nil {
 		return fmt.Errorf("recover from node %s: %w", rc.node, err)
 	}
+	if data, err = decodeCopy(data); err != nil {
+		return fmt.Errorf("%w: node %s, %s: %w", ErrCannotRecover, rc.node, rc.path, err)
+	}
 	var msg string
 	err = state.Install(statePath, data, func(s *state.BoltStore) error {
 		var err error

@@ -232,7 +232,9 @@ paths: {kubernetesDir: %s, pkiDir: %s, backupDir: %s}
 	must(err)
 	mirrorPath := MirrorPath(backupDir, "lab")
 	must(os.MkdirAll(filepath.Dir(mirrorPath), 0o700))
-	must(os.WriteFile(mirrorPath, snap, 0o600))
+	gz, err := compressed(live.Snapshot)(ctx) // as the mirror writes it
+	must(err)
+	must(os.WriteFile(mirrorPath, gz, 0o600))
 	// After the copy: a step on cp1 backed up ca.crt and changed it.
 	client, err := nodes.Dial(ctx, loaded.Config().Nodes[0])
 	must(err)
@@ -261,7 +263,7 @@ paths: {kubernetesDir: %s, pkiDir: %s, backupDir: %s}
 	elsewhere := c
 	elsewhere.InventoryPath = inventory("prod")
 	refused("no copy", elsewhere, "node cp1 has no copy of a run's state at "+MirrorPath(backupDir, "prod"))
-	must(os.WriteFile(MirrorPath(backupDir, "prod"), snap, 0o600))
+	must(os.WriteFile(MirrorPath(backupDir, "prod"), snap, 0o600)) // a raw copy, as older versions wrote
 	refused("another cluster's copy", elsewhere, `the copy is of run run-1 of cluster "lab", the inventory's cluster is "prod"`)
 
 	foreign, err := pki.NewCA(pki.CAOptions{CommonName: "kubernetes"})
