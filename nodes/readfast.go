@@ -15,12 +15,18 @@ import (
 // and so starts about seven processes per file: on a loaded node a step's
 // read of 13 files took 150-450 ms. readFilesFastScript describes every
 // path with one lstat and one stat (following links) for the whole batch
-// before the reads and again after them, and reads each regular file with
-// one cat: about one process per file. Whatever it cannot vouch for (a
-// path whose description changed around the read, a description it cannot
-// match to its path, a path whose stat failed for a reason its shell test
-// cannot tell) is read again, in a second session, by readFilesScript, so
-// the fast read never changes what ReadFiles answers, only how fast.
+// before the read and again after it, and reads every regular file (or
+// symlink to one) with one cat: a handful of processes per batch, plus a
+// readlink per symlink. The content is cut into files by the sizes the
+// first stat gave, which is only trusted when every file read is described
+// the same after the read as before it (size, mode, owner, inode and
+// change time, of a symlink's target too) and the content is exactly as
+// long as their sum. Whatever it cannot vouch for (a path whose
+// description changed around the read, and then every file of the cat; a
+// description it cannot match to its path; a path whose stat failed for a
+// reason its shell test cannot tell) is read again, in a second session,
+// by readFilesScript, so the fast read never changes what ReadFiles
+// answers, only how fast.
 //
 // Framing: every datum is followed by "\n" BOUNDARY " " HEADER "\n", where
 // BOUNDARY is random per session (16 bytes, hex) and passed as $1, so no
@@ -32,9 +38,11 @@ import (
 //	  link target "T i RC"     (readlink's output, for a symlink)
 //	  message     "E i"        (stat's message, for a path the shell's test
 //	                            finds neither present nor a symlink)
-//	  content     "C i RC"     (cat's output, for what is or resolves to a
-//	                            regular file)
-//	lstat lines  "M", stat -L lines "Z"   (the descriptions again, after)
+//	indexes       "F"          (the paths cat reads, in order: each one that
+//	                            is or resolves to a regular file)
+//	content       "C RC"       (cat's output)
+//	lstat lines  "M", stat -L lines "Z"   (the descriptions again, after,
+//	                            of the paths and then of the files read)
 //
 // Each stat line is "%f %u %g %s %U %G %i %z %n" (lstat) or
 // "%f %s %u %g %i %z %n" (stat -L): a path's line ends with " " and the
@@ -50,7 +58,7 @@ stat -c "$lfmt" -- "$@" 2>/dev/null
 printf '\n%s L\n' "$b"
 stat -L -c "$tfmt" -- "$@" 2>/dev/null
 printf '\n%s R\n' "$b"
-i=0
+n=$# i=0 f=
 for p in "$@"; do
   i=$((i+1))
   if [ -L "$p" ]; then
@@ -61,10 +69,13 @@ for p in "$@"; do
     printf '%s\n%s E %d\n' "$m" "$b" "$i"
   fi
   if [ -f "$p" ]; then
-    cat -- "$p" 2>/dev/null
-    printf '\n%s C %d %d\n' "$b" "$i" "$?"
+    f="$f $i"
+    set -- "$@" "$p"
   fi
 done
+printf '%s\n%s F\n' "$f" "$b"
+(shift "$n"; [ $# -eq 0 ] || exec cat -- "$@" 2>/dev/null)
+printf '\n%s C %d\n' "$b" "$?"
 stat -c "$lfmt" -- "$@" 2>/dev/null
 printf '\n%s M\n' "$b"
 stat -L -c "$tfmt" -- "$@" 2>/dev/null
@@ -98,7 +109,7 @@ func newBoundary() string {
 // fastFrame is one datum of readFilesFastScript's output and its header.
 type fastFrame struct {
 	kind string
-	i    int // 1-based path index; 0 for the stat sections
+	i    int // 1-based path index; 0 for the others
 	rc   string
 	data []byte
 }
@@ -106,7 +117,9 @@ type fastFrame struct {
 // fastRecords is what readFilesFastScript said of one path.
 type fastRecords struct {
 	pre, preT, post, postT string // stat lines without the path ("" none)
-	link, msg, content     *fastFrame
+	link, msg              *fastFrame
+	read                   bool   // cat read it
+	content                []byte // its part of cat's output, if trusted
 }
 
 // parseReadFilesFast parses readFilesFastScript's output for paths. It
@@ -119,48 +132,66 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 		return nil, nil, err
 	}
 	recs := make([]fastRecords, len(paths))
-	sections := map[string]bool{}
+	var read []int // indexes (0-based) of the paths cat read, in order
+	var blob *fastFrame
+	seen := ""
 	for _, f := range frames {
-		if f.i == 0 {
-			var into func(r *fastRecords) *string
-			n := fastLstatFields
-			switch f.kind {
-			case "L":
-				into = func(r *fastRecords) *string { return &r.pre }
-			case "M":
-				into = func(r *fastRecords) *string { return &r.post }
-			case "R":
-				into, n = func(r *fastRecords) *string { return &r.preT }, fastStatFields
-			case "Z":
-				into, n = func(r *fastRecords) *string { return &r.postT }, fastStatFields
+		if f.i > len(paths) {
+			return nil, nil, fmt.Errorf("unexpected path index %d", f.i)
+		}
+		switch f.kind {
+		case "T":
+			recs[f.i-1].link = f
+		case "E":
+			recs[f.i-1].msg = f
+		case "F":
+			for _, w := range strings.Fields(string(f.data)) {
+				i, err := strconv.Atoi(w)
+				if err != nil || i < 1 || i > len(paths) {
+					return nil, nil, fmt.Errorf("unexpected index %q", w)
+				}
+				read = append(read, i-1)
+				recs[i-1].read = true
 			}
-			lines, ok := matchStatLines(bytes.TrimSuffix(f.data, []byte("\n")), paths, n)
+		case "C":
+			blob = f
+		case "L", "R", "M", "Z":
+			// After the read, stat describes the paths read again too.
+			all := paths
+			if f.kind == "M" || f.kind == "Z" {
+				all = append([]string(nil), paths...)
+				for _, i := range read {
+					all = append(all, paths[i])
+				}
+			}
+			n := fastLstatFields
+			if f.kind == "R" || f.kind == "Z" {
+				n = fastStatFields
+			}
+			lines, ok := matchStatLines(bytes.TrimSuffix(f.data, []byte("\n")), all, n)
 			if !ok {
 				// A line no path accounts for: trust nothing of it.
 				return make([]FileState, len(paths)), allIndexes(len(paths)), nil
 			}
-			for j, l := range lines {
-				*into(&recs[j]) = l
+			for j := range paths {
+				switch f.kind {
+				case "L":
+					recs[j].pre = lines[j]
+				case "R":
+					recs[j].preT = lines[j]
+				case "M":
+					recs[j].post = lines[j]
+				case "Z":
+					recs[j].postT = lines[j]
+				}
 			}
-			sections[f.kind] = true
-			continue
 		}
-		if f.i > len(paths) {
-			return nil, nil, fmt.Errorf("unexpected path index %d", f.i)
-		}
-		r := &recs[f.i-1]
-		switch f.kind {
-		case "T":
-			r.link = f
-		case "E":
-			r.msg = f
-		case "C":
-			r.content = f
-		}
+		seen += f.kind
 	}
-	if len(sections) != 4 {
+	if !strings.HasPrefix(seen, "LR") || !strings.HasSuffix(seen, "FCMZ") {
 		return nil, nil, errors.New("output cut short")
 	}
+	splitContent(recs, read, blob)
 	states = make([]FileState, len(paths))
 	for i, p := range paths {
 		st, ok := fastState(node, p, &recs[i])
@@ -173,13 +204,45 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 	return states, redo, nil
 }
 
+// splitContent gives each file cat read its part of the output, when the
+// parts can be trusted: cat succeeded, every file read is described the
+// same before and after, and the output is as long as their sizes.
+func splitContent(recs []fastRecords, read []int, blob *fastFrame) {
+	if blob.rc != "0" {
+		return
+	}
+	sizes := make([]int, len(read))
+	total := 0
+	for k, i := range read {
+		r := &recs[i]
+		t := strings.Fields(r.preT)
+		if len(t) < 2 || r.pre != r.post || r.preT != r.postT {
+			return
+		}
+		n, err := strconv.Atoi(t[1])
+		if err != nil {
+			return
+		}
+		sizes[k] = n
+		total += n
+	}
+	if total != len(blob.data) {
+		return
+	}
+	data := blob.data
+	for k, i := range read {
+		recs[i].content = data[:sizes[k]:sizes[k]]
+		data = data[sizes[k]:]
+	}
+}
+
 // fastState is path p's state from its records; false when they do not
 // vouch for one (readFilesScript reads it again).
 func fastState(node, p string, r *fastRecords) (FileState, bool) {
 	st := FileState{Info: FileInfo{Path: p}}
 	if r.msg != nil {
 		// The shell found p neither present nor a symlink: stat says why.
-		if r.pre != "" || r.link != nil || r.content != nil {
+		if r.pre != "" || r.link != nil || r.read {
 			return st, false
 		}
 		if bytes.Contains(r.msg.data, []byte("No such file or directory")) {
@@ -189,7 +252,7 @@ func fastState(node, p string, r *fastRecords) (FileState, bool) {
 		return st, true
 	}
 	if r.pre == "" || r.pre != r.post || r.preT != r.postT {
-		return st, false // appeared, vanished or changed around the reads
+		return st, false // appeared, vanished or changed around the read
 	}
 	f := strings.Fields(r.pre)
 	desc := strings.Join(f[:6], " ") + "\n"
@@ -207,24 +270,16 @@ func fastState(node, p string, r *fastRecords) (FileState, bool) {
 		return st, false
 	}
 	st.Info = info
-	var t []string
-	if r.preT != "" {
-		t = strings.Fields(r.preT)
-	}
-	regular := len(t) > 0 && strings.HasPrefix(t[0], "8") // S_IFREG, 0x8000
+	regular := strings.HasPrefix(r.preT, "8") // S_IFREG, 0x8000
 	switch {
-	case !regular && r.content != nil, regular && r.content == nil:
-		return st, false
+	case regular != r.read:
+		return st, false // a regular file cat did not read, or the reverse
 	case !regular:
 		return st, true
-	case r.content.rc != "0":
-		st.Err = fmt.Errorf("read %s on %s: reading it failed", p, node)
-		return st, true
+	case r.content == nil:
+		return st, false // the content cannot be trusted
 	}
-	if size, err := strconv.Atoi(t[1]); err != nil || size != len(r.content.data) {
-		return st, false
-	}
-	st.Content, st.HasContent = r.content.data, true
+	st.Content, st.HasContent = r.content, true
 	return st, true
 }
 
@@ -246,9 +301,11 @@ func splitFastFrames(boundary string, out []byte) ([]*fastFrame, error) {
 		h := strings.Fields(string(header))
 		f := &fastFrame{data: data}
 		switch {
-		case len(h) == 1 && strings.Contains("LRMZ", h[0]) && len(h[0]) == 1:
+		case len(h) == 1 && len(h[0]) == 1 && strings.Contains("LRFMZ", h[0]):
 			f.kind = h[0]
-		case len(h) >= 2 && (h[0] == "T" && len(h) == 3 || h[0] == "E" && len(h) == 2 || h[0] == "C" && len(h) == 3):
+		case len(h) == 2 && h[0] == "C":
+			f.kind, f.rc = h[0], h[1]
+		case len(h) >= 2 && (h[0] == "T" && len(h) == 3 || h[0] == "E" && len(h) == 2):
 			f.kind = h[0]
 			i, err := strconv.Atoi(h[1])
 			if err != nil || i < 1 {

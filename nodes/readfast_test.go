@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -73,52 +74,62 @@ func sameFileState(a, b FileState) bool {
 	return reflect.DeepEqual(a.Info, b.Info)
 }
 
-// TestParseReadFilesFast: a path whose description changed around the
-// read, or whose content does not match its size, is read again; a stat
-// line no path accounts for makes every path be read again; output that
-// is cut short or not the script's is an error.
+// TestParseReadFilesFast: cat's output is cut into files by their sizes;
+// when a file read changed around the read, or the output does not add up
+// to the sizes, every file read is read again (not the other paths); a
+// stat line no path accounts for makes every path be read again; output
+// that is cut short or not the script's is an error.
 func TestParseReadFilesFast(t *testing.T) {
 	const b = "rotate-b"
-	paths := []string{"/a", "/l", "/gone"}
+	paths := []string{"/a", "/l", "/gone", "/b"}
 	const tz = "2026-12-01 08:00:00.000000000 +0000"
 	lst := func(mode string, size int, path string) string {
 		return fmt.Sprintf("%s 0 0 %d root root 7 %s %s", mode, size, tz, path)
 	}
 	st := func(size int, path string) string { return fmt.Sprintf("81a4 %d 0 0 7 %s %s", size, tz, path) }
 	frame := func(data, header string) string { return data + "\n" + b + " " + header + "\n" }
-	out := func(aSize, aAfter int, content string) string {
-		pre := lst("81a4", aSize, "/a") + "\n" + lst("a1ff", 2, "/l")
-		preT := st(aSize, "/a") + "\n" + st(aSize, "/l")
-		post := lst("81a4", aAfter, "/a") + "\n" + lst("a1ff", 2, "/l")
-		postT := st(aAfter, "/a") + "\n" + st(aAfter, "/l")
+	// /a of aSize bytes (aAfter after the read), /l a symlink to it, /gone
+	// missing, /b of two bytes (bAfter after the read).
+	out := func(aSize, aAfter, bAfter int, content string) string {
+		pre := lst("81a4", aSize, "/a") + "\n" + lst("a1ff", 2, "/l") + "\n" + lst("81a4", 2, "/b")
+		preT := st(aSize, "/a") + "\n" + st(aSize, "/l") + "\n" + st(2, "/b")
+		post := lst("81a4", aAfter, "/a") + "\n" + lst("a1ff", 2, "/l") + "\n" + lst("81a4", bAfter, "/b")
+		postT := st(aAfter, "/a") + "\n" + st(aAfter, "/l") + "\n" + st(bAfter, "/b")
 		return frame(pre+"\n", "L") + frame(preT+"\n", "R") +
-			frame(content, "C 1 0") +
-			frame("/a\n", "T 2 0") + frame(content, "C 2 0") +
+			frame("/a\n", "T 2 0") +
 			frame("stat: cannot statx '/gone': No such file or directory", "E 3") +
-			frame(post+"\n", "M") + frame(postT+"\n", "Z")
+			frame(" 1 2 4", "F") + frame(content, "C 0") +
+			frame(post+"\n"+post+"\n", "M") + frame(postT+"\n"+postT+"\n", "Z")
 	}
-	forged := "x\nrotate-other C 2 0\n" // a header of another boundary
-	states, redo, err := parseReadFilesFast("n", b, paths, []byte(out(len(forged), len(forged), forged)))
+	forged := "x\nrotate-other C 0\n" // a header of another boundary
+	states, redo, err := parseReadFilesFast("n", b, paths, []byte(out(len(forged), len(forged), 2, forged+forged+"bb")))
 	must(t, err)
-	if len(redo) != 0 || string(states[0].Content) != forged || states[1].Info.LinkTarget != "/a" || string(states[1].Content) != forged || states[2].Info.Exists || states[2].Err != nil {
+	if len(redo) != 0 || string(states[0].Content) != forged || states[1].Info.LinkTarget != "/a" || string(states[1].Content) != forged ||
+		states[2].Info.Exists || states[2].Err != nil || string(states[3].Content) != "bb" {
 		t.Errorf("clean read: redo %v, states %+v", redo, states)
 	}
-	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(out(3, 4, "abc"))); err != nil || !reflect.DeepEqual(redo, []int{0, 1}) {
-		t.Errorf("changed during the read: redo %v, err %v", redo, err)
+	for name, o := range map[string]string{
+		"/a changed":             out(3, 4, 2, "abcabcbb"),
+		"/b changed":             out(3, 3, 3, "abcabcbb"),
+		"shorter than described": out(3, 3, 2, "abcabcb"),
+		"longer than described":  out(3, 3, 2, "abcabcbbb"),
+		"cat failed":             strings.Replace(out(3, 3, 2, "abcabcbb"), b+" C 0", b+" C 1", 1),
+	} {
+		if _, redo, err := parseReadFilesFast("n", b, paths, []byte(o)); err != nil || !reflect.DeepEqual(redo, []int{0, 1, 3}) {
+			t.Errorf("%s: redo %v (want the files read), err %v", name, redo, err)
+		}
 	}
-	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(out(3, 3, "xy"))); err != nil || !reflect.DeepEqual(redo, []int{0, 1}) {
-		t.Errorf("content shorter than described: redo %v, err %v", redo, err)
-	}
-	stray := frame(lst("81a4", 1, "/other"), "L") + out(3, 3, "abc")[len(frame(lst("81a4", 3, "/a")+"\n"+lst("a1ff", 2, "/l")+"\n", "L")):]
-	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(stray)); err != nil || len(redo) != 3 {
+	good := out(3, 3, 2, "abcabcbb")
+	stray := strings.Replace(good, " /b\n", " /other\n", 1)
+	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(stray)); err != nil || len(redo) != 4 {
 		t.Errorf("a line of no path: redo %v, err %v", redo, err)
 	}
-	good := out(3, 3, "abc")
 	for name, bad := range map[string]string{
 		"cut short":      good[:len(good)-30],
-		"no stat frames": frame("abc", "C 1 0"),
+		"no stat frames": frame("abc", "C 0"),
 		"bad header":     frame("", "Q 1"),
-		"bad index":      frame("", "C 9 0") + good,
+		"bad index":      frame("", "T 9 0") + good,
+		"bad read index": strings.Replace(good, " 1 2 4\n", " 1 2 7\n", 1),
 	} {
 		if _, _, err := parseReadFilesFast("n", b, paths, []byte(bad)); err == nil {
 			t.Errorf("%s: accepted", name)
