@@ -78,21 +78,33 @@ func (b baseline) put(rt *Runtime, key string) error {
 	return nil
 }
 
-// recordNodeBaseline records, on node t before anything changes, the
-// baseline of verify's checks 1 and 2 (see baseline).
-func (rt *Runtime) recordNodeBaseline(ctx context.Context, t Target, r nodes.Runner) error {
+// nodeBaseline makes, on node t before anything changes, the baseline of
+// verify's checks 1 and 2 (see baseline), to be put under
+// baselineNodeKey(t.Node).
+func (rt *Runtime) nodeBaseline(ctx context.Context, t Target, r nodes.Runner) (baseline, error) {
+	// The checks at once (each a round trip or a TLS handshake), their
+	// outcomes recorded in order.
+	var proxy, cert, apiserver error
+	_ = together(
+		func() error { proxy = rt.kubeletHealthz(ctx, t.Node); return nil },
+		func() error { _, cert = rt.readKubeletClientCert(ctx, r, t.Node); return nil },
+		func() error {
+			if t.Role == RoleControlPlane {
+				apiserver = rt.apiServerReachable(ctx, t.Node)
+			}
+			return nil
+		})
 	b := baseline{}
-	b.record(checkNodeProxy(t.Node), rt.kubeletHealthz(ctx, t.Node))
-	_, err := rt.readKubeletClientCert(ctx, r, t.Node)
-	b.record(checkKubeletClientCert(t.Node), err)
+	b.record(checkNodeProxy(t.Node), proxy)
+	b.record(checkKubeletClientCert(t.Node), cert)
 	if t.Role == RoleControlPlane {
-		b.record(checkAPIServer(t.Node), rt.apiServerReachable(ctx, t.Node))
+		b.record(checkAPIServer(t.Node), apiserver)
 	}
 	if err := ctx.Err(); err != nil {
 		// Cut short: what failed may have failed for that reason alone.
-		return fmt.Errorf("baseline of %s: %w", t.Node, err)
+		return nil, fmt.Errorf("baseline of %s: %w", t.Node, err)
 	}
-	return b.put(rt, baselineNodeKey(t.Node))
+	return b, nil
 }
 
 // apiServerReachable is check 1 as it can be made before the rotation.

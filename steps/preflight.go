@@ -69,18 +69,25 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	if err != nil {
 		return fmt.Errorf("read %s on %s: %w", c.pki(fileCACert), t.Node, err)
 	}
-	if err := rt.sameClusterCA(ctx, t, caPEM); err != nil {
+	// The rest only looks, each a round trip or a few: at once, the first
+	// failure in this order reported, the baseline recorded only then.
+	var base baseline
+	err = together(
+		func() error { return rt.sameClusterCA(ctx, t, caPEM) },
+		func() error {
+			if t.Role != RoleControlPlane {
+				return nil
+			}
+			if err := nodes.HaveCommands(ctx, r, "curl", "pgrep", "awk"); err != nil {
+				return fmt.Errorf("node %s needs curl, pgrep and awk for health gates: %w", t.Node, err)
+			}
+			return nil
+		},
+		func() (err error) { base, err = rt.nodeBaseline(ctx, t, b); return err })
+	if err != nil {
 		return err
 	}
-	if err := rt.recordNodeBaseline(ctx, t, b); err != nil {
-		return err
-	}
-	if t.Role == RoleControlPlane {
-		if err := nodes.HaveCommands(ctx, r, "curl", "pgrep", "awk"); err != nil {
-			return fmt.Errorf("node %s needs curl, pgrep and awk for health gates: %w", t.Node, err)
-		}
-	}
-	return nil
+	return base.put(rt, baselineNodeKey(t.Node))
 }
 
 // sameClusterCA checks the node's ca.crt is the cluster's CA: the one
