@@ -265,11 +265,14 @@ func (e *Engine) runLog() *slog.Logger { return e.log.With("run", e.rt.RunID) }
 func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
 	log := e.runLog().With("phase", ph.Name)
+	ready := func() error { return nil }
 	if e.mirror != nil && ph.Name != e.plan.Phases[0].Name {
-		// Before any step of the phase: see mirror.go.
-		if err := e.mirror.Sync(ctx); err != nil {
-			return fmt.Errorf("before phase %s: %w", ph.Name, err)
-		}
+		// Before any step of the phase changes anything: see mirror.go.
+		// The copy is written while the first step looks (its Check only
+		// reads, and so does the wait for a live leader before it); every
+		// Apply of the phase waits for it.
+		ready = e.syncInBackground(ctx, ph.Name)
+		defer func() { _ = ready() }() // never return with a copy in flight
 	}
 	log.Info("phase started", "index", ph.Index, "steps", len(ph.Steps))
 	start := time.Now()
@@ -289,11 +292,11 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 			log.Info("background step started", "step", ps.Step.Name(), "until", ps.Until)
 			until = ps.Until
 			bg = goLane(func(stop <-chan struct{}) error {
-				return e.runStep(ctx, stop, ph, ps)
+				return e.runStep(ctx, stop, ph, ps, ready)
 			})
 			continue
 		}
-		if err := e.runStep(ctx, nil, ph, ps); err != nil {
+		if err := e.runStep(ctx, nil, ph, ps, ready); err != nil {
 			if bg != nil {
 				return bg.abandon(err)
 			}
@@ -319,8 +322,8 @@ func (e *Engine) stepContext(ctx context.Context, phase string, st steps.Step) (
 }
 
 // runStep runs one step on its targets; once stop is closed (nil: never)
-// no new target starts.
-func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Phase, ps plans.PlannedStep) error {
+// no new target starts. ready returns once the phase may change things.
+func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Phase, ps plans.PlannedStep, ready func() error) error {
 	name := ps.Step.Name()
 	targets := ps.Targets
 	targets, orderWaits := e.orderTargets(ctx, ph.Name, ps.Step, targets, false)
@@ -339,7 +342,7 @@ func (e *Engine) runStep(ctx context.Context, stop <-chan struct{}, ph plans.Pha
 		pre := orderWaits // the first target to run carries the step's wait for a live leader
 		orderWaits = nil
 		firstMu.Unlock()
-		err := e.runTarget(ctx, ph, ps.Step, t, pre)
+		err := e.runTarget(ctx, ph, ps.Step, t, pre, ready)
 		doneMu.Lock()
 		if err == nil {
 			done++
@@ -375,8 +378,9 @@ func (e *Engine) orderTargets(ctx context.Context, phase string, st steps.Step, 
 }
 
 // runTarget runs one target of a step; pre are waits of the step's own
-// before it (orderTargets), recorded with this target's.
-func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t steps.Target, pre []waits.Span) error {
+// before it (orderTargets), recorded with this target's; ready returns
+// once the phase may change things.
+func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t steps.Target, pre []waits.Span, ready func() error) error {
 	key := plans.StepKey(ph.Name, st.Name(), t)
 	rec, ok, err := e.store.Step(ctx, key)
 	if err != nil {
@@ -407,7 +411,7 @@ func (e *Engine) runTarget(ctx context.Context, ph plans.Phase, st steps.Step, t
 	changes := e.recordChanges(&rt)
 	rt.Log.Info("step started")
 
-	skipped, tm, err := execute(sctx, st, &rt, t)
+	skipped, tm, err := execute(sctx, st, &rt, t, ready)
 	if len(pre) > 0 {
 		tm.waits = waits.Merge(append(pre, tm.waits...), waits.MaxSpans)
 	}
@@ -498,7 +502,7 @@ type timing struct {
 }
 
 // execute is check → apply → gate, logged at debug level to rt.Log.
-func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target) (skipped bool, tm timing, err error) {
+func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Target, ready func() error) (skipped bool, tm timing, err error) {
 	log := rt.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -512,6 +516,14 @@ func execute(ctx context.Context, st steps.Step, rt *steps.Runtime, t steps.Targ
 		return false, tm, fmt.Errorf("check: %w", err)
 	}
 	log.Debug("checked", "in_place", done, "duration", time.Since(start).Round(time.Millisecond))
+	if ready != nil {
+		// Only Check may run before the phase's copy of the state is
+		// written; Apply and Gate (a gate may approve or clean up) wait.
+		if err := ready(); err != nil {
+			tm.apply = time.Since(start)
+			return false, tm, err
+		}
+	}
 	if !done {
 		as := time.Now()
 		if err := st.Apply(ctx, rt, t); err != nil {
@@ -707,6 +719,24 @@ func (e *Engine) changedNodes(recs []state.StepRecord) bool {
 		}
 	}
 	return false
+}
+
+// syncInBackground starts the copy of the state at phase's start and
+// returns what waits for it: the copy's outcome, the same to every caller.
+// A failure wraps errSyncFailed, so the run fails without another copy.
+func (e *Engine) syncInBackground(ctx context.Context, phase string) func() error {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		if serr := e.mirror.Sync(ctx); serr != nil {
+			err = fmt.Errorf("before phase %s changes anything: %w", phase, serr)
+		}
+	}()
+	return func() error {
+		<-done
+		return err
+	}
 }
 
 // syncBestEffort copies the state to the control-plane nodes where the

@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/plans"
@@ -575,6 +578,106 @@ func TestDiagram(t *testing.T) {
 	for _, want := range []string{"preflight", "held", "rolling-back", "rolled-back", "failed"} {
 		if !strings.Contains(d, want) {
 			t.Errorf("diagram lacks %s:\n%s", want, d)
+		}
+	}
+}
+
+// seqStep journals its Check, Apply and Gate in a shared log.
+type seqStep struct {
+	name string
+	j    *seqJournal
+}
+
+type seqJournal struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (j *seqJournal) add(s string) { j.mu.Lock(); j.log = append(j.log, s); j.mu.Unlock() }
+
+func (j *seqJournal) index(s string) int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Index(j.log, s)
+}
+
+func (s seqStep) Name() string { return s.name }
+func (s seqStep) Check(_ context.Context, _ *steps.Runtime, t steps.Target) (bool, error) {
+	s.j.add("check " + s.name + "@" + t.String())
+	return false, nil
+}
+func (s seqStep) Apply(_ context.Context, _ *steps.Runtime, t steps.Target) error {
+	s.j.add("apply " + s.name + "@" + t.String())
+	return nil
+}
+func (s seqStep) Gate(_ context.Context, _ *steps.Runtime, t steps.Target) error {
+	s.j.add("gate " + s.name + "@" + t.String())
+	return nil
+}
+func (s seqStep) Revert(context.Context, *steps.Runtime, steps.Target) error { return nil }
+
+// overlapMirror's Sync waits (up to 5 s) for the first step's Check, so
+// the test sees the copy overlap it, then fails with err if set.
+type overlapMirror struct {
+	j      *seqJournal
+	first  string
+	err    error
+	active bool
+}
+
+func (m *overlapMirror) Sync(context.Context) error {
+	m.active = true
+	m.j.add("sync")
+	for deadline := time.Now().Add(5 * time.Second); m.j.index(m.first) < 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	m.j.add("synced")
+	return m.err
+}
+func (m *overlapMirror) Finish(context.Context, state.Run) error { return nil }
+func (m *overlapMirror) Active() bool                            { return m.active }
+
+// TestPhaseCopyBeforeChanges: at a phase's start the state's copy is
+// written while the first step's Check runs, and no Apply or Gate of the
+// phase runs before it is written; a copy that fails fails the run before
+// anything of the phase changed.
+func TestPhaseCopyBeforeChanges(t *testing.T) {
+	ctx := context.Background()
+	plan := func(j *seqJournal) *plans.Plan {
+		return &plans.Plan{Version: 1, Phases: []plans.Phase{
+			{Index: 0, Name: "preflight", Short: "prepare", Steps: []plans.PlannedStep{
+				{Step: seqStep{"prepare", j}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+			}},
+			{Index: 1, Name: "widen", Short: "widen trust", Steps: []plans.PlannedStep{
+				{Step: seqStep{"first", j}, Targets: nodesABC, Concurrency: 1},
+				{Step: seqStep{"second", j}, Targets: nodesABC, Concurrency: 3},
+			}},
+		}}
+	}
+	j := &seqJournal{}
+	m := &overlapMirror{j: j, first: "check first@a"}
+	if err := New(Options{Store: state.NewMemStore(), Plan: plan(j), Mirror: m}).Start(ctx, state.Run{ID: "r"}, false); err != nil {
+		t.Fatal(err)
+	}
+	synced := j.index("synced")
+	if c := j.index("check first@a"); synced < 0 || c < 0 || c > synced {
+		t.Fatalf("the copy did not overlap the first Check: %q", j.log)
+	}
+	for i, l := range j.log {
+		if (strings.HasPrefix(l, "apply ") || strings.HasPrefix(l, "gate ")) && !strings.HasSuffix(l, "prepare@cluster") && i < synced {
+			t.Fatalf("%s before the phase's copy was written: %q", l, j.log)
+		}
+	}
+
+	j = &seqJournal{}
+	m = &overlapMirror{j: j, first: "check first@a", err: fmt.Errorf("%w: node cp3: no space left on device", errSyncFailed)}
+	err := New(Options{Store: state.NewMemStore(), Plan: plan(j), Mirror: m}).Start(ctx, state.Run{ID: "r"}, false)
+	if !errors.Is(err, errSyncFailed) || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("Start with a failing copy = %v", err)
+	}
+	for _, l := range j.log {
+		if strings.HasPrefix(l, "apply first") || strings.HasPrefix(l, "gate first") || strings.Contains(l, "second") {
+			t.Fatalf("%s although the phase's copy failed: %q", l, j.log)
 		}
 	}
 }

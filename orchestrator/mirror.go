@@ -37,10 +37,13 @@ import (
 // (about 150 a run) and the file holds every backup (megabytes), so it is
 // not copied to every node after every checkpoint. Instead:
 //
-//   - synchronously, on every control-plane node, before the first step of
-//     every phase after the first (the first one, preflight, only reads the
-//     cluster and makes the new CAs: so the copies hold the new CAs before
-//     any node file changes, and a recovered run never mints other CAs),
+//   - synchronously, on every control-plane node, before anything of
+//     every phase after the first changes (the first one, preflight, only
+//     reads the cluster and makes the new CAs: so the copies hold the new
+//     CAs before any node file changes, and a recovered run never mints
+//     other CAs); the copy is written while the phase's first step looks
+//     (the wait for a live leader, Check), and every Apply and Gate of the
+//     phase waits for it (Engine.runPhase),
 //     and before a rollback reverts anything; a failure fails the run there,
 //     before anything changes;
 //   - synchronously before the change a backup guards, when the backup has

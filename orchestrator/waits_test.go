@@ -32,7 +32,7 @@ func (waitingStep) Revert(context.Context, *steps.Runtime, steps.Target) error {
 func TestExecuteRecordsWaitsInsideApplyOnly(t *testing.T) {
 	var gated bool
 	before := time.Now()
-	_, tm, err := execute(context.Background(), waitingStep{&gated}, &steps.Runtime{}, steps.ClusterTarget)
+	_, tm, err := execute(context.Background(), waitingStep{&gated}, &steps.Runtime{}, steps.ClusterTarget, nil)
 	after := time.Now()
 	if err != nil || !gated {
 		t.Fatalf("execute: %v (gate called: %v)", err, gated)
