@@ -26,10 +26,9 @@ import (
 // the login shell's argument list, which other users of the node can
 // read.)
 //
-// So each Client keeps session channels warm ahead of need (spares,
-// spareChannels of them):
-// opened, and already running a small fixed command, the stub
-// (stubScript), as root when becoming root. An operation takes the spare
+// So each Client keeps spareChannels session channels warm ahead of need
+// (spares): opened, and already running a small fixed command, the stub
+// (stubScript), as root when becoming root. An operation takes a spare
 // and sends the stub, as plain input, the length of its command line, the
 // command line (timedCommand's: no secret, it is in the process list once
 // it runs anyway), then its input, and reads the output and the exit
@@ -47,9 +46,12 @@ import (
 // (loginCommand): on a warm channel it is the stub's, which execs the
 // command, so it is the command's pid too.
 //
-// What this costs: spareChannels idle shells per connection on each node (under sudo
-// when becoming root: sudo then logs the stub, not each command), and one
-// dd per operation to read the command line.
+// What this costs: spareChannels idle shells per connection on each node
+// (under sudo when becoming root: sudo then logs the stub, not each
+// command), and one dd per operation to read the command line. An exec
+// sshd refuses without closing the channel (it cannot fork) is not
+// answered, as no reply is asked for; the command's timeout ends that
+// wait.
 
 // stubScript is the warm channel's command (see above): "LEN\n", then LEN
 // bytes of a command line, on stdin.

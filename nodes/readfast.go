@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -133,6 +134,7 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 	}
 	recs := make([]fastRecords, len(paths))
 	var read []int // indexes (0-based) of the paths cat read, in order
+	after := slices.Clip(paths) // stat's paths after the read: these, then those read (a new array)
 	var blob *fastFrame
 	seen := ""
 	for _, f := range frames {
@@ -152,17 +154,14 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 				}
 				read = append(read, i-1)
 				recs[i-1].read = true
+				after = append(after, paths[i-1])
 			}
 		case "C":
 			blob = f
 		case "L", "R", "M", "Z":
-			// After the read, stat describes the paths read again too.
 			all := paths
 			if f.kind == "M" || f.kind == "Z" {
-				all = append([]string(nil), paths...)
-				for _, i := range read {
-					all = append(all, paths[i])
-				}
+				all = after
 			}
 			n := fastLstatFields
 			if f.kind == "R" || f.kind == "Z" {
