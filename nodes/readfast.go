@@ -133,7 +133,7 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 		return nil, nil, err
 	}
 	recs := make([]fastRecords, len(paths))
-	var read []int // indexes (0-based) of the paths cat read, in order
+	var read []int              // indexes (0-based) of the paths cat read, in order
 	after := slices.Clip(paths) // stat's paths after the read: these, then those read (a new array)
 	var blob *fastFrame
 	seen := ""
