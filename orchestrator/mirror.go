@@ -29,7 +29,7 @@ import (
 // kubelet markers), a consistent bbolt snapshot, gzipped (a fifth of the
 // bytes to send and write; decodeCopy also reads the raw copies of older
 // versions), written atomically
-// (nodes.Runner.WriteFile: temporary file, SHA-256 check, fsync, rename).
+// (as nodes.Runner.WriteFile: temporary file, SHA-256 check, fsync, rename).
 // `rotate resume|rollback --recover-from NODE` rebuilds the state file from
 // it (recover.go).
 //
@@ -62,9 +62,9 @@ import (
 //
 // The synchronous copies are never delayed or skipped: a Sync uploads to
 // every node whose copy is older than the latest snapshot, whatever the
-// interval. Each upload is one WriteFile; the directory is made (and made
-// 0700) once per node per process, and again after an upload to that node
-// failed (it may have been removed).
+// interval. Each upload is one round trip (nodes.ApplyFiles: the directory
+// made, and made 0700, and the copy written), and so is a node's tombstone
+// at the end.
 //
 // Why a copy that lags the run is safe: it is never older than the start
 // of the phase in progress (the synchronous copy at the phase's start), so
@@ -216,7 +216,6 @@ type mirrorNode struct {
 	up   sync.Mutex // held during an upload
 
 	// under up
-	dirMade bool      // the directory exists, made by this process
 	last    time.Time // when the last upload to the node started
 
 	// under mirror.mu
@@ -356,34 +355,25 @@ func (m *mirror) upload(ctx context.Context, n *mirrorNode) error {
 	return m.uploaded(n, gen, time.Since(start), err)
 }
 
-// write writes data to n's copy; n.up is held.
+// write writes data to n's copy, its directory made (and made 0700) in
+// the same round trip; n.up is held.
 func (m *mirror) write(ctx context.Context, n *mirrorNode, data []byte) error {
 	ctx = nodes.CountAs(ctx, mirrorTripLabel)
 	r, err := m.src.Node(ctx, n.name)
 	if err != nil {
 		return err
 	}
-	if err := m.ensureDir(ctx, n, r); err != nil {
-		return err
-	}
-	if err := r.WriteFile(ctx, m.path, data, 0o600); err != nil {
-		n.dirMade = false // make sure of it again next time
-		return err
-	}
-	return nil
+	return nodes.ApplyFiles(ctx, r, []nodes.FileOp{
+		m.mkdirOp(),
+		{Kind: nodes.OpWrite, Path: m.path, Data: data, Mode: 0o600},
+	})
 }
 
-// ensureDir makes the copies' directory on n unless this process made it
-// already; n.up is held.
-func (m *mirror) ensureDir(ctx context.Context, n *mirrorNode, r nodes.Runner) error {
-	if n.dirMade {
-		return nil
-	}
-	if err := nodes.EnsurePrivateDir(ctx, r, path.Dir(m.path)); err != nil {
-		return err
-	}
-	n.dirMade = true
-	return nil
+// mkdirOp makes the copies' directory, 0700, in a batch that writes into
+// it: every batch makes sure of it, at the cost of a mkdir on the node
+// rather than a round trip (it may have been removed since the last one).
+func (m *mirror) mkdirOp() nodes.FileOp {
+	return nodes.FileOp{Kind: nodes.OpMkdirPrivate, Path: path.Dir(m.path)}
 }
 
 // uploaded records an upload's outcome; a failure is logged when it starts
@@ -482,14 +472,14 @@ func (m *mirror) Finish(ctx context.Context, run state.Run) error {
 		if err != nil {
 			return err
 		}
-		if err := m.ensureDir(ctx, n, r); err != nil {
-			return err
-		}
-		if err := r.WriteFile(ctx, tombstonePath(m.path), []byte(tomb), 0o600); err != nil {
-			n.dirMade = false
-			return err
-		}
-		return r.Remove(ctx, m.path)
+		// One round trip: the tombstone first, so that a failure between
+		// the two leaves the copy with its tombstone, which recovery
+		// refuses.
+		return nodes.ApplyFiles(ctx, r, []nodes.FileOp{
+			m.mkdirOp(),
+			{Kind: nodes.OpWrite, Path: tombstonePath(m.path), Data: []byte(tomb), Mode: 0o600},
+			{Kind: nodes.OpRemove, Path: m.path},
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("remove the state copies %s: %w", m.path, err)

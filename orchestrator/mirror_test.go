@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -99,9 +100,8 @@ func TestMirrorSyncPlacesCopies(t *testing.T) {
 		if !ok || string(data) != "state 2" || fi.Mode.Perm() != 0o600 || fi.Owner != "root" {
 			t.Errorf("%s: copy %q (%v), mode %04o owner %s", name, data, ok, fi.Mode.Perm(), fi.Owner)
 		}
-		cmds := strings.Join(n.Commands(), "\n")
-		if !strings.Contains(cmds, "chmod 0700") || !strings.Contains(cmds, "'/var/lib/rotate/state'") {
-			t.Errorf("%s: the directory was not made 0700: %s", name, cmds)
+		if d, b := mkdirs(t, n), batches(n); d != 1 || b != 1 {
+			t.Errorf("%s: the directory made %d times in %d round trips, want 1 in 1 (with the copy)", name, d, b)
 		}
 	}
 	if st := m.Status(); len(st) != 3 || st[0].WrittenAt.IsZero() || st[0].Path != testMirror || st[0].Error != "" {
@@ -278,7 +278,7 @@ func TestMirrorBackupWriteAhead(t *testing.T) {
 }
 
 // TestMirrorFinish: a finished run leaves a tombstone naming it instead of
-// its copy, and nothing is uploaded afterwards.
+// its copy, written in one round trip, and nothing is uploaded afterwards.
 func TestMirrorFinish(t *testing.T) {
 	ns := mirrorNodes()
 	var c counter
@@ -303,6 +303,9 @@ func TestMirrorFinish(t *testing.T) {
 			if _, ok := n.File(testMirror); ok {
 				t.Errorf("%s still has its copy", name)
 			}
+			if b := batches(n); b != 2 {
+				t.Errorf("%s: %d round trips for the copy and its tombstone, want 2", name, b)
+			}
 			tomb, _ := n.File(tombstonePath(testMirror))
 			fi, _ := n.Stat(ctx, tombstonePath(testMirror))
 			if !tombstoneNames(tomb, "r1") || !strings.Contains(string(tomb), "state=completed") || fi.Mode.Perm() != 0o600 {
@@ -313,11 +316,28 @@ func TestMirrorFinish(t *testing.T) {
 	wg.Wait()
 }
 
-// mkdirs counts the times the copies' directory was made on a node.
-func mkdirs(m *nodes.MemRunner) int {
+// mkdirs counts the times the copies' directory was made on a node; each
+// must be in the batch that writes into it, as its first operation.
+func mkdirs(t *testing.T, m *nodes.MemRunner) int {
+	t.Helper()
 	n := 0
-	for _, c := range m.Commands() {
-		if strings.Contains(c, "mkdir -p") {
+	ops := m.Ops()
+	for i, op := range ops {
+		if op == "mkdir "+path.Dir(testMirror) {
+			n++
+			if i == 0 || !strings.HasPrefix(ops[i-1], "apply-batch ") {
+				t.Errorf("%s: the directory was made outside a batch's start: %q", m.Name(), ops[max(0, i-1):i+1])
+			}
+		}
+	}
+	return n
+}
+
+// batches counts a node's round trips that apply files.
+func batches(m *nodes.MemRunner) int {
+	n := 0
+	for _, op := range m.Ops() {
+		if strings.HasPrefix(op, "apply-batch ") {
 			n++
 		}
 	}
@@ -326,7 +346,8 @@ func mkdirs(m *nodes.MemRunner) int {
 
 // TestMirrorInterval: many changes within the interval after a node's
 // last upload make one background upload, at the interval's end, of the
-// latest snapshot; the directory is made once.
+// latest snapshot; each upload is one round trip that makes the directory
+// too.
 func TestMirrorInterval(t *testing.T) {
 	ns := mirrorNodes()
 	var c counter
@@ -355,8 +376,8 @@ func TestMirrorInterval(t *testing.T) {
 	}
 	time.Sleep(2 * m.interval)
 	for name, n := range ns {
-		if w, d := writes(n), mkdirs(n); w != 2 || d != 1 {
-			t.Errorf("%s: %d writes and %d directory checks, want 2 and 1", name, w, d)
+		if w, d, b := writes(n), mkdirs(t, n), batches(n); w != 2 || d != 2 || b != 2 {
+			t.Errorf("%s: %d writes and %d directory checks in %d round trips, want 2, 2 and 2", name, w, d, b)
 		}
 	}
 }
@@ -364,7 +385,8 @@ func TestMirrorInterval(t *testing.T) {
 // TestMirrorSyncNeverWaits: within the interval, a Sync (the one at a
 // phase start, before an API change, at the hold or after a failure)
 // still writes the latest snapshot at once, and no change made before it
-// is lost; a node whose write failed has its directory made again.
+// is lost; a node whose write failed has its directory made again (as
+// every upload does, in its own round trip).
 func TestMirrorSyncNeverWaits(t *testing.T) {
 	ns := mirrorNodes()
 	var c counter
@@ -416,8 +438,11 @@ func TestMirrorSyncNeverWaits(t *testing.T) {
 	if d, _ := ns["cp3"].File(testMirror); string(d) != "state 31" {
 		t.Fatalf("cp3 holds %q", d)
 	}
-	if d1, d3 := mkdirs(ns["cp1"]), mkdirs(ns["cp3"]); d1 != 1 || d3 != 2 {
-		t.Fatalf("directory made %d times on cp1 and %d on cp3, want 1 and 2 (again after the failure)", d1, d3)
+	if d1, d3 := mkdirs(t, ns["cp1"]), mkdirs(t, ns["cp3"]); d1 != 4 || d3 != 5 {
+		t.Fatalf("directory made %d times on cp1 and %d on cp3, want 4 and 5 (with each upload, and the failed one)", d1, d3)
+	}
+	if b1, b3 := batches(ns["cp1"]), batches(ns["cp3"]); b1 != 4 || b3 != 5 {
+		t.Fatalf("%d round trips to cp1 and %d to cp3, want 4 and 5 (one per upload)", b1, b3)
 	}
 }
 
