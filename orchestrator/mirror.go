@@ -216,7 +216,7 @@ type mirrorNode struct {
 	up   sync.Mutex // held during an upload
 
 	// under up
-	last    time.Time // when the last upload to the node started
+	last time.Time // when the last upload to the node started
 
 	// under mirror.mu
 	gen     uint64 // generation of the last copy written
