@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -201,6 +202,24 @@ func (f *fixture) waitFor(what string, cond func() bool) {
 	}
 }
 
+// ignoresSIGTERM reports whether the process has set SIGTERM to ignored,
+// from the SigIgn mask the kernel shows in /proc/PID/status. Tests wait on
+// it instead of sleeping: on a loaded machine the helper may not have run
+// its signal.Ignore yet when the supervisor sends SIGTERM.
+func ignoresSIGTERM(pid int) bool {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(uint(syscall.SIGTERM)-1)) != 0
+		}
+	}
+	return false
+}
+
 func alive(pid int) bool {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -272,7 +291,7 @@ func TestStopEscalatesToSIGKILL(t *testing.T) {
 	f.write("kcm.yaml", podManifest("kube-controller-manager", "ignore-term", ""))
 	f.waitFor("start", func() bool { return f.service("kube-controller-manager").Running })
 	pid := f.service("kube-controller-manager").PID
-	time.Sleep(100 * time.Millisecond) // let the helper install its SIGTERM handler
+	f.waitFor("SIGTERM ignored", func() bool { return ignoresSIGTERM(pid) })
 	start := time.Now()
 	if err := os.Remove(filepath.Join(f.cfg.ManifestDir, "kcm.yaml")); err != nil {
 		t.Fatal(err)
@@ -379,7 +398,7 @@ func TestGracefulReplacement(t *testing.T) {
 	f.write("kube-apiserver.yaml", m)
 	f.waitFor("start", func() bool { return f.service("kube-apiserver").Running })
 	old := f.service("kube-apiserver").PID
-	time.Sleep(100 * time.Millisecond) // let the helper ignore SIGTERM
+	f.waitFor("SIGTERM ignored", func() bool { return ignoresSIGTERM(old) })
 	changed := time.Now()
 	f.write("kube-apiserver.yaml", strings.Replace(m, "a: b", "a: c", 1))
 	f.waitFor("old pod terminating", func() bool { return f.service("kube-apiserver").Terminating })
