@@ -132,7 +132,7 @@ func runtimeFor(ctx context.Context, cfg *plans.Config, st steps.Store, ns steps
 		return steps.Runtime{}, fmt.Errorf("kubeconfig %s: %w", kc, err)
 	}
 	sc := cfg.Steps // each runtime its own copy
-	rt := steps.Runtime{Nodes: ns, Kube: kube, Dynamic: dyn, Trust: trust, Config: &sc, KubeletStarts: steps.NewKubeletStarts()}
+	rt := steps.Runtime{Nodes: ns, Kube: kube, Dynamic: dyn, Trust: trust, Config: &sc, KubeletStarts: steps.NewKubeletStarts(), Published: steps.NewPublished()}
 	rt.AdminCert = trust.AdminCert()
 	if ps, ok := ns.(poolSource); ok {
 		rt.NodeDial = ps.p.DialNode // verify dials webhook servers from a control-plane node

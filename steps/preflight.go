@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubeca/rotate/nodes"
 	"github.com/kubeca/rotate/nodes/edit"
@@ -102,14 +103,50 @@ func (rt *Runtime) sameClusterCA(ctx context.Context, t Target, caPEM []byte) er
 		}
 		return nil
 	}
-	cm, err := rt.Kube.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+	published, err := rt.Published.rootCA(ctx, rt.Kube)
 	if err != nil {
-		return fmt.Errorf("read kube-system/kube-root-ca.crt: %w", err)
+		return err
 	}
-	if eq, err := pki.BundleEqual(caPEM, []byte(cm.Data["ca.crt"])); err != nil || !eq {
+	if eq, err := pki.BundleEqual(caPEM, published); err != nil || !eq {
 		return fmt.Errorf("node %s: %s is not the cluster CA published in kube-root-ca.crt (%v); every node must hold the same CA before a rotation", t.Node, c.pki(fileCACert), err)
 	}
 	return nil
+}
+
+// Published holds what the cluster publishes for every node to compare
+// with: kube-system/kube-root-ca.crt's ca.crt, read by the first
+// nodes-reachable that needs it. A preflight of 100 nodes reads it once:
+// a hundred reads at once of an apiserver under load time out where one
+// does not. A failed read is not kept; the next caller reads again.
+type Published struct {
+	sem    chan struct{} // one reader at a time; the others wait for its result
+	caCert []byte
+}
+
+func NewPublished() *Published { return &Published{sem: make(chan struct{}, 1)} }
+
+// rootCA is kube-root-ca.crt's ca.crt. On a nil Published it reads it.
+func (p *Published) rootCA(ctx context.Context, kube kubernetes.Interface) ([]byte, error) {
+	if p != nil {
+		select {
+		case p.sem <- struct{}{}:
+			defer func() { <-p.sem }()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("read kube-system/kube-root-ca.crt: %w", ctx.Err())
+		}
+		if p.caCert != nil {
+			return p.caCert, nil
+		}
+	}
+	cm, err := kube.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read kube-system/kube-root-ca.crt: %w", err)
+	}
+	ca := []byte(cm.Data["ca.crt"])
+	if p != nil {
+		p.caCert = ca
+	}
+	return ca, nil
 }
 
 // ClusterHealthy checks every apiserver is ready, every inventory node is

@@ -119,6 +119,10 @@ type Runtime struct {
 	// KubeletStarts is when the kubelets rotate restarted started, for
 	// their gates; nil: not recorded (the gates then wait for a renewal).
 	KubeletStarts *KubeletStarts
+	// Published reads cluster-wide API objects that every target's step
+	// compares with once per run, not once per target; nil: each read goes
+	// to the API.
+	Published *Published
 	// Gates waits for restarted components; nil means the live gates
 	// (process start and health on the node, readiness in the API).
 	Gates Gates
