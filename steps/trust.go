@@ -151,6 +151,13 @@ func (t *Trust) transport() *http.Transport {
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
+		// HTTP/2, as client-go's own transport: the requests of a fan-out
+		// over many nodes share one connection per apiserver instead of
+		// each opening its own (a TLS handshake each, and two round trips
+		// more from an operator far away). A connection that goes silent
+		// is pinged after 30s and dropped 15s later, as client-go does.
+		ForceAttemptHTTP2: true,
+		HTTP2:             &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
 	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		name := tr.TLSClientConfig.ServerName
@@ -159,7 +166,9 @@ func (t *Trust) transport() *http.Transport {
 		}
 		ctx, cancel := context.WithTimeout(ctx, d.Timeout+tr.TLSHandshakeTimeout)
 		defer cancel()
-		return (&tls.Dialer{NetDialer: d, Config: t.TLSConfigFor(name)}).DialContext(ctx, network, addr)
+		cfg := t.TLSConfigFor(name)
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+		return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, network, addr)
 	}
 	return tr
 }
