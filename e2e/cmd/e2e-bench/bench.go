@@ -418,7 +418,9 @@ func checkDelay(s cluster.Spec, nsName string, rtt time.Duration) error {
 // to stdout with prefix, and returns its wall time and the CPU time
 // (user+system) it used.
 func runLogged(ctx context.Context, dir, logPath, prefix string, quiet bool, argv []string) (wall, cpu time.Duration, err error) {
-	lf, err := os.Create(logPath)
+	// 0600 as rotate's own state files: rotate never logs a secret, but
+	// these are the operator's run logs all the same.
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return 0, 0, err
 	}
