@@ -152,6 +152,13 @@ func BackupFiles(ctx context.Context, r Runner, store BackupStore, dir, runID st
 // target or absence) without storing it, in one ReadFiles (stat, read and
 // re-stat). RunID and TakenAt are left empty.
 func Snapshot(ctx context.Context, r Runner, p string) (Backup, error) {
+	if b, ok := r.(*Batched); ok {
+		// A symlink is backed up as its own description, which a Batched
+		// still knows after writes elsewhere (no read, no flush).
+		if st, ok := b.linkInfo(p); ok {
+			return snapshotOf(r.Name(), st)
+		}
+	}
 	states, err := ReadFiles(ctx, r, []string{p})
 	if err != nil {
 		return Backup{}, err
@@ -314,12 +321,12 @@ func Restore(ctx context.Context, r Runner, b Backup) error {
 			return fmt.Errorf("restore %s on %s: %w", b.Path, node, err)
 		}
 	case b.IsSymlink:
-		if err := r.Symlink(ctx, b.LinkTarget, b.Path); err != nil {
+		// The link and its owner in one operation: on a batched runner,
+		// queued with the step's other writes (no command of its own,
+		// which would make it forget what it read).
+		op := FileOp{Kind: OpSymlinkExact, Path: b.Path, Target: b.LinkTarget, UID: b.UID, GID: b.GID}
+		if err := ApplyFiles(ctx, r, []FileOp{op}); err != nil {
 			return fmt.Errorf("restore %s on %s: %w", b.Path, node, err)
-		}
-		owner := fmt.Sprintf("%d:%d", b.UID, b.GID)
-		if _, err := r.Run(ctx, shCommand(chownLinkScript, b.Path, owner), nil); err != nil {
-			return fmt.Errorf("restore %s on %s: owner of link: %w", b.Path, node, err)
 		}
 	default:
 		if err := writeExact(ctx, r, b.Path, b.Content, b.Mode, b.UID, b.GID); err != nil {

@@ -49,6 +49,9 @@ const (
 	// does: Path (and each of Dirs, which must be Path's ancestors) made
 	// 0700, and Path must end up a directory, not a symlink to one.
 	OpMkdirPrivate
+	// OpSymlinkExact is OpSymlink, the link then owned by UID:GID (the
+	// link itself, as chown -h): a symlink restored exactly as backed up.
+	OpSymlinkExact
 )
 
 // FileOp is one operation of an ApplyFiles batch.
@@ -57,8 +60,8 @@ type FileOp struct {
 	Path     string
 	Data     []byte      // OpWrite, OpWriteExact
 	Mode     fs.FileMode // OpWrite (0: keep/default), OpWriteExact
-	UID, GID int         // OpWriteExact
-	Target   string      // OpSymlink
+	UID, GID int         // OpWriteExact, OpSymlinkExact
+	Target   string      // OpSymlink, OpSymlinkExact
 	Dirs     []string    // OpMkdirPrivate: further directories made 0700
 }
 
@@ -66,7 +69,7 @@ func (op FileOp) String() string {
 	switch op.Kind {
 	case OpWrite, OpWriteExact:
 		return "write " + op.Path
-	case OpSymlink:
+	case OpSymlink, OpSymlinkExact:
 		return "symlink " + op.Path
 	case OpRemove:
 		return "remove " + op.Path
@@ -205,6 +208,12 @@ func applyOne(ctx context.Context, r Runner, op FileOp) error {
 		return ew.WriteFileExact(ctx, op.Path, op.Data, op.Mode, op.UID, op.GID)
 	case OpSymlink:
 		return r.Symlink(ctx, op.Target, op.Path)
+	case OpSymlinkExact:
+		if err := r.Symlink(ctx, op.Target, op.Path); err != nil {
+			return err
+		}
+		_, err := r.Run(ctx, shCommand(chownLinkScript, op.Path, fmt.Sprintf("%d:%d", op.UID, op.GID)), nil)
+		return err
 	case OpRemove:
 		return r.Remove(ctx, op.Path)
 	case OpMkdirPrivate:

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,6 +270,47 @@ func TestApplyFilesOwnersAndModesSSH(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 4 {
 		t.Errorf("directory holds %d entries, want 4: %v", len(entries), entries)
 	}
+}
+
+// TestApplyFilesSymlinkOwnerSSH: a symlink restored exactly is repointed
+// and owned (the link itself) by the backup's owner in one operation,
+// beside a plain repointing, whose link is the running user's; the file it
+// pointed at keeps its owner.
+func TestApplyFilesSymlinkOwnerSSH(t *testing.T) {
+	t.Parallel()
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	pool := NewPool([]Config{cfg})
+	defer pool.Close()
+	c, err := pool.Get(testCtx(t), "n")
+	must(t, err)
+	dir := t.TempDir()
+	target, exact, plain := filepath.Join(dir, "kubelet-client-old.pem"), filepath.Join(dir, "current.pem"), filepath.Join(dir, "plain.pem")
+	must(t, os.WriteFile(target, []byte("pem"), 0o600))
+	must(t, os.Chown(target, 1234, 2345))
+	must(t, os.Symlink("elsewhere", exact))
+	trips := pool.RoundTrips()
+	must(t, ApplyFiles(testCtx(t), c, []FileOp{
+		{Kind: OpSymlinkExact, Path: exact, Target: target, UID: 7, GID: 8},
+		{Kind: OpSymlink, Path: plain, Target: target},
+	}))
+	if n := trips.Counts().Nodes["n"]; n != 1 {
+		t.Errorf("%d round trips, want 1", n)
+	}
+	for _, l := range []struct {
+		path     string
+		uid, gid int
+	}{{exact, 7, 8}, {plain, 0, 0}} {
+		got, err := os.Readlink(l.path)
+		if err != nil || got != target {
+			t.Errorf("%s -> %q, %v; want %s", l.path, got, err, target)
+		}
+		var st syscall.Stat_t
+		must(t, syscall.Lstat(l.path, &st))
+		if int(st.Uid) != l.uid || int(st.Gid) != l.gid {
+			t.Errorf("%s is owned by %d:%d, want %d:%d", l.path, st.Uid, st.Gid, l.uid, l.gid)
+		}
+	}
+	assertFile(t, target, "pem", 0o600, 1234, 2345)
 }
 
 // TestApplyFilesDroppedConnectionSSH cuts the connection while the second

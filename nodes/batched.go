@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -23,8 +24,11 @@ import (
 //   - Run flushes first (a command may rely on the files written before it)
 //     and forgets everything read (a command may change any file);
 //   - a queued write updates what it knows of that path, so a read after it
-//     sees the new content; every symlink it knows is forgotten, since it may
-//     resolve to the written path.
+//     sees the new content; what it knows under that path (a directory
+//     replaced by a link, say) is forgotten; and of every other symlink it
+//     knows it keeps only the link's own description (its target, owner),
+//     which a change elsewhere cannot alter: what the link resolves to may
+//     be the written path, so a read through it reads the node again.
 //
 // A queued operation's failure is returned by Flush (or by the Run or read
 // that flushed), as a *BatchError naming it. A Batched is for one step on
@@ -34,12 +38,15 @@ type Batched struct {
 
 	mu    sync.Mutex
 	known map[string]FileState
-	queue []FileOp
+	// linkOnly are the symlinks in known whose content (what they resolve
+	// to) may have changed since it was read: only their Info holds.
+	linkOnly map[string]bool
+	queue    []FileOp
 }
 
 // NewBatched returns a Batched over r that knows nothing yet.
 func NewBatched(r Runner) *Batched {
-	return &Batched{r: r, known: map[string]FileState{}}
+	return &Batched{r: r, known: map[string]FileState{}, linkOnly: map[string]bool{}}
 }
 
 // Name is the node's name.
@@ -47,7 +54,8 @@ func (b *Batched) Name() string { return b.r.Name() }
 
 // Prefetch reads every path not known yet, in one round trip (after
 // flushing what is queued). A path that could not be read is left unknown:
-// its own read or stat reports why.
+// its own read or stat reports why. A symlink whose own description is
+// known counts as known (a read through it reads it again).
 func (b *Batched) Prefetch(ctx context.Context, paths ...string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -76,11 +84,42 @@ func (b *Batched) prefetchLocked(ctx context.Context, paths []string) error {
 		return err
 	}
 	for i, st := range states {
+		delete(b.linkOnly, todo[i])
 		if st.Err == nil {
 			b.known[todo[i]] = st
+		} else {
+			delete(b.known, todo[i])
 		}
 	}
 	return nil
+}
+
+// forgetStaleLocked forgets the symlinks among paths whose content is
+// not known any more, so that a read of them reads the node again.
+func (b *Batched) forgetStaleLocked(paths ...string) {
+	for _, p := range paths {
+		if b.linkOnly[p] {
+			b.forgetLocked(p)
+		}
+	}
+}
+
+// forgetLocked forgets everything known of p.
+func (b *Batched) forgetLocked(p string) {
+	delete(b.known, p)
+	delete(b.linkOnly, p)
+}
+
+// linkInfo is what is known of p when p is a symlink (its own
+// description, enough for a Snapshot: see Snapshot), without reading.
+func (b *Batched) linkInfo(p string) (FileState, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.known[p]
+	if !ok || !st.Info.IsSymlink {
+		return FileState{}, false
+	}
+	return FileState{Info: st.Info}, true
 }
 
 // lookup is what is known of p, reading it if need be; ok is false when it
@@ -97,6 +136,7 @@ func (b *Batched) lookup(ctx context.Context, p string) (FileState, bool, error)
 func (b *Batched) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.forgetStaleLocked(p)
 	st, ok, err := b.lookup(ctx, p)
 	if err != nil {
 		return nil, err
@@ -118,6 +158,9 @@ func (b *Batched) ReadFile(ctx context.Context, p string) ([]byte, error) {
 func (b *Batched) Stat(ctx context.Context, p string) (FileInfo, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if st, ok := b.known[p]; ok && b.linkOnly[p] {
+		return st.Info, nil // a symlink's own description holds
+	}
 	st, ok, err := b.lookup(ctx, p)
 	if err != nil {
 		return FileInfo{}, err
@@ -132,6 +175,7 @@ func (b *Batched) Stat(ctx context.Context, p string) (FileInfo, error) {
 func (b *Batched) ReadFiles(ctx context.Context, paths []string) ([]FileState, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.forgetStaleLocked(paths...)
 	if err := b.prefetchLocked(ctx, paths); err != nil {
 		return nil, err
 	}
@@ -160,6 +204,7 @@ func (b *Batched) Run(ctx context.Context, cmd string, stdin []byte) (Result, er
 		return Result{}, err
 	}
 	clear(b.known)
+	clear(b.linkOnly)
 	return b.r.Run(ctx, cmd, stdin)
 }
 
@@ -217,7 +262,7 @@ func (b *Batched) refuse(op FileOp) error {
 	switch {
 	case op.Kind == OpWrite && fi.IsSymlink:
 		return fmt.Errorf("%s on %s: refusing to write through symlink %s; repoint it or write its target", op, b.r.Name(), op.Path)
-	case (op.Kind == OpWrite || op.Kind == OpWriteExact || op.Kind == OpSymlink || op.Kind == OpRemove) && fi.IsDir:
+	case (op.Kind == OpWrite || op.Kind == OpWriteExact || op.Kind == OpSymlink || op.Kind == OpSymlinkExact || op.Kind == OpRemove) && fi.IsDir:
 		return fmt.Errorf("%s on %s: %s is a directory", op, b.r.Name(), op.Path)
 	}
 	return nil
@@ -225,13 +270,21 @@ func (b *Batched) refuse(op FileOp) error {
 
 // noteLocked updates what is known after op is queued.
 func (b *Batched) noteLocked(op FileOp) {
-	for p, st := range b.known { // may resolve to op.Path
-		if st.Info.IsSymlink {
-			delete(b.known, p)
+	for p, st := range b.known {
+		switch {
+		case strings.HasPrefix(p, op.Path+"/"): // under a path replaced
+			b.forgetLocked(p)
+		case st.Info.IsSymlink && p != op.Path: // may resolve to op.Path
+			st.Content, st.HasContent = nil, false
+			b.known[p] = st
+			b.linkOnly[p] = true
 		}
 	}
 	prev, known := b.known[op.Path]
-	delete(b.known, op.Path)
+	if b.linkOnly[op.Path] {
+		known = false
+	}
+	b.forgetLocked(op.Path)
 	switch op.Kind {
 	case OpWrite:
 		// An existing regular file keeps its owner (and its mode when
@@ -250,7 +303,7 @@ func (b *Batched) noteLocked(op FileOp) {
 	case OpMkdirPrivate:
 		for p := range b.known { // a directory made where a path was known
 			if p == op.Path || slices.Contains(op.Dirs, p) {
-				delete(b.known, p)
+				b.forgetLocked(p)
 			}
 		}
 	}
@@ -273,6 +326,7 @@ func (b *Batched) flushLocked(ctx context.Context) error {
 	err := ApplyFiles(ctx, b.r, ops)
 	if err != nil {
 		clear(b.known)
+		clear(b.linkOnly)
 		var be *BatchError
 		if !errors.As(err, &be) {
 			err = &BatchError{Node: b.r.Name(), Op: ops[0], Err: err}

@@ -142,8 +142,50 @@ func TestBatchedForgetsSymlinksOnWrite(t *testing.T) {
 	if err := b.WriteFile(ctx, "/pki/cur-1.pem", []byte("2"), 0); err != nil {
 		t.Fatal(err)
 	}
+	// The link's own description still holds: no round trip for it.
+	n := len(m.Ops())
+	if fi, err := b.Stat(ctx, "/pki/current.pem"); err != nil || !fi.IsSymlink || fi.LinkTarget != "/pki/cur-1.pem" {
+		t.Fatalf("Stat(link) after writing its target = %+v, %v", fi, err)
+	}
+	if s, err := Snapshot(ctx, b, "/pki/current.pem"); err != nil || !s.IsSymlink || s.LinkTarget != "/pki/cur-1.pem" {
+		t.Fatalf("Snapshot(link) after writing its target = %+v, %v", s, err)
+	}
+	if err := b.Prefetch(ctx, "/pki/current.pem"); err != nil {
+		t.Fatal(err)
+	}
+	if ops := opsSince(m, n); len(ops) != 0 {
+		t.Errorf("the link's description was read again: %q", ops)
+	}
+	// What it resolves to is read again (after the queued write).
 	if got, err := b.ReadFile(ctx, "/pki/current.pem"); err != nil || string(got) != "2" {
 		t.Fatalf("read through the link after writing its target = %q, %v", got, err)
+	}
+	if got, err := b.ReadFiles(ctx, []string{"/pki/current.pem"}); err != nil || string(got[0].Content) != "2" {
+		t.Fatalf("ReadFiles through the link = %+v, %v", got, err)
+	}
+}
+
+// A path replaced takes what was known under it along: a directory
+// symlink repointed (or removed) changes every file below it. (White-box:
+// the model node cannot hold a symlink to a directory.)
+func TestBatchedForgetsWhatIsUnderAReplacedPath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	m := NewMemRunner("n1")
+	m.SetFile("/pki/ca.crt", []byte("1"), 0o644)
+	m.SetFile("/pki-other/ca.crt", []byte("2"), 0o644)
+	b := NewBatched(m)
+	if err := b.Prefetch(ctx, "/pki/ca.crt", "/pki-other/ca.crt"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Symlink(ctx, "/pki-2", "/pki"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.known["/pki/ca.crt"]; ok {
+		t.Error("/pki/ca.crt is still known after /pki was replaced")
+	}
+	if _, ok := b.known["/pki-other/ca.crt"]; !ok {
+		t.Error("/pki-other/ca.crt was forgotten: it is not under /pki")
 	}
 }
 

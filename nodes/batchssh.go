@@ -95,7 +95,8 @@ done`
 //
 //	KIND ARG NARGS SIZE SHA256 MODE OWNER
 //
-// (KIND write, exact, link, remove, mkdir; ARG the index of its first
+// (KIND write, exact, link, remove, mkdir; OWNER set on a link: the
+// link's own owner, chown -h; ARG the index of its first
 // positional argument: the path, then a link's target or a directory's
 // further directories; "-" for an empty field) followed, for a write, by
 // exactly SIZE bytes of content. Positional arguments are fetched by a
@@ -118,7 +119,9 @@ while IFS=' ' read -r kind a n size sum mode owner; do
   case $kind in
   write) rotate_write "$p" "$mode" "$owner" "$size" "$sum" refuse-symlink ;;
   exact) rotate_write "$p" "$mode" "$owner" "$size" "$sum" replace ;;
-  link) eval "t=\${$((a+1))}"; rotate_link "$t" "$p" ;;
+  link)
+    eval "t=\${$((a+1))}"; rotate_link "$t" "$p"
+    if [ -n "$owner" ]; then chown -h -- "$owner" "$p" || exit 73; fi ;;
   remove) rotate_remove "$p" ;;
   mkdir)
     rotate_mkdir "$p"
@@ -331,7 +334,7 @@ func (c *Client) ApplyFiles(ctx context.Context, ops []FileOp) error {
 // a directory's further directories.
 func opArgs(op FileOp) []string {
 	switch op.Kind {
-	case OpSymlink:
+	case OpSymlink, OpSymlinkExact:
 		return []string{op.Path, op.Target}
 	case OpMkdirPrivate:
 		return append([]string{op.Path}, op.Dirs...)
@@ -362,6 +365,8 @@ func (c *Client) applyChunk(ctx context.Context, ops []FileOp, start, end int) e
 			}
 		case OpSymlink:
 			kind = "link"
+		case OpSymlinkExact:
+			kind, owner = "link", fmt.Sprintf("%d:%d", op.UID, op.GID)
 		case OpRemove:
 			kind = "remove"
 		case OpMkdirPrivate:
@@ -414,9 +419,12 @@ func validateOp(op FileOp) error {
 		if op.UID < 0 || op.GID < 0 {
 			return fmt.Errorf("invalid owner %d:%d", op.UID, op.GID)
 		}
-	case OpSymlink:
+	case OpSymlink, OpSymlinkExact:
 		if op.Target == "" || strings.ContainsRune(op.Target, 0) {
 			return fmt.Errorf("invalid target %q", op.Target)
+		}
+		if op.UID < 0 || op.GID < 0 {
+			return fmt.Errorf("invalid owner %d:%d", op.UID, op.GID)
 		}
 	case OpMkdirPrivate:
 		for _, d := range op.Dirs {

@@ -350,7 +350,15 @@ func (m *MemRunner) writeExactLocked(p string, data []byte, mode fs.FileMode, ui
 	if m.isDirLocked(p) {
 		return fmt.Errorf("write %s on %s: exists and is not a regular file", p, m.name)
 	}
-	owner, group := "UNKNOWN", "UNKNOWN"
+	owner, group := m.namesLocked(uid, gid)
+	m.files[p] = &memFile{data: append([]byte(nil), data...), mode: mode & permBits, uid: uid, gid: gid, owner: owner, group: group}
+	return nil
+}
+
+// namesLocked are the user and group names of uid and gid: root for 0,
+// else a name the node already shows for them, else UNKNOWN.
+func (m *MemRunner) namesLocked(uid, gid int) (owner, group string) {
+	owner, group = "UNKNOWN", "UNKNOWN"
 	if uid == 0 {
 		owner = "root"
 	}
@@ -365,8 +373,7 @@ func (m *MemRunner) writeExactLocked(p string, data []byte, mode fs.FileMode, ui
 			group = f.group
 		}
 	}
-	m.files[p] = &memFile{data: append([]byte(nil), data...), mode: mode & permBits, uid: uid, gid: gid, owner: owner, group: group}
-	return nil
+	return owner, group
 }
 
 // Symlink points link at target, replacing any non-directory.
@@ -522,7 +529,7 @@ func (m *MemRunner) fail(kind string, paths []string) error {
 }
 
 // memOpNames are the Fail/Ops names of batch operations.
-var memOpNames = map[FileOpKind]string{OpWrite: "write", OpWriteExact: "write", OpSymlink: "symlink", OpRemove: "remove", OpMkdirPrivate: "mkdir"}
+var memOpNames = map[FileOpKind]string{OpWrite: "write", OpWriteExact: "write", OpSymlink: "symlink", OpSymlinkExact: "symlink", OpRemove: "remove", OpMkdirPrivate: "mkdir"}
 
 // ApplyFiles carries out ops in order with the same rules as the single
 // operations, one round trip; the first failure is a *BatchError.
@@ -565,6 +572,14 @@ func (m *MemRunner) applyOne(op FileOp) error {
 		return m.writeExactLocked(op.Path, op.Data, op.Mode, op.UID, op.GID)
 	case OpSymlink:
 		return m.symlinkLocked(op.Target, op.Path)
+	case OpSymlinkExact:
+		if err := m.symlinkLocked(op.Target, op.Path); err != nil {
+			return err
+		}
+		f := m.files[op.Path]
+		f.uid, f.gid = op.UID, op.GID
+		f.owner, f.group = m.namesLocked(op.UID, op.GID)
+		return nil
 	case OpRemove:
 		return m.removeLocked(op.Path)
 	}

@@ -150,6 +150,8 @@ func (r *recordingRunner) record(op nodes.FileOp) {
 		r.log.add(r.Name(), op.Path, sha256Hex(op.Data), fmt.Sprintf("restored %d bytes (mode %04o, owner %d:%d)", len(op.Data), uint32(op.Mode.Perm()), op.UID, op.GID))
 	case nodes.OpSymlink:
 		r.log.add(r.Name(), op.Path, "", "pointed symlink at "+op.Target)
+	case nodes.OpSymlinkExact:
+		r.log.add(r.Name(), op.Path, "", fmt.Sprintf("pointed symlink at %s (owner %d:%d)", op.Target, op.UID, op.GID))
 	case nodes.OpRemove:
 		r.log.add(r.Name(), op.Path, "", "removed")
 	}
