@@ -63,8 +63,10 @@ func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Ru
 // batched is prepare with the target's files read in one round trip: every
 // edited path, the node copies of their backups and the kubelet marker.
 // fresh starts from what the node has now (Check, Revert); otherwise the
-// view Check left is reused (Apply right after Check).
-func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh bool) (*nodes.Batched, []fileedit.Edit, error) {
+// view Check left is reused (Apply right after Check). restore (Revert)
+// reads in the same round trip what the backups' links pointed at
+// (fileedit.RestoreReads).
+func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh, restore bool) (*nodes.Batched, []fileedit.Edit, error) {
 	if fresh || rt.files == nil || rt.files.Name() != t.Node {
 		if err := rt.readAhead(ctx, t, nil); err != nil { // the edits' own reads go through it
 			return nil, nil, err
@@ -76,6 +78,11 @@ func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh boo
 	}
 	edited := fileedit.Paths(edits)
 	paths := edited
+	if restore {
+		if paths, err = fileedit.RestoreReads(ctx, t.Node, rt.Store, edited); err != nil {
+			return nil, nil, err
+		}
+	}
 	for _, p := range edited {
 		_, meta := nodes.NodeBackupPaths(rt.Config.Paths.BackupDir, nodes.Backup{RunID: rt.BackupID, Path: p})
 		paths = append(paths, meta)
@@ -127,7 +134,7 @@ func (rt *Runtime) kubeletMarker() string {
 }
 
 func (s *NodeEdit) Check(ctx context.Context, rt *Runtime, t Target) (bool, error) {
-	r, edits, err := s.batched(ctx, rt, t, true)
+	r, edits, err := s.batched(ctx, rt, t, true, false)
 	if err != nil {
 		return false, err
 	}
@@ -145,7 +152,7 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) (err error)
 			err = ferr
 		}
 	}()
-	r, edits, err := s.batched(ctx, rt, t, false)
+	r, edits, err := s.batched(ctx, rt, t, false, false)
 	if err != nil {
 		return err
 	}
@@ -208,7 +215,7 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 			err = ferr
 		}
 	}()
-	r, edits, err := s.batched(ctx, rt, t, true)
+	r, edits, err := s.batched(ctx, rt, t, true, true)
 	if err != nil {
 		return err
 	}
@@ -216,23 +223,28 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 	if err != nil {
 		return err
 	}
-	if s.Kubelet && len(stages.Early)+len(stages.Late) > 0 {
-		if err := rt.markKubelet(ctx, r, "kubelet restart owed by a revert\n"); err != nil {
+	restartOwed := false // the kubelet may run other files than the node has
+	if s.Kubelet {
+		// The marker was read with the files: a revert killed after it
+		// wrote it owes the restart even with nothing left to restore.
+		st, err := r.Stat(ctx, rt.kubeletMarker())
+		if err != nil {
 			return err
+		}
+		restartOwed = st.Exists
+		if len(stages.Early)+len(stages.Late) > 0 {
+			if err := rt.markKubelet(ctx, r, "kubelet restart owed by a revert\n"); err != nil {
+				return err
+			}
+			restartOwed = true
 		}
 	}
 	if err := fileedit.Restore(ctx, r, stages.Early); err != nil {
 		return err
 	}
-	if s.Kubelet {
-		st, err := r.Stat(ctx, rt.kubeletMarker())
-		if err != nil {
+	if restartOwed {
+		if err := rt.restartKubelet(ctx, r); err != nil { // flushes the restorations first
 			return err
-		}
-		if st.Exists {
-			if err := rt.restartKubelet(ctx, r); err != nil {
-				return err
-			}
 		}
 	}
 	if len(stages.Late) > 0 {

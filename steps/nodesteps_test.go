@@ -95,6 +95,15 @@ func withCCM(l layout) layout {
 // changed. (The budget is 8; the steps take at most 5.)
 const maxTripsPerStep = 5
 
+// maxTripsPerRevert is the most round trips a node step's Revert may make
+// to its node outside its gates: one read of every file, backup and link
+// target, one write of the early restorations with the kubelet marker, the
+// restart, one read of what the restart may have changed, one write of the
+// late restorations with the marker's removal, and the kubelet client
+// certificate's check. (The budget is 8, as for the forward step;
+// a restoration that looked at its file on its own made 11 to 17.)
+const maxTripsPerRevert = 6
+
 func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 	ctx := context.Background()
 	ns := steps.MemNodes{cpNode: memNode(cpNode, cp), workerNode: memNode(workerNode, worker)}
@@ -155,8 +164,15 @@ func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 			}
 			expectFiles(t, "after a second Apply", r, applied)
 
-			if err := tc.s.Revert(ctx, rt, tc.t); err != nil {
+			trips = nodes.NewRoundTrips()
+			r.Trips = trips
+			if err := tc.s.Revert(nodes.CountAs(ctx, "revert"), rt, tc.t); err != nil {
 				t.Fatalf("Revert: %v", err)
+			}
+			r.Trips = nil
+			t.Logf("revert round trips: %d", trips.Counts().Steps["revert"][tc.t.Node])
+			if n := trips.Counts().Steps["revert"][tc.t.Node]; n > maxTripsPerRevert {
+				t.Errorf("Revert took %d round trips to %s outside its gates, want at most %d", n, tc.t.Node, maxTripsPerRevert)
 			}
 			if err := tc.s.RevertGate(ctx, rt, tc.t); err != nil {
 				t.Fatalf("RevertGate: %v", err)

@@ -246,6 +246,15 @@ type pendingRestore struct {
 //
 // Manifests are the files under manifestsDir.
 func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, manifestsDir string, paths []string) (RestoreStages, error) {
+	if pf, ok := r.(prefetcher); ok {
+		reads, err := RestoreReads(ctx, r.Name(), store, paths)
+		if err != nil {
+			return RestoreStages{}, err
+		}
+		if err := pf.Prefetch(ctx, reads...); err != nil {
+			return RestoreStages{}, err
+		}
+	}
 	var ps []pendingRestore
 	for i := len(paths) - 1; i >= 0; i-- {
 		p, err := pendingRestoreOf(ctx, r, store, paths[i])
@@ -282,6 +291,31 @@ func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, m
 	return st, nil
 }
 
+// RestoreReads are the paths PlanRestore reads on node: paths, and where
+// a backup of one is a symlink, the file it pointed at (what the
+// restoration puts back in trust).
+func RestoreReads(ctx context.Context, node string, store nodes.BackupStore, paths []string) ([]string, error) {
+	out := slices.Clone(paths)
+	for _, p := range paths {
+		b, ok, err := store.LoadBackup(ctx, node, p)
+		if err != nil {
+			return nil, fmt.Errorf("load backup of %s on %s: %w", p, node, err)
+		}
+		if ok && b.IsSymlink {
+			out = append(out, linkDest(p, b.LinkTarget))
+		}
+	}
+	return out, nil
+}
+
+// linkDest is the path a symlink at p with target points at.
+func linkDest(p, target string) string {
+	if !path.IsAbs(target) {
+		target = path.Join(path.Dir(p), target)
+	}
+	return target
+}
+
 // pendingRestoreOf is the restoration of p, or nil when this step never
 // backed p up (it never changed it) or p is already as backed up.
 func pendingRestoreOf(ctx context.Context, r nodes.Runner, store nodes.BackupStore, p string) (*pendingRestore, error) {
@@ -306,10 +340,7 @@ func pendingRestoreOf(ctx context.Context, r nodes.Runner, store nodes.BackupSto
 		}
 	}
 	if b.IsSymlink {
-		target := b.LinkTarget
-		if !path.IsAbs(target) {
-			target = path.Join(path.Dir(p), target)
-		}
+		target := linkDest(p, b.LinkTarget)
 		if pr.want, _, err = readOptional(ctx, r, target); err != nil {
 			return nil, fmt.Errorf("read %s on %s: %w", target, r.Name(), err)
 		}
@@ -347,8 +378,25 @@ func keyOfAny(content []byte, cas []*x509.Certificate) bool {
 	return false
 }
 
-// Restore puts back each backup, in order.
+// prefetcher is a runner that reads many paths in one round trip ahead of
+// their use (nodes.Batched).
+type prefetcher interface {
+	Prefetch(ctx context.Context, paths ...string) error
+}
+
+// Restore puts back each backup, in order. On a batched runner every path
+// is read first in one round trip and the restorations are queued: a
+// restoration's look at its path then never flushes the ones before it.
 func Restore(ctx context.Context, r nodes.Runner, bs []nodes.Backup) error {
+	if pf, ok := r.(prefetcher); ok && len(bs) > 0 {
+		paths := make([]string, len(bs))
+		for i, b := range bs {
+			paths[i] = b.Path
+		}
+		if err := pf.Prefetch(ctx, paths...); err != nil {
+			return err
+		}
+	}
 	for _, b := range bs {
 		if err := nodes.Restore(ctx, r, b); err != nil {
 			return err
