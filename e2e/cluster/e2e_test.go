@@ -500,6 +500,38 @@ func checkSlowMode(t *testing.T, ctx context.Context, c *Cluster) {
 	}
 }
 
+// logNodeProxyFailure logs what may say why the apiservers could not
+// reach n's kubelet: the end of its kubelet's log, and the apiservers'
+// last lines that name it.
+func logNodeProxyFailure(t *testing.T, s Spec, n Node) {
+	t.Helper()
+	if b, err := os.ReadFile(filepath.Join(n.LogDir(), supervisor.KubeletService+".log")); err == nil {
+		t.Logf("%s: the end of its kubelet's log:\n%s", n.Name, lastLines(string(b), 30, ""))
+	}
+	for _, cp := range s.Nodes {
+		if !cp.ControlPlane() {
+			continue
+		}
+		logs, _ := filepath.Glob(filepath.Join(cp.LogDir(), "*apiserver*.log"))
+		for _, l := range logs {
+			if b, err := os.ReadFile(l); err == nil {
+				t.Logf("%s: %s's last lines naming %s:\n%s", cp.Name, filepath.Base(l), n.Name, lastLines(string(b), 10, n.Name))
+			}
+		}
+	}
+}
+
+// lastLines is the last n lines of s that contain substr.
+func lastLines(s string, n int, substr string) string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out[max(0, len(out)-n):], "\n")
+}
+
 // checkRealKubelets: every node runs the real kubelet, which the
 // apiservers reach through the node proxy, and mirror pods of the static
 // pods show Running.
@@ -531,6 +563,7 @@ func checkRealKubelets(t *testing.T, ctx context.Context, c *Cluster, cs kuberne
 			})
 			if err != nil {
 				t.Errorf("%s: %v", n.Name, err)
+				logNodeProxyFailure(t, s, n)
 				continue
 			}
 			if path == "healthz" && string(body) != "ok" {
