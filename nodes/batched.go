@@ -84,11 +84,8 @@ func (b *Batched) prefetchLocked(ctx context.Context, paths []string) error {
 		return err
 	}
 	for i, st := range states {
-		delete(b.linkOnly, todo[i])
 		if st.Err == nil {
 			b.known[todo[i]] = st
-		} else {
-			delete(b.known, todo[i])
 		}
 	}
 	return nil
@@ -158,10 +155,7 @@ func (b *Batched) ReadFile(ctx context.Context, p string) ([]byte, error) {
 func (b *Batched) Stat(ctx context.Context, p string) (FileInfo, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if st, ok := b.known[p]; ok && b.linkOnly[p] {
-		return st.Info, nil // a symlink's own description holds
-	}
-	st, ok, err := b.lookup(ctx, p)
+	st, ok, err := b.lookup(ctx, p) // a symlink's own description holds
 	if err != nil {
 		return FileInfo{}, err
 	}
@@ -281,9 +275,6 @@ func (b *Batched) noteLocked(op FileOp) {
 		}
 	}
 	prev, known := b.known[op.Path]
-	if b.linkOnly[op.Path] {
-		known = false
-	}
 	b.forgetLocked(op.Path)
 	switch op.Kind {
 	case OpWrite:

@@ -246,15 +246,6 @@ type pendingRestore struct {
 //
 // Manifests are the files under manifestsDir.
 func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, manifestsDir string, paths []string) (RestoreStages, error) {
-	if pf, ok := r.(prefetcher); ok {
-		reads, err := RestoreReads(ctx, r.Name(), store, paths)
-		if err != nil {
-			return RestoreStages{}, err
-		}
-		if err := pf.Prefetch(ctx, reads...); err != nil {
-			return RestoreStages{}, err
-		}
-	}
 	var ps []pendingRestore
 	for i := len(paths) - 1; i >= 0; i-- {
 		p, err := pendingRestoreOf(ctx, r, store, paths[i])
@@ -293,7 +284,8 @@ func PlanRestore(ctx context.Context, r nodes.Runner, store nodes.BackupStore, m
 
 // RestoreReads are the paths PlanRestore reads on node: paths, and where
 // a backup of one is a symlink, the file it pointed at (what the
-// restoration puts back in trust).
+// restoration puts back in trust). A batched runner given them ahead
+// (nodes.Batched.Prefetch) answers PlanRestore in that one round trip.
 func RestoreReads(ctx context.Context, node string, store nodes.BackupStore, paths []string) ([]string, error) {
 	out := slices.Clone(paths)
 	for _, p := range paths {
