@@ -221,3 +221,46 @@ func applyOne(ctx context.Context, r Runner, op FileOp) error {
 	}
 	return fmt.Errorf("unknown file operation %d", op.Kind)
 }
+
+// RunBatcher is implemented by runners that run a command between two
+// batches of file operations in one round trip (*Client, Pool's runners,
+// *MemRunner): a step that writes files, restarts a component that reads
+// them and then records the restart pays one round trip, not three.
+type RunBatcher interface {
+	// ApplyRunApply applies before as ApplyFiles does (every operation
+	// synced), then, when all of it applied, runs cmd as Run does (stdin
+	// empty), then, when cmd exited 0, applies after. A failure of either
+	// batch is a *BatchError (indexed within its own batch, wrapped with
+	// which batch it was); a failure of cmd is Run's.
+	ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error)
+}
+
+// ApplyRunApply applies before, runs cmd and applies after on r (see
+// RunBatcher): in one round trip when r is a RunBatcher, else as
+// ApplyFiles, Run and ApplyFiles.
+func ApplyRunApply(ctx context.Context, r Runner, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	if b, ok := r.(RunBatcher); ok {
+		return b.ApplyRunApply(ctx, before, cmd, after)
+	}
+	return applyRunApplyEach(ctx, r, before, cmd, after)
+}
+
+// applyRunApplyEach is ApplyRunApply in up to three round trips.
+func applyRunApplyEach(ctx context.Context, r Runner, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	if err := ApplyFiles(ctx, r, before); err != nil {
+		return Result{}, err
+	}
+	res, err := r.Run(ctx, cmd, nil)
+	if err != nil {
+		return res, err
+	}
+	if err := ApplyFiles(ctx, r, after); err != nil {
+		return res, afterError(err)
+	}
+	return res, nil
+}
+
+// afterError says that a batch that failed ran after the command.
+func afterError(err error) error {
+	return fmt.Errorf("after the command succeeded: %w", err)
+}

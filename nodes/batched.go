@@ -23,6 +23,7 @@ import (
 //     (so a read never sees the node from before a queued write);
 //   - Run flushes first (a command may rely on the files written before it)
 //     and forgets everything read (a command may change any file);
+//     ApplyRunApply sends the queue with the command, in one round trip;
 //   - a queued write updates what it knows of that path, so a read after it
 //     sees the new content; what it knows under that path (a directory
 //     replaced by a link, say) is forgotten; and of every other symlink it
@@ -202,6 +203,27 @@ func (b *Batched) Run(ctx context.Context, cmd string, stdin []byte) (Result, er
 	return b.r.Run(ctx, cmd, stdin)
 }
 
+// ApplyRunApply sends what is queued and before, runs cmd and applies
+// after, in one round trip when the runner under it can (see RunBatcher);
+// what was read is forgotten, as by Run.
+func (b *Batched) ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, op := range before {
+		if err := b.refuse(op); err != nil {
+			return Result{}, err
+		}
+	}
+	ops := append(b.queue, before...)
+	b.queue = nil
+	clear(b.known)
+	clear(b.linkOnly)
+	if rb, ok := b.r.(RunBatcher); ok {
+		return rb.ApplyRunApply(ctx, ops, cmd, after)
+	}
+	return applyRunApplyEach(ctx, b.r, ops, cmd, after)
+}
+
 // WriteFile queues the write of p (see Runner).
 func (b *Batched) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
 	return b.ApplyFiles(ctx, []FileOp{{Kind: OpWrite, Path: p, Data: data, Mode: mode}})
@@ -337,4 +359,5 @@ var (
 	_ Runner      = (*Batched)(nil)
 	_ Batcher     = (*Batched)(nil)
 	_ ExactWriter = (*Batched)(nil)
+	_ RunBatcher  = (*Batched)(nil)
 )

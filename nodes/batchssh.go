@@ -105,14 +105,36 @@ done`
 // so the caller knows how many were applied. The last header, "sync ARG",
 // fsyncs the directories in arguments ARG.. in one call; a stream that ends
 // without it (a dropped connection) is an error.
+//
+// ApplyRunApply's batches add two headers: "flush ARG N" fsyncs the N
+// arguments from ARG on and goes on, and "run ARG" runs argument ARG as a command line
+// (sh -c, stdin empty, umask 022 as a login session has it, its stderr the
+// session's), then prints
+//
+//	R STATUS LEN \n LEN bytes of the command's stdout \n
+//
+// and, unless STATUS is 0, exits with it: the operations after it are
+// never applied.
 const applyFilesScript = fileFuncs + `set -f
 while IFS=' ' read -r kind a n size sum mode owner; do
   case $a$n in ''|*[!0-9]*) echo "malformed batch header" >&2; exit 78 ;; esac
-  if [ "$kind" = sync ]; then
+  case $kind in
+  sync)
     shift $((a-1))
     if [ $# -gt 0 ]; then sync -- "$@" 2>/dev/null || :; fi
-    exit 0
-  fi
+    exit 0 ;;
+  flush)
+    (shift $((a-1)); k=0
+     for d do k=$((k+1)); if [ "$k" -le "$n" ]; then set -- "$@" "$d"; fi; done
+     shift "$k"; if [ $# -gt 0 ]; then sync -- "$@" 2>/dev/null || :; fi)
+    continue ;;
+  run)
+    eval "c=\${$a}"
+    out=$(umask 022; sh -c "$c" </dev/null); rc=$?
+    printf 'R %d %d\n%s\n' "$rc" "${#out}" "$out"
+    [ "$rc" -eq 0 ] || exit "$rc"
+    continue ;;
+  esac
   eval "p=\${$a}"
   [ "$mode" = - ] && mode=
   [ "$owner" = - ] && owner=
@@ -345,11 +367,34 @@ func opArgs(op FileOp) []string {
 // applyChunk applies ops[start:end] in one session; an error is a
 // *BatchError indexed into the whole ops.
 func (c *Client) applyChunk(ctx context.Context, ops []FileOp, start, end int) error {
-	var args []string
-	var in bytes.Buffer
-	var dirs []string
-	seenDir := map[string]bool{}
-	for _, op := range ops[start:end] {
+	var e opEncoder
+	e.ops(ops[start:end])
+	e.sync("sync")
+	res, err := c.run(ctx, fmt.Sprintf("apply %d file operations", end-start), shCommand(applyFilesScript, e.args...), e.in.Bytes())
+	if err == nil {
+		return nil
+	}
+	done := start + bytes.Count(res.Stdout, []byte("ok\n"))
+	if done >= end { // every operation applied; the final sync failed
+		done = end - 1
+	}
+	return &BatchError{Node: c.cfg.Name, Index: done, Op: ops[done], Done: done, Err: err}
+}
+
+// opEncoder writes applyFilesScript's input: the headers and contents on
+// stdin, the paths as positional arguments, and the directories to sync.
+type opEncoder struct {
+	args    []string
+	in      bytes.Buffer
+	dirs    []string
+	seenDir map[string]bool
+}
+
+func (e *opEncoder) ops(ops []FileOp) {
+	if e.seenDir == nil {
+		e.seenDir = map[string]bool{}
+	}
+	for _, op := range ops {
 		a := opArgs(op)
 		kind, size, sum, mode, owner := "", 0, "-", "-", "-"
 		switch op.Kind {
@@ -372,28 +417,126 @@ func (c *Client) applyChunk(ctx context.Context, ops []FileOp, start, end int) e
 		case OpMkdirPrivate:
 			kind = "mkdir"
 		}
-		fmt.Fprintf(&in, "%s %d %d %d %s %s %s\n", kind, len(args)+1, len(a), size, sum, mode, owner)
+		fmt.Fprintf(&e.in, "%s %d %d %d %s %s %s\n", kind, len(e.args)+1, len(a), size, sum, mode, owner)
 		if size > 0 {
-			in.Write(op.Data)
+			e.in.Write(op.Data)
 		}
-		args = append(args, a...)
-		if d := path.Dir(op.Path); op.Kind != OpMkdirPrivate && !seenDir[d] {
-			seenDir[d] = true
-			dirs = append(dirs, d)
+		e.args = append(e.args, a...)
+		if d := path.Dir(op.Path); op.Kind != OpMkdirPrivate && !e.seenDir[d] {
+			e.seenDir[d] = true
+			e.dirs = append(e.dirs, d)
 		}
 	}
-	fmt.Fprintf(&in, "sync %d 0 0 - - -\n", len(args)+1)
-	args = append(args, dirs...)
+}
 
-	res, err := c.run(ctx, fmt.Sprintf("apply %d file operations", end-start), shCommand(applyFilesScript, args...), in.Bytes())
-	if err == nil {
-		return nil
+// sync adds the header that syncs the directories written since the last
+// one (kind "sync": and ends the batch; "flush": and goes on).
+func (e *opEncoder) sync(kind string) {
+	fmt.Fprintf(&e.in, "%s %d %d 0 - - -\n", kind, len(e.args)+1, len(e.dirs))
+	e.args = append(e.args, e.dirs...)
+	e.dirs = nil
+	clear(e.seenDir)
+}
+
+// run adds the header that runs cmd.
+func (e *opEncoder) run(cmd string) {
+	fmt.Fprintf(&e.in, "run %d 1 0 - - -\n", len(e.args)+1)
+	e.args = append(e.args, cmd)
+}
+
+// ApplyRunApply applies before, runs cmd and applies after in one session
+// (see RunBatcher); one too long for a command line is three.
+func (c *Client) ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	if err := validateOps(c.cfg.Name, before); err != nil {
+		return Result{}, err
 	}
-	done := start + bytes.Count(res.Stdout, []byte("ok\n"))
-	if done >= end { // every operation applied; the final sync failed
-		done = end - 1
+	if err := validateOps(c.cfg.Name, after); err != nil {
+		return Result{}, afterError(err)
 	}
-	return &BatchError{Node: c.cfg.Name, Index: done, Op: ops[done], Done: done, Err: err}
+	var e opEncoder
+	e.ops(before)
+	e.sync("flush")
+	e.run(cmd)
+	e.ops(after)
+	e.sync("sync")
+	size := 0
+	for _, a := range e.args {
+		size += len(shellQuote(a)) + 1
+	}
+	if size > maxBatchArgs {
+		return applyRunApplyEach(ctx, c, before, cmd, after)
+	}
+	res, err := c.run(ctx, fmt.Sprintf("apply %d file operations, run a command, apply %d", len(before), len(after)), shCommand(applyFilesScript, e.args...), e.in.Bytes())
+	out, err := parseApplyRunApply(c.cfg.Name, before, after, res, err)
+	return Result{Stdout: out.stdout, Stderr: res.Stderr, ExitStatus: out.status}, err
+}
+
+// runOutcome is what parseApplyRunApply found of the command.
+type runOutcome struct {
+	stdout []byte
+	status int
+}
+
+// parseApplyRunApply makes an ApplyRunApply session's outcome (res, err)
+// the caller's: which batch or the command failed, and the command's
+// output.
+func parseApplyRunApply(node string, before, after []FileOp, res Result, err error) (runOutcome, error) {
+	okBefore, okAfter, ran := 0, 0, false
+	var o runOutcome
+	out := res.Stdout
+	for len(out) > 0 {
+		line, rest, _ := bytes.Cut(out, []byte("\n"))
+		out = rest
+		if string(line) == "ok" {
+			if ran {
+				okAfter++
+			} else {
+				okBefore++
+			}
+			continue
+		}
+		f := strings.Fields(string(line))
+		if ran || len(f) != 3 || f[0] != "R" {
+			if err == nil {
+				return o, fmt.Errorf("apply, run, apply on %s: unexpected output line %q", node, line)
+			}
+			break // cut short with the session: what was parsed stands
+		}
+		status, err1 := strconv.Atoi(f[1])
+		n, err2 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil || n < 0 || n+1 > len(out) {
+			if err == nil {
+				return o, fmt.Errorf("apply, run, apply on %s: output cut short", node)
+			}
+			break
+		}
+		ran, o.stdout, o.status = true, bytes.Clone(out[:n]), status
+		out = out[n+1:]
+	}
+	switch {
+	case err == nil && ran:
+		return o, nil
+	case err == nil:
+		return o, fmt.Errorf("apply, run, apply on %s: the command's outcome is missing", node)
+	case !ran && okBefore < len(before):
+		return o, &BatchError{Node: node, Index: okBefore, Op: before[okBefore], Done: okBefore, Err: err}
+	case !ran || o.status != 0:
+		// The command did not finish (the session ended under it) or
+		// failed: its error, with its output.
+		var xe *ExitError
+		if errors.As(err, &xe) {
+			x := *xe
+			x.Op = "run command"
+			x.Result.Stdout = o.stdout
+			return o, &x
+		}
+		return o, err
+	}
+	done := min(okAfter, len(after)-1) // all applied: the final sync failed
+	if len(after) == 0 {
+		return o, err
+	}
+	return o, afterError(&BatchError{Node: node, Index: done, Op: after[done], Done: done, Err: err})
 }
 
 // validateOps refuses a batch with an operation that could not be sent

@@ -54,6 +54,7 @@ type memFile struct {
 var _ Runner = (*MemRunner)(nil)
 var _ ExactWriter = (*MemRunner)(nil)
 var _ Batcher = (*MemRunner)(nil)
+var _ RunBatcher = (*MemRunner)(nil)
 
 // NewMemRunner returns an empty in-memory node.
 func NewMemRunner(name string) *MemRunner {
@@ -189,7 +190,7 @@ func (m *MemRunner) begin(ctx context.Context, op, p string) error {
 		pathErr = checkPath(p)
 	}
 	if pathErr == nil {
-		m.Trips.Trip(ctx, m.name)
+		m.trip(ctx)
 	}
 	if m.Fail != nil {
 		if err := m.Fail(op, p); err != nil {
@@ -492,7 +493,7 @@ func (m *MemRunner) ReadFiles(ctx context.Context, paths []string) ([]FileState,
 			return nil, fmt.Errorf("read %s on %s: %w", p, m.name, err)
 		}
 	}
-	m.Trips.Trip(ctx, m.name)
+	m.trip(ctx)
 	if err := m.fail("read-batch", paths); err != nil {
 		return nil, err
 	}
@@ -545,7 +546,7 @@ func (m *MemRunner) ApplyFiles(ctx context.Context, ops []FileOp) error {
 	if err := validateOps(m.name, ops); err != nil {
 		return err
 	}
-	m.Trips.Trip(ctx, m.name)
+	m.trip(ctx)
 	if err := m.fail("apply-batch", paths); err != nil {
 		return &BatchError{Node: m.name, Index: 0, Op: ops[0], Err: err}
 	}
@@ -594,4 +595,25 @@ func (m *MemRunner) applyOne(op FileOp) error {
 		m.dirs[p] = true
 	}
 	return nil
+}
+
+// oneTripKey marks the context of the parts of an ApplyRunApply, which
+// count one round trip together.
+type oneTripKey struct{}
+
+// trip counts a round trip, unless ctx is a part of one counted already.
+func (m *MemRunner) trip(ctx context.Context) {
+	if ctx.Value(oneTripKey{}) == nil {
+		m.Trips.Trip(ctx, m.name)
+	}
+}
+
+// ApplyRunApply is ApplyFiles, Run and ApplyFiles, one round trip (see
+// RunBatcher).
+func (m *MemRunner) ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	if err := ctx.Err(); err != nil {
+		return Result{}, fmt.Errorf("apply, run, apply on %s: %w", m.name, err)
+	}
+	m.trip(ctx)
+	return applyRunApplyEach(context.WithValue(ctx, oneTripKey{}, true), m, before, cmd, after)
 }

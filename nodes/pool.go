@@ -159,6 +159,7 @@ type poolRunner struct {
 var _ Runner = (*poolRunner)(nil)
 var _ ExactWriter = (*poolRunner)(nil)
 var _ Batcher = (*poolRunner)(nil)
+var _ RunBatcher = (*poolRunner)(nil)
 
 func (r *poolRunner) Name() string { return r.name }
 
@@ -237,4 +238,14 @@ func (r *poolRunner) ApplyFiles(ctx context.Context, ops []FileOp) error {
 		return err
 	}
 	return c.ApplyFiles(ctx, ops)
+}
+
+// ApplyRunApply is one session on the node's current connection, re-dialed
+// first if it dropped; never retried (the command may have run).
+func (r *poolRunner) ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error) {
+	c, err := r.p.client(ctx, r.name)
+	if err != nil {
+		return Result{}, err
+	}
+	return c.ApplyRunApply(ctx, before, cmd, after)
 }

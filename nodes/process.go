@@ -168,8 +168,17 @@ newest || echo none
 // namespace started, by the node's clock (to about a clock tick; the
 // caller leaves a margin). ok is false when no such process is found
 // there (another network namespace, or not running).
-func RestartReport(ctx context.Context, r Runner, command, name string) (started time.Time, ok bool, err error) {
-	res, err := r.Run(ctx, shCommand(restartScript, command, name), nil)
+//
+// after is applied once the command succeeded; it, what r queued (a
+// *Batched) and the command make one round trip (ApplyRunApply).
+func RestartReport(ctx context.Context, r Runner, command, name string, after ...FileOp) (started time.Time, ok bool, err error) {
+	cmd := shCommand(restartScript, command, name)
+	var res Result
+	if b, queued := r.(*Batched); len(after) > 0 || queued && b.Pending() > 0 {
+		res, err = ApplyRunApply(ctx, r, nil, cmd, after)
+	} else {
+		res, err = r.Run(ctx, cmd, nil)
+	}
 	if err != nil {
 		return time.Time{}, false, err
 	}

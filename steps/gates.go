@@ -330,11 +330,12 @@ func nodeReady(n *corev1.Node) bool {
 // restartKubelet runs the inventory's restart command on the node and
 // records when the kubelet running after it started (KubeletStarts), in
 // the same round trip.
-func (rt *Runtime) restartKubelet(ctx context.Context, r nodes.Runner) error {
+func (rt *Runtime) restartKubelet(ctx context.Context, r nodes.Runner, after ...nodes.FileOp) error {
 	// The command returns once the kubelet is healthy again: a wait on
-	// the node, not rotate's work.
+	// the node, not rotate's work. What r has queued goes with it, and
+	// after once it succeeded: one round trip (nodes.RestartReport).
 	defer waits.Start(ctx, waits.Restart)()
-	started, ok, err := nodes.RestartReport(ctx, r, rt.Config.KubeletRestartCommand, "kubelet")
+	started, ok, err := nodes.RestartReport(ctx, r, rt.Config.KubeletRestartCommand, "kubelet", after...)
 	if err != nil {
 		return fmt.Errorf("restart kubelet on %s (%s): %w", r.Name(), rt.Config.KubeletRestartCommand, err)
 	}

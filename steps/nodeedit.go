@@ -160,21 +160,20 @@ func (s *NodeEdit) Apply(ctx context.Context, rt *Runtime, t Target) (err error)
 		return err
 	}
 	if s.Kubelet {
-		if err := rt.restartKubelet(ctx, r); err != nil { // flushes the edits first
-			return err
-		}
-		return rt.markKubelet(ctx, r, "kubelet restarted\n")
+		// The edits, the restart and then the marker: one round trip.
+		return rt.restartKubelet(ctx, r, rt.kubeletMarkOps("kubelet restarted\n")...)
 	}
 	return nil
 }
 
-// markKubelet writes the step's kubelet marker: Apply after restarting the
-// kubelet (Check needs it), Revert before restoring anything (see there).
-func (rt *Runtime) markKubelet(ctx context.Context, r nodes.Runner, note string) error {
-	return nodes.ApplyFiles(ctx, r, []nodes.FileOp{
+// kubeletMarkOps write the step's kubelet marker: Apply after restarting
+// the kubelet (Check needs it), Revert before restoring anything (see
+// there).
+func (rt *Runtime) kubeletMarkOps(note string) []nodes.FileOp {
+	return []nodes.FileOp{
 		{Kind: nodes.OpMkdirPrivate, Path: rt.Config.kubeletMarkerDir()},
 		{Kind: nodes.OpWrite, Path: rt.kubeletMarker(), Data: []byte(note), Mode: 0o600},
-	})
+	}
 }
 
 func (s *NodeEdit) Gate(ctx context.Context, rt *Runtime, t Target) error {
@@ -233,7 +232,7 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 		}
 		restartOwed = st.Exists
 		if len(stages.Early)+len(stages.Late) > 0 {
-			if err := rt.markKubelet(ctx, r, "kubelet restart owed by a revert\n"); err != nil {
+			if err := nodes.ApplyFiles(ctx, r, rt.kubeletMarkOps("kubelet restart owed by a revert\n")); err != nil {
 				return err
 			}
 			restartOwed = true
@@ -242,8 +241,15 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 	if err := fileedit.Restore(ctx, r, stages.Early); err != nil {
 		return err
 	}
+	markerGone := false
 	if restartOwed {
-		if err := rt.restartKubelet(ctx, r); err != nil { // flushes the restorations first
+		// The restorations, the restart and, when nothing is left to
+		// restore late, the marker's removal: one round trip.
+		var after []nodes.FileOp
+		if s.Kubelet && len(stages.Late) == 0 {
+			after, markerGone = []nodes.FileOp{{Kind: nodes.OpRemove, Path: rt.kubeletMarker()}}, true
+		}
+		if err := rt.restartKubelet(ctx, r, after...); err != nil {
 			return err
 		}
 	}
@@ -258,7 +264,7 @@ func (s *NodeEdit) Revert(ctx context.Context, rt *Runtime, t Target) (err error
 			return err
 		}
 	}
-	if s.Kubelet {
+	if s.Kubelet && !markerGone {
 		return r.Remove(ctx, rt.kubeletMarker())
 	}
 	return nil
