@@ -266,7 +266,7 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	e.printer.Phase(ph.Index, e.plan.Last(), ph.Name, ph.Short)
 	log := e.runLog().With("phase", ph.Name)
 	ready := func() error { return nil }
-	if e.mirror != nil && ph.Name != e.plan.Phases[0].Name {
+	if e.mirror != nil && ph.Name != e.plan.Phases[0].Name && changes(ph) {
 		// Before any step of the phase changes anything: see mirror.go.
 		// The copy is written while the first step looks (its Check only
 		// reads, and so does the wait for a live leader before it); every
@@ -310,6 +310,17 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 	}
 	log.Info("phase done", "duration", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// changes reports whether a step of ph may change anything (is not a
+// steps.Looker).
+func changes(ph plans.Phase) bool {
+	for _, ps := range ph.Steps {
+		if _, looks := ps.Step.(steps.Looker); !looks {
+			return true
+		}
+	}
+	return false
 }
 
 // stepContext bounds one step on one target by its phase's timeout,

@@ -681,3 +681,48 @@ func TestPhaseCopyBeforeChanges(t *testing.T) {
 		}
 	}
 }
+
+// lookStep is a seqStep that only looks (steps.Looker).
+type lookStep struct{ seqStep }
+
+func (lookStep) OnlyLooks() {}
+
+// TestNoPhaseCopyWhereNothingChanges: a phase whose steps only look or
+// wait gets no copy of the state at its start (it changes nothing a copy
+// would guard); the phases around it that change things each get one.
+func TestNoPhaseCopyWhereNothingChanges(t *testing.T) {
+	j := &seqJournal{}
+	plan := &plans.Plan{Version: 1, Phases: []plans.Phase{
+		{Index: 0, Name: "preflight", Short: "prepare", Steps: []plans.PlannedStep{
+			{Step: seqStep{"prepare", j}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+		}},
+		{Index: 1, Name: "widen", Short: "widen trust", Steps: []plans.PlannedStep{
+			{Step: seqStep{"widen", j}, Targets: nodesABC, Concurrency: 3},
+		}},
+		{Index: 2, Name: "publication", Short: "wait", Steps: []plans.PlannedStep{
+			{Step: lookStep{seqStep{"wait", j}}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+			{Step: lookStep{seqStep{"look", j}}, Targets: nodesABC, Concurrency: 3},
+		}},
+		{Index: 3, Name: "switch", Short: "switch issuance", Steps: []plans.PlannedStep{
+			{Step: lookStep{seqStep{"wait-again", j}}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+			{Step: seqStep{"switch", j}, Targets: nodesABC, Concurrency: 3},
+		}},
+	}}
+	m := &overlapMirror{j: j, first: "check widen@a"}
+	if err := New(Options{Store: state.NewMemStore(), Plan: plan, Mirror: m}).Start(context.Background(), state.Run{ID: "r"}, false); err != nil {
+		t.Fatal(err)
+	}
+	var syncs []int
+	for i, l := range j.log {
+		if l == "synced" {
+			syncs = append(syncs, i)
+		}
+	}
+	// widen's and switch's; none for publication.
+	if len(syncs) != 2 {
+		t.Fatalf("%d copies, want 2 (none at the phase that only looks): %q", len(syncs), j.log)
+	}
+	if w, s := j.index("check wait@cluster"), j.index("apply switch@a"); !(syncs[0] < w && w < syncs[1] && syncs[1] < s) {
+		t.Errorf("copies not at widen's and switch's start: %q", j.log)
+	}
+}

@@ -41,7 +41,9 @@ import (
 //     every phase after the first changes (the first one, preflight, only
 //     reads the cluster and makes the new CAs: so the copies hold the new
 //     CAs before any node file changes, and a recovered run never mints
-//     other CAs); the copy is written while the phase's first step looks
+//     other CAs) — except a phase whose steps all only look or wait
+//     (steps.Looker: publication, verify), which changes nothing for a
+//     copy to guard; the copy is written while the phase's first step looks
 //     (the wait for a live leader, Check), and every Apply and Gate of the
 //     phase waits for it (Engine.runPhase),
 //     and before a rollback reverts anything; a failure fails the run there,
@@ -67,9 +69,13 @@ import (
 // at the end.
 //
 // Why a copy that lags the run is safe: it is never older than the start
-// of the phase in progress (the synchronous copy at the phase's start), so
-// what it lacks is work of that phase only — however long the background
-// copies lag, which is why coalescing them changes nothing below — and
+// of the phase in progress (the synchronous copy at the phase's start), or,
+// in a phase that only looks, than the start of the last phase before it
+// that changed anything (whose every step the copy then either records or
+// recovery marks started, see below; the looking phase has nothing to
+// revert and resumes by looking again), so what it lacks is work of that
+// phase only — however long the background copies lag, which is why
+// coalescing them changes nothing below — and
 //
 //   - every step is idempotent: resumed from the copy, a step done after it
 //     was taken runs again and its Check finds the work done;

@@ -51,6 +51,7 @@ func (s *waitStep) Gate(ctx context.Context, rt *Runtime, t Target) error {
 	return nil
 }
 func (s *waitStep) Revert(ctx context.Context, rt *Runtime, t Target) error { return nil }
+func (s *waitStep) OnlyLooks()                                              {}
 func (s *waitStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {
 	return []string{"wait until " + s.short}, nil
 }

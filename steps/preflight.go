@@ -27,6 +27,7 @@ type readOnly struct{}
 func (readOnly) Check(context.Context, *Runtime, Target) (bool, error) { return false, nil }
 func (readOnly) Gate(context.Context, *Runtime, Target) error          { return nil }
 func (readOnly) Revert(context.Context, *Runtime, Target) error        { return nil }
+func (readOnly) OnlyLooks()                                            {}
 
 // NodesReachable connects to a node with host key verification, checks
 // kubeadm's files are where the inventory says, and that the node's

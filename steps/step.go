@@ -178,6 +178,14 @@ func (rt *Runtime) now() time.Time {
 	return time.Now()
 }
 
+// Looker is implemented by steps that change nothing on the nodes or in
+// the cluster: they look or wait (what they find goes to the run's state
+// only) and their Revert does nothing. A phase of only such steps needs
+// no copy of the state at its start (orchestrator/mirror.go).
+type Looker interface {
+	OnlyLooks()
+}
+
 // SelfTimed is implemented by steps that bound each of their waits
 // themselves (a workload restart: each workload its own timeout). The
 // engine does not apply the phase timeout to them, which bounds one step on
