@@ -229,9 +229,10 @@ func applyOne(ctx context.Context, r Runner, op FileOp) error {
 type RunBatcher interface {
 	// ApplyRunApply applies before as ApplyFiles does (every operation
 	// synced), then, when all of it applied, runs cmd as Run does (stdin
-	// empty), then, when cmd exited 0, applies after. A failure of either
-	// batch is a *BatchError (indexed within its own batch, wrapped with
-	// which batch it was); a failure of cmd is Run's.
+	// empty), then, when cmd exited 0, applies after. A failure in before
+	// is a *BatchError, as ApplyFiles's; once all of before applied, a
+	// failure is a *StageError: cmd's (as Run's), or after's (a
+	// *BatchError indexed within after).
 	ApplyRunApply(ctx context.Context, before []FileOp, cmd string, after []FileOp) (Result, error)
 }
 
@@ -245,6 +246,23 @@ func ApplyRunApply(ctx context.Context, r Runner, before []FileOp, cmd string, a
 	return applyRunApplyEach(ctx, r, before, cmd, after)
 }
 
+// StageError is an ApplyRunApply failure once its first batch was
+// applied in full: the command's (Ran false: it failed, or did not finish),
+// or, after it succeeded, the second batch's (Ran true).
+type StageError struct {
+	Ran bool
+	Err error
+}
+
+func (e *StageError) Error() string {
+	if e.Ran {
+		return "after the command succeeded: " + e.Err.Error()
+	}
+	return e.Err.Error()
+}
+
+func (e *StageError) Unwrap() error { return e.Err }
+
 // applyRunApplyEach is ApplyRunApply in up to three round trips.
 func applyRunApplyEach(ctx context.Context, r Runner, before []FileOp, cmd string, after []FileOp) (Result, error) {
 	if err := ApplyFiles(ctx, r, before); err != nil {
@@ -252,15 +270,10 @@ func applyRunApplyEach(ctx context.Context, r Runner, before []FileOp, cmd strin
 	}
 	res, err := r.Run(ctx, cmd, nil)
 	if err != nil {
-		return res, err
+		return res, &StageError{Err: err}
 	}
 	if err := ApplyFiles(ctx, r, after); err != nil {
-		return res, afterError(err)
+		return res, &StageError{Ran: true, Err: err}
 	}
 	return res, nil
-}
-
-// afterError says that a batch that failed ran after the command.
-func afterError(err error) error {
-	return fmt.Errorf("after the command succeeded: %w", err)
 }

@@ -451,7 +451,7 @@ func (c *Client) ApplyRunApply(ctx context.Context, before []FileOp, cmd string,
 		return Result{}, err
 	}
 	if err := validateOps(c.cfg.Name, after); err != nil {
-		return Result{}, afterError(err)
+		return Result{}, fmt.Errorf("the operations after the command: %w", err)
 	}
 	var e opEncoder
 	e.ops(before)
@@ -528,15 +528,15 @@ func parseApplyRunApply(node string, before, after []FileOp, res Result, err err
 			x := *xe
 			x.Op = "run command"
 			x.Result.Stdout = o.stdout
-			return o, &x
+			return o, &StageError{Err: &x}
 		}
-		return o, err
+		return o, &StageError{Err: err}
+	}
+	if len(after) == 0 {
+		return o, &StageError{Ran: true, Err: err}
 	}
 	done := min(okAfter, len(after)-1) // all applied: the final sync failed
-	if len(after) == 0 {
-		return o, err
-	}
-	return o, afterError(&BatchError{Node: node, Index: done, Op: after[done], Done: done, Err: err})
+	return o, &StageError{Ran: true, Err: &BatchError{Node: node, Index: done, Op: after[done], Done: done, Err: err}}
 }
 
 // validateOps refuses a batch with an operation that could not be sent

@@ -102,7 +102,7 @@ func TestApplyRunApplySSH(t *testing.T) {
 		res, err := ApplyRunApply(ctx, r, nil, "echo ran",
 			[]FileOp{{Kind: OpWrite, Path: p("a1"), Data: []byte("1")}, {Kind: OpWrite, Path: p("file/under2"), Data: []byte("2")}})
 		var be *BatchError
-		if !errors.As(err, &be) || be.Index != 1 || be.Done != 1 || !strings.Contains(err.Error(), "after the command succeeded") {
+		if !errors.As(err, &be) || be.Index != 1 || be.Done != 1 || !strings.Contains(err.Error(), "after the command succeeded") || !errors.As(err, new(*StageError)) {
 			t.Fatalf("err = %v, want a BatchError at the second batch's operation 2", err)
 		}
 		if string(res.Stdout) != "ran" || read("a1") != "1" {

@@ -138,6 +138,34 @@ func (r *recordingRunner) ApplyFiles(ctx context.Context, ops []nodes.FileOp) er
 	return err
 }
 
+// ApplyRunApply passes the batches and the command on (one round trip
+// where the runner under it can) and records the operations applied.
+func (r *recordingRunner) ApplyRunApply(ctx context.Context, before []nodes.FileOp, cmd string, after []nodes.FileOp) (nodes.Result, error) {
+	res, err := nodes.ApplyRunApply(ctx, r.Runner, before, cmd, after)
+	doneBefore, doneAfter := len(before), len(after)
+	var se *nodes.StageError
+	var be *nodes.BatchError
+	switch {
+	case err == nil:
+	case errors.As(err, &se):
+		doneAfter = 0
+		if se.Ran && errors.As(se.Err, &be) {
+			doneAfter = be.Done
+		}
+	case errors.As(err, &be):
+		doneBefore, doneAfter = be.Done, 0
+	default:
+		doneBefore, doneAfter = 0, 0
+	}
+	for _, op := range before[:doneBefore] {
+		r.record(op)
+	}
+	for _, op := range after[:doneAfter] {
+		r.record(op)
+	}
+	return res, err
+}
+
 func (r *recordingRunner) record(op nodes.FileOp) {
 	switch op.Kind {
 	case nodes.OpWrite:
