@@ -303,8 +303,25 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	c := rt.Config
+	// Every file below in one round trip; one that could not be read in
+	// it is read again on its own, for its error.
+	files := []string{fileCACert, fileCAKey, fileFPCACert, fileFPCAKey}
+	if c.Etcd {
+		files = append(files, fileEtcdCACert, fileEtcdCAKey)
+	}
+	if c.ServiceAccount {
+		files = append(files, fileSAKey, fileSAPub)
+	}
+	fr := nodes.NewBatched(r)
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = c.pki(f)
+	}
+	if err := fr.Prefetch(ctx, paths...); err != nil {
+		return err
+	}
 	read := func(name string) ([]byte, error) {
-		b, err := r.ReadFile(ctx, c.pki(name))
+		b, err := fr.ReadFile(ctx, c.pki(name))
 		if err != nil {
 			return nil, fmt.Errorf("read %s on %s: %w", c.pki(name), first.Node, err)
 		}
