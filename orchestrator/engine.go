@@ -270,7 +270,11 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 		// Before any step of the phase changes anything: see mirror.go.
 		// The copy is written while the first step looks (its Check only
 		// reads, and so does the wait for a live leader before it); every
-		// Apply of the phase waits for it.
+		// Apply of the phase waits for it. It carries the first step's API
+		// backups.
+		if err := e.earlyBackups(ctx, ph); err != nil {
+			return err
+		}
 		ready = e.syncInBackground(ctx, ph.Name)
 		defer func() { _ = ready() }() // never return with a copy in flight
 	}
@@ -309,6 +313,37 @@ func (e *Engine) runPhase(ctx context.Context, ph plans.Phase) error {
 		}
 	}
 	log.Info("phase done", "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// earlyBackups takes the API backups of ph's first step (steps.EarlyBackup)
+// on each of its targets not done yet, for the phase's copy of the state
+// to carry (mirror.go).
+func (e *Engine) earlyBackups(ctx context.Context, ph plans.Phase) error {
+	if len(ph.Steps) == 0 {
+		return nil
+	}
+	ps := ph.Steps[0]
+	eb, ok := ps.Step.(steps.EarlyBackup)
+	if !ok {
+		return nil
+	}
+	for _, t := range ps.Targets {
+		key := plans.StepKey(ph.Name, ps.Step.Name(), t)
+		if rec, ok, err := e.store.Step(ctx, key); err != nil {
+			return err
+		} else if ok && rec.Status == state.StepDone {
+			continue
+		}
+		rt := e.stepRuntime(key)
+		rt.Log = e.log.With("run", rt.RunID, "phase", ph.Name, "step", ps.Step.Name(), "target", t.String(), "op", "backup")
+		sctx, cancel := e.stepContext(withCopyToFollow(tripLabel(ctx, ph.Name, ps.Step.Name(), false)), ph.Name, ps.Step)
+		err := eb.TakeBackups(sctx, &rt, t)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s on %s: back up before the phase's copy of the state: %w", ps.Step.Name(), t, err)
+		}
+	}
 	return nil
 }
 

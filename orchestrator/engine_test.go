@@ -726,3 +726,38 @@ func TestNoPhaseCopyWhereNothingChanges(t *testing.T) {
 		t.Errorf("copies not at widen's and switch's start: %q", j.log)
 	}
 }
+
+// earlyStep is a seqStep that backs up API objects (steps.EarlyBackup).
+type earlyStep struct{ seqStep }
+
+func (s earlyStep) TakeBackups(_ context.Context, _ *steps.Runtime, t steps.Target) error {
+	s.j.add("backup " + s.name + "@" + t.String())
+	return nil
+}
+
+// TestEarlyBackupsBeforePhaseCopy: the first step's API backups are taken
+// before the phase's copy of the state starts (so that it carries them);
+// a later step's are its own business.
+func TestEarlyBackupsBeforePhaseCopy(t *testing.T) {
+	j := &seqJournal{}
+	plan := &plans.Plan{Version: 1, Phases: []plans.Phase{
+		{Index: 0, Name: "preflight", Short: "prepare", Steps: []plans.PlannedStep{
+			{Step: seqStep{"prepare", j}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+		}},
+		{Index: 1, Name: "cluster-info", Short: "cluster-info", Steps: []plans.PlannedStep{
+			{Step: earlyStep{seqStep{"cluster-info", j}}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+			{Step: earlyStep{seqStep{"later", j}}, Targets: []steps.Target{steps.ClusterTarget}, Concurrency: 1},
+		}},
+	}}
+	m := &overlapMirror{j: j, first: "check cluster-info@cluster"}
+	if err := New(Options{Store: state.NewMemStore(), Plan: plan, Mirror: m}).Start(context.Background(), state.Run{ID: "r"}, false); err != nil {
+		t.Fatal(err)
+	}
+	b, s := j.index("backup cluster-info@cluster"), j.index("sync")
+	if b < 0 || s < 0 || b > s {
+		t.Errorf("the first step's backups were not taken before the phase's copy: %q", j.log)
+	}
+	if j.index("backup later@cluster") >= 0 {
+		t.Errorf("a later step's backups were taken at the phase's start: %q", j.log)
+	}
+}

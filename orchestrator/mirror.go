@@ -50,12 +50,15 @@ import (
 //     before anything changes;
 //   - synchronously before the change a backup guards, when the backup has
 //     no copy on a node (API objects: the node copies of file backups are
-//     written before the change by nodes.BackupFile);
+//     written before the change by nodes.BackupFile) and no copy written
+//     since holds it: the backups of a phase's first step are taken before
+//     the phase's copy (steps.EarlyBackup, Engine.earlyBackups), which then
+//     carries them;
 //   - best effort at the hold, after a failure (of a run or a rollback)
 //     and at the end;
 //   - in between, in the background: each checkpoint and backup wakes one
 //     uploader per node, which uploads the latest snapshot when it is idle,
-//     at most once per mirrorInterval (30 s): a change within the interval
+//     at most once per mirrorInterval (60 s): a change within the interval
 //     after a node's last upload waits for its end and is then written
 //     with every later change in one upload (at most one upload in flight
 //     per node, never an older snapshot after a newer one); its failures
@@ -152,10 +155,14 @@ func decodeCopy(data []byte) ([]byte, error) {
 
 // mirrorInterval is the least time between two background uploads of the
 // state to one node. Each upload is the whole state file (2-4 MB for 2 to
-// 30 workers) to every control-plane node, from what may be a laptop on a
-// slow link; a copy at most this old (and never older than its phase's
-// start) costs a recovery at most this much work done again.
-const mirrorInterval = 30 * time.Second
+// 30 workers, a fifth of it gzipped) to every control-plane node, from
+// what may be a laptop on a slow link, and a round trip to each; a copy at
+// most this old (and never older than its phase's start) costs a recovery
+// at most this much work done again, which is mostly Checks finding it
+// done. The phase-start copies come every few seconds to a minute, so at
+// 60 s only the longest phases (servers, narrow-trust on a big cluster)
+// get background copies at all (at 30 s a 2-worker rotation made four).
+const mirrorInterval = 60 * time.Second
 
 // mirrorTripLabel counts the copies' round trips apart from the steps'
 // (nodes.CountAs), also when a step's backup makes one.
@@ -209,7 +216,9 @@ type mirror struct {
 	gen      uint64 // bumped by every change to the state (mark)
 	active   bool   // background uploads on: a synchronous copy was asked for
 	finished bool   // the copies are gone: nothing uploads any more
-	apiDirty bool   // a backup without a node copy is not yet on every node
+	// apiGen is the generation of the latest backup without a node copy:
+	// every node's copy must hold it before the change it guards.
+	apiGen uint64
 
 	snapMu    sync.Mutex // one snapshot at a time, shared by the uploaders
 	snapGen   uint64
@@ -434,8 +443,10 @@ func (m *mirror) Active() bool {
 
 // backupSaved is called after a backup was stored (saved) or found stored
 // (!saved). A backup without a copy on a node must be on every node before
-// the change it guards: it is synced now, and again on the retry of a step
-// whose sync failed.
+// the change it guards: it is synced now unless every node's copy holds it
+// already (a copy written since it was saved: the phase's, after
+// Engine.earlyBackups), and again on the retry of a step whose sync
+// failed. Under withCopyToFollow the sync is left to the caller.
 func (m *mirror) backupSaved(ctx context.Context, saved, nodeCopy bool) error {
 	if saved {
 		m.mark()
@@ -445,21 +456,45 @@ func (m *mirror) backupSaved(ctx context.Context, saved, nodeCopy bool) error {
 	}
 	m.mu.Lock()
 	if saved {
-		m.apiDirty = true
+		m.apiGen = m.gen
 	}
-	dirty := m.apiDirty
+	held := m.apiGen == 0 || m.copiedThroughLocked() >= m.apiGen
 	m.mu.Unlock()
-	if !dirty {
+	if held || copyToFollow(ctx) {
 		return nil
 	}
 	if err := m.Sync(ctx); err != nil {
 		return fmt.Errorf("a backup must reach the control-plane nodes before the change it guards: %w", err)
 	}
-	m.mu.Lock()
-	m.apiDirty = false
-	m.mu.Unlock()
 	return nil
 }
+
+// copiedThroughLocked is the generation every node's copy holds at least
+// (0: a node has none yet).
+func (m *mirror) copiedThroughLocked() uint64 {
+	var least uint64
+	for i, n := range m.nodes {
+		g := n.gen
+		if n.at.IsZero() {
+			g = 0
+		}
+		if i == 0 || g < least {
+			least = g
+		}
+	}
+	return least
+}
+
+// followKey marks a context whose API backups the caller copies itself.
+type followKey struct{}
+
+// withCopyToFollow is ctx for backups that a synchronous copy the caller
+// makes next carries to the nodes (Engine.earlyBackups).
+func withCopyToFollow(ctx context.Context) context.Context {
+	return context.WithValue(ctx, followKey{}, true)
+}
+
+func copyToFollow(ctx context.Context) bool { return ctx.Value(followKey{}) != nil }
 
 // Finish ends the copies of a run that completed or was rolled back: no
 // more uploads, then on each node a tombstone naming the run and the copy

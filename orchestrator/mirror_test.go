@@ -277,6 +277,76 @@ func TestMirrorBackupWriteAhead(t *testing.T) {
 	}
 }
 
+// TestMirrorBackupCarriedByPhaseCopy: an API backup taken before a phase's
+// copy (withCopyToFollow) is not copied on its own; the phase's copy
+// carries it, and the step's own save of it (found saved) copies nothing
+// again, even after later checkpoints; one copy failed is made again.
+func TestMirrorBackupCarriedByPhaseCopy(t *testing.T) {
+	ns := mirrorNodes()
+	ctx := context.Background()
+	mem := state.NewMemStore()
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, func(ctx context.Context) ([]byte, error) {
+		n, _ := mem.Counts(ctx)
+		return fmt.Appendf(nil, "backups %d", n.Backups), nil
+	}, nil)
+	defer m.Close()
+	m.interval = time.Hour // no background copies
+	s := withMirror(mem, m, []string{"cp1", "cp2", "cp3"})
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all := func() (n int) {
+		for _, r := range ns {
+			n += writes(r)
+		}
+		return n
+	}
+	base := all()
+	api := state.Backup{Scope: "cluster-info/cluster-info@cluster", Node: "api", Path: "configmaps/kube-public/cluster-info", Exists: true}
+	if saved, err := s.SaveBackupIfAbsent(withCopyToFollow(ctx), api); err != nil || !saved {
+		t.Fatalf("early backup = %v %v", saved, err)
+	}
+	if w := all() - base; w != 0 {
+		t.Fatalf("the early backup was copied on its own (%d writes)", w)
+	}
+	if err := m.Sync(ctx); err != nil { // the phase's copy
+		t.Fatal(err)
+	}
+	for name, n := range ns {
+		if d, _ := n.File(testMirror); string(d) != "backups 1" {
+			t.Errorf("%s holds %q, want the API backup", name, d)
+		}
+	}
+	base = all()
+	if err := s.Commit(ctx, state.Checkpoint{Values: map[string][]byte{"k": []byte("v")}}); err != nil { // the step starts
+		t.Fatal(err)
+	}
+	if saved, err := s.SaveBackupIfAbsent(ctx, api); err != nil || saved { // Apply's own backup
+		t.Fatalf("Apply's backup = %v %v", saved, err)
+	}
+	if w := all() - base; w != 0 {
+		t.Errorf("a backup the copies hold was copied again (%d writes)", w)
+	}
+
+	// A later backup whose phase copy failed on one node: the step's save
+	// copies it.
+	api2 := state.Backup{Scope: "narrow-trust/extension-auth-narrowed@cluster", Node: "api", Path: "configmaps/kube-system/extension-apiserver-authentication", Exists: true}
+	if _, err := s.SaveBackupIfAbsent(withCopyToFollow(ctx), api2); err != nil {
+		t.Fatal(err)
+	}
+	ns["cp2"].Fail = func(op, p string) error { return errors.New("host down") }
+	if err := m.Sync(ctx); err == nil {
+		t.Fatal("a copy to a node that is down succeeded")
+	}
+	ns["cp2"].Fail = nil
+	if _, err := s.SaveBackupIfAbsent(ctx, api2); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := ns["cp2"].File(testMirror); string(d) != "backups 2" {
+		t.Errorf("cp2 holds %q after the step's save, want both backups", d)
+	}
+}
+
 // TestMirrorFinish: a finished run leaves a tombstone naming it instead of
 // its copy, written in one round trip, and nothing is uploaded afterwards.
 func TestMirrorFinish(t *testing.T) {

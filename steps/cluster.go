@@ -164,17 +164,37 @@ func (s *configMapDataStep) Check(ctx context.Context, rt *Runtime, t Target) (b
 	return true, nil
 }
 
-func (s *configMapDataStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
-	cm, want, err := s.get(ctx, rt)
+// backup saves what the keys Apply sets hold now; changed says whether
+// Apply would change any of them.
+func (s *configMapDataStep) backup(ctx context.Context, rt *Runtime) (cm *corev1.ConfigMap, want map[string]string, changed bool, err error) {
+	cm, want, err = s.get(ctx, rt)
 	if err != nil {
-		return err
+		return nil, nil, false, err
 	}
 	old := map[string]string{}
-	for k := range want {
+	for k, v := range want {
 		old[k] = cm.Data[k]
+		changed = changed || cm.Data[k] != v
+	}
+	if !changed {
+		return cm, want, false, nil
 	}
 	if err := rt.backupAPIData(ctx, s.id(), old); err != nil {
-		return fmt.Errorf("back up %s: %w", s.id(), err)
+		return nil, nil, false, fmt.Errorf("back up %s: %w", s.id(), err)
+	}
+	return cm, want, true, nil
+}
+
+// TakeBackups: see EarlyBackup.
+func (s *configMapDataStep) TakeBackups(ctx context.Context, rt *Runtime, t Target) error {
+	_, _, _, err := s.backup(ctx, rt)
+	return err
+}
+
+func (s *configMapDataStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	cm, want, changed, err := s.backup(ctx, rt)
+	if err != nil || !changed {
+		return err
 	}
 	for k, v := range want {
 		cm.Data[k] = v
@@ -366,6 +386,11 @@ func (s *snapshotStep) Apply(ctx context.Context, rt *Runtime, t Target) error {
 		return err
 	}
 	return rt.backupAPIData(ctx, s.id(), want)
+}
+
+// TakeBackups: see EarlyBackup (the snapshot is the step's whole work).
+func (s *snapshotStep) TakeBackups(ctx context.Context, rt *Runtime, t Target) error {
+	return s.Apply(ctx, rt, t)
 }
 
 func (s *snapshotStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]string, error) {

@@ -186,6 +186,17 @@ type Looker interface {
 	OnlyLooks()
 }
 
+// EarlyBackup is implemented by steps that back up API objects (which,
+// unlike node files, have no copy on the nodes: orchestrator/mirror.go).
+// TakeBackups saves, changing nothing, the backups Apply would take, when
+// Apply would change anything. The engine calls it at the start of a phase
+// whose first step it is, before the phase's copy of the state, which then
+// carries the backups: Apply finds them saved and copied, and costs no
+// second copy.
+type EarlyBackup interface {
+	TakeBackups(ctx context.Context, rt *Runtime, t Target) error
+}
+
 // SelfTimed is implemented by steps that bound each of their waits
 // themselves (a workload restart: each workload its own timeout). The
 // engine does not apply the phase timeout to them, which bounds one step on
