@@ -95,14 +95,21 @@ func withCCM(l layout) layout {
 // changed. (The budget is 8; the steps take at most 5.)
 const maxTripsPerStep = 5
 
+// maxTripsPerKubeletStep is a kubelet step's budget within it: one read,
+// then its edits, the restart and the marker in one round trip
+// (nodes.ApplyRunApply).
+const maxTripsPerKubeletStep = 2
+
 // maxTripsPerRevert is the most round trips a node step's Revert may make
 // to its node outside its gates: one read of every file, backup and link
 // target, one write of the early restorations with the kubelet marker, the
 // restart, one read of what the restart may have changed, one write of the
 // late restorations with the marker's removal, and the kubelet client
 // certificate's check. (The budget is 8, as for the forward step;
-// a restoration that looked at its file on its own made 11 to 17.)
-const maxTripsPerRevert = 6
+// a restoration that looked at its file on its own made 11 to 17; the
+// restart carries the restorations before it and, when nothing is left
+// to restore late, the marker's removal after it.)
+const maxTripsPerRevert = 5
 
 func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 	ctx := context.Background()
@@ -142,6 +149,11 @@ func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 			t.Logf("round trips: %d", trips.Counts().Nodes[tc.t.Node])
 			if n := trips.Counts().Nodes[tc.t.Node]; n > maxTripsPerStep {
 				t.Errorf("Check and Apply took %d round trips to %s, want at most %d", n, tc.t.Node, maxTripsPerStep)
+			}
+			if strings.HasPrefix(tc.s.Name(), "kubelet-") { // trust, client, narrow
+				if n := trips.Counts().Nodes[tc.t.Node]; n > maxTripsPerKubeletStep {
+					t.Errorf("kubelet step: Check and Apply took %d round trips to %s, want at most %d", n, tc.t.Node, maxTripsPerKubeletStep)
+				}
 			}
 			check("after Apply", true)
 			applied := nodeFiles(r)
