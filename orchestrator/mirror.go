@@ -309,20 +309,22 @@ func (m *mirror) uploader(n *mirrorNode) {
 	}
 }
 
-// await waits until the interval since n's last upload has passed; false:
+// await waits until the interval since n's last upload has passed, a
+// last upload made meanwhile (a Sync's) counting from its own time; false:
 // the uploads are stopped.
 func (m *mirror) await(n *mirrorNode) bool {
-	n.up.Lock()
-	wait := m.interval - time.Since(n.last)
-	n.up.Unlock()
-	if wait <= 0 {
-		return true
-	}
-	select {
-	case <-m.ctx.Done():
-		return false
-	case <-time.After(wait):
-		return true
+	for {
+		n.up.Lock()
+		wait := m.interval - time.Since(n.last)
+		n.up.Unlock()
+		if wait <= 0 {
+			return true
+		}
+		select {
+		case <-m.ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
 	}
 }
 

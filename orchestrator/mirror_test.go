@@ -452,6 +452,46 @@ func TestMirrorInterval(t *testing.T) {
 	}
 }
 
+// TestMirrorIntervalCountsFromSyncs: a Sync within the interval restarts
+// it: a background upload comes an interval after the node's last upload,
+// whichever made it (the phase copies come more often than the interval,
+// so most runs need few background ones).
+func TestMirrorIntervalCountsFromSyncs(t *testing.T) {
+	ns := mirrorNodes()
+	var c counter
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, c.snap, nil)
+	m.interval = 400 * time.Millisecond
+	defer m.Close()
+	ctx := context.Background()
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.change(m) // the uploaders now wait out the interval
+	time.Sleep(m.interval / 2)
+	c.change(m)
+	if err := m.Sync(ctx); err != nil { // a phase starts
+		t.Fatal(err)
+	}
+	synced := time.Now()
+	c.change(m)
+	time.Sleep(m.interval * 3 / 4) // past the first Sync's interval
+	within := time.Since(synced) < m.interval
+	for name, n := range ns {
+		if w := writes(n); within && w != 2 {
+			t.Fatalf("%s: %d writes before the interval after the second Sync, want its 2", name, w)
+		}
+	}
+	for name, n := range ns {
+		waitUntil(t, name+" to get the latest", func() bool { d, _ := n.File(testMirror); return string(d) == "state 3" })
+		if w := writes(n); w != 3 {
+			t.Errorf("%s: %d writes, want 3", name, w)
+		}
+	}
+	if d := time.Since(synced); d < m.interval {
+		t.Fatalf("the background upload came %s after the Sync, before the interval", d)
+	}
+}
+
 // TestMirrorSyncNeverWaits: within the interval, a Sync (the one at a
 // phase start, before an API change, at the hold or after a failure)
 // still writes the latest snapshot at once, and no change made before it
