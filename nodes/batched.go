@@ -203,6 +203,17 @@ func (b *Batched) Run(ctx context.Context, cmd string, stdin []byte) (Result, er
 	return b.r.Run(ctx, cmd, stdin)
 }
 
+// runLooking is Run for a command that changes nothing on the node (a
+// listing): the queue is sent first, as for Run, but what was read holds.
+func (b *Batched) runLooking(ctx context.Context, cmd string) (Result, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.flushLocked(ctx); err != nil {
+		return Result{}, err
+	}
+	return b.r.Run(ctx, cmd, nil)
+}
+
 // ApplyRunApply sends what is queued and before, runs cmd and applies
 // after, in one round trip when the runner under it can (see RunBatcher);
 // what was read is forgotten, as by Run.

@@ -19,12 +19,19 @@ exit 0`
 
 // ListFiles returns the paths of the files directly in dir on the node
 // (see listFilesScript), sorted. A runner without a shell (MemRunner
-// without RunFunc) lists nothing.
+// without RunFunc) lists nothing. On a *Batched the listing keeps what it
+// has read (it changes nothing).
 func ListFiles(ctx context.Context, r Runner, dir string) ([]string, error) {
 	if err := checkPath(dir); err != nil {
 		return nil, fmt.Errorf("list %s on %s: %w", dir, r.Name(), err)
 	}
-	res, err := r.Run(ctx, shCommand(listFilesScript, dir), nil)
+	var res Result
+	var err error
+	if b, ok := r.(*Batched); ok {
+		res, err = b.runLooking(ctx, shCommand(listFilesScript, dir))
+	} else {
+		res, err = r.Run(ctx, shCommand(listFilesScript, dir), nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list %s on %s: %w", dir, r.Name(), err)
 	}

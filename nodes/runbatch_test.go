@@ -172,3 +172,33 @@ func TestRestartReportBatched(t *testing.T) {
 		t.Errorf("the queued write before the restart: %q", c)
 	}
 }
+
+// TestListFilesKeepsBatchedView: a listing through a Batched sends the
+// queue first but forgets nothing read (it changes nothing on the node).
+func TestListFilesKeepsBatchedView(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemRunner("n")
+	m.Trips = NewRoundTrips()
+	m.SetFile("/etc/kubernetes/manifests/etcd.yaml", []byte("etcd"), 0o600)
+	m.RunFunc = func(context.Context, string, []byte) (Result, error) {
+		return Result{Stdout: []byte("etcd.yaml\nnew.yaml\n")}, nil
+	}
+	b := NewBatched(m)
+	must(t, b.Prefetch(ctx, "/etc/kubernetes/manifests/etcd.yaml"))
+	must(t, b.WriteFile(ctx, "/etc/kubernetes/manifests/new.yaml", []byte("new"), 0o600))
+	got, err := ListFiles(ctx, b, "/etc/kubernetes/manifests")
+	must(t, err)
+	if len(got) != 2 || got[1] != "/etc/kubernetes/manifests/new.yaml" {
+		t.Errorf("listed %q", got)
+	}
+	if c, _ := m.ReadFile(ctx, "/etc/kubernetes/manifests/new.yaml"); string(c) != "new" {
+		t.Error("the queued write was not sent before the listing")
+	}
+	before := m.Trips.Counts().Nodes["n"]
+	if c, err := b.ReadFile(ctx, "/etc/kubernetes/manifests/etcd.yaml"); err != nil || string(c) != "etcd" {
+		t.Fatalf("read %q %v", c, err)
+	}
+	if n := m.Trips.Counts().Nodes["n"] - before; n != 0 {
+		t.Errorf("a read after the listing took %d round trips, want 0 (the view holds)", n)
+	}
+}
