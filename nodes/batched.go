@@ -229,10 +229,7 @@ func (b *Batched) ApplyRunApply(ctx context.Context, before []FileOp, cmd string
 	b.queue = nil
 	clear(b.known)
 	clear(b.linkOnly)
-	if rb, ok := b.r.(RunBatcher); ok {
-		return rb.ApplyRunApply(ctx, ops, cmd, after)
-	}
-	return applyRunApplyEach(ctx, b.r, ops, cmd, after)
+	return ApplyRunApply(ctx, b.r, ops, cmd, after)
 }
 
 // WriteFile queues the write of p (see Runner).

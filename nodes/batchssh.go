@@ -229,10 +229,7 @@ func argChunks(n int, args func(i int) []string) [][2]int {
 	var out [][2]int
 	start, size := 0, 0
 	for i := 0; i < n; i++ {
-		s := 0
-		for _, a := range args(i) {
-			s += len(shellQuote(a)) + 1
-		}
+		s := quotedSize(args(i))
 		if i > start && size+s > maxBatchArgs {
 			out = append(out, [2]int{start, i})
 			start, size = i, 0
@@ -243,6 +240,16 @@ func argChunks(n int, args func(i int) []string) [][2]int {
 		out = append(out, [2]int{start, n})
 	}
 	return out
+}
+
+// quotedSize is what args take on a command line, quoted, each with its
+// separator.
+func quotedSize(args []string) int {
+	n := 0
+	for _, a := range args {
+		n += len(shellQuote(a)) + 1
+	}
+	return n
 }
 
 // parseReadFiles parses readFilesScript's output for paths.
@@ -459,11 +466,7 @@ func (c *Client) ApplyRunApply(ctx context.Context, before []FileOp, cmd string,
 	e.run(cmd)
 	e.ops(after)
 	e.sync("sync")
-	size := 0
-	for _, a := range e.args {
-		size += len(shellQuote(a)) + 1
-	}
-	if size > maxBatchArgs {
+	if quotedSize(e.args) > maxBatchArgs {
 		return applyRunApplyEach(ctx, c, before, cmd, after)
 	}
 	res, err := c.run(ctx, fmt.Sprintf("apply %d file operations, run a command, apply %d", len(before), len(after)), shCommand(applyFilesScript, e.args...), e.in.Bytes())

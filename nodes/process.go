@@ -174,7 +174,7 @@ newest || echo none
 func RestartReport(ctx context.Context, r Runner, command, name string, after ...FileOp) (started time.Time, ok bool, err error) {
 	cmd := shCommand(restartScript, command, name)
 	var res Result
-	if b, queued := r.(*Batched); len(after) > 0 || queued && b.Pending() > 0 {
+	if b, batched := r.(*Batched); len(after) > 0 || batched && b.Pending() > 0 {
 		res, err = ApplyRunApply(ctx, r, nil, cmd, after)
 	} else {
 		res, err = r.Run(ctx, cmd, nil)

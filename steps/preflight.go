@@ -298,30 +298,10 @@ func (NewCAs) Revert(context.Context, *Runtime, Target) error { return nil }
 
 func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	first := Target{Node: rt.Config.ControlPlane[0], Role: RoleControlPlane}
-	r, err := rt.node(ctx, first)
-	if err != nil {
-		return err
-	}
 	c := rt.Config
-	// Every file below in one round trip; one that could not be read in
-	// it is read again on its own, for its error.
-	files := []string{fileCACert, fileCAKey, fileFPCACert, fileFPCAKey}
-	if c.Etcd {
-		files = append(files, fileEtcdCACert, fileEtcdCAKey)
-	}
-	if c.ServiceAccount {
-		files = append(files, fileSAKey, fileSAPub)
-	}
-	fr := nodes.NewBatched(r)
-	paths := make([]string, len(files))
-	for i, f := range files {
-		paths[i] = c.pki(f)
-	}
-	if err := fr.Prefetch(ctx, paths...); err != nil {
-		return err
-	}
+	var r nodes.Runner // the first node, read ahead below
 	read := func(name string) ([]byte, error) {
-		b, err := fr.ReadFile(ctx, c.pki(name))
+		b, err := r.ReadFile(ctx, c.pki(name))
 		if err != nil {
 			return nil, fmt.Errorf("read %s on %s: %w", c.pki(name), first.Node, err)
 		}
@@ -336,6 +316,22 @@ func (NewCAs) Apply(ctx context.Context, rt *Runtime, t Target) error {
 	}
 	if c.Etcd {
 		specs = append(specs, caSpec{CAEtcd, fileEtcdCACert, fileEtcdCAKey, c.NewCA.EtcdCommonName, c.NewCA.EtcdCertFile, c.NewCA.EtcdKeyFile})
+	}
+	// Every file read below in one round trip; one that could not be read
+	// in it is read again on its own, for its error.
+	var paths []string
+	for _, s := range specs {
+		paths = append(paths, c.pki(s.cert), c.pki(s.key))
+	}
+	if c.ServiceAccount {
+		paths = append(paths, c.pki(fileSAKey), c.pki(fileSAPub))
+	}
+	if err := rt.readAhead(ctx, first, paths); err != nil {
+		return err
+	}
+	r, err := rt.node(ctx, first)
+	if err != nil {
+		return err
 	}
 	var newCluster *pki.CA
 	for _, s := range specs {
