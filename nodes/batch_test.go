@@ -388,13 +388,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // is two, one once the copy exists; EnsurePrivateDir is one.
 func TestBatchRoundTripsSSH(t *testing.T) {
 	t.Parallel()
-	_, cfg := startNode(t, "n", sshdtest.Options{})
-	pool := NewPool([]Config{cfg})
-	defer pool.Close()
-	trips := pool.RoundTrips()
+	r, trips := pooledNode(t)
 	ctx := testCtx(t)
-	r, err := pool.Get(ctx, "n")
-	must(t, err)
 	dir := t.TempDir()
 	count := func(what string, want int64, f func()) {
 		t.Helper()

@@ -229,3 +229,15 @@ func proxiedNode(t *testing.T) (*proxy, Runner) {
 	must(t, err)
 	return p, r
 }
+
+// pooledNode is a Pool's runner for a real sshd node "n", and the pool's
+// round trip counts.
+func pooledNode(t *testing.T) (Runner, *RoundTrips) {
+	t.Helper()
+	_, cfg := startNode(t, "n", sshdtest.Options{})
+	pool := NewPool([]Config{cfg})
+	t.Cleanup(func() { pool.Close() })
+	r, err := pool.Get(testCtx(t), "n")
+	must(t, err)
+	return r, pool.RoundTrips()
+}

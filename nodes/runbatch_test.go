@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/kubeca/rotate/nodes/sshdtest"
 )
 
 // TestApplyRunApplySSH: on a real sshd, ApplyRunApply is one session that
@@ -17,13 +15,8 @@ import (
 // the second only after the command succeeded, and says which part failed.
 func TestApplyRunApplySSH(t *testing.T) {
 	t.Parallel()
-	_, cfg := startNode(t, "n", sshdtest.Options{})
-	pool := NewPool([]Config{cfg})
-	defer pool.Close()
-	trips := pool.RoundTrips()
+	r, trips := pooledNode(t)
 	ctx := testCtx(t)
-	r, err := pool.Get(ctx, "n")
-	must(t, err)
 	dir := t.TempDir()
 	p := func(name string) string { return filepath.Join(dir, name) }
 	read := func(name string) string {

@@ -239,6 +239,19 @@ func TestMirrorFailures(t *testing.T) {
 	}
 }
 
+// backupMirror is a mirror over cp1-cp3 whose copies say how many backups
+// the state holds, and the store that copies them, nodes keeping file
+// backups' copies of their own.
+func backupMirror(t *testing.T, ns memNodes, nodesWithCopies ...string) (*mirror, mirrorStore) {
+	mem := state.NewMemStore()
+	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, func(ctx context.Context) ([]byte, error) {
+		n, _ := mem.Counts(ctx)
+		return fmt.Appendf(nil, "backups %d", n.Backups), nil
+	}, nil)
+	t.Cleanup(m.Close)
+	return m, withMirror(mem, m, nodesWithCopies)
+}
+
 // TestMirrorBackupWriteAhead: a backup without a copy on a node (an API
 // object's) is on every node before SaveBackupIfAbsent returns, also when
 // the step is retried after the copy failed; a file backup (its node keeps
@@ -246,13 +259,7 @@ func TestMirrorFailures(t *testing.T) {
 func TestMirrorBackupWriteAhead(t *testing.T) {
 	ns := mirrorNodes()
 	ctx := context.Background()
-	mem := state.NewMemStore()
-	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, func(ctx context.Context) ([]byte, error) {
-		n, _ := mem.Counts(ctx)
-		return fmt.Appendf(nil, "backups %d", n.Backups), nil
-	}, nil)
-	defer m.Close()
-	s := withMirror(mem, m, []string{"cp1", "cp2", "cp3", "w1"})
+	m, s := backupMirror(t, ns, "cp1", "cp2", "cp3", "w1")
 	if err := m.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -284,14 +291,8 @@ func TestMirrorBackupWriteAhead(t *testing.T) {
 func TestMirrorBackupCarriedByPhaseCopy(t *testing.T) {
 	ns := mirrorNodes()
 	ctx := context.Background()
-	mem := state.NewMemStore()
-	m := newMirror(ns, []string{"cp1", "cp2", "cp3"}, testMirror, func(ctx context.Context) ([]byte, error) {
-		n, _ := mem.Counts(ctx)
-		return fmt.Appendf(nil, "backups %d", n.Backups), nil
-	}, nil)
-	defer m.Close()
+	m, s := backupMirror(t, ns, "cp1", "cp2", "cp3")
 	m.interval = time.Hour // no background copies
-	s := withMirror(mem, m, []string{"cp1", "cp2", "cp3"})
 	if err := m.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
