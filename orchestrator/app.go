@@ -67,10 +67,14 @@ type session struct {
 	plan   *plans.Plan
 	pool   *nodes.Pool
 	mirror *mirror
+	snap   *snapshotStore
 	engine *Engine
 }
 
 func (s *session) close() {
+	if s.snap != nil {
+		s.snap.Stop(context.Background()) // the last snapshot and journal, before the store closes
+	}
 	if s.mirror != nil {
 		s.mirror.Close()
 	}
@@ -116,6 +120,7 @@ func openSession(ctx context.Context, c Common, store *state.BoltStore, cfg *pla
 	snap := withSnapshot(ms, c.StatePath, s.plan, c.Log) // for `rotate status` and `rotate events` during the run
 	snap.mirrorStatus = s.mirror.activeStatus
 	snap.journal(ctx)
+	s.snap = snap
 	s.engine = New(Options{Store: snap, Plan: s.plan, Runtime: rt, Printer: NewPrinter(c.Out), Log: c.Log, Mirror: s.mirror,
 		RoundTrips: s.pool.RoundTrips()})
 	return s, nil

@@ -124,6 +124,7 @@ func TestMirrorInStatusSnapshot(t *testing.T) {
 	if err := snap.Commit(ctx, state.Checkpoint{Run: &run}); err != nil {
 		t.Fatal(err)
 	}
+	snap.Flush(ctx)
 	if raw, _, _ := state.ReadSnapshot(p); strings.Contains(string(raw), `"mirror"`) {
 		t.Fatalf("snapshot in preflight shows copies:\n%s", raw)
 	}
@@ -133,6 +134,7 @@ func TestMirrorInStatusSnapshot(t *testing.T) {
 	if err := snap.Commit(ctx, state.Checkpoint{Run: &run}); err != nil {
 		t.Fatal(err)
 	}
+	snap.Flush(ctx)
 	if raw, _, _ := state.ReadSnapshot(p); !strings.Contains(string(raw), `"node": "cp3"`) || !strings.Contains(string(raw), `"writtenAt"`) {
 		t.Fatalf("snapshot lacks the copies:\n%s", raw)
 	}
