@@ -48,34 +48,31 @@ func (s *cleanupStep) Describe(ctx context.Context, rt *Runtime, t Target) ([]st
 // edits and every other file in the manifests dir), the kubelet's config
 // and kubeadm's and the extra kubeconfigs (a certificate-authority
 // path), and lists each line that names one of rotate's files, as
-// "<file> names <rotate file> (<line>)".
+// "<file> names <rotate file> (<line>)". Through the step's view of the
+// node (Cleanup reads rotateFileCandidates with its own files) only the
+// listing and the manifests no candidate names go to the node.
 func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, error) {
 	r, err := rt.node(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	c := rt.Config
-	listed, err := nodes.ListFiles(ctx, r, c.Paths.ManifestsDir)
+	listed, err := nodes.ListFiles(ctx, r, rt.Config.Paths.ManifestsDir)
 	if err != nil {
 		return nil, err
 	}
 	seen := map[string]bool{}
 	var files []string
-	candidates := append(listed, c.manifest(APIServer), c.manifest(ControllerManager), c.manifest(Scheduler), c.manifest(ccm), c.Paths.KubeletConfig, c.kubeDir(kubeconfigKubelet))
-	for _, kc := range edit.ControlPlaneKubeconfigs {
-		candidates = append(candidates, c.kubeDir(kc.Name))
-	}
-	candidates = append(candidates, c.ExtraKubeconfigs[t.Node]...)
-	for _, p := range candidates {
+	for _, p := range append(listed, rt.rotateFileCandidates(t)...) {
 		if !seen[p] {
 			seen[p] = true
 			files = append(files, p)
 		}
 	}
-	states, err := nodes.ReadFiles(ctx, r, files) // one round trip
+	states, err := nodes.ReadFiles(ctx, r, files) // at most one round trip
 	if err != nil {
 		return nil, err
 	}
+	c := rt.Config
 	var out []string
 	for i, p := range files {
 		st := states[i]
@@ -94,6 +91,19 @@ func (rt *Runtime) rotateFileUsers(ctx context.Context, t Target) ([]string, err
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// rotateFileCandidates are the files rotateFileUsers reads whatever the
+// manifests dir holds: the static pods' manifests, the kubelet's config
+// and kubeconfig, the control-plane kubeconfigs and t's extra ones.
+func (rt *Runtime) rotateFileCandidates(t Target) []string {
+	c := rt.Config
+	out := []string{c.manifest(APIServer), c.manifest(ControllerManager), c.manifest(Scheduler), c.manifest(ccm), c.manifest(Etcd),
+		c.Paths.KubeletConfig, c.kubeDir(kubeconfigKubelet)}
+	for _, kc := range edit.ControlPlaneKubeconfigs {
+		out = append(out, c.kubeDir(kc.Name))
+	}
+	return append(out, c.ExtraKubeconfigs[t.Node]...)
 }
 
 // linesNaming returns the trimmed lines of b that hold path p as a whole

@@ -31,6 +31,9 @@ type NodeEdit struct {
 	// first component's holder very last.
 	LeadersLast []Component
 	Short       string
+	// Reads, if set, names files the step reads besides those it edits,
+	// read in the same round trip as them (Check's).
+	Reads func(rt *Runtime, t Target) []string
 	// Notes, if set, adds lines to Describe (`rotate plan --live`) that no
 	// file edit says: what the step leaves alone, and why.
 	Notes func(ctx context.Context, rt *Runtime, t Target) ([]string, error)
@@ -61,7 +64,8 @@ func (s *NodeEdit) prepare(ctx context.Context, rt *Runtime, t Target) (nodes.Ru
 }
 
 // batched is prepare with the target's files read in one round trip: every
-// edited path, the node copies of their backups and the kubelet marker.
+// edited path, the node copies of their backups, the kubelet marker and
+// the step's other Reads.
 // fresh starts from what the node has now (Check, Revert); otherwise the
 // view Check left is reused (Apply right after Check). restore (Revert)
 // reads in the same round trip what the backups' links pointed at
@@ -89,6 +93,9 @@ func (s *NodeEdit) batched(ctx context.Context, rt *Runtime, t Target, fresh, re
 	}
 	if s.Kubelet {
 		paths = append(paths, rt.kubeletMarker())
+	}
+	if s.Reads != nil {
+		paths = append(paths, s.Reads(rt, t)...)
 	}
 	if err := rt.files.Prefetch(ctx, paths...); err != nil {
 		return nil, nil, err

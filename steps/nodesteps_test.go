@@ -100,6 +100,11 @@ const maxTripsPerStep = 5
 // (nodes.ApplyRunApply).
 const maxTripsPerKubeletStep = 2
 
+// maxTripsCleanup is cleanup's: one read of rotate's files with every
+// file that could name them, the manifests dir's listing (a manifest no
+// candidate names would cost one more read), the removals.
+const maxTripsCleanup = 3
+
 // maxTripsPerRevert is the most round trips a node step's Revert may make
 // to its node outside its gates: one read of every file, backup and link
 // target, one write of the early restorations with the kubelet marker, the
@@ -154,6 +159,9 @@ func runNodeSteps(t *testing.T, cp, worker layout, withCCM bool) {
 				if n := trips.Counts().Nodes[tc.t.Node]; n > maxTripsPerKubeletStep {
 					t.Errorf("kubelet step: Check and Apply took %d round trips to %s, want at most %d", n, tc.t.Node, maxTripsPerKubeletStep)
 				}
+			}
+			if n := trips.Counts().Nodes[tc.t.Node]; tc.s.Name() == "cleanup" && n > maxTripsCleanup {
+				t.Errorf("cleanup: Check and Apply took %d round trips to %s, want at most %d", n, tc.t.Node, maxTripsCleanup)
 			}
 			check("after Apply", true)
 			applied := nodeFiles(r)

@@ -310,6 +310,7 @@ func KubeletNarrow(name string) *NodeEdit {
 // them any more (see cleanup.go).
 func Cleanup() Step {
 	return &cleanupStep{&NodeEdit{StepName: "cleanup", Short: "remove rotate's temporary CA files",
+		Reads: (*Runtime).rotateFileCandidates,
 		Edits: func(ctx context.Context, rt *Runtime, t Target) ([]fileedit.Edit, error) {
 			c := rt.Config
 			var edits []fileedit.Edit
