@@ -78,27 +78,47 @@ func (b baseline) put(rt *Runtime, key string) error {
 	return nil
 }
 
-// nodeBaseline makes, on node t before anything changes, the baseline of
-// verify's checks 1 and 2 (see baseline), to be put under
+// pendingBaseline is a node's baseline of verify's checks 1 and 2 (see
+// baseline) in the making: the checks that need no SSH started.
+type pendingBaseline struct {
+	done             chan struct{}
+	proxy, apiserver error
+}
+
+// startBaseline starts, on node t before anything changes, the checks of
+// its baseline that go over the API and TLS (the kubelet through the node
+// proxy, a control-plane node's apiserver): NodesReachable runs them
+// while it dials and reads the node. finish, or wait, must follow.
+func (rt *Runtime) startBaseline(ctx context.Context, t Target) *pendingBaseline {
+	p := &pendingBaseline{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		_ = together(
+			func() error { p.proxy = rt.kubeletHealthz(ctx, t.Node); return nil },
+			func() error {
+				if t.Role == RoleControlPlane {
+					p.apiserver = rt.apiServerReachable(ctx, t.Node)
+				}
+				return nil
+			})
+	}()
+	return p
+}
+
+// wait returns once the checks started are over.
+func (p *pendingBaseline) wait() { <-p.done }
+
+// finish reads the kubelet's client certificate through r and, with the
+// checks started, makes the baseline, to be put under
 // baselineNodeKey(t.Node).
-func (rt *Runtime) nodeBaseline(ctx context.Context, t Target, r nodes.Runner) (baseline, error) {
-	// The checks at once (each a round trip or a TLS handshake), their
-	// outcomes recorded in order.
-	var proxy, cert, apiserver error
-	_ = together(
-		func() error { proxy = rt.kubeletHealthz(ctx, t.Node); return nil },
-		func() error { _, cert = rt.readKubeletClientCert(ctx, r, t.Node); return nil },
-		func() error {
-			if t.Role == RoleControlPlane {
-				apiserver = rt.apiServerReachable(ctx, t.Node)
-			}
-			return nil
-		})
+func (p *pendingBaseline) finish(ctx context.Context, rt *Runtime, t Target, r nodes.Runner) (baseline, error) {
+	_, cert := rt.readKubeletClientCert(ctx, r, t.Node)
+	p.wait()
 	b := baseline{}
-	b.record(checkNodeProxy(t.Node), proxy)
+	b.record(checkNodeProxy(t.Node), p.proxy)
 	b.record(checkKubeletClientCert(t.Node), cert)
 	if t.Role == RoleControlPlane {
-		b.record(checkAPIServer(t.Node), apiserver)
+		b.record(checkAPIServer(t.Node), p.apiserver)
 	}
 	if err := ctx.Err(); err != nil {
 		// Cut short: what failed may have failed for that reason alone.

@@ -39,6 +39,12 @@ type NodesReachable struct{ readOnly }
 func (NodesReachable) Name() string { return "nodes-reachable" }
 
 func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
+	// The baseline's checks that need no SSH run while the node is
+	// dialed and read (a login and a round trip away).
+	bctx, cancel := context.WithCancel(ctx)
+	pending := rt.startBaseline(bctx, t)
+	defer pending.wait()
+	defer cancel() // on an early return the baseline is not wanted
 	r, err := rt.node(ctx, t)
 	if err != nil {
 		return err
@@ -85,7 +91,7 @@ func (NodesReachable) Apply(ctx context.Context, rt *Runtime, t Target) error {
 			}
 			return nil
 		},
-		func() (err error) { base, err = rt.nodeBaseline(ctx, t, b); return err })
+		func() (err error) { base, err = pending.finish(ctx, rt, t, b); return err })
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -366,6 +367,69 @@ func TestBaselineRecordsEveryCheck(t *testing.T) {
 	if len(got) != 8 {
 		t.Errorf("baseline has %d checks, want 8: %v", len(got), got)
 	}
+}
+
+// dialAfter is a node source whose connections wait for started: the
+// node is reached only once something else has begun.
+type dialAfter struct {
+	memNodes
+	started <-chan struct{}
+}
+
+func (d dialAfter) Node(ctx context.Context, name string) (nodes.Runner, error) {
+	select {
+	case <-d.started:
+		return d.memNodes.Node(ctx, name)
+	case <-time.After(time.Minute):
+		return nil, errors.New("reached before the baseline's API checks started")
+	}
+}
+
+// TestNodesReachableChecksAPIWhileDialing: the baseline's checks that need
+// no SSH (here the node proxy) are under way while the node is dialed,
+// not after its login and read; an unreachable node still fails the step
+// and leaves no check running.
+func TestNodesReachableChecksAPIWhileDialing(t *testing.T) {
+	ctx := context.Background()
+	f := newVerifyFixture(t)
+	started := make(chan struct{})
+	var once sync.Once
+	proxy := f.rt.NodeProxy
+	f.rt.NodeProxy = func(ctx context.Context, node, path string) error {
+		once.Do(func() { close(started) })
+		return proxy(ctx, node, path)
+	}
+	f.rt.Nodes = dialAfter{memNodes: f.rt.Nodes.(memNodes), started: started}
+	rt := *f.rt
+	rt.Out = &Outputs{}
+	if err := (NodesReachable{}).Apply(ctx, &rt, Target{Node: "w1", Role: RoleWorker}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rt.Out.Values[baselineNodeKey("w1")]; !ok {
+		t.Fatalf("no baseline recorded: %v", rt.Out.Values)
+	}
+
+	var running atomic.Int32
+	rt.NodeProxy = func(ctx context.Context, node, path string) error {
+		running.Add(1)
+		defer running.Add(-1)
+		<-ctx.Done() // a kubelet that never answers
+		return ctx.Err()
+	}
+	rt.Nodes = unreachable{}
+	if err := (NodesReachable{}).Apply(ctx, &rt, Target{Node: "w1", Role: RoleWorker}); err == nil || !strings.Contains(err.Error(), "no route") {
+		t.Fatalf("unreachable node: %v", err)
+	}
+	if n := running.Load(); n != 0 {
+		t.Fatalf("%d baseline checks still running after the step failed", n)
+	}
+}
+
+// unreachable is a node source that reaches no node.
+type unreachable struct{}
+
+func (unreachable) Node(context.Context, string) (nodes.Runner, error) {
+	return nil, errors.New("dial: no route to host")
 }
 
 // TestServingGateHonoursBaseline: after a kubelet gets a serving
