@@ -18,7 +18,10 @@ import (
 // path with one lstat and one stat (following links) for the whole batch
 // before the read and again after it, and reads every regular file (or
 // symlink to one) with one cat: a handful of processes per batch, plus a
-// readlink per symlink. The content is cut into files by the sizes the
+// readlink per symlink and a stat per path that is missing for another
+// reason than "No such file or directory" (the first lstat's messages
+// say which; a step's Check looks for a backup of every file it edits,
+// missing but for a resumed step). The content is cut into files by the sizes the
 // first stat gave, which is only trusted when every file read is described
 // the same after the read as before it (size, mode, owner, inode and
 // change time, of a symlink's target too) and the content is exactly as
@@ -38,7 +41,12 @@ import (
 //	per path, as needed:
 //	  link target "T i RC"     (readlink's output, for a symlink)
 //	  message     "E i"        (stat's message, for a path the shell's test
-//	                            finds neither present nor a symlink)
+//	                            finds neither present nor a symlink, unless
+//	                            the first lstat said it does not exist)
+//	indexes       "N"          (the paths the first lstat said do not exist
+//	                            and the shell's test still finds absent: no
+//	                            stat of their own, the usual case of the
+//	                            backups a step looks for)
 //	indexes       "F"          (the paths cat reads, in order: each one that
 //	                            is or resolves to a regular file)
 //	content       "C RC"       (cat's output)
@@ -55,25 +63,30 @@ set -f
 b=$1
 shift
 lfmt='%f %u %g %s %U %G %i %z %n' tfmt='%f %s %u %g %i %z %n'
-stat -c "$lfmt" -- "$@" 2>/dev/null
+{ errs=$(stat -c "$lfmt" -- "$@" 2>&1 >&3); } 3>&1
 printf '\n%s L\n' "$b"
 stat -L -c "$tfmt" -- "$@" 2>/dev/null
 printf '\n%s R\n' "$b"
-n=$# i=0 f=
+n=$# i=0 f= g=
 for p in "$@"; do
   i=$((i+1))
   if [ -L "$p" ]; then
     readlink -- "$p"
     printf '\n%s T %d %d\n' "$b" "$i" "$?"
   elif [ ! -e "$p" ]; then
-    m=$(stat -c %f -- "$p" 2>&1)
-    printf '%s\n%s E %d\n' "$m" "$b" "$i"
+    case $errs in
+    *" '$p': No such file or directory"*) g="$g $i" ;;
+    *)
+      m=$(stat -c %f -- "$p" 2>&1)
+      printf '%s\n%s E %d\n' "$m" "$b" "$i" ;;
+    esac
   fi
   if [ -f "$p" ]; then
     f="$f $i"
     set -- "$@" "$p"
   fi
 done
+printf '%s\n%s N\n' "$g" "$b"
 printf '%s\n%s F\n' "$f" "$b"
 (shift "$n"; [ $# -eq 0 ] || exec cat -- "$@" 2>/dev/null)
 printf '\n%s C %d\n' "$b" "$?"
@@ -120,6 +133,7 @@ type fastRecords struct {
 	pre, preT, post, postT string // stat lines without the path ("" none)
 	link, msg              *fastFrame
 	read                   bool   // cat read it
+	absent                 bool   // the first lstat said no such file, and the shell's test agreed
 	content                []byte // its part of cat's output, if trusted
 }
 
@@ -146,6 +160,14 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 			recs[f.i-1].link = f
 		case "E":
 			recs[f.i-1].msg = f
+		case "N":
+			for _, w := range strings.Fields(string(f.data)) {
+				i, err := strconv.Atoi(w)
+				if err != nil || i < 1 || i > len(paths) {
+					return nil, nil, fmt.Errorf("unexpected index %q", w)
+				}
+				recs[i-1].absent = true
+			}
 		case "F":
 			for _, w := range strings.Fields(string(f.data)) {
 				i, err := strconv.Atoi(w)
@@ -187,7 +209,7 @@ func parseReadFilesFast(node, boundary string, paths []string, out []byte) (stat
 		}
 		seen += f.kind
 	}
-	if !strings.HasPrefix(seen, "LR") || !strings.HasSuffix(seen, "FCMZ") {
+	if !strings.HasPrefix(seen, "LR") || !strings.HasSuffix(seen, "NFCMZ") {
 		return nil, nil, errors.New("output cut short")
 	}
 	splitContent(recs, read, blob)
@@ -239,6 +261,11 @@ func splitContent(recs []fastRecords, read []int, blob *fastFrame) {
 // vouch for one (readFilesScript reads it again).
 func fastState(node, p string, r *fastRecords) (FileState, bool) {
 	st := FileState{Info: FileInfo{Path: p}}
+	if r.absent {
+		// Missing before the read (stat's message) and at the test;
+		// nothing of it described after the read either.
+		return st, r.pre == "" && r.post == "" && r.link == nil && r.msg == nil && !r.read
+	}
 	if r.msg != nil {
 		// The shell found p neither present nor a symlink: stat says why.
 		if r.pre != "" || r.link != nil || r.read {
@@ -300,7 +327,7 @@ func splitFastFrames(boundary string, out []byte) ([]*fastFrame, error) {
 		h := strings.Fields(string(header))
 		f := &fastFrame{data: data}
 		switch {
-		case len(h) == 1 && len(h[0]) == 1 && strings.Contains("LRFMZ", h[0]):
+		case len(h) == 1 && len(h[0]) == 1 && strings.Contains("LRNFMZ", h[0]):
 			f.kind = h[0]
 		case len(h) == 2 && h[0] == "C":
 			f.kind, f.rc = h[0], h[1]

@@ -64,6 +64,13 @@ func TestReadFilesFastSSH(t *testing.T) {
 	if string(fast[3].Content) != files["forge"] || fast[12].Err == nil || fast[1].Info.Exists || fast[1].Err != nil {
 		t.Errorf("forged header %q, ENOTDIR %v, missing %+v", fast[3].Content, fast[12].Err, fast[1])
 	}
+	// The missing paths are told apart by the first stat's messages (no
+	// stat of their own); the path under a file gets its own.
+	res, err := c.Run(ctx, shCommand(readFilesFastScript, append([]string{"rotate-b"}, paths...)...), nil)
+	must(t, err)
+	if out := string(res.Stdout); !strings.Contains(out, "\n 2 15\nrotate-b N\n") || !strings.Contains(out, "rotate-b E 13\n") || strings.Count(out, " E ") != 1 {
+		t.Errorf("the script's absent paths and messages:\n%s", out[strings.Index(out, "rotate-b R"):strings.Index(out, "rotate-b F")])
+	}
 }
 
 // sameFileState compares two states, errors by their text.
@@ -98,7 +105,7 @@ func TestParseReadFilesFast(t *testing.T) {
 		return frame(pre+"\n", "L") + frame(preT+"\n", "R") +
 			frame("/a\n", "T 2 0") +
 			frame("stat: cannot statx '/gone': No such file or directory", "E 3") +
-			frame(" 1 2 4", "F") + frame(content, "C 0") +
+			frame("", "N") + frame(" 1 2 4", "F") + frame(content, "C 0") +
 			frame(post+"\n"+post+"\n", "M") + frame(postT+"\n"+postT+"\n", "Z")
 	}
 	forged := "x\nrotate-other C 0\n" // a header of another boundary
@@ -120,6 +127,19 @@ func TestParseReadFilesFast(t *testing.T) {
 		}
 	}
 	good := out(3, 3, 2, "abcabcbb")
+	// /gone said missing by the first lstat: no message of its own.
+	absent := strings.Replace(strings.Replace(good, frame("stat: cannot statx '/gone': No such file or directory", "E 3"), "", 1), frame("", "N"), frame(" 3", "N"), 1)
+	states, redo, err = parseReadFilesFast("n", b, paths, []byte(absent))
+	if err != nil || len(redo) != 0 || states[2].Info.Exists || states[2].Err != nil {
+		t.Errorf("absent /gone: redo %v, states %+v, err %v", redo, states, err)
+	}
+	// ... and then described after the read: it appeared, read again.
+	k := strings.Index(absent, frame(" 1 2 4", "F"))
+	link := lst("a1ff", 2, "/l") + "\n"
+	appeared := absent[:k] + strings.Replace(absent[k:], link, link+lst("81a4", 1, "/gone")+"\n", 1)
+	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(appeared)); err != nil || !reflect.DeepEqual(redo, []int{2}) {
+		t.Errorf("/gone appeared after the read: redo %v (want /gone), err %v", redo, err)
+	}
 	stray := strings.Replace(good, " /b\n", " /other\n", 1)
 	if _, redo, err := parseReadFilesFast("n", b, paths, []byte(stray)); err != nil || len(redo) != 4 {
 		t.Errorf("a line of no path: redo %v, err %v", redo, err)
@@ -130,6 +150,8 @@ func TestParseReadFilesFast(t *testing.T) {
 		"bad header":     frame("", "Q 1"),
 		"bad index":      frame("", "T 9 0") + good,
 		"bad read index": strings.Replace(good, " 1 2 4\n", " 1 2 7\n", 1),
+		"bad absent":     strings.Replace(good, frame("", "N"), frame(" 9", "N"), 1),
+		"no absent":      strings.Replace(good, frame("", "N"), "", 1),
 	} {
 		if _, _, err := parseReadFilesFast("n", b, paths, []byte(bad)); err == nil {
 			t.Errorf("%s: accepted", name)
